@@ -1,0 +1,83 @@
+"""The estimator protocol and the name registry.
+
+Every estimator follows scikit-learn manners: ``__init__`` only stores settings; ``fit(data, *, graph=None,
+units=None)`` returns a :class:`~deconfound.results.MediationResult`. The graph (default
+``graphs/topic_mediation.gml``) decides what is adjusted for, through :func:`deconfound.graph.resolve`.
+
+Contract for sensitivity analysis (``deconfound.sensitivity``): estimators whose effects are means of
+scores store, per unit, ``result.diagnostics[unit]["ovb"][(effect, arm)] = {"sigma2", "nu2", "psi_sigma2",
+"psi_nu2"}``, where sigma2 = E[(Y - g)^2] of the outcome nuisance, nu2 = E[alpha^2] with alpha the Riesz
+representer (the weight multiplying the outcome residual in the score), and the psi_* arrays are their
+per-row influence values (centred).
+"""
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+
+from ..errors import DataError
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register(name: str):
+    """Class decorator: make an estimator available as ``get_estimator(name)``."""
+    def deco(cls):
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+    return deco
+
+
+def get_estimator(name: str, **settings):
+    """An estimator instance by registry name, e.g. ``get_estimator("parametric", n_sims=500)``."""
+    from . import _load_all  # noqa: PLC0415 - import estimator modules on demand
+
+    _load_all()
+    if name not in _REGISTRY:
+        raise ValueError(f"estimator: expected one of {sorted(_REGISTRY)}, got {name!r}")
+    return _REGISTRY[name](**settings)
+
+
+def available_estimators() -> list[str]:
+    from . import _load_all  # noqa: PLC0415
+
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+class MediationEstimator(ABC):
+    """Base class: stores settings; ``fit`` returns a MediationResult."""
+
+    name = "base"
+
+    def get_params(self) -> dict:
+        sig = inspect.signature(type(self).__init__)
+        return {k: getattr(self, k) for k in sig.parameters if k != "self" and hasattr(self, k)}
+
+    def set_params(self, **params):
+        for k, v in params.items():
+            if k not in self.get_params():
+                raise ValueError(f"{type(self).__name__}: expected a parameter in {sorted(self.get_params())}, got {k!r}")
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    @abstractmethod
+    def fit(self, data, *, graph=None, units=None):
+        """Estimate the effects of every unit in ``units`` (default all) and return a MediationResult."""
+
+
+def check_units(data, units) -> list[str]:
+    """The list of units to estimate, each checked against ``data``."""
+    if units is None:
+        return data.units
+    if isinstance(units, str):
+        units = [units]
+    for u in units:
+        if u not in data.mediators:
+            raise DataError(f"units: expected names from {data.units[:10]}, got {u!r}")
+    return list(units)

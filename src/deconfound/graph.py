@@ -1,0 +1,198 @@
+"""Causal graphs: read .gml/.dot files, check them against the data, and identify adjustment sets with DoWhy.
+
+This is the only module that imports dowhy (lazily).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+
+from .errors import GraphError
+
+ROLES = ("T", "M", "Y")
+GRAPH_DIRS = [Path(__file__).resolve().parents[2] / "graphs", Path(__file__).resolve().parent / "graphs"]
+DEFAULT_GRAPH = "topic_mediation"
+
+
+@dataclass(frozen=True)
+class AdjustmentSets:
+    """Confounder columns to adjust for in each stage, as identified by DoWhy."""
+
+    first_stage: tuple[str, ...]  # T -> M (and the propensity p(X))
+    second_stage: tuple[str, ...]  # M -> Y (outcome model, besides T)
+    total: tuple[str, ...]  # T -> Y backdoor set
+    identified: bool = True
+    latent: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        return {"first_stage": list(self.first_stage), "second_stage": list(self.second_stage),
+                "total": list(self.total), "identified": self.identified, "latent": list(self.latent)}
+
+    @property
+    def union(self) -> tuple[str, ...]:
+        seen = dict.fromkeys(self.first_stage + self.second_stage + self.total)
+        return tuple(seen)
+
+
+def graph_path(name) -> Path:
+    """Resolve a graph name (``"topic_mediation"``) or a path to a file."""
+    p = Path(name)
+    if p.suffix in (".gml", ".dot") and p.exists():
+        return p
+    dirs = ([Path(os.environ["DECONFOUND_GRAPHS"])] if "DECONFOUND_GRAPHS" in os.environ else []) + GRAPH_DIRS
+    for d in dirs:
+        for suffix in (".gml", ".dot"):
+            cand = d / f"{p.stem if p.suffix else name}{suffix}"
+            if cand.exists():
+                return cand
+    known = sorted({f.stem for d in dirs if d.exists() for f in d.glob("*.gml")})
+    raise GraphError(f"graph: expected a .gml/.dot path or one of {known}, got {str(name)!r}")
+
+
+def _read(path: Path) -> nx.DiGraph:
+    try:
+        if path.suffix == ".dot":
+            g = nx.DiGraph(nx.nx_pydot.read_dot(str(path)))
+        else:
+            g = nx.read_gml(str(path), label="label")
+    except Exception as exc:  # noqa: BLE001 - any parse failure is reported with the file name
+        raise GraphError(f"graph {path.name}: expected valid {path.suffix[1:].upper()}, got a parse error: {exc}") from exc
+    if not g.is_directed():
+        raise GraphError(f"graph {path.name}: expected a directed graph, got an undirected one")
+    return nx.DiGraph(g)
+
+
+class CausalGraph:
+    """A DAG whose nodes are roles (``T``, ``M``, ``Y``, ``X``) or confounder column names.
+
+    ``X`` stands for the whole confounder set of the data; ``M`` for the current unit's mediator block.
+    A node with attribute ``observed "no"`` is latent: it is never adjusted for.
+    """
+
+    def __init__(self, graph: nx.DiGraph, name: str = "graph"):
+        self.nx = nx.DiGraph(graph)
+        self.name = name
+        try:
+            cycle = nx.find_cycle(self.nx)
+        except nx.NetworkXNoCycle:
+            cycle = None
+        if cycle:
+            path = " -> ".join([str(e[0]) for e in cycle] + [str(cycle[-1][1])])
+            raise GraphError(f"graph {name}: expected a DAG, got the cycle {path}")
+        for role in ROLES:
+            if role not in self.nx:
+                raise GraphError(f"graph {name}: expected a node for role {role!r}, got nodes {sorted(self.nx.nodes)}")
+        for a, b in (("T", "M"), ("M", "Y")):
+            if not self.nx.has_edge(a, b):
+                raise GraphError(f"graph {name}: expected the mediation edge {a} -> {b}, got none")
+
+    @property
+    def latent(self) -> list[str]:
+        return [n for n, d in self.nx.nodes(data=True) if str(d.get("observed", "yes")).lower() in ("no", "0", "false")]
+
+    @property
+    def confounder_nodes(self) -> list[str]:
+        return [n for n in self.nx.nodes if n not in ROLES and n not in self.latent]
+
+    def _columns(self, node: str, data) -> list[str]:
+        if node == "X":
+            return data.confounder_names
+        return [node]
+
+    def check(self, data) -> None:
+        """Match observed confounder nodes to the data's columns; raise GraphError naming any that are missing."""
+        for node in self.confounder_nodes:
+            if node != "X" and node not in data.confounder_names:
+                raise GraphError(f"graph {self.name}: node {node!r} expected a confounder column of the data "
+                                 f"{data.confounder_names}, got none")
+
+    def to_dowhy(self, data, unit: str | None = None):
+        """The DoWhy ``CausalModel`` over one column per observed node (M as the unit's first coordinate)."""
+        self.check(data)
+        from dowhy import CausalModel  # noqa: PLC0415 - lazy: import deconfound stays light
+
+        unit = unit or data.units[0]
+        cols = {"T": data.t.astype(bool), "Y": data.y, "M": data.mediator(unit)[:, 0].astype(float)}
+        for node in self.confounder_nodes:
+            if node == "X":
+                design, _ = data.x_design()
+                cols["X"] = design[:, 0] if design.shape[1] else np.zeros(data.n)
+            else:
+                col = data.x[node]
+                cols[node] = col.cat.codes.to_numpy() if isinstance(col.dtype, pd.CategoricalDtype) else col.to_numpy()
+        g = self.nx.copy()
+        for node in self.latent:
+            g.nodes[node]["observed"] = "no"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return CausalModel(data=pd.DataFrame(cols), treatment="T", outcome="Y", graph=g)
+
+    def adjustment_sets(self, data) -> AdjustmentSets:
+        """First-stage (T->M), second-stage (M->Y) and total (T->Y) confounder columns, identified by DoWhy."""
+        self.check(data)
+        key = (tuple(sorted(self.nx.edges)), tuple(self.latent), tuple(data.confounder_names))
+        first, second, total = _identify(self, key, data)
+        identified = first is not None and second is not None
+        expand = lambda nodes: tuple(c for nd in (nodes or []) if nd not in ROLES for c in self._columns(nd, data))
+        if not identified:  # latent confounding: adjust for the observed part, flag it
+            observed = tuple(c for nd in self.confounder_nodes for c in self._columns(nd, data))
+            return AdjustmentSets(observed, observed, expand(total) or observed, identified=False,
+                                  latent=tuple(self.latent))
+        return AdjustmentSets(expand(first), expand(second), expand(total), latent=tuple(self.latent))
+
+    def __repr__(self) -> str:
+        return f"CausalGraph({self.name!r}, edges={sorted(self.nx.edges)})"
+
+
+_CACHE: dict = {}
+
+
+def _identify(graph: CausalGraph, key, data):
+    if key in _CACHE:
+        return _CACHE[key]
+    model = graph.to_dowhy(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nie = model.identify_effect(estimand_type="nonparametric-nie")
+        ate = model.identify_effect(estimand_type="nonparametric-ate")
+    first = (nie.mediation_first_stage_confounders or {}).get("backdoor")
+    second = (nie.mediation_second_stage_confounders or {}).get("backdoor")
+    total = (ate.backdoor_variables or {}).get("backdoor")
+    _CACHE[key] = (first, second, total)
+    return _CACHE[key]
+
+
+@lru_cache(maxsize=64)
+def _load_cached(path: str, mtime: float) -> CausalGraph:
+    p = Path(path)
+    return CausalGraph(_read(p), name=p.stem)
+
+
+def load_graph(path_or_name=DEFAULT_GRAPH) -> CausalGraph:
+    """Load a graph by name (``"topic_mediation"``, ``"unadjusted_mediation"``, ``"latent_topic"``) or path.
+
+    Examples
+    --------
+    >>> g = load_graph("topic_mediation")
+    >>> sorted(g.nx.successors("X"))
+    ['M', 'T', 'Y']
+    """
+    if isinstance(path_or_name, CausalGraph):
+        return path_or_name
+    if isinstance(path_or_name, nx.DiGraph):
+        return CausalGraph(path_or_name)
+    p = graph_path(path_or_name)
+    return _load_cached(str(p), p.stat().st_mtime)
+
+
+def resolve(graph, data) -> tuple[CausalGraph, AdjustmentSets]:
+    """The graph (default topic_mediation) and its adjustment sets for ``data``."""
+    g = load_graph(DEFAULT_GRAPH if graph is None else graph)
+    return g, g.adjustment_sets(data)

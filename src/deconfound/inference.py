@@ -1,0 +1,147 @@
+"""Inference objects: an Effect with arithmetic on its scores or draws, and multiplicity helpers."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(eq=False)
+class Effect:
+    """A point estimate with its uncertainty.
+
+    Exactly one of ``scores`` (centred influence values, one per row: ``se = sqrt(mean(s**2) / n)``) or
+    ``draws`` (bootstrap or simulation draws: ``se = sd(draws)``, percentile CI) backs the SE, or neither
+    (then ``se`` and ``ci`` must be given). ``a - b`` and ``a + b`` combine scores or draws row by row, so
+    NDE = TE - NIE keeps a valid SE.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = Effect.from_scores(1.0, np.array([1.0, -1.0, 1.0, -1.0]))
+    >>> round(a.se, 6)
+    0.5
+    >>> round((a - a).se, 6)
+    0.0
+    """
+
+    estimate: float
+    se: float
+    ci: tuple[float, float]
+    p_value: float
+    level: float = 0.95
+    scores: np.ndarray | None = field(default=None, repr=False)
+    draws: np.ndarray | None = field(default=None, repr=False)
+    method: str = "normal"
+
+    # ---- constructors ----------------------------------------------------------------------
+    @classmethod
+    def from_scores(cls, estimate: float, scores, *, level: float = 0.95) -> "Effect":
+        """Influence-function inference; ``scores`` are centred per-row contributions."""
+        s = np.asarray(scores, dtype=float)
+        se = float(np.sqrt(np.mean(s**2) / len(s))) if len(s) else float("nan")
+        return cls._normal(float(estimate), se, level, scores=s, method="influence")
+
+    @classmethod
+    def from_draws(cls, estimate: float, draws, *, level: float = 0.95, ci: str = "percentile") -> "Effect":
+        """Bootstrap / simulation inference: SE = sd of draws; percentile (default) or normal CI."""
+        d = np.asarray(draws, dtype=float)
+        se = float(np.std(d, ddof=1)) if len(d) > 1 else float("nan")
+        if ci == "normal":
+            eff = cls._normal(float(estimate), se, level, method="bootstrap-normal")
+            eff.draws = d
+            return eff
+        a = (1 - level) / 2
+        lo, hi = np.quantile(d, [a, 1 - a])
+        # two-sided p-value as in R mediation: twice the smaller tail mass beyond zero
+        p = float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0)))) if len(d) else float("nan")
+        return cls(float(estimate), se, (float(lo), float(hi)), p, level, draws=d, method="percentile")
+
+    @classmethod
+    def from_se(cls, estimate: float, se: float, *, level: float = 0.95) -> "Effect":
+        """Normal inference from an analytic standard error."""
+        return cls._normal(float(estimate), float(se), level, method="analytic")
+
+    @classmethod
+    def _normal(cls, est, se, level, *, scores=None, method="normal") -> "Effect":
+        z = stats.norm.ppf(0.5 + level / 2)
+        p = float(2 * stats.norm.sf(abs(est / se))) if se > 0 else (0.0 if est != 0 else 1.0)
+        return cls(est, se, (est - z * se, est + z * se), p, level, scores=scores, method=method)
+
+    # ---- arithmetic --------------------------------------------------------------------------
+    def _combine(self, other: "Effect", sign: float) -> "Effect":
+        if not isinstance(other, Effect):
+            return NotImplemented
+        est = self.estimate + sign * other.estimate
+        if self.scores is not None and other.scores is not None:
+            if len(self.scores) != len(other.scores):
+                raise ValueError(f"Effect scores: expected equal lengths, got {len(self.scores)} and {len(other.scores)}")
+            return Effect.from_scores(est, self.scores + sign * other.scores, level=self.level)
+        if self.draws is not None and other.draws is not None:
+            if len(self.draws) != len(other.draws):
+                raise ValueError(f"Effect draws: expected equal lengths, got {len(self.draws)} and {len(other.draws)}")
+            kind = "normal" if self.method == "bootstrap-normal" else "percentile"
+            return Effect.from_draws(est, self.draws + sign * other.draws, level=self.level, ci=kind)
+        raise ValueError("Effect arithmetic: expected both effects to carry scores or both draws (paired), "
+                         f"got {self.method} and {other.method}")
+
+    def __sub__(self, other):
+        return self._combine(other, -1.0)
+
+    def __add__(self, other):
+        return self._combine(other, 1.0)
+
+    def scale(self, factor: float) -> "Effect":
+        """``factor * self`` with consistent scores or draws."""
+        if self.scores is not None:
+            return Effect.from_scores(factor * self.estimate, factor * self.scores, level=self.level)
+        if self.draws is not None:
+            return Effect.from_draws(factor * self.estimate, factor * self.draws, level=self.level)
+        return Effect.from_se(factor * self.estimate, abs(factor) * self.se, level=self.level)
+
+    def ratio(self, other: "Effect") -> "Effect":
+        """``self / other`` (e.g. proportion mediated = NIE / TE), by the delta method or by draws."""
+        est = self.estimate / other.estimate if other.estimate != 0 else float("nan")
+        if self.draws is not None and other.draws is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                d = self.draws / other.draws
+            d = d[np.isfinite(d)]
+            return Effect.from_draws(est, d, level=self.level)
+        if self.scores is not None and other.scores is not None and other.estimate != 0:
+            s = (self.scores - est * other.scores) / other.estimate
+            return Effect.from_scores(est, s, level=self.level)
+        return Effect(est, float("nan"), (float("nan"), float("nan")), float("nan"), self.level, method="none")
+
+    def __repr__(self) -> str:
+        return (f"Effect(estimate={self.estimate:.4g}, se={self.se:.4g}, "
+                f"ci=({self.ci[0]:.4g}, {self.ci[1]:.4g}), p={self.p_value:.3g})")
+
+
+def bh_qvalues(p_values) -> np.ndarray:
+    """Benjamini-Hochberg q-values (monotone, capped at 1); NaNs stay NaN."""
+    p = np.asarray(p_values, dtype=float)
+    q = np.full_like(p, np.nan)
+    ok = np.isfinite(p)
+    pv = p[ok]
+    m = len(pv)
+    if m == 0:
+        return q
+    order = np.argsort(pv)
+    ranked = pv[order] * m / np.arange(1, m + 1)
+    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(ranked, 1.0)
+    q[ok] = out
+    return q
+
+
+def stratified_counts(strata, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """An (n_boot, n) matrix of multinomial resample counts, drawn within each stratum at once."""
+    strata = np.asarray(strata)
+    n = len(strata)
+    counts = np.zeros((n_boot, n), dtype=np.int32)
+    for level in np.unique(strata):
+        idx = np.flatnonzero(strata == level)
+        counts[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1.0 / len(idx)), size=n_boot)
+    return counts

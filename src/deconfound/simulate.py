@@ -1,0 +1,153 @@
+"""Topic-confounded mediation simulators whose true effects are known exactly.
+
+The structural model, per prompt (topic k, K topics, units u = 0..U-1, each a d-vector):
+
+    k ~ Categorical(pi)                          topic
+    T ~ Bernoulli(sigmoid(s * a_k))              toxic prompt, more likely on some topics
+    M_u = s * g_{u,k} + T * beta_u + e_u         e_u ~ N(0, I_d)
+    idx = c + theta*T + (1 + kappa*T) * sum_u b_u . M_u + s * delta_k
+    Y = idx + N(0, 1)           (linear)   or   Y = Phi(idx) + N(0, 0.1^2)   (nonlinear)
+
+Spurious units have beta_u = 0 and b_u = 0 but load on the topic like T and Y do: no causal path to Y, yet
+correlated with T and Y through the topic. Given the topic, idx is Gaussian, so every E[Y(t, M_u(t'))] is exact:
+a topic-weighted sum of means (linear) or of Phi(mean / sqrt(1 + var)) (nonlinear).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.special import expit
+from scipy.stats import norm
+
+from .data import MediationData
+
+PARAM_SEED = 20241203
+
+
+@dataclass
+class Truth:
+    """True effects per unit, effect (nie/nde/te), arm (control/treated/average) and population (ate/att/atc)."""
+
+    frame: pd.DataFrame
+    spurious: list[str]
+    causal: list[str]
+    topic: np.ndarray
+    params: dict
+
+    def value(self, unit: str, effect: str = "nie", arm: str = "average", population: str = "ate") -> float:
+        f = self.frame
+        row = f[(f.unit == unit) & (f.effect == effect) & (f.arm == arm) & (f.population == population)]
+        if len(row) != 1:
+            raise KeyError(f"truth: expected one row for {(unit, effect, arm, population)}, got {len(row)}")
+        return float(row.value.iloc[0])
+
+
+def _params(n_topics, n_units, dim, n_spurious, topic_strength, interaction, param_seed):
+    rng = np.random.default_rng(param_seed)
+    k = n_topics
+    a = np.linspace(-1.2, 1.2, k)[rng.permutation(k)]
+    pi = (1.0 + 0.5 * rng.random(k))
+    pi /= pi.sum()
+    delta = 0.8 * a / a.std() + 0.2 * rng.normal(size=k)
+    n_sp = n_units // 2 if n_spurious is None else n_spurious
+    spurious = list(range(n_units - n_sp, n_units))
+    gamma = np.zeros((n_units, k, dim))
+    beta = np.zeros((n_units, dim))
+    b = np.zeros((n_units, dim))
+    for u in range(n_units):
+        direction = rng.normal(size=dim)
+        direction /= np.linalg.norm(direction)
+        if u in spurious:  # pure topic tracker, aligned with the topic's pull on T and Y
+            gamma[u] = (1.0 * a[:, None] + 0.3 * rng.normal(size=(k, 1))) * direction
+        else:
+            gamma[u] = 0.5 * rng.normal(size=(k, dim)) / np.sqrt(dim) + 0.5 * a[:, None] * direction
+            beta[u] = (0.6 + 0.2 * (u % 3)) * direction
+            b[u] = 0.5 * rng.normal(size=dim) / np.sqrt(dim) + 0.4 * direction
+    return dict(pi=pi, a=a * topic_strength, delta=delta * topic_strength, gamma=gamma * topic_strength,
+                beta=beta, b=b, c=-0.3, theta=0.5, kappa=float(interaction), spurious=spurious)
+
+
+def _truth_frame(p, nonlinear, names) -> pd.DataFrame:
+    pi, a, delta, gamma, beta, b = p["pi"], p["a"], p["delta"], p["gamma"], p["beta"], p["b"]
+    ps = expit(a)
+    pops = {"ate": pi, "att": pi * ps / (pi * ps).sum(), "atc": pi * (1 - ps) / (pi * (1 - ps)).sum()}
+    mean_bm = np.einsum("ukd,ud->uk", gamma, b)  # b_u . g_{u,k}
+    slope = np.einsum("ud,ud->u", beta, b)  # b_u . beta_u
+    total_var = float((b**2).sum())
+    rows = []
+    for u, name in enumerate(names):
+        def q(t, tu, w):
+            others = mean_bm.sum(0) - mean_bm[u] + t * (slope.sum() - slope[u])
+            mine = mean_bm[u] + tu * slope[u]
+            lin = 1.0 + p["kappa"] * t
+            mean = p["c"] + p["theta"] * t + delta + lin * (others + mine)
+            if nonlinear:
+                return float(w @ norm.cdf(mean / np.sqrt(1.0 + lin**2 * total_var)))
+            return float(w @ mean)
+        for pop, w in pops.items():
+            vals = {("nie", "control"): q(0, 1, w) - q(0, 0, w), ("nie", "treated"): q(1, 1, w) - q(1, 0, w),
+                    ("nde", "control"): q(1, 0, w) - q(0, 0, w), ("nde", "treated"): q(1, 1, w) - q(0, 1, w)}
+            te = q(1, 1, w) - q(0, 0, w)
+            vals[("nie", "average")] = (vals[("nie", "control")] + vals[("nie", "treated")]) / 2
+            vals[("nde", "average")] = (vals[("nde", "control")] + vals[("nde", "treated")]) / 2
+            for arm in ("control", "treated", "average"):
+                vals[("te", arm)] = te
+            rows += [dict(unit=name, effect=e, arm=arm, population=pop, value=v) for (e, arm), v in vals.items()]
+    return pd.DataFrame(rows)
+
+
+def topic_mediation(n: int, *, n_topics: int = 8, n_units: int = 1, dim: int = 1, interaction: float = 0.0,
+                    nonlinear: bool = False, topic_strength: float = 1.0, n_spurious: int | None = None,
+                    coarsen: int | None = None, seed: int = 0, param_seed: int = PARAM_SEED):
+    """Simulate topic-confounded mediation with exact true effects.
+
+    Parameters
+    ----------
+    n : rows (prompts).
+    n_topics : K topic levels ``t0..t{K-1}`` in the confounder column ``topic``.
+    n_units, dim : mediator units ``u0..`` of ``dim`` columns each; the last ``n_spurious`` (default
+        ``n_units // 2``) are pure topic trackers with zero true NIE.
+    interaction : kappa, the T x M interaction in the outcome.
+    nonlinear : outcome mean Phi(idx) instead of idx.
+    topic_strength : scales how strongly the topic drives T, M and Y (0 = no confounding).
+    coarsen : if set, only ``topic mod coarsen`` is observed (the topic is partly hidden).
+    seed : the data draw; ``param_seed`` fixes the structural parameters (the truth), so replications with
+        different ``seed`` share one truth.
+
+    Returns
+    -------
+    (MediationData, Truth)
+
+    Examples
+    --------
+    >>> data, truth = topic_mediation(500, n_units=2, seed=1)
+    >>> data.units, truth.spurious
+    (['u0', 'u1'], ['u1'])
+    >>> truth.value("u1", "nie", "average")
+    0.0
+    """
+    if n_units < 1 or dim < 1 or n_topics < 1:
+        raise ValueError(f"n_units, dim, n_topics: expected >= 1, got {n_units}, {dim}, {n_topics}")
+    p = _params(n_topics, n_units, dim, n_spurious, topic_strength, interaction, param_seed)
+    names = [f"u{u}" for u in range(n_units)]
+    rng = np.random.default_rng(seed)
+    topic = rng.choice(n_topics, size=n, p=p["pi"])
+    t = (rng.random(n) < expit(p["a"][topic])).astype(np.int8)
+    mediators, idx = {}, p["c"] + p["theta"] * t + p["delta"][topic]
+    for u, name in enumerate(names):
+        m = p["gamma"][u][topic] + t[:, None] * p["beta"][u] + rng.normal(size=(n, dim))
+        mediators[name] = m.astype(np.float32)
+        idx = idx + (1.0 + p["kappa"] * t) * (m.astype(np.float32).astype(float) @ p["b"][u])
+    y = norm.cdf(idx) + 0.1 * rng.normal(size=n) if nonlinear else idx + rng.normal(size=n)
+    observed = topic % coarsen if coarsen else topic
+    x = pd.DataFrame({"topic": pd.Categorical([f"t{k}" for k in observed],
+                                              categories=[f"t{k}" for k in range(coarsen or n_topics)])})
+    meta = {"simulator": "topic_mediation", "seed": seed, "param_seed": param_seed, "n_topics": n_topics,
+            "interaction": interaction, "nonlinear": nonlinear, "topic_strength": topic_strength,
+            "coarsen": coarsen}
+    data = MediationData.from_arrays(t=t, y=y, mediators=mediators, x=x, meta=meta)
+    truth = Truth(_truth_frame(p, nonlinear, names), spurious=[names[u] for u in p["spurious"]],
+                  causal=[nm for i, nm in enumerate(names) if i not in p["spurious"]], topic=topic, params=p)
+    return data, truth
