@@ -1,0 +1,566 @@
+"""Prompts -> MediationData: activations, sampled continuations, toxicity and topics.
+
+For every prompt :func:`extract` records
+
+- the mediators: one unit per site and layer (``"mlp_out.L12"``), the
+  activation at the last prompt token, float32;
+- the outcome Y: the mean of the outcome scorer's toxicity column over
+  ``n_samples`` sampled continuations (their text is kept too);
+- the treatment T: prompt toxicity >= threshold, from a given score
+  (e.g. Perspective) where there is one and from a scorer otherwise;
+- the confounders: the topic label and the soft topic probabilities.
+
+The work is cut into shards of ``shard_size`` prompts. Each finished shard is
+written atomically (a temporary file, then ``os.replace``), so a run that is
+killed can be started again with the same ``out_dir``: finished shards are
+skipped and the result is the same, bit for bit, as an uninterrupted run.
+Sampling uses one random stream per (prompt, sample), seeded from
+``SeedSequence(seed, spawn_key=(prompt_index, sample))``, so the draws do not
+depend on batching or on shard boundaries.
+
+Layout of ``out_dir``::
+
+    run.json                 settings; a re-run with other settings is refused
+    shards/shard-00000.npz   one file per shard
+    data/                    the MediationData (MediationData.load(out_dir / "data"))
+    prompts.parquet          per prompt: text, prompt score and its source, T, Y, topic
+    continuations.parquet    per continuation: text and every scorer column
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..data import MediationData
+from ..errors import DataError
+from ._torch import require_torch
+from .hooks import capture
+from .models import as_loaded
+from .sites import expand_sites
+
+SHARD_PATTERN = "shard-{:05d}.npz"
+
+
+@dataclass(frozen=True)
+class Treatment:
+    """How the treatment T is made from prompt toxicity.
+
+    Parameters
+    ----------
+    scores : array of shape (n,), optional
+        Given prompt toxicity (e.g. Perspective), NaN where absent. Prompts
+        without a given score are scored by ``scorer``.
+    source : str
+        What the given scores are; recorded in the metadata.
+    threshold : float
+        T = 1 when the prompt toxicity is >= threshold.
+    scorer : object, optional
+        Scorer for prompts without a given score; default the outcome scorer.
+    column : str
+        The scorer column used as prompt toxicity.
+    """
+
+    scores: object = None
+    source: str = "perspective"
+    threshold: float = 0.5
+    scorer: object = None
+    column: str = "toxic"
+
+
+@dataclass
+class BatchResult:
+    """What :func:`run_batch` returns for B prompts and S samples each."""
+
+    activations: dict  # unit -> (B, d) float32
+    tokens: list  # B lists of S lists of token ids (up to and without eos)
+    texts: list  # B lists of S decoded continuations
+
+
+# ------------------------------------------------------------------------------------------
+# Sampling with one random stream per (prompt, sample)
+
+
+def sample_uniforms(seed: int, prompt_index: int, n_samples: int, steps: int) -> np.ndarray:
+    """The uniforms that drive sampling for one prompt: shape (n_samples, steps)."""
+    out = np.empty((n_samples, steps))
+    for k in range(n_samples):
+        rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(prompt_index), k)))
+        out[k] = rng.random(steps)
+    return out
+
+
+def sample_tokens(logits, u, temperature: float = 1.0, top_p: float = 1.0):
+    """Draw one token per row by inverting the (nucleus-truncated) CDF at ``u``.
+
+    Parameters
+    ----------
+    logits : tensor (R, V)
+    u : tensor (R,) of uniforms in [0, 1)
+    temperature : float
+        0 means greedy (argmax).
+    top_p : float
+        Keep the smallest set of most likely tokens whose mass reaches top_p.
+
+    Returns
+    -------
+    LongTensor (R,)
+    """
+    torch = require_torch()
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.double() / temperature, dim=-1)
+    order = None
+    if top_p < 1.0:
+        probs, order = probs.sort(dim=-1, descending=True, stable=True)
+        probs = probs * ((probs.cumsum(dim=-1) - probs) < top_p)
+    cdf = probs.cumsum(dim=-1)
+    target = (u.to(cdf) * cdf[:, -1]).unsqueeze(1)
+    j = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[1] - 1)
+    return (order.gather(1, j) if order is not None else j).squeeze(1)
+
+
+def _forward_kwargs(model):
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return ("cache" if "cache" in params else "past_key_values"), ("logits_to_keep" in params)
+
+
+def _eos_ids(lm) -> list[int]:
+    ids = set()
+    for value in (lm.tokenizer.eos_token_id, getattr(getattr(lm.model, "generation_config", None),
+                                                      "eos_token_id", None)):
+        if value is None:
+            continue
+        ids.update(value if isinstance(value, (list, tuple)) else [value])
+    return sorted(int(i) for i in ids)
+
+
+def run_batch(lm, texts, prompt_indices, *, units=(), n_samples: int = 1, max_new_tokens: int = 20,
+              seed: int = 0, temperature: float = 1.0, top_p: float = 1.0) -> BatchResult:
+    """One left-padded forward pass with capture, then seeded sampling with a KV cache.
+
+    Hooks already active (e.g. a :func:`~deconfound.lm.hooks.patch` block)
+    apply to the prefill, so this also gives patched continuations with the
+    same random numbers.
+
+    Parameters
+    ----------
+    lm : LoadedModel
+    texts : list of str
+    prompt_indices : sequence of int
+        Each prompt's index in the full prompt list; it seeds its samples.
+    units : sequence of site names
+        Captured at the last prompt token.
+    n_samples, max_new_tokens : int
+        Continuations per prompt and their length (0 tokens: capture only).
+    seed, temperature, top_p
+        Sampling settings; see :func:`sample_tokens`.
+    """
+    torch = require_torch()
+    model, tok = lm.model, lm.tokenizer
+    device = lm.device
+    enc = tok(list(texts), return_tensors="pt", padding=True)
+    ids = enc["input_ids"].to(device)
+    mask = enc["attention_mask"].to(device)
+    if (mask.sum(dim=1) == 0).any():
+        bad = [texts[i] for i in torch.nonzero(mask.sum(dim=1) == 0).flatten().tolist()]
+        raise DataError(f"prompts: expected at least one token each, got none for {bad[:3]}")
+    pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    cache_kw, has_keep = _forward_kwargs(model)
+    generate = n_samples > 0 and max_new_tokens > 0
+    extra = {"logits_to_keep": 1} if has_keep else {}
+    with torch.inference_mode():
+        if units:
+            with capture(model, list(units), positions="last") as cap:
+                out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=generate, **extra)
+            acts = cap.numpy()
+        else:
+            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=generate, **extra)
+            acts = {}
+        b = ids.shape[0]
+        if not generate:
+            return BatchResult(acts, [[] for _ in range(b)], [[] for _ in range(b)])
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        cache.batch_repeat_interleave(n_samples)
+        rows = b * n_samples
+        u = np.concatenate([sample_uniforms(seed, i, n_samples, max_new_tokens) for i in prompt_indices])
+        u = torch.as_tensor(u, device=device)
+        mask = mask.repeat_interleave(n_samples, dim=0)
+        next_pos = pos[:, -1].repeat_interleave(n_samples) + 1
+        logits = out.logits[:, -1].repeat_interleave(n_samples, dim=0)
+        eos = torch.as_tensor(_eos_ids(lm), device=device, dtype=torch.long)
+        pad = tok.pad_token_id
+        finished = torch.zeros(rows, dtype=torch.bool, device=device)
+        steps = []
+        for step in range(max_new_tokens):
+            nxt = sample_tokens(logits, u[:, step], temperature, top_p)
+            nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
+            steps.append(nxt)
+            finished = finished | torch.isin(nxt, eos)
+            if step == max_new_tokens - 1 or bool(finished.all()):
+                break
+            mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
+            out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                        use_cache=True, **{cache_kw: cache}, **extra)
+            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            next_pos = next_pos + 1
+            logits = out.logits[:, -1]
+    gen = torch.stack(steps, dim=1).cpu().tolist()
+    eos_set = set(eos.tolist())
+    tokens, decoded = [], []
+    for i in range(b):
+        row_tokens, row_texts = [], []
+        for k in range(n_samples):
+            seq = gen[i * n_samples + k]
+            cut = next((j for j, t in enumerate(seq) if t in eos_set), len(seq))
+            row_tokens.append(seq[:cut])
+            row_texts.append(tok.decode(seq[:cut], skip_special_tokens=True))
+        tokens.append(row_tokens)
+        decoded.append(row_texts)
+    return BatchResult(acts, tokens, decoded)
+
+
+# ------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _check_prompts(prompts) -> list[str]:
+    if isinstance(prompts, str):
+        raise DataError("prompts: expected a sequence of strings, got one string")
+    out = list(prompts)
+    if not out:
+        raise DataError("prompts: expected at least one prompt, got none")
+    for i, p in enumerate(out):
+        if not isinstance(p, str) or not p.strip():
+            raise DataError(f"prompts[{i}]: expected a non-empty string, got {p!r}")
+    return out
+
+
+def _check_scorer(scorer, name: str, column: str):
+    for attr in ("name", "columns", "score"):
+        if not hasattr(scorer, attr):
+            raise TypeError(f"{name}: expected a scorer with .name, .columns and .score(texts), got "
+                            f"{type(scorer).__name__} without .{attr}")
+    columns = list(scorer.columns)
+    if column not in columns:
+        raise DataError(f"{name} column: expected one of {columns}, got {column!r}")
+    return columns.index(column)
+
+
+def _score(scorer, texts, name: str) -> np.ndarray:
+    if not texts:
+        return np.zeros((0, len(scorer.columns)))
+    out = np.asarray(scorer.score(list(texts)), dtype=float)
+    if out.shape != (len(texts), len(scorer.columns)):
+        raise DataError(f"{name} {scorer.name}: expected scores of shape ({len(texts)}, {len(scorer.columns)}), "
+                        f"got {out.shape}")
+    return out
+
+
+def _as_treatment(treatment, n: int) -> Treatment:
+    if treatment is None:
+        treatment = Treatment()
+    elif not isinstance(treatment, Treatment):
+        treatment = Treatment(scores=treatment)
+    if treatment.scores is not None:
+        given = np.asarray(treatment.scores, dtype=float).reshape(-1)
+        if given.shape[0] != n:
+            raise DataError(f"treatment scores: expected {n} values (NaN where absent), got {given.shape[0]}")
+        treatment = Treatment(given, treatment.source, treatment.threshold, treatment.scorer, treatment.column)
+    return treatment
+
+
+def _prob_column(topic: str) -> str:
+    """``p_topic_<name>``, the same rule as :meth:`deconfound.lm.topics.TopicLabels.to_frame`."""
+    return "p_topic_" + re.sub(r"[^A-Za-z0-9_]", "_", str(topic))
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("deconfound", "numpy", "pandas", "torch", "transformers", "tokenizers", "safetensors"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            h.update(np.ascontiguousarray(part).tobytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _check_run(out_dir: Path, settings: dict) -> None:
+    path = out_dir / "run.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+        if diff:
+            k = diff[0]
+            raise DataError(
+                f"{out_dir}: this out_dir holds a run with other settings ({', '.join(diff)}); "
+                f"{k}: expected {old.get(k)!r} (on disk), got {settings.get(k)!r}. Use a new out_dir."
+            )
+        return
+    _atomic_write(path, lambda f: f.write(json.dumps(settings, indent=2).encode()))
+
+
+# ------------------------------------------------------------------------------------------
+# The driver
+
+
+def _compute_shard(lm, prompts, index, *, units, outcome, outcome_col, treatment, t_col,
+                   n_samples, max_new_tokens, seed, temperature, top_p, batch_size, bar) -> dict:
+    texts = [prompts[i] for i in index]
+    m = len(index)
+    lengths = [len(x) for x in lm.tokenizer(texts)["input_ids"]]
+    order = sorted(range(m), key=lambda j: lengths[j])  # less padding; stable, so deterministic
+    acts = {u: np.zeros((m, 0), np.float32) for u in units}
+    conts = [[""] * n_samples for _ in range(m)]
+    ntok = np.zeros((m, n_samples), np.int32)
+    for start in range(0, m, batch_size):
+        sel = order[start:start + batch_size]
+        res = run_batch(lm, [texts[j] for j in sel], [index[j] for j in sel], units=units, n_samples=n_samples,
+                        max_new_tokens=max_new_tokens, seed=seed, temperature=temperature, top_p=top_p)
+        for u in units:
+            if acts[u].shape[1] == 0:
+                acts[u] = np.zeros((m, res.activations[u].shape[1]), np.float32)
+            acts[u][sel] = res.activations[u]
+        for r, j in enumerate(sel):
+            conts[j] = res.texts[r]
+            ntok[j] = [len(t) for t in res.tokens[r]]
+        if bar is not None:
+            bar.update(len(sel))
+    flat = [c for row in conts for c in row]
+    cscores = _score(outcome, flat, "outcome scorer").reshape(m, n_samples, -1)
+    y_all = cscores.mean(axis=1)
+    pscore = np.full(m, np.nan) if treatment.scores is None else treatment.scores[index].copy()
+    source = np.where(np.isnan(pscore), f"scorer:{(treatment.scorer or outcome).name}", treatment.source)
+    need = np.nonzero(np.isnan(pscore))[0]
+    if need.size:
+        pscorer = treatment.scorer or outcome
+        pscore[need] = _score(pscorer, [texts[j] for j in need], "treatment scorer")[:, t_col]
+    arrays = {
+        "index": np.asarray(index, np.int64), "prompt_score": pscore, "score_source": source.astype(str),
+        "t": (pscore >= treatment.threshold).astype(np.int8), "y": y_all[:, outcome_col], "y_all": y_all,
+        "cont_text": np.array(conts, dtype=str).reshape(m, n_samples), "cont_scores": cscores,
+        "cont_ntokens": ntok,
+    }
+    for u in units:
+        arrays[f"med::{u}"] = acts[u]
+    return arrays
+
+
+def extract(model, prompts, *, outcome, topics=None, sites=("mlp_out",), treatment=None, outcome_column="toxic",
+            n_samples: int = 5, max_new_tokens: int = 20, temperature: float = 1.0, top_p: float = 0.9,
+            seed: int = 0, out_dir, batch_size: int = 16, shard_size: int = 64, ids=None,
+            progress: bool = True) -> MediationData:
+    """Run the model on prompts and build a :class:`~deconfound.data.MediationData`.
+
+    Parameters
+    ----------
+    model : LoadedModel or (model, tokenizer)
+    prompts : sequence of str
+    outcome : scorer
+        Has ``.name``, ``.columns`` and ``.score(texts) -> (n, k)``; Y is the
+        mean of column ``outcome_column`` over the sampled continuations.
+    topics : topic labeller, sequence of labels, or None
+        A labeller has ``.name`` and ``.label(texts)`` returning ``.labels``,
+        ``.probs``, ``.topics`` and ``.margin``; the confounders are then
+        ``topic`` and ``p_topic_<name>`` per topic. A sequence of labels gives
+        the ``topic`` column only.
+    sites : str or sequence
+        Site specs; ``"mlp_out"`` means every layer. One unit per site and layer.
+    treatment : Treatment, array of given prompt scores (NaN where absent), or None
+        None scores every prompt with the outcome scorer; threshold 0.5.
+    outcome_column : str
+    n_samples, max_new_tokens, temperature, top_p : sampling settings
+        The default nucleus ``top_p=0.9`` follows RealToxicityPrompts.
+    seed : int
+        Seeds every (prompt, sample) stream.
+    out_dir : path
+        Where shards and results go; a re-run with the same settings resumes.
+    batch_size, shard_size : int
+        Prompts per forward pass and per shard file.
+    ids : sequence, optional
+        Prompt ids (default ``p000000``, ``p000001``, ...).
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    MediationData
+        Also saved to ``out_dir / "data"``.
+    """
+    from tqdm.auto import tqdm
+
+    lm = as_loaded(model)
+    prompts = _check_prompts(prompts)
+    n = len(prompts)
+    for name, value in (("n_samples", n_samples), ("max_new_tokens", max_new_tokens),
+                        ("batch_size", batch_size), ("shard_size", shard_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    if not 0 < top_p <= 1 or temperature < 0:
+        raise ValueError(f"sampling: expected 0 < top_p <= 1 and temperature >= 0, got {top_p}, {temperature}")
+    units = [s.name for s in expand_sites(lm.model, sites)]
+    outcome_col = _check_scorer(outcome, "outcome", outcome_column)
+    treatment = _as_treatment(treatment, n)
+    t_col = _check_scorer(treatment.scorer or outcome, "treatment scorer", treatment.column)
+    ids = np.asarray([f"p{i:06d}" for i in range(n)] if ids is None else list(ids)).astype(str)
+    if ids.shape != (n,) or len(set(ids.tolist())) != n:
+        raise DataError(f"ids: expected {n} unique ids, got {ids.shape[0]} with {len(set(ids.tolist()))} unique")
+    topic_x, topic_meta, margin = _topic_columns(topics, prompts)
+    out_dir = Path(out_dir)
+    shard_dir = out_dir / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    for stale in shard_dir.glob(".shard-*.tmp-*"):
+        stale.unlink(missing_ok=True)
+    settings = {
+        "model_id": lm.model_id, "model_fingerprint": lm.fingerprint, "units": units,
+        "prompts_sha256": _digest(prompts, ids.tolist()), "n_prompts": n,
+        "outcome": outcome.name, "outcome_column": outcome_column,
+        "treatment": {"source": treatment.source, "threshold": treatment.threshold, "column": treatment.column,
+                      "scorer": getattr(treatment.scorer, "name", None),
+                      "scores_sha256": None if treatment.scores is None else _digest(treatment.scores)},
+        "n_samples": int(n_samples), "max_new_tokens": int(max_new_tokens), "temperature": float(temperature),
+        "top_p": float(top_p), "seed": int(seed), "batch_size": int(batch_size), "shard_size": int(shard_size),
+    }
+    _check_run(out_dir, settings)
+    n_shards = -(-n // shard_size)
+    done = [s for s in range(n_shards) if (shard_dir / SHARD_PATTERN.format(s)).exists()]
+    initial = sum(min(shard_size, n - s * shard_size) for s in done)
+    bar = tqdm(total=n, initial=initial, unit="prompt", desc=f"extract {lm.model_id}", disable=not progress)
+    try:
+        for s in range(n_shards):
+            path = shard_dir / SHARD_PATTERN.format(s)
+            if path.exists():
+                continue
+            index = list(range(s * shard_size, min(n, (s + 1) * shard_size)))
+            arrays = _compute_shard(
+                lm, prompts, index, units=units, outcome=outcome, outcome_col=outcome_col, treatment=treatment,
+                t_col=t_col, n_samples=n_samples, max_new_tokens=max_new_tokens, seed=seed, temperature=temperature, top_p=top_p,
+                batch_size=batch_size, bar=bar)
+            _atomic_write(path, lambda f, a=arrays: np.savez(f, **a))
+    finally:
+        bar.close()
+    meta = {
+        "source": "deconfound.lm.extract",
+        "model": {"id": lm.model_id, "arch": lm.arch, "fingerprint": lm.fingerprint,
+                  "n_layers": lm.n_layers, "d_model": lm.d_model, "d_mlp": lm.d_mlp, "provenance": lm.provenance},
+        "sites": units, "position": "last prompt token (left padding)",
+        "outcome": {"scorer": outcome.name, "column": outcome_column, "columns": list(outcome.columns),
+                    "aggregate": "mean over samples", "n_samples": int(n_samples),
+                    "max_new_tokens": int(max_new_tokens), "temperature": float(temperature), "top_p": float(top_p)},
+        "seed": int(seed), "seeding": "numpy SeedSequence(seed, spawn_key=(prompt_index, sample)) per continuation",
+        "topics": topic_meta, "versions": _versions(), "settings": settings,
+    }
+    return _assemble(out_dir, prompts, ids, units, meta, treatment, topic_x, margin)
+
+
+def _topic_columns(topics, prompts):
+    """Label all prompts once: the confounder frame and its metadata."""
+    n = len(prompts)
+    if topics is None:
+        return pd.DataFrame(index=range(n)), {"labeller": None}, None
+    if not hasattr(topics, "label"):
+        labels = np.asarray(list(topics), dtype=object)
+        if labels.shape != (n,) or pd.isna(labels).any():
+            raise DataError(f"topics: expected {n} labels without missing values, or a labeller, got "
+                            f"{labels.shape[0]} labels ({int(pd.isna(labels).sum())} missing)")
+        labels = labels.astype(str)
+        return pd.DataFrame({"topic": labels}), {"labeller": "user", "topics": sorted(set(labels.tolist()))}, None
+    lab = topics.label(list(prompts))
+    names = [str(t) for t in lab.topics]
+    labels = np.asarray(lab.labels).astype(str)
+    probs = np.asarray(lab.probs, dtype=float)
+    margin = np.asarray(lab.margin, dtype=float)
+    if labels.shape != (n,) or probs.shape != (n, len(names)) or margin.shape != (n,):
+        raise DataError(f"topic labeller {topics.name}: expected labels ({n},), probs ({n}, {len(names)}) and "
+                        f"margin ({n},), got {labels.shape}, {probs.shape} and {margin.shape}")
+    cols = [_prob_column(nm) for nm in names]
+    if len(set(cols)) != len(cols):
+        raise DataError(f"topic names: expected names that stay distinct as column names, got {names}")
+    frame = pd.DataFrame({"topic": labels, **{c: probs[:, j] for j, c in enumerate(cols)}})
+    return frame, {"labeller": str(topics.name), "topics": names, "prob_columns": cols}, margin
+
+
+def _assemble(out_dir: Path, prompts, ids, units, meta, treatment, topic_x, margin) -> MediationData:
+    n = len(prompts)
+    parts = []
+    for path in sorted((out_dir / "shards").glob("shard-*.npz")):
+        with np.load(path, allow_pickle=False) as z:
+            parts.append({k: z[k] for k in z.files})
+    index = np.concatenate([p["index"] for p in parts]) if parts else np.zeros(0, np.int64)
+    if index.shape[0] != n or not np.array_equal(np.sort(index), np.arange(n)):
+        dup = int(index.shape[0] - np.unique(index).shape[0])
+        raise DataError(f"{out_dir}: expected shards covering prompts 0..{n - 1} once, got {index.shape[0]} rows "
+                        f"({dup} duplicates, {n - np.unique(index).shape[0]} missing)")
+    order = np.argsort(index, kind="stable")
+
+    def cat(key):
+        return np.concatenate([p[key] for p in parts])[order]
+
+    t, y, pscore, source = cat("t"), cat("y"), cat("prompt_score"), cat("score_source")
+    counts = {str(k): int(v) for k, v in zip(*np.unique(source, return_counts=True))}
+    meta["treatment"] = {"rule": f"prompt toxicity >= {treatment.threshold}", "threshold": treatment.threshold,
+                         "score_column": treatment.column, "given_source": treatment.source,
+                         "sources": counts}
+    mediators = {u: cat(f"med::{u}") for u in units}
+    x = topic_x
+    data = MediationData.from_arrays(t=t, y=y, mediators=mediators, x=x if len(x.columns) else None,
+                                     meta=meta, ids=ids)
+    data.save(out_dir / "data")
+    table = pd.DataFrame({"id": ids, "index": np.arange(n), "prompt": prompts, "prompt_score": pscore,
+                          "score_source": source, "t": t, "y": y})
+    if "topic" in x:
+        table["topic"] = x["topic"].astype(str).to_numpy()
+    if margin is not None:
+        table["topic_margin"] = margin
+    y_all = cat("y_all")
+    for j, col in enumerate(meta["outcome"]["columns"]):
+        table[f"outcome_{col}"] = y_all[:, j]
+    texts, scores, ntok = cat("cont_text"), cat("cont_scores"), cat("cont_ntokens")
+    s = texts.shape[1]
+    conts = pd.DataFrame({"id": np.repeat(ids, s), "index": np.repeat(np.arange(n), s),
+                          "sample": np.tile(np.arange(s), n), "text": texts.reshape(-1),
+                          "n_tokens": ntok.reshape(-1)})
+    for j, col in enumerate(meta["outcome"]["columns"]):
+        conts[col] = scores[:, :, j].reshape(-1)
+    _atomic_write(out_dir / "prompts.parquet", lambda f: table.to_parquet(f, index=False))
+    _atomic_write(out_dir / "continuations.parquet", lambda f: conts.to_parquet(f, index=False))
+    return data
+
+
+def load_extraction(out_dir) -> MediationData:
+    """The MediationData written by :func:`extract` into ``out_dir``."""
+    return MediationData.load(Path(out_dir) / "data")

