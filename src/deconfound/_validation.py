@@ -6,9 +6,23 @@ import numpy as np
 from .errors import DataError
 
 
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def check_finite(values, name: str) -> np.ndarray:
     """Return ``values`` as a float array; raise DataError naming ``name`` if any entry is NaN or inf."""
-    arr = np.asarray(values, dtype=float)
+    raw = np.asarray(values)
+    try:
+        arr = raw.astype(float)
+    except (TypeError, ValueError):
+        row, value = next(((i, v) for i, v in enumerate(raw.ravel()) if not _is_number(v)), (None, None))
+        raise DataError(f"{name}: expected numeric values, got dtype {raw.dtype} "
+                        f"(first bad value {value!r} at flat position {row})") from None
     bad = ~np.isfinite(arr)
     if bad.any():
         rows = np.unique(np.nonzero(bad)[0])
@@ -29,7 +43,7 @@ def check_binary(values, name: str) -> np.ndarray:
     except (TypeError, ValueError):
         raise DataError(f"{name}: expected a binary 0/1 treatment, got dtype {arr.dtype}") from None
     levels = np.unique(num[np.isfinite(num)])
-    if np.isnan(num).any() or not set(levels.tolist()) <= {0.0, 1.0}:
+    if not np.isfinite(num).all() or not set(levels.tolist()) <= {0.0, 1.0}:
         shown = np.unique(arr.astype(str))[:6].tolist()
         raise DataError(f"{name}: expected a binary 0/1 treatment, got values {shown}")
     return num.astype(np.int8)

@@ -17,6 +17,29 @@ from .errors import DataError
 FORMAT_VERSION = 1
 
 
+def _json_default(value):
+    """numpy scalars and arrays as plain JSON numbers and lists, so meta round-trips exactly."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _versions() -> dict:
+    """Versions written into meta.json beside the data (provenance; not part of ``meta``)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("deconfound", "numpy", "pandas", "pyarrow", "safetensors"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
 def _is_categorical(col: pd.Series) -> bool:
     return not pd.api.types.is_numeric_dtype(col) or isinstance(col.dtype, pd.CategoricalDtype)
 
@@ -39,6 +62,7 @@ def _as_confounder_frame(x, x_names, n: int) -> pd.DataFrame:
             raise DataError(f"x_names: expected {arr.shape[1]} names, got {len(names)}")
         frame = pd.DataFrame({nm: arr[:, j] for j, nm in enumerate(names)})
     check_length(frame, n, "x")
+    frame.columns = [str(c) for c in frame.columns]
     for name in frame.columns:
         col = frame[name]
         if _is_categorical(col):
@@ -280,8 +304,8 @@ class MediationData:
             info = {"format_version": FORMAT_VERSION, "treatment_name": self.treatment_name,
                     "outcome_name": self.outcome_name, "units": self.units,
                     "categories": {c: list(self.x[c].cat.categories) for c in self.categorical_confounders()},
-                    "mediator_columns": self.mediator_columns, "meta": self.meta}
-            (tmp / "meta.json").write_text(json.dumps(info, indent=2, default=str))
+                    "mediator_columns": self.mediator_columns, "meta": self.meta, "versions": _versions()}
+            (tmp / "meta.json").write_text(json.dumps(info, indent=2, default=_json_default))
             if path.exists():
                 old = path.with_name(f".{path.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
