@@ -46,6 +46,8 @@ def graph_path(name) -> Path:
     p = Path(name)
     if p.suffix in (".gml", ".dot") and p.exists():
         return p
+    if len(p.parts) > 1:  # an explicit path that does not exist: never fall back to a built-in graph
+        raise GraphError(f"graph: expected an existing .gml/.dot file, got the missing path {str(name)!r}")
     dirs = ([Path(os.environ["DECONFOUND_GRAPHS"])] if "DECONFOUND_GRAPHS" in os.environ else []) + GRAPH_DIRS
     for d in dirs:
         for suffix in (".gml", ".dot"):
@@ -66,7 +68,13 @@ def _read(path: Path) -> nx.DiGraph:
         raise GraphError(f"graph {path.name}: expected valid {path.suffix[1:].upper()}, got a parse error: {exc}") from exc
     if not g.is_directed():
         raise GraphError(f"graph {path.name}: expected a directed graph, got an undirected one")
-    return nx.DiGraph(g)
+    g = nx.DiGraph(g)
+    if path.suffix == ".dot":  # pydot keeps the quotes of attribute values ('"no"')
+        for _, attrs in g.nodes(data=True):
+            for key, value in attrs.items():
+                if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+                    attrs[key] = value[1:-1]
+    return g
 
 
 class CausalGraph:
