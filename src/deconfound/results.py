@@ -1,6 +1,7 @@
 """MediationResult: effects per unit, effect and arm, with statsmodels-style summaries."""
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +18,7 @@ ROW_NAMES = {("nie", "control"): "ACME (control)", ("nie", "treated"): "ACME (tr
              ("prop_mediated", "treated"): "Prop. Mediated (treated)", ("nie", "average"): "ACME (average)",
              ("nde", "average"): "ADE (average)", ("prop_mediated", "average"): "Prop. Mediated (average)",
              ("te", "treated"): "Total Effect (treated)", ("te", "control"): "Total Effect (control)"}
+ESTIMAND_NAMES = {"nie": "NIE (ACME)", "nde": "NDE (ADE)", "te": "TE", "prop_mediated": "NIE/TE"}
 ROW_ORDER = [("nie", "control"), ("nie", "treated"), ("nde", "control"), ("nde", "treated"), ("te", "average"),
              ("te", "treated"), ("te", "control"), ("prop_mediated", "control"), ("prop_mediated", "treated"),
              ("nie", "average"), ("nde", "average"), ("prop_mediated", "average")]
@@ -101,7 +103,10 @@ class MediationResult:
     # ---- printing ---------------------------------------------------------------------------
     def _header(self) -> list[tuple[str, str]]:
         adj = self.adjustment or {}
-        return [("Estimator", self.estimator), ("Population", self.population.upper()),
+        kinds = {k for effs in self.effects.values() for k, _ in effs}
+        order = [*EFFECTS, *sorted(kinds - set(EFFECTS))]
+        estimand = ", ".join(ESTIMAND_NAMES.get(k, k) for k in order if k in kinds) or "-"
+        return [("Estimator", self.estimator), ("Estimand", estimand), ("Population", self.population.upper()),
                 ("Graph", self.graph or "-"),
                 ("Adjust T->M", ", ".join(adj.get("first_stage", ())) or "none"),
                 ("Adjust M->Y", ", ".join(adj.get("second_stage", ())) or "none"),
@@ -113,11 +118,18 @@ class MediationResult:
         units = [unit] if unit is not None else self.units
         width = 78
         lines = ["=" * width, f"{'Causal mediation analysis':^{width}}", "=" * width]
-        head = self._header()
-        for i in range(0, len(head), 2):
-            left = f"{head[i][0] + ':':<14}{head[i][1]:<25}"
-            right = f"{head[i + 1][0] + ':':<14}{head[i + 1][1]}" if i + 1 < len(head) else ""
-            lines.append((left + right)[:width])
+        pending = None  # two short header fields per line; a long one gets a line of its own
+        for key, value in self._header():
+            if len(value) > 24:
+                lines.extend([pending.rstrip()] if pending else [])
+                lines.append(f"{key + ':':<14}{value}")
+                pending = None
+            elif pending is None:
+                pending = f"{key + ':':<14}{value:<25}"
+            else:
+                lines.append(pending + f"{key + ':':<14}{value}")
+                pending = None
+        lines.extend([pending.rstrip()] if pending else [])
         for u in units:
             lines.append("-" * width)
             lines.append(f"Unit: {u}")
@@ -144,7 +156,8 @@ class MediationResult:
         return self.summary()
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>" for k, v in self._header())
+        head = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in self._header())
         return (f"<table>{head}</table>" + self.to_frame().to_html(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
