@@ -29,6 +29,8 @@ OVB_KEYS = ("sigma2", "nu2", "psi_sigma2", "psi_nu2")
 FRAME_COLUMNS = ["unit", "effect", "arm", "theta", "theta_lower", "theta_upper", "ci_lower", "ci_upper", "rv",
                  "rva"]
 EFFECT_NAMES = {"te": "TE", "nie": "NIE", "nde": "NDE"}
+ROW_KEYS = (("te", "average"), ("nie", "control"), ("nie", "treated"), ("nie", "average"), ("nde", "control"),
+            ("nde", "treated"), ("nde", "average"))
 
 
 # ---- the pure core --------------------------------------------------------------------------------
@@ -256,11 +258,8 @@ def _pieces(result: MediationResult, unit: str, key, ovb: dict) -> dict:
 
 
 def _ovb_keys(result: MediationResult, unit: str, ovb: dict, effects) -> list:
-    keys = [k for k in ovb if k in result.effects[unit] and k[0] in effects]
-    order = {k: i for i, k in enumerate([("te", "average"), ("nie", "control"), ("nie", "treated"),
-                                         ("nie", "average"), ("nde", "control"), ("nde", "treated"),
-                                         ("nde", "average")])}
-    return sorted(keys, key=lambda k: order.get(k, 99))
+    """The stored (effect, arm) keys in display order; TE once (its arms are the same ATE)."""
+    return [k for k in ROW_KEYS if k in ovb and k in result.effects[unit] and k[0] in effects]
 
 
 def sensitivity_analysis(result: MediationResult, *, cf_y=0.03, cf_d=0.03, rho=1.0, level=0.95, null=0.0,
@@ -339,23 +338,45 @@ def _graph_without(graph, drop):
 def benchmark_strengths(long: dict, short: dict) -> dict:
     """Implied cf_y, cf_d, rho of the dropped confounders from the long and short fits' pieces.
 
-    ``long`` and ``short`` hold theta, sigma2, nu2. With g_y = (sigma2_short - sigma2_long) / sigma2_long and
-    g_d = (nu2_long - nu2_short) / nu2_long (the gains the dropped confounders bring, relative to the long fit):
-    cf_y = g_y, cf_d = g_d / (1 + g_d), so that cf_d / (1 - cf_d) = g_d, and
-    rho = (theta_short - theta_long) / sqrt((sigma2_short - sigma2_long)(nu2_long - nu2_short)), clipped to
-    [-1, 1]. A latent confounder that adds k times these gains to the long fit then has the bound
-    k |rho| sqrt((sigma2_short - sigma2_long)(nu2_long - nu2_short)), i.e. k |delta_theta| when rho is not
-    clipped. cf_y is DoubleML's benchmark cf_y; DoubleML reports (nu2_long - nu2_short) / nu2_short as cf_d.
+    ``long`` and ``short`` hold theta, sigma2, nu2. The dropped confounders' gains, relative to the long fit:
+
+        g_y = (sigma2_short - sigma2_long) / sigma2_long,   g_d = (nu2_long - nu2_short) / nu2_long,
+        rho = (theta_short - theta_long) / sqrt((sigma2_short - sigma2_long) (nu2_long - nu2_short)),
+
+    and cf_y = g_y, cf_d = g_d / (1 + g_d) (so cf_d / (1 - cf_d) = g_d). A latent confounder adding k times
+    these gains to the long fit then has the bound k |rho| sqrt((sigma2_short - sigma2_long)(nu2_long -
+    nu2_short)) = k |theta_short - theta_long|. ``cf_y`` equals DoubleML's benchmark cf_y; DoubleML reports
+    (nu2_long - nu2_short) / nu2_short as cf_d.
+
+    When the gains are too small to produce the observed shift under the OVB model (|rho| would exceed 1, or
+    a gain is <= 0, which happens for the composite Riesz representers of NIE/NDE), DoubleML clips rho to 1 and
+    its k = 1 bound falls short of the shift the benchmark itself caused. Here the gains are raised instead, by
+    a common factor (or the non-positive one alone), until the bound reproduces the shift; ``calibrated`` says
+    so, and ``gain_y_observed`` / ``gain_d_observed`` keep the raw values.
     """
-    var_g = max(short["sigma2"] - long["sigma2"], 0.0)
-    var_a = max(long["nu2"] - short["nu2"], 0.0)
+    s_l, s_s, n_l, n_s = long["sigma2"], short["sigma2"], long["nu2"], short["nu2"]
+    var_g, var_a = max(s_s - s_l, 0.0), max(n_l - n_s, 0.0)
     delta = short["theta"] - long["theta"]
+    need = delta**2  # the product var_g * var_a that reproduces the shift at |rho| = 1
+    calibrated = var_g * var_a < need
+    if calibrated:
+        if var_g > 0 and var_a > 0:
+            lam = np.sqrt(need / (var_g * var_a))
+            var_g, var_a = lam * var_g, lam * var_a
+        elif var_g > 0:
+            var_a = need / var_g
+        elif var_a > 0:
+            var_g = need / var_a
+        else:
+            scale = abs(delta) / np.sqrt(s_l * n_l)
+            var_g, var_a = scale * s_l, scale * n_l
     denom = np.sqrt(var_g * var_a)
-    rho = float(np.sign(delta) * min(1.0, abs(delta) / denom)) if denom > 0 else float(np.sign(delta) or 1.0)
-    g_y, g_d = var_g / long["sigma2"], var_a / long["nu2"]
-    return dict(cf_y=g_y, cf_d=g_d / (1 + g_d), rho=rho, gain_y=g_y, gain_d=g_d, delta_theta=delta,
-                theta_long=long["theta"], theta_short=short["theta"], sigma2_long=long["sigma2"],
-                sigma2_short=short["sigma2"], nu2_long=long["nu2"], nu2_short=short["nu2"])
+    rho = float(np.sign(delta) * min(1.0, abs(delta) / denom)) if denom > 0 else 1.0
+    g_y, g_d = var_g / s_l, var_a / n_l
+    return dict(cf_y=min(g_y, 1 - 1e-12), cf_d=g_d / (1 + g_d), rho=rho, delta_theta=delta,
+                theta_long=long["theta"], theta_short=short["theta"], gain_y=g_y, gain_d=g_d,
+                gain_y_observed=(s_s - s_l) / s_l, gain_d_observed=(n_l - n_s) / n_l, calibrated=bool(calibrated),
+                sigma2_long=s_l, sigma2_short=s_s, nu2_long=n_l, nu2_short=n_s)
 
 
 def scaled_strengths(bench: dict, k: float) -> tuple[float, float]:
@@ -390,7 +411,7 @@ class BenchmarkResult:
 
     def summary(self) -> str:
         lines = [f"Benchmark: dropping {self.drop}", self.benchmarks[
-            ["unit", "effect", "arm", "cf_y", "cf_d", "rho", "theta_long", "theta_short", "delta_theta"]
+            ["unit", "effect", "arm", "cf_y", "cf_d", "rho", "theta_long", "theta_short", "delta_theta", "calibrated"]
         ].to_string(index=False, float_format=lambda v: f"{v:.4f}"), ""]
         return "\n".join(lines + self.sentences())
 
@@ -461,6 +482,7 @@ def sensitivity_plot(source, path, *, unit=None, effect="nie", arm="average", ki
     Returns the path.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 - plotting only
+    from matplotlib.colors import TwoSlopeNorm  # noqa: PLC0415
     from matplotlib.figure import Figure  # noqa: PLC0415
 
     if kind not in ("theta", "ci"):
@@ -496,7 +518,8 @@ def sensitivity_plot(source, path, *, unit=None, effect="nie", arm="average", ki
     fig = Figure(figsize=(6, 5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    filled = ax.contourf(axis, axis, z, levels=20, cmap="RdBu_r" if lower_side else "RdBu")
+    norm = TwoSlopeNorm(0.0, z.min(), z.max()) if z.min() < 0 < z.max() else None
+    filled = ax.contourf(axis, axis, z, levels=20, cmap="RdBu" if lower_side else "RdBu_r", norm=norm)
     fig.colorbar(filled, ax=ax, label=f"{'lower' if lower_side else 'upper'} bound ({kind})")
     lines = ax.contour(axis, axis, z, levels=8, colors="k", linewidths=0.5)
     ax.clabel(lines, fontsize=7, fmt="%.3g")
