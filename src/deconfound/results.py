@@ -59,6 +59,18 @@ class MediationResult:
     diagnostics: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
 
+    def __post_init__(self):
+        # Prop. Mediated = NIE / TE is unstable when TE may be 0: say so, whichever estimator built the result
+        flagged = [u for u, effs in self.effects.items()
+                   if ("te", "average") in effs and any(k == "prop_mediated" for k, _ in effs)
+                   and effs[("te", "average")].ci[0] <= 0 <= effs[("te", "average")].ci[1]
+                   and not any(f"unit {u!r}" in w and "Prop. Mediated" in w for w in map(str, self.warnings))]
+        if flagged:
+            shown = ", ".join(repr(u) for u in flagged[:10]) + (" ..." if len(flagged) > 10 else "")
+            msg = f"the total effect's CI covers 0 for {len(flagged)} unit(s) ({shown}): Prop. Mediated is unstable there"
+            if msg not in self.warnings:  # dataclasses.replace runs this again
+                self.warnings.append(msg)
+
     @property
     def units(self) -> list[str]:
         return list(self.effects)

@@ -124,3 +124,20 @@ def test_repr_html(rng):
     assert "Adjust T-&gt;M" in html and "topic_mediation" in html
     assert "<th>ci_lower</th>" in html and "q_value" in html
     assert f"{res.effect('u0', 'nie', 'control').estimate:.4f}" in html
+
+
+def test_warns_when_total_effect_may_be_zero(rng):
+    base, _ = _base_effects(rng)
+    base[("te", "average")] = Effect.from_se(0.05, 0.1)  # CI covers 0
+    effects = {"u0": add_derived(base), "u1": add_derived(_base_effects(rng)[0])}
+    res = MediationResult("x", effects, n=300, n_treated=100)
+    assert res.warnings == ["the total effect's CI covers 0 for 1 unit(s) ('u0'): Prop. Mediated is unstable there"]
+    assert "Warning: the total effect's CI covers 0" in res.summary()
+    # an estimator that already warned about the unit is not repeated
+    said = ["unit 'u0': the total effect's CI covers 0, so Prop. Mediated is unstable"]
+    assert MediationResult("x", effects, n=300, n_treated=100, warnings=list(said)).warnings == said
+    assert _result(rng).warnings == []
+    import dataclasses
+
+    again = dataclasses.replace(res)
+    assert len(again.warnings) == 1
