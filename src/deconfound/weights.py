@@ -76,10 +76,13 @@ def balance_matrix(x, *, categorical=None, soft=None) -> BalanceMatrix:
     Parameters
     ----------
     x : Series, DataFrame, array or BalanceMatrix
-        Categorical columns (object, string, category, bool or integer dtype) become one-hot indicators with
-        the reference (first sorted) level dropped. Float columns pass through; if they are probabilities
-        whose rows sum to 1 (soft topics), the first column in sorted name order is dropped, since the
-        columns would otherwise be collinear with the weights' normalization.
+        Categorical columns become one-hot indicators with the reference level dropped: the first category
+        of a pandas Categorical (as in ``MediationData.x_design``), else the first sorted level. As in
+        :mod:`deconfound.data`, a column is categorical when its dtype is non-numeric or Categorical; a
+        single 1-D input (Series or array) of integer dtype is read as topic ids and is categorical too.
+        Numeric columns pass through; if they are probabilities whose rows sum to 1 (soft topics), the first
+        column in sorted name order is dropped, since the columns would otherwise be collinear with the
+        weights' normalization.
     categorical : list of str, optional
         Columns to treat as categorical; the others are numeric. Default: decided by dtype as above.
     soft : list of str or False, optional
@@ -104,11 +107,13 @@ def balance_matrix(x, *, categorical=None, soft=None) -> BalanceMatrix:
             frame = pd.DataFrame(arr, columns=[f"x{j}" for j in range(arr.shape[1])])
         else:
             raise DataError(f"x: expected a 1-D or 2-D array, got {arr.ndim} dimensions")
+    one_column = not isinstance(x, pd.DataFrame)
     frame = frame.reset_index(drop=True)
     cols = [str(c) for c in frame.columns]
     frame.columns = cols
     if categorical is None:
-        is_cat = {c: not pd.api.types.is_float_dtype(frame[c]) for c in cols}
+        is_cat = {c: (not pd.api.types.is_numeric_dtype(frame[c]) or isinstance(frame[c].dtype, pd.CategoricalDtype)
+                      or (one_column and pd.api.types.is_integer_dtype(frame[c]))) for c in cols}
     else:
         unknown = sorted(set(map(str, categorical)) - set(cols))
         if unknown:
@@ -135,7 +140,8 @@ def balance_matrix(x, *, categorical=None, soft=None) -> BalanceMatrix:
             if missing.any():
                 raise DataError(f"{c}: expected a topic label in every row, got {int(missing.sum())} missing "
                                 f"(first rows: {np.flatnonzero(missing)[:5].tolist()})")
-            levels = _levels(raw)
+            dtype = frame[c].dtype
+            levels = list(dtype.categories) if isinstance(dtype, pd.CategoricalDtype) else _levels(raw)
             codes = pd.Categorical(raw, categories=levels).codes.astype(np.int64)
             topics[c] = (codes, tuple(levels))
             for k, level in enumerate(levels[1:], start=1):

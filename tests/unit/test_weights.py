@@ -275,8 +275,14 @@ def test_balance_matrix_categorical_soft_and_mixed():
     assert bm.topics["topic"][1] == ("a", "b", "c")
     soft_only = balance_matrix(frame[["p_x", "p_y"]].assign(p_x=[0.2, 0.5, 0.1, 0.3]))
     assert soft_only.names == ("p_x", "p_y")      # rows do not sum to 1: nothing dropped
-    ints = balance_matrix(pd.Series([3, 1, 2, 1], name="tid"))
+    ints = balance_matrix(pd.Series([3, 1, 2, 1], name="tid"))       # one integer column: topic ids
     assert ints.names == ("tid[2]", "tid[3]")
+    as_frame = balance_matrix(pd.DataFrame({"n_tokens": [3, 1, 2, 1], "topic": ["a", "b", "a", "b"]}))
+    assert as_frame.names == ("n_tokens", "topic[b]")                  # in a DataFrame: numeric, as in data.py
+    cat = pd.Categorical(["x", "y", "y", "x"], categories=["y", "x", "z"])
+    bm_cat = balance_matrix(pd.DataFrame({"topic": cat}))             # reference = first category, as x_design
+    assert bm_cat.names == ("topic[x]", "topic[z]")
+    np.testing.assert_array_equal(bm_cat.values[:, 0], [1, 0, 0, 1])
     with pytest.raises(DataError, match="topic: expected a topic label in every row, got 1 missing"):
         balance_matrix(pd.Series(["a", None, "b"], name="topic"))
 
@@ -362,3 +368,12 @@ def test_support_ranges_match_brute_force():
     for i in range(40):
         np.testing.assert_array_equal(lo[i], f[sup[i]].min(axis=0))
         np.testing.assert_array_equal(hi[i], f[sup[i]].max(axis=0))
+
+
+def test_unobserved_categories_including_the_reference():
+    topic, t = _topics(23)
+    cat = pd.Categorical(topic, categories=["unused", "a", "b", "c", "d", "e", "never"])
+    res = eb_att(pd.DataFrame({"topic": cat}), t)
+    np.testing.assert_allclose(res.weights[t == 0], _poststrat(topic, t, 0, t == 1), rtol=1e-10)
+    counts = res.topic_counts().set_index("level")
+    assert counts.loc["never", "n1"] == 0 and counts.loc["never", "n0"] == 0
