@@ -24,9 +24,6 @@ __all__ = [
 _ESTIMANDS = ("ATT", "ATC", "ATE")
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Balance functions c(x)
-# ----------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True, repr=False)
 class BalanceMatrix:
     """Balance functions c(x) built by :func:`balance_matrix`.
@@ -224,9 +221,6 @@ def _target_means(target, k: int, target_weights, name: str = "target"):
     return None, None, means
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Diagnostics
-# ----------------------------------------------------------------------------------------------------------------
 def _ess(w: np.ndarray, q: np.ndarray) -> dict:
     """Kish ESS and largest share for weights w of rows with frequency weights q (a row counts q times)."""
     pos = q > 0
@@ -292,6 +286,10 @@ class EBResult:
     diagnostics: dict
     table: pd.DataFrame
 
+    def __repr__(self) -> str:
+        return (f"EBResult(n={len(self.weights)}, converged={self.converged}, iterations={self.iterations}, "
+                f"max_imbalance={self.max_imbalance:.3g}, ess={self.diagnostics['ess']:.1f})")
+
     def balance_table(self) -> pd.DataFrame:
         """Per covariate: target mean, raw and weighted means of the weighted rows, SMD before and after
         (pooled unweighted SD of target and rows; ddof 0) and variance ratios (rows / target)."""
@@ -321,9 +319,6 @@ def _balance_frame(f, q, w, rows, tw, means, names) -> pd.DataFrame:
     }, index=pd.Index(names, name="covariate"))
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Public solvers
-# ----------------------------------------------------------------------------------------------------------------
 def _design(f, names, rows, tw, means, moments, center=None):
     """Append squared centred terms for non-binary columns (moments=2). Returns f, rows, means, names."""
     if moments not in (1, 2):
@@ -431,6 +426,10 @@ class EBBatchResult:
     names: tuple
     arms: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        return (f"EBBatchResult(problems={self.weights.shape[0]}, n={self.weights.shape[1]}, "
+                f"converged={int(self.converged.sum())}/{self.converged.size})")
+
 
 def entropy_balance_batch(covariates, target, base_weights, *, target_weights=None, moments=1, tol=1e-8,
                           max_iter=200, warm_start=True, on_failure="raise") -> EBBatchResult:
@@ -500,9 +499,6 @@ def _batch(f, names, qb, rows, means, twb, moments, tol, max_iter, warm_start, o
                          np.abs(sol.imbalance).max(axis=1, initial=0.0), tuple(names2))
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Standard estimands
-# ----------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True, repr=False)
 class EBWeights:
     """Entropy balancing weights for an estimand (ATT, ATC, ATE) on a full sample.
@@ -536,6 +532,11 @@ class EBWeights:
     @property
     def converged(self) -> bool:
         return all(fit.converged for fit in self.fits.values())
+
+    def __repr__(self) -> str:
+        ess = ", ".join(f"ess_{arm}={v:.1f}" for arm, v in self.diagnostics["ess"].items())
+        return (f"EBWeights({self.estimand}, n={len(self.weights)}, converged={self.converged}, {ess}, "
+                f"dropped={len(self.dropped)})")
 
     def balance_table(self) -> pd.DataFrame:
         """Per covariate: treated and control means, raw and weighted; SMD = (treated - control) / pooled SD,
