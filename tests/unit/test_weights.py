@@ -377,3 +377,14 @@ def test_unobserved_categories_including_the_reference():
     np.testing.assert_allclose(res.weights[t == 0], _poststrat(topic, t, 0, t == 1), rtol=1e-10)
     counts = res.topic_counts().set_index("level")
     assert counts.loc["never", "n1"] == 0 and counts.loc["never", "n0"] == 0
+
+
+def test_batch_failures_raise_or_give_nan():
+    c = np.arange(10.0)[:, None]
+    q = np.ones((3, 10))
+    q[2, 5:] = 0.0                              # replicate 2 keeps only values 0..4: a target of 6 is infeasible
+    with pytest.raises(ConvergenceError, match=r"1 of 3 problems failed; first: replicate 2: .*outside the range"):
+        entropy_balance_batch(c, [6.0], q)
+    res = entropy_balance_batch(c, [6.0], q, on_failure="nan")
+    assert list(res.converged) == [True, True, False] and np.isnan(res.weights[2]).all()
+    np.testing.assert_allclose(res.weights[:2] @ c[:, 0], 6.0, rtol=1e-10)
