@@ -1,0 +1,639 @@
+"""Weighting (inverse probability) mediation, Huber (2014), and the entropy-balanced total effect.
+
+Huber (2014), as in R ``causalweight::medweight``: with p(X) = P(T=1|X) and p(M,X) = P(T=1|M,X),
+
+    E[Y(1, M(1))] = E[Y T / p(X)]                                  E[Y(0, M(0))] = E[Y (1-T) / (1-p(X))]
+    E[Y(1, M(0))] = E[Y T (1-p(M,X)) / (p(M,X) (1-p(X)))]          E[Y(0, M(1))] = E[Y (1-T) p(M,X) / ((1-p(M,X)) p(X))]
+
+each computed as a normalized (Hajek) weighted mean. p(X) comes from entropy balancing (default) or a logistic
+regression; p(M,X) from an L2-regularized logistic regression on the standardized [M, X].
+
+Entropy balancing as a propensity model. The ATT weights of the controls, w_j (summing to 1), are proportional
+to exp(lambda'c(x_j)): the odds p/(1-p) of a logistic model. Since the odds weights of the controls sum to n1,
+odds(x_j) = n1 w_j on the controls; symmetrically the ATC weights of the treated give 1/odds(x_i) = n0 v_i.
+So p(X) = n1 w_j / (1 + n1 w_j) on controls and 1 / (1 + n0 v_i) on the treated. With one-hot topics both
+equal the topic's share of treated rows, n1(x)/n(x), exactly; in general the implied 1/p(X) and 1/(1-p(X))
+weights balance every covariate to its pooled mean exactly.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.base import clone
+from scipy.special import expit
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+
+from ..bootstrap import bootstrap
+from ..errors import PositivityError
+from ..graph import resolve
+from ..inference import Effect
+from ..results import ARMS, MediationResult, add_derived
+from ..weights import balance_matrix, eb_atc, eb_ate, eb_att, eb_weights_batch
+from .base import MediationEstimator, check_units, register
+
+MU_KEYS = ("y11", "y10", "y01", "y00")  # E[Y(1,M(1))], E[Y(1,M(0))], E[Y(0,M(1))], E[Y(0,M(0))]
+_EFFECTS = (("te", "average"), ("nie", "treated"), ("nie", "control"), ("nde", "control"), ("nde", "treated"))
+_TINY = 1e-12
+
+
+# ---- p(X) ---------------------------------------------------------------------------------------------------
+def _design(data, cols):
+    """Balance functions c(x) of the confounder columns ``cols`` (one-hot topics, soft topics as given)."""
+    return balance_matrix(data.x[list(cols)]) if cols else balance_matrix(np.zeros((data.n, 0)))
+
+
+def _check_overlap(bm, t, f, what: str) -> None:
+    """Every topic needs treated and control rows; raise PositivityError naming the topics and counts."""
+    bad = []
+    for col, (codes, levels) in bm.topics.items():
+        n1 = np.bincount(codes, weights=f * t, minlength=len(levels))
+        n0 = np.bincount(codes, weights=f * (1 - t), minlength=len(levels))
+        bad += [f"topic '{lv}' (column '{col}'): n1={n1[j]:g}, n0={n0[j]:g}" for j, lv in enumerate(levels)
+                if (n1[j] > 0) != (n0[j] > 0)]
+    if bad:
+        raise PositivityError(f"{what} needs treated and control rows in every topic (expected n1 > 0 and n0 > 0), "
+                              f"got {len(bad)} topic(s) without overlap: " + "; ".join(bad))
+
+
+def _eb_block(w_design, source, target, h):
+    """Influence of an entropy balancing fit on h = exp(alpha'W) (source rows): (phi (n, p), dh/dalpha (n, p)).
+
+    The fit solves mean(S h W - R W) = 0 (S: source rows, R: target rows), so phi = -g J^{-1} with
+    J = mean(S h W W')."""
+    n = len(h)
+    sh = np.where(source, h, 0.0)
+    g = sh[:, None] * w_design - target[:, None] * w_design
+    jac = (w_design * sh[:, None]).T @ w_design / n
+    phi = -g @ np.linalg.pinv(jac).T
+    return phi, sh[:, None] * w_design
+
+
+def _eb_odds(bm, t, f, *, blocks: bool):
+    """h = odds p/(1-p) on controls (ATT fit) and 1/odds on treated (ATC fit); influence blocks if asked."""
+    tr = t == 1
+    n1, n0 = float(f[tr].sum()), float(f[~tr].sum())
+    h = np.ones(len(t))
+    pos = f > 0
+    info = {}
+    if bm.values.shape[1] == 0:
+        h[~tr], h[tr] = n1 / n0, n0 / n1
+    else:
+        att, atc = eb_att(bm, t, base_weights=f), eb_atc(bm, t, base_weights=f)
+        c, r = ~tr & pos, tr & pos
+        h[c] = n1 * att.weights[c] / f[c]
+        h[r] = n0 * atc.weights[r] / f[r]
+        info = {"att": att, "atc": atc}
+    if (h[pos] <= 0).any():
+        k = int((h[pos] <= 0).sum())
+        raise PositivityError(f"p(X): expected 0 < p(X) < 1, got {k} rows forced to p(X) = 0 or 1 by entropy "
+                              "balancing (a covariate value seen in one arm only)")
+    out = []
+    if blocks:
+        w = np.column_stack([np.ones(len(t)), bm.values])
+        out = [_eb_block(w, ~tr, tr, h), _eb_block(w, tr, ~tr, h)]
+    return h, out, info
+
+
+def _logit_odds(bm, t, f, *, blocks: bool):
+    """The same h from an unpenalized logistic regression of T on c(x) (intercept only without covariates)."""
+    tr = t == 1
+    n = len(t)
+    w = np.column_stack([np.ones(n), bm.values])
+    if bm.values.shape[1] == 0:
+        p = np.full(n, f[tr].sum() / f.sum())
+    else:
+        model = LogisticRegression(C=np.inf, tol=1e-10, max_iter=5000).fit(bm.values, t, sample_weight=f)
+        p = model.predict_proba(bm.values)[:, 1]
+    p = np.clip(p, _TINY, 1 - _TINY)
+    h = np.where(tr, (1 - p) / p, p / (1 - p))
+    out = []
+    if blocks:
+        hess = (w * (p * (1 - p))[:, None]).T @ w / n
+        phi = (w * (t - p)[:, None]) @ np.linalg.pinv(hess).T
+        out = [(phi, np.where(tr, -h, h)[:, None] * w)]
+    return h, out, {}
+
+
+# ---- p(M, X) ------------------------------------------------------------------------------------------------
+def _pca_scores(m, k, f):
+    """Scores on the top-k principal components of the f-weighted covariance (signs fixed: largest loading > 0)."""
+    wts = f / f.sum()
+    mu = wts @ m
+    xc = m - mu
+    cov = (xc * wts[:, None]).T @ xc
+    vals, vecs = np.linalg.eigh(cov)
+    comps = vecs[:, ::-1][:, :k]
+    signs = np.sign(comps[np.abs(comps).argmax(axis=0), np.arange(comps.shape[1])])
+    return xc @ (comps * np.where(signs == 0, 1.0, signs))
+
+
+DEFAULT_CS = np.logspace(-4, 4, 10)
+DEFAULT_LEARNER = ("L2 logistic regression on the standardized [M, X], penalty on the mediator columns only "
+                   "(X unpenalized), C by 5-fold stratified CV of the log loss over logspace(-4, 4, 10)")
+
+
+def _logit_newton(z, t, f, pen, gamma=None, tol=1e-10, max_iter=100):
+    """Minimize sum f (log(1 + e^eta) - t eta) + pen . gamma^2 / 2 by damped Newton (z has the intercept)."""
+    gamma = np.zeros(z.shape[1]) if gamma is None else gamma.copy()
+    total = f.sum()
+
+    def loss(g):
+        eta = z @ g
+        return float(f @ (np.logaddexp(0.0, eta) - t * eta) + 0.5 * pen @ g**2)
+
+    cur = loss(gamma)
+    for _ in range(max_iter):
+        p = expit(z @ gamma)
+        grad = z.T @ (f * (p - t)) + pen * gamma
+        if np.abs(grad).max() < tol * total:
+            break
+        hess = (z * (f * p * (1 - p))[:, None]).T @ z + np.diag(pen)
+        step = np.linalg.lstsq(hess, grad, rcond=None)[0]
+        size = 1.0
+        while size > 1e-10:
+            trial = gamma - size * step
+            new = loss(trial)
+            if new <= cur - 1e-4 * size * (grad @ step) + 1e-12 * abs(cur):
+                gamma, cur = trial, new
+                break
+            size /= 2
+        else:
+            break
+    return gamma
+
+
+def _cv_c(zt, t, f, mask, random_state):
+    """The C of the mediator penalty with the best 5-fold stratified cross-validated log loss."""
+    folds = StratifiedKFold(5, shuffle=True, random_state=random_state).split(zt, t)
+    scores = np.zeros(len(DEFAULT_CS))
+    for train, test in folds:
+        gamma = None
+        for j, c in enumerate(DEFAULT_CS):  # small to large C, warm started
+            gamma = _logit_newton(zt[train], t[train], f[train], mask / c, gamma)
+            eta = zt[test] @ gamma
+            scores[j] -= f[test] @ (np.logaddexp(0.0, eta) - t[test] * eta) / f[test].sum()
+    return float(DEFAULT_CS[int(np.argmax(scores))])
+
+
+def _l2_logistic_c(model):
+    """C of a fitted plain L2 scikit-learn logistic regression with intercept, or None (no IF correction)."""
+    if not isinstance(model, LogisticRegression) or not model.fit_intercept or model.class_weight is not None:
+        return None
+    ratio = getattr(model, "l1_ratio_", getattr(model, "l1_ratio", 0.0))
+    penalty = getattr(model, "penalty", "l2")
+    if np.any(np.ravel(ratio if ratio is not None else 0.0) != 0) or penalty in ("l1", "elasticnet"):
+        return None
+    c = model.C_ if hasattr(model, "C_") else model.C
+    return float(np.ravel(c)[0])
+
+
+def _fit_pmx(z, n_x, t, f, learner, fixed_c, random_state, *, blocks: bool):
+    """p(M,X) by a classifier on the standardized z, whose last ``n_x`` columns are the confounders.
+
+    Returns (p, C, influence block or None). The default learner penalizes the mediator columns only, so that
+    with an irrelevant mediator p(M,X) reduces to the unpenalized p(X) model."""
+    n = len(t)
+    wts = f / f.sum()
+    mu = wts @ z
+    sd = np.sqrt(wts @ (z - mu) ** 2)
+    zs = (z - mu) / np.where(sd > 1e-12, sd, 1.0)
+    zt = np.column_stack([np.ones(n), zs])
+    if learner is None:
+        mask = np.ones(zt.shape[1])
+        mask[0] = 0.0
+        if n_x:
+            mask[-n_x:] = 0.0
+        c = fixed_c if fixed_c is not None else _cv_c(zt, t.astype(float), f, mask, random_state)
+        pen = mask / c
+        gamma = _logit_newton(zt, t.astype(float), f, pen)
+        p = expit(zt @ gamma)
+    else:
+        model = clone(learner)
+        try:
+            model.fit(zs, t, **({} if np.all(f == 1) else {"sample_weight": f}))
+        except TypeError:  # a learner without sample_weight: materialize the frequencies
+            rows = np.repeat(np.arange(n), f.astype(np.int64))
+            model.fit(zs[rows], t[rows])
+        p = model.predict_proba(zs)[:, list(model.classes_).index(1)]
+        c = _l2_logistic_c(model)
+        if c is not None:
+            gamma = np.concatenate([np.ravel(model.intercept_), np.ravel(model.coef_)])
+            pen = np.r_[0.0, np.full(zs.shape[1], 1.0 / c)]
+    block = None
+    if blocks and c is not None:
+        pp = np.clip(p, _TINY, 1 - _TINY)
+        hess = (zt * (pp * (1 - pp))[:, None]).T @ zt / n + np.diag(pen) / n
+        score = zt * (t - p)[:, None] - pen * gamma / n
+        block = (score @ np.linalg.pinv(hess).T, zt)
+    return p, c, block
+
+
+# ---- Huber's weighted means ---------------------------------------------------------------------------------
+def _huber_weights(t, h, p):
+    """Per-row weights of the four means and their derivatives in h and (sign of) gamma."""
+    tr = t == 1
+    p = np.clip(p, _TINY, 1 - _TINY)
+    q, o = (1 - p) / p, p / (1 - p)
+    a = {"y11": np.where(tr, 1 + h, 0.0), "y00": np.where(tr, 0.0, 1 + h),
+         "y10": np.where(tr, q * (1 + 1 / h), 0.0), "y01": np.where(tr, 0.0, o * (1 + 1 / h))}
+    dadh = {"y11": tr * 1.0, "y00": (~tr) * 1.0, "y10": np.where(tr, -q / h**2, 0.0),
+            "y01": np.where(tr, 0.0, -o / h**2)}
+    dgamma = {"y11": 0.0, "y00": 0.0, "y10": -1.0, "y01": 1.0}
+    return a, dadh, dgamma
+
+
+def _hajek(a, y, w):
+    aw = a * w
+    total = aw.sum()
+    return float(aw @ y / total) if total > 0 else float("nan")
+
+
+def _kish(a):
+    return float(a.sum() ** 2 / (a**2).sum()) if (a**2).sum() > 0 else 0.0
+
+
+def _mu_scores(a, dadh, dgamma, y, mu, keep, px_blocks, pmx_block):
+    """Influence values of a Hajek mean with estimated weights (M-estimation, stacked)."""
+    ak = a * keep
+    r = keep * (y - mu)
+    s = ak * (y - mu)
+    for phi, dh in px_blocks:
+        s = s + phi @ ((dadh * r)[:, None] * dh).mean(axis=0)
+    if pmx_block is not None and dgamma != 0:
+        phi, zt = pmx_block
+        s = s + phi @ ((dgamma * a * r)[:, None] * zt).mean(axis=0)
+    return s / ak.mean()
+
+
+def _contrasts(mu):
+    """TE, NIE(treated), NIE(control), NDE(control), NDE(treated) from the four means (same order as _EFFECTS)."""
+    return np.array([mu["y11"] - mu["y00"], mu["y11"] - mu["y10"], mu["y01"] - mu["y00"], mu["y10"] - mu["y00"],
+                     mu["y11"] - mu["y01"]])
+
+
+def _features(m, xc, pca, f):
+    m = np.asarray(m, dtype=float)
+    if pca is not None and m.shape[1] > 50:
+        m = _pca_scores(m, int(pca), f)
+    return np.column_stack([m, xc]) if xc.shape[1] else m
+
+
+def _unit(m, bm, t, y, f, h, px_blocks, est, fixed_c, *, analytic: bool):
+    """One unit: the four means (and their scores and diagnostics when ``analytic``)."""
+    z = _features(m, bm.values, est.pca, f)
+    p, c, pmx_block = _fit_pmx(z, bm.values.shape[1], t, f, est.mediator_learner, fixed_c, est.random_state,
+                               blocks=analytic)
+    trim = float(est.trim)
+    keep = ((p >= trim) & (p <= 1 - trim)).astype(float)
+    a, dadh, dgamma = _huber_weights(t, h, p)
+    w = f * keep
+    mu = {k: _hajek(a[k], y, w) for k in MU_KEYS}
+    tr = t == 1
+    kept1, kept0 = float((w * tr).sum()), float((w * ~tr).sum())
+    ok = kept1 >= 2 and kept0 >= 2
+    if not analytic:
+        return _contrasts(mu) if ok else np.full(len(_EFFECTS), np.nan)
+    out = ~keep.astype(bool)
+    diag = {"n_kept": int(keep.sum()), "n_trimmed": int(out.sum()), "n_trimmed_treated": int((out & tr).sum()),
+            "n_trimmed_control": int((out & ~tr).sum()), "share_trimmed": float(out.mean()),
+            "share_extreme": float(np.mean((p < 0.01) | (p > 0.99))), "pmx_min": float(p.min()),
+            "pmx_max": float(p.max()), "n_features": int(z.shape[1]), "C": c if c is None else float(c)}
+    diag.update({f"ess_{k}": _kish(a[k] * keep) for k in MU_KEYS})
+    diag["separable"] = bool(diag["share_trimmed"] > est.warn_share or not ok)
+    if not ok:
+        return None, None, diag, c
+    scores = {k: _mu_scores(a[k], dadh[k], dgamma[k], y, mu[k], keep, px_blocks, pmx_block) for k in MU_KEYS}
+    diag["se"] = ("influence: p(X) and p(M,X) estimated" if pmx_block is not None else
+                  "influence: p(X) estimated, p(M,X) treated as known")
+    return mu, scores, diag, c
+
+
+def _nan_effects(level):
+    nan = Effect(float("nan"), float("nan"), (float("nan"), float("nan")), float("nan"), level, method="failed")
+    return {(e, arm): nan for e in ("nie", "nde", "te", "prop_mediated") for arm in ARMS}
+
+
+def _assemble(raw: dict, level: float) -> dict:
+    """te (under every arm, the same Effect), nie/nde per arm, averages and proportions mediated."""
+    out = {("te", "average"): raw["te"], ("nie", "treated"): raw["nie_treated"],
+           ("nie", "control"): raw["nie_control"], ("nde", "control"): raw["nde_control"],
+           ("nde", "treated"): raw["nde_treated"]}
+    out = add_derived(out)
+    out[("te", "treated")] = out[("te", "control")] = out[("te", "average")]
+    return out
+
+
+_NAMES = ("te", "nie_treated", "nie_control", "nde_control", "nde_treated")
+
+
+class _WeightingStatistic:
+    """The weighting estimates of several units for one count vector (for :func:`deconfound.bootstrap`).
+
+    p(X) is refitted (entropy balancing with ``base_weights=counts``) once per replicate and shared by the
+    units; p(M,X) is refitted per unit with the regularization chosen on the full sample."""
+
+    def __init__(self, est, units, cols, cs):
+        self.est, self.units, self.cols, self.cs = est, list(units), list(cols), dict(cs)
+        self.names = [f"{u}:{nm}" for u in self.units for nm in _NAMES]
+
+    def _units(self, data, bm, f, h):
+        t, y = data.t.astype(int), data.y.astype(float)
+        return np.concatenate([_unit(data.mediator(u), bm, t, y, f, h, [], self.est, self.cs.get(u), analytic=False)
+                               for u in self.units])
+
+    def __call__(self, data, counts):
+        f = np.asarray(counts, dtype=float)
+        bm = _design(data, self.cols)
+        t = data.t.astype(int)
+        _check_overlap(bm, t, f, "weighting mediation")
+        h = (_eb_odds if self.est.propensity == "eb" else _logit_odds)(bm, t, f, blocks=False)[0]
+        return self._units(data, bm, f, h)
+
+    def batch(self, data, counts):
+        """All replicates' entropy balancing in one batched solve; p(M,X) per replicate and unit."""
+        counts = np.atleast_2d(counts).astype(float)
+        bm = _design(data, self.cols)
+        if self.est.propensity != "eb" or bm.values.shape[1] == 0:
+            return np.vstack([self(data, row) for row in counts])
+        t = data.t.astype(int)
+        tr = t == 1
+        w_att = eb_weights_batch(bm, t, counts, estimand="ATT", on_failure="nan").weights
+        w_atc = eb_weights_batch(bm, t, counts, estimand="ATC", on_failure="nan").weights
+        out = np.full((len(counts), len(self.names)), np.nan)
+        for b, f in enumerate(counts):
+            pos = f > 0
+            h = np.ones(len(t))
+            h[~tr & pos] = f[tr].sum() * w_att[b, ~tr & pos] / f[~tr & pos]
+            h[tr & pos] = f[~tr].sum() * w_atc[b, tr & pos] / f[tr & pos]
+            if np.all(np.isfinite(h)) and np.all(h[pos] > 0):
+                out[b] = self._units(data, bm, f, h)
+        return out
+
+
+def _check_common(level, n_boot):
+    if not 0 < float(level) < 1:
+        raise ValueError(f"level: expected a number in (0, 1), got {level!r}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
+        raise ValueError(f"n_boot: expected an int >= 0 (0 = influence-function SEs), got {n_boot!r}")
+
+
+# ---- estimators ---------------------------------------------------------------------------------------------
+@register("weighting")
+class WeightingMediation(MediationEstimator):
+    """Inverse probability weighting mediation (Huber 2014; R ``causalweight::medweight``).
+
+    Parameters
+    ----------
+    propensity : ``"eb"`` (default: p(X) implied by entropy balancing, see the module notes) or ``"logit"``
+        (unpenalized logistic regression of T on the confounders).
+    mediator_learner : scikit-learn classifier for p(M,X) on the standardized [M, X]; cloned before fitting.
+        Default (None): a logistic regression with an L2 penalty on the mediator columns only (the
+        confounders and the intercept are unpenalized, so an irrelevant mediator gives p(M,X) = p(X) rather
+        than a shrunken topic model), C chosen among ``logspace(-4, 4, 10)`` by the 5-fold stratified
+        cross-validated log loss (the ``scoring="neg_log_loss"`` rule), folds seeded by ``random_state``.
+    pca : None, or the number of principal components of the mediator block used instead of its columns
+        when it has more than 50 (fitted inside the estimator, on the same rows; refitted per replicate).
+    trim : rows with p(M,X) outside [trim, 1 - trim] are dropped from all four means (causalweight's rule,
+        default 0.05). The effects then refer to the kept rows; counts are in the diagnostics.
+    n_boot : 0 (default) for influence-function SEs; > 0 for a bootstrap stratified by T that refits p(X)
+        and p(M,X) in every replicate (percentile CIs).
+    level : CI level.
+    random_state : seed of the CV folds and the bootstrap.
+    warn_share : warn (and flag ``separable``) when more than this share of rows is trimmed.
+
+    Notes
+    -----
+    Influence-function SEs (``n_boot=0``) account for the estimation of p(X) (entropy balancing or logistic)
+    and, when the mediator learner is a plain L2 logistic regression, of p(M,X), by stacking their estimating
+    equations (the regularization C, the PCA, the standardization and the trimming set are treated as fixed).
+    With any other learner p(M,X) is treated as known; ``diagnostics[unit]["se"]`` says which.
+
+    ``result.diagnostics[unit]`` holds ``n_kept``, ``n_trimmed`` (and per arm), ``share_trimmed``,
+    ``share_extreme`` (p(M,X) < 0.01 or > 0.99), the p(M,X) range, the Kish ESS of each weighted mean
+    (``ess_y11``, ``ess_y10``, ``ess_y01``, ``ess_y00``), ``separable`` and ``potential_outcomes`` (the four
+    means as Effects). No OVB pieces are stored: the estimator has no outcome model (use ``dml``).
+    """
+
+    def __init__(self, propensity: str = "eb", mediator_learner=None, pca: int | None = None, trim: float = 0.05,
+                 n_boot: int = 0, level: float = 0.95, random_state=0, warn_share: float = 0.10):
+        self.propensity = propensity
+        self.mediator_learner = mediator_learner
+        self.pca = pca
+        self.trim = trim
+        self.n_boot = n_boot
+        self.level = level
+        self.random_state = random_state
+        self.warn_share = warn_share
+
+    def _check(self):
+        _check_common(self.level, self.n_boot)
+        if not 0 <= float(self.trim) < 0.5:
+            raise ValueError(f"trim: expected a number in [0, 0.5), got {self.trim!r}")
+        if not 0 < float(self.warn_share) <= 1:
+            raise ValueError(f"warn_share: expected a number in (0, 1], got {self.warn_share!r}")
+        if self.propensity not in ("eb", "logit"):
+            raise ValueError(f"propensity: expected 'eb' or 'logit', got {self.propensity!r}")
+        if self.pca is not None and (isinstance(self.pca, bool) or not isinstance(self.pca, (int, np.integer))
+                                     or self.pca < 1):
+            raise ValueError(f"pca: expected None or an int >= 1, got {self.pca!r}")
+        if self.mediator_learner is not None and not hasattr(self.mediator_learner, "predict_proba"):
+            raise TypeError(f"mediator_learner: expected a classifier with predict_proba, got "
+                            f"{type(self.mediator_learner).__name__}")
+
+    def fit(self, data, *, graph=None, units=None, n_jobs=1) -> MediationResult:
+        """Estimate every unit in ``units`` (default all). ``n_jobs`` parallelizes bootstrap replicates."""
+        self._check()
+        units = check_units(data, units)
+        g, adj = resolve(graph, data)
+        cols = list(dict.fromkeys(adj.first_stage + adj.second_stage))
+        bm = _design(data, cols)
+        t, y = data.t.astype(int), data.y.astype(float)
+        f = np.ones(data.n)
+        _check_overlap(bm, t, f, "weighting mediation")
+        odds = _eb_odds if self.propensity == "eb" else _logit_odds
+        h, px_blocks, eb_info = odds(bm, t, f, blocks=True)
+        px = np.where(t == 1, 1 / (1 + h), h / (1 + h))
+        level = float(self.level)
+        effects, diagnostics, warns, cs = {}, {}, [], {}
+        for u in units:
+            mu, scores, diag, c = _unit(data.mediator(u), bm, t, y, f, h, px_blocks, self, None, analytic=True)
+            cs[u] = c if self.mediator_learner is None else None
+            diag.update(px_min=float(px.min()), px_max=float(px.max()))
+            diagnostics[u] = diag
+            warns += _unit_warnings(u, diag, data.n, self)
+            if mu is None:
+                effects[u] = _nan_effects(level)
+                continue
+            pots = {k: Effect.from_scores(mu[k], scores[k], level=level) for k in MU_KEYS}
+            diag["potential_outcomes"] = pots
+            raw = dict(zip(_NAMES, [pots["y11"] - pots["y00"], pots["y11"] - pots["y10"], pots["y01"] - pots["y00"],
+                                    pots["y10"] - pots["y00"], pots["y11"] - pots["y01"]]))
+            effects[u] = _assemble(raw, level)
+        if self.n_boot:
+            ok = [u for u in units if diagnostics[u]["n_kept"] and "potential_outcomes" in diagnostics[u]]
+            stat = _WeightingStatistic(self, ok, cols, cs)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                boot = bootstrap(stat, data, n_boot=int(self.n_boot), random_state=self.random_state, level=level,
+                                 n_jobs=n_jobs)
+            warns += [str(w.message) for w in caught]
+            for u in ok:
+                draws = boot.effects([f"{u}:{nm}" for nm in _NAMES])
+                effects[u] = _assemble({nm: draws[f"{u}:{nm}"] for nm in _NAMES}, level)
+                diagnostics[u]["se"] = f"bootstrap: {boot.n_boot - boot.n_failed} of {boot.n_boot} replicates"
+        if not adj.identified:
+            warns.append(f"graph {g.name}: effects not identified (latent {list(adj.latent)}); adjusted for the "
+                         "observed confounders only")
+        for msg in warns:
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        if eb_info:
+            diagnostics["_weights"] = {"att": eb_info["att"].diagnostics, "atc": eb_info["atc"].diagnostics,
+                                       "balance_att": eb_info["att"].balance_table(),
+                                       "balance_atc": eb_info["atc"].balance_table(),
+                                       "topic_counts": eb_info["att"].topic_counts()}
+        settings = {"propensity": self.propensity, "mediator_learner": repr(self.mediator_learner)
+                    if self.mediator_learner is not None else DEFAULT_LEARNER,
+                    "pca": self.pca, "trim": float(self.trim), "n_boot": int(self.n_boot),
+                    "adjusted_for": cols, "warn_share": float(self.warn_share)}
+        return MediationResult(estimator=self.name, effects=effects, n=data.n, n_treated=data.n_treated,
+                               population="ate", graph=g.name, adjustment=adj.as_dict(), level=level,
+                               random_state=self.random_state, settings=settings, diagnostics=diagnostics,
+                               warnings=warns)
+
+
+def _unit_warnings(u, diag, n, est) -> list:
+    out = []
+    if diag["separable"]:
+        out.append(f"unit {u!r}: p(M,X) is near-separable: {diag['n_trimmed']} of {n} rows "
+                   f"({diag['share_trimmed']:.1%}; {diag['n_trimmed_treated']} treated, "
+                   f"{diag['n_trimmed_control']} control) have p(M,X) outside [{est.trim:g}, {1 - est.trim:g}] and "
+                   f"were trimmed; {diag['share_extreme']:.1%} are below 0.01 or above 0.99 (range "
+                   f"{diag['pmx_min']:.3g} to {diag['pmx_max']:.3g}). The effects refer to the kept rows only and "
+                   "may be unstable")
+    elif diag["n_trimmed"]:
+        out.append(f"unit {u!r}: trimmed {diag['n_trimmed']} of {n} rows with p(M,X) outside "
+                   f"[{est.trim:g}, {1 - est.trim:g}]; effects refer to the {diag['n_kept']} kept rows")
+    if "se" not in diag:
+        out.append(f"unit {u!r}: no estimate: after trimming, fewer than 2 treated or 2 control rows remain "
+                   "(the mediator separates the arms); effects are NaN")
+    else:
+        low = {k: diag[f"ess_{k}"] for k in ("y10", "y01") if diag[f"ess_{k}"] < max(10.0, 0.01 * n)}
+        if low:
+            out.append(f"unit {u!r}: cross-world weights concentrated on few rows (Kish ESS "
+                       + ", ".join(f"{k}={v:.1f}" for k, v in low.items()) + f" of n={n})")
+    return out
+
+
+@register("eb_total")
+class EntropyBalancedTotalEffect(MediationEstimator):
+    """The total effect of T on Y with entropy balancing weights on the graph's total-effect adjustment set.
+
+    ``population="att"`` (default): treated mean minus the EB-weighted control mean (controls balanced to the
+    treated topic means). ``"ate"``: both arms balanced to the pooled means. Only ``te`` rows are reported
+    (the same Effect under every arm); the result's ``population`` says which.
+
+    SEs: with ``n_boot=0`` the influence function of the Hajek mean stacked with the estimating equations of
+    entropy balancing (so the estimated weights are accounted for; with one-hot topics this is the
+    post-stratification variance); with ``n_boot > 0`` a bootstrap stratified by T that refits the weights in
+    every replicate (vectorized over replicates).
+    """
+
+    def __init__(self, population: str = "att", n_boot: int = 0, level: float = 0.95, random_state=0):
+        self.population = population
+        self.n_boot = n_boot
+        self.level = level
+        self.random_state = random_state
+
+    def fit(self, data, *, graph=None, units=None, n_jobs=1) -> MediationResult:
+        _check_common(self.level, self.n_boot)
+        pop = str(self.population).lower()
+        if pop not in ("att", "ate"):
+            raise ValueError(f"population: expected 'att' or 'ate', got {self.population!r}")
+        units = check_units(data, units)
+        g, adj = resolve(graph, data)
+        cols = list(adj.total)
+        bm = _design(data, cols)
+        t, y = data.t.astype(int), data.y.astype(float)
+        level = float(self.level)
+        te, info = _eb_total(bm, t, y, pop, level)
+        warns = []
+        if self.n_boot:
+            stat = _TotalStatistic(cols, pop)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                boot = bootstrap(stat, data, n_boot=int(self.n_boot), random_state=self.random_state, level=level,
+                                 n_jobs=n_jobs)
+            warns += [str(w.message) for w in caught]
+            te = boot.effect(0)
+            info["se"] = f"bootstrap: {boot.n_boot - boot.n_failed} of {boot.n_boot} replicates"
+        if not adj.identified:
+            warns.append(f"graph {g.name}: effects not identified (latent {list(adj.latent)}); adjusted for the "
+                         "observed confounders only")
+        for msg in warns:
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        effects = {u: {("te", arm): te for arm in ARMS} for u in units}
+        return MediationResult(estimator=self.name, effects=effects, n=data.n, n_treated=data.n_treated,
+                               population=pop, graph=g.name, adjustment=adj.as_dict(), level=level,
+                               random_state=self.random_state,
+                               settings={"population": pop, "n_boot": int(self.n_boot), "adjusted_for": cols},
+                               diagnostics={u: info for u in units}, warnings=warns)
+
+
+def _eb_total(bm, t, y, pop, level):
+    """EB total effect with its stacked influence function; returns (Effect, diagnostics)."""
+    n = len(t)
+    tr = t == 1
+    f = np.ones(n)
+    w_design = np.column_stack([np.ones(n), bm.values])
+    if pop == "att":
+        if bm.values.shape[1]:
+            fit = eb_att(bm, t)
+            h = np.where(tr, 0.0, tr.sum() * fit.weights)
+        else:
+            fit, h = None, np.where(tr, 0.0, tr.sum() / (~tr).sum())
+        arms = {"y1": (tr * 1.0, []), "y0": (h, [_eb_block(w_design, ~tr, tr, np.where(tr, 0.0, h))])}
+    else:
+        if bm.values.shape[1]:
+            fit = eb_ate(bm, t)
+            h = n * fit.weights
+        else:
+            fit, h = None, np.where(tr, n / tr.sum(), n / (~tr).sum())
+        everyone = np.ones(n, bool)
+        arms = {"y1": (np.where(tr, h, 0.0), [_eb_block(w_design, tr, everyone, np.where(tr, h, 0.0))]),
+                "y0": (np.where(tr, 0.0, h), [_eb_block(w_design, ~tr, everyone, np.where(tr, 0.0, h))])}
+    pots = {}
+    for key, (a, blocks) in arms.items():
+        mu = _hajek(a, y, f)
+        dadh = (a > 0) * 1.0
+        pots[key] = Effect.from_scores(mu, _mu_scores(a, dadh, 0.0, y, mu, f, blocks, None), level=level)
+    te = pots["y1"] - pots["y0"]
+    info = {"se": "influence: entropy balancing weights estimated", "potential_outcomes": pots,
+            "ess_treated": _kish(arms["y1"][0]), "ess_control": _kish(arms["y0"][0])}
+    if fit is not None:
+        info.update(weights=fit.diagnostics, balance=fit.balance_table(), topic_counts=fit.topic_counts())
+    return te, info
+
+
+class _TotalStatistic:
+    """The EB total effect for a matrix of counts at once (one batched entropy balancing solve)."""
+
+    names = ["te"]
+
+    def __init__(self, cols, pop):
+        self.cols, self.pop = list(cols), pop
+
+    def batch(self, data, counts):
+        counts = np.atleast_2d(counts).astype(float)
+        t = data.t.astype(int)
+        if self.cols:
+            w = eb_weights_batch(data.x[self.cols], t, counts, estimand=self.pop.upper(), on_failure="nan").weights
+        else:
+            w = counts.copy()
+            for arm in (0, 1):
+                w[:, t == arm] /= w[:, t == arm].sum(axis=1, keepdims=True)
+        return (np.where(t == 1, w, -w) @ data.y.astype(float))[:, None]
+
+    def __call__(self, data, counts):
+        return self.batch(data, np.asarray(counts)[None, :])[0]

@@ -1,0 +1,282 @@
+"""Weighting mediation (Huber 2014) and the entropy-balanced total effect: oracles, identities, diagnostics."""
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.naive_bayes import GaussianNB
+
+from deconfound.data import MediationData
+from deconfound.errors import PositivityError
+from deconfound.estimators import get_estimator
+from deconfound.estimators.weighting import (EntropyBalancedTotalEffect, WeightingMediation, _design, _eb_odds,
+                                             _logit_newton, _pca_scores)
+from deconfound.simulate import topic_mediation
+
+KEYS = [("te", "average"), ("nie", "treated"), ("nie", "control"), ("nde", "control"), ("nde", "treated")]
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return topic_mediation(1500, n_topics=4, n_units=2, dim=2, seed=5)[0]
+
+
+def quiet_fit(est, data, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return est.fit(data, **kw)
+
+
+def cell_px(data):
+    """p(X) = n1(x) / n(x) per topic (closed form)."""
+    codes = data.x["topic"].cat.codes.to_numpy()
+    share = np.bincount(codes, weights=data.t) / np.bincount(codes)
+    return share[codes]
+
+
+def huber_oracle(data, unit, trim):
+    """Independent re-implementation of causalweight::medweight (normalized weights, trimming on p(M,X)):
+    p(X) by topic cells, p(M,X) by an unpenalized statsmodels Logit on [1, M, one-hot topic]."""
+    t, y = data.t.astype(float), data.y
+    px = cell_px(data)
+    onehot = pd.get_dummies(data.x["topic"], drop_first=True).to_numpy(float)
+    z = sm.add_constant(np.column_stack([data.mediator(unit).astype(float), onehot]))
+    pmx = sm.Logit(t, z).fit(disp=0, method="newton", tol=1e-12, maxiter=100).predict(z)
+    keep = (pmx >= trim) & (pmx <= 1 - trim)
+    t, y, px, pmx = t[keep], y[keep], px[keep], pmx[keep]
+
+    def mean(w):
+        return np.sum(w * y) / np.sum(w)
+
+    y11, y00 = mean(t / px), mean((1 - t) / (1 - px))
+    y10 = mean(t * (1 - pmx) / (pmx * (1 - px)))
+    y01 = mean((1 - t) * pmx / ((1 - pmx) * px))
+    return {("te", "average"): y11 - y00, ("nie", "treated"): y11 - y10, ("nie", "control"): y01 - y00,
+            ("nde", "control"): y10 - y00, ("nde", "treated"): y11 - y01}, int((~keep).sum())
+
+
+@pytest.mark.parametrize("propensity", ["eb", "logit"])
+def test_matches_an_independent_huber_implementation(sim, propensity):
+    learner = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-12, max_iter=1000)
+    res = quiet_fit(WeightingMediation(propensity=propensity, mediator_learner=learner, trim=0.05), sim)
+    for unit in sim.units:
+        truth, trimmed = huber_oracle(sim, unit, 0.05)
+        assert res.diagnostics[unit]["n_trimmed"] == trimmed
+        for key in KEYS:
+            assert res.effect(unit, *key).estimate == pytest.approx(truth[key], abs=1e-7)
+
+
+def test_eb_implied_propensity_is_the_topic_share(sim):
+    bm = _design(sim, ["topic"])
+    h, blocks, _ = _eb_odds(bm, sim.t, np.ones(sim.n), blocks=True)
+    px = np.where(sim.t == 1, 1 / (1 + h), h / (1 + h))
+    np.testing.assert_allclose(px, cell_px(sim), rtol=0, atol=1e-10)
+    # the influence of the EB parameters is centred (mean of the estimating equations is zero at the solution)
+    for phi, _ in blocks:
+        np.testing.assert_allclose(phi.mean(axis=0), 0, atol=1e-8)
+
+
+def test_eb_implied_weights_balance_soft_topics_to_the_pooled_means():
+    rng = np.random.default_rng(3)
+    n = 600
+    probs = rng.dirichlet([2, 1, 1], size=n)
+    t = (rng.random(n) < 0.2 + 0.6 * probs[:, 0]).astype(int)
+    data = MediationData.from_arrays(t=t, y=rng.normal(size=n), mediators={"m": rng.normal(size=(n, 1))},
+                                     x=pd.DataFrame(probs, columns=["pa", "pb", "pc"]))
+    bm = _design(data, ["pa", "pb", "pc"])
+    h, _, _ = _eb_odds(bm, t, np.ones(n), blocks=False)
+    for arm in (0, 1):
+        w = (1 + h) * (t == arm)  # 1/p(X) on the treated, 1/(1-p(X)) on the controls
+        np.testing.assert_allclose(w @ bm.values / w.sum(), bm.values.mean(axis=0), atol=1e-7)
+        assert w.sum() == pytest.approx(n, rel=1e-8)  # the implied inverse probabilities sum to n
+
+
+def test_effect_identities_hold_for_estimates_and_scores(sim):
+    res = quiet_fit(WeightingMediation(), sim)
+    for u in sim.units:
+        e = {k: res.effect(u, *k) for k in KEYS}
+        for a, b in ((("nie", "treated"), ("nde", "control")), (("nie", "control"), ("nde", "treated"))):
+            assert e[a].estimate + e[b].estimate == pytest.approx(e[("te", "average")].estimate, abs=1e-12)
+            np.testing.assert_allclose(e[a].scores + e[b].scores, e[("te", "average")].scores, atol=1e-9)
+        for key in KEYS:  # influence values are centred
+            assert abs(e[key].scores.mean()) < 1e-8
+        avg = res.effect(u, "nie", "average")
+        assert avg.estimate == pytest.approx((e[("nie", "treated")].estimate + e[("nie", "control")].estimate) / 2)
+        assert res.effect(u, "te", "treated") is res.effect(u, "te", "average")
+        pots = res.diagnostics[u]["potential_outcomes"]
+        assert (pots["y11"] - pots["y10"]).estimate == pytest.approx(e[("nie", "treated")].estimate)
+
+
+def test_analytic_se_agrees_with_the_bootstrap(sim):
+    data = sim.select_units(["u0"])
+    ana = quiet_fit(WeightingMediation(), data)
+    boot = quiet_fit(WeightingMediation(n_boot=300, random_state=1), data)
+    assert boot.diagnostics["u0"]["se"] == "bootstrap: 300 of 300 replicates"
+    assert ana.diagnostics["u0"]["se"] == "influence: p(X) and p(M,X) estimated"
+    for key in KEYS:
+        a, b = ana.effect("u0", *key), boot.effect("u0", *key)
+        assert a.estimate == b.estimate
+        assert 0.8 < a.se / b.se < 1.25, (key, a.se, b.se)
+    draws = {k: boot.effect("u0", *k).draws for k in KEYS}
+    np.testing.assert_allclose(draws[("nie", "treated")] + draws[("nde", "control")], draws[("te", "average")],
+                               atol=1e-12)
+
+
+def test_partial_penalty_leaves_the_confounders_unpenalized(sim):
+    bm = _design(sim, ["topic"])
+    n = sim.n
+    z = np.column_stack([np.ones(n), sim.mediator("u1"), bm.values])
+    t = sim.t.astype(float)
+    free = _logit_newton(z, t, np.ones(n), np.zeros(z.shape[1]))
+    ref = sm.Logit(t, z).fit(disp=0, method="newton", tol=1e-12).params
+    np.testing.assert_allclose(free, ref, atol=1e-7)
+    mask = np.r_[0.0, 1.0, 1.0, np.zeros(bm.values.shape[1])]
+    heavy = _logit_newton(z, t, np.ones(n), mask / 1e-9)  # mediator shrunk to 0: the topic-cell model remains
+    np.testing.assert_allclose(1 / (1 + np.exp(-z @ heavy)), cell_px(sim), atol=1e-6)
+
+
+def test_pca_inside_the_estimator():
+    rng = np.random.default_rng(0)
+    n = 400
+    topic = rng.integers(0, 3, n)
+    t = (rng.random(n) < 0.3 + 0.2 * topic).astype(int)
+    m = rng.normal(size=(n, 60)) + 0.3 * t[:, None]
+    data = MediationData.from_arrays(t=t, y=t + m[:, :5].sum(1) * 0.1 + rng.normal(size=n), mediators={"m": m},
+                                     x=pd.DataFrame({"topic": [f"k{v}" for v in topic]}))
+    res = quiet_fit(WeightingMediation(pca=4), data)
+    assert res.diagnostics["m"]["n_features"] == 4 + 2
+    assert quiet_fit(WeightingMediation(), data).diagnostics["m"]["n_features"] == 60 + 2
+    scores = _pca_scores(m, 4, np.ones(n))
+    ref = PCA(4).fit_transform(m)
+    np.testing.assert_allclose(np.abs(scores), np.abs(ref), atol=1e-8)
+
+
+def test_learner_choice_is_reported(sim):
+    data = sim.select_units(["u0"])
+    lr = quiet_fit(WeightingMediation(mediator_learner=LogisticRegression(C=0.5)), data)
+    assert lr.diagnostics["u0"]["se"] == "influence: p(X) and p(M,X) estimated"
+    assert lr.diagnostics["u0"]["C"] == 0.5
+    nb = quiet_fit(WeightingMediation(mediator_learner=GaussianNB()), data)
+    assert nb.diagnostics["u0"]["se"] == "influence: p(X) estimated, p(M,X) treated as known"
+    assert np.isfinite(nb.effect("u0", "nie", "treated").estimate)
+
+
+def separable_data(seed=0, n=400):
+    rng = np.random.default_rng(seed)
+    topic = rng.integers(0, 3, n)
+    t = (rng.random(n) < 0.3 + 0.2 * topic).astype(int)
+    mediators = {"sep": (t * 10.0 + 0.01 * rng.normal(size=n))[:, None],
+                 "near": (t * 2.5 + rng.normal(size=n))[:, None], "ok": (0.3 * t + rng.normal(size=n))[:, None]}
+    return MediationData.from_arrays(t=t, y=t + topic * 0.3 + rng.normal(size=n), mediators=mediators,
+                                     x=pd.DataFrame({"topic": [f"k{v}" for v in topic]}))
+
+
+def test_near_separable_mediators_are_warned_recorded_and_never_silent():
+    data = separable_data()
+    with pytest.warns(RuntimeWarning) as caught:
+        res = WeightingMediation().fit(data)
+    msgs = [str(w.message) for w in caught]
+    near = res.diagnostics["near"]
+    assert near["separable"] and near["share_trimmed"] > 0.1
+    assert near["n_trimmed"] == near["n_trimmed_treated"] + near["n_trimmed_control"]
+    text = (f"unit 'near': p(M,X) is near-separable: {near['n_trimmed']} of {data.n} rows "
+            f"({near['share_trimmed']:.1%}")
+    assert any(m.startswith(text) for m in msgs) and any(m.startswith(text) for m in res.warnings)
+    assert np.isfinite(res.effect("near", "nie", "treated").estimate)
+    # complete separation: every row trimmed, effects NaN, loudly
+    sep = res.diagnostics["sep"]
+    assert sep["n_kept"] == 0 and sep["separable"] and sep["share_extreme"] > 0.99
+    assert np.isnan(res.effect("sep", "nie", "treated").estimate)
+    assert np.isnan(res.effect("sep", "te", "average").se)
+    assert any("unit 'sep': no estimate" in m for m in res.warnings)
+    assert not res.diagnostics["ok"]["separable"]
+    assert not any("unit 'ok'" in m and "separable" in m for m in msgs)
+    assert "Warning: unit 'near'" in res.summary()
+
+
+def test_unadjusted_graph_uses_a_constant_propensity(sim):
+    res = quiet_fit(WeightingMediation(), sim, graph="unadjusted_mediation")
+    d = res.diagnostics["u0"]
+    assert d["px_min"] == pytest.approx(sim.n_treated / sim.n) and d["px_max"] == pytest.approx(sim.n_treated / sim.n)
+    assert res.adjustment["first_stage"] == []
+    te = quiet_fit(EntropyBalancedTotalEffect(), sim, graph="unadjusted_mediation").effect("u0", "te", "average")
+    y1, y0 = sim.y[sim.t == 1], sim.y[sim.t == 0]
+    assert te.estimate == pytest.approx(y1.mean() - y0.mean(), abs=1e-12)
+    assert te.se == pytest.approx(np.sqrt(y1.var() / len(y1) + y0.var() / len(y0)), rel=1e-10)
+
+
+def poststrat(data, population):
+    """Post-stratified effect and its influence-function SE (closed forms with topic-cell means)."""
+    codes, t, y = data.x["topic"].cat.codes.to_numpy(), data.t, data.y
+    n, n1 = len(t), t.sum()
+    k = codes.max() + 1
+    n1x, nx = np.bincount(codes, weights=t, minlength=k), np.bincount(codes, minlength=k)
+    n0x = nx - n1x
+    m1 = np.bincount(codes, weights=y * t, minlength=k) / n1x
+    m0 = np.bincount(codes, weights=y * (1 - t), minlength=k) / n0x
+    c1, c0, px = m1[codes], m0[codes], (n1x / nx)[codes]
+    if population == "att":
+        tau = np.sum(n1x / n1 * (m1 - m0))
+        psi = (t * (y - c0 - tau) - (1 - t) * (n1x / n0x)[codes] * (y - c0)) / (n1 / n)
+    else:
+        tau = np.sum(nx / n * (m1 - m0))
+        psi = t / px * (y - c1) - (1 - t) / (1 - px) * (y - c0) + (c1 - c0) - tau
+    return tau, np.sqrt(np.mean(psi**2) / n)
+
+
+@pytest.mark.parametrize("population", ["att", "ate"])
+def test_eb_total_effect_equals_post_stratification(sim, population):
+    res = EntropyBalancedTotalEffect(population=population).fit(sim)
+    tau, se = poststrat(sim, population)
+    te = res.effect("u0", "te", "average")
+    assert te.estimate == pytest.approx(tau, abs=1e-10)
+    assert te.se == pytest.approx(se, rel=1e-8)
+    assert res.population == population
+    assert set(res.effects["u1"]) == {("te", "control"), ("te", "treated"), ("te", "average")}
+    assert "balance" in res.diagnostics["u0"] and res.diagnostics["u0"]["ess_control"] > 0
+
+
+@pytest.mark.parametrize("population", ["att", "ate"])
+def test_eb_total_bootstrap_refits_the_weights(sim, population):
+    res = EntropyBalancedTotalEffect(population=population, n_boot=200, random_state=3).fit(sim)
+    te = res.effect("u0", "te", "average")
+    assert te.draws.shape == (200,) and te.method == "percentile"
+    _, se = poststrat(sim, population)
+    assert 0.8 < te.se / se < 1.25
+
+
+def test_registry_determinism_and_settings(sim):
+    est = get_estimator("weighting", trim=0.02)
+    assert isinstance(est, WeightingMediation) and est.trim == 0.02
+    assert isinstance(get_estimator("eb_total"), EntropyBalancedTotalEffect)
+    a, b = quiet_fit(WeightingMediation(), sim), quiet_fit(WeightingMediation(), sim)
+    assert a.to_frame().equals(b.to_frame())
+    assert a.settings["trim"] == 0.05 and a.settings["pca"] is None
+    assert a.settings["adjusted_for"] == ["topic"]
+    assert "balance_att" in a.diagnostics["_weights"]
+
+
+def test_positivity_and_bad_arguments(sim):
+    t = np.array([1] * 10 + [0] * 10 + [1] * 4)
+    rng = np.random.default_rng(0)
+    data = MediationData.from_arrays(t=t, y=rng.normal(size=24), mediators={"m": rng.normal(size=(24, 1))},
+                                     x=pd.DataFrame({"topic": ["a"] * 20 + ["b"] * 4}))
+    with pytest.raises(PositivityError, match=r"topic 'b' \(column 'topic'\): n1=4, n0=0"):
+        WeightingMediation().fit(data)
+    with pytest.raises(PositivityError, match="'b'"):
+        EntropyBalancedTotalEffect().fit(data)
+    for kw, msg in [({"trim": 0.6}, "trim"), ({"propensity": "x"}, "propensity"), ({"n_boot": -1}, "n_boot"),
+                    ({"level": 1.5}, "level"), ({"pca": 0}, "pca"), ({"mediator_learner": object()}, "predict_proba")]:
+        with pytest.raises((ValueError, TypeError), match=msg):
+            WeightingMediation(**kw).fit(sim)
+    with pytest.raises(ValueError, match="population"):
+        EntropyBalancedTotalEffect(population="atc").fit(sim)
+
+
+def test_latent_graph_is_flagged(sim):
+    with pytest.warns(RuntimeWarning, match="not identified"):
+        res = EntropyBalancedTotalEffect().fit(sim, graph="latent_topic")
+    assert any("not identified" in w for w in res.warnings)
