@@ -1,0 +1,373 @@
+"""Multiply robust mediation with cross-fitting (Farbmacher, Huber, Laffers, Langen & Spindler 2022).
+
+The estimator of METHODS.md section 5.4, as in R ``causalweight::medDML`` but with K-fold cross-fitting. For
+D = d and d' = 1 - d, with p_d(X) = P(D=d | X), p_d(M,X) = P(D=d | M,X), mu(d,M,X) = E[Y | D=d,M,X],
+mu(d,X) = E[Y | D=d,X] and the nested omega(d,X) = E[mu(d,M,X) | D=d',X]:
+
+    E[Y(d, M(d'))]:  psi = 1{D=d} p_d'(M,X) / (p_d(M,X) p_d'(X)) (Y - mu(d,M,X))
+                           + 1{D=d'} / p_d'(X) (mu(d,M,X) - omega(d,X)) + omega(d,X)
+    E[Y(d, M(d))]:   psi = 1{D=d} / p_d(X) (Y - mu(d,X)) + mu(d,X)
+
+Each potential-outcome mean is ``mean(psi)``; effects are differences of the means, and their standard errors
+come from differences of the per-row scores (:class:`~deconfound.inference.Effect`).
+
+Fitting, per fold k (train = the other folds, split once more into halves A and B by a fixed seed):
+p_d(X), p_d(M,X) and mu(d,X) on all of train; mu(d,M,X) on A; omega(d,X) on B, regressing A's mu(d,M,X)
+predictions on X among B's rows with D = d'. All are predicted on fold k. p_d(X) and mu(d,X) do not depend on
+the unit and are fitted once for all units.
+"""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+from joblib import Parallel, delayed
+from sklearn.base import clone
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from ..errors import DataError, PositivityError
+from ..folds import data_folds, fold_strata, make_folds
+from ..graph import resolve
+from ..inference import Effect
+from ..results import MediationResult, add_derived
+from .base import MediationEstimator, check_units, register
+
+# potential-outcome keys (d, d') for E[Y(d, M(d'))]
+TERMS = ((1, 1), (1, 0), (0, 1), (0, 0))
+# effect, arm -> (minuend term, subtrahend term)
+CONTRASTS = {("te", "average"): ((1, 1), (0, 0)), ("nie", "treated"): ((1, 1), (1, 0)),
+             ("nie", "control"): ((0, 1), (0, 0)), ("nde", "treated"): ((1, 1), (0, 1)),
+             ("nde", "control"): ((1, 0), (0, 0))}
+_EPS = 1e-12
+
+
+# ---- learners -------------------------------------------------------------------------------------------
+def default_outcome_learner():
+    """Standardize, then ridge regression with the penalty chosen by efficient leave-one-out CV."""
+    return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 15)))
+
+
+def default_propensity_learner(*, legacy_attributes: bool = False):
+    """Standardize, then L2 logistic regression with the penalty chosen by 3-fold CV on the log loss.
+
+    ``legacy_attributes=True`` keeps scikit-learn's pre-1.10 fitted attributes, which EconML's model
+    selection reads (it fails on the new scalar ``C_``).
+    """
+    kwargs = dict(Cs=np.logspace(-4, 2, 7), cv=3, scoring="neg_log_loss", max_iter=2000)
+    params = inspect.signature(LogisticRegressionCV.__init__).parameters
+    if "l1_ratios" in params:  # scikit-learn >= 1.8: pure L2 without the deprecation warnings
+        kwargs["l1_ratios"] = (0.0,)
+    if "use_legacy_attributes" in params:
+        kwargs["use_legacy_attributes"] = bool(legacy_attributes)
+    return make_pipeline(StandardScaler(), LogisticRegressionCV(**kwargs))
+
+
+def _name(learner) -> str:
+    if hasattr(learner, "steps"):
+        return "Pipeline(" + ", ".join(type(s).__name__ for _, s in learner.steps) + ")"
+    return type(learner).__name__
+
+
+def check_learners(outcome, propensity):
+    """The (outcome, propensity) learners to use; TypeError naming a learner that cannot do its job."""
+    outcome = default_outcome_learner() if outcome is None else outcome
+    propensity = default_propensity_learner() if propensity is None else propensity
+    for role, est in (("outcome_learner", outcome), ("propensity_learner", propensity)):
+        if not (hasattr(est, "fit") and hasattr(est, "get_params")):
+            raise TypeError(f"{role}: expected a scikit-learn estimator, got {type(est).__name__}")
+    if not hasattr(outcome, "predict"):
+        raise TypeError(f"outcome_learner: expected a regressor with predict, got {_name(outcome)}")
+    if not hasattr(propensity, "predict_proba"):
+        raise TypeError(f"propensity_learner: expected a classifier with predict_proba, got {_name(propensity)}, "
+                        "which has none")
+    return outcome, propensity
+
+
+def child_seed(random_state, *keys):
+    """A deterministic int seed for a sub-task ``keys`` of ``random_state`` (None stays None)."""
+    if random_state is None:
+        return None
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(2**31 - 1))
+    return int(np.random.SeedSequence([int(random_state), *keys]).generate_state(1)[0] % (2**31 - 1))
+
+
+def seeded_clone(learner, seed):
+    """A clone of ``learner`` whose unset ``random_state`` parameters (also nested ones) are ``seed``."""
+    est = clone(learner)
+    if seed is not None:
+        unset = {k: seed for k, v in est.get_params(deep=True).items()
+                 if (k == "random_state" or k.endswith("__random_state")) and v is None}
+        if unset:
+            est.set_params(**unset)
+    return est
+
+
+def cross_fit_splits(data, n_folds: int, random_state):
+    """``(folds, halves)``: the shared folds and the fixed A/B split used for the nested regression."""
+    folds = data_folds(data, n_folds, random_state=random_state)
+    halves = make_folds(data.n, 2, strata=fold_strata(data), random_state=child_seed(random_state, 1))
+    return folds, halves
+
+
+def _check_rows(mask, what: str, fold: int, need_both: np.ndarray | None = None):
+    count = int(mask.sum())
+    if count < 2:
+        raise PositivityError(f"fold {fold}: expected at least 2 rows to fit {what}, got {count}")
+    if need_both is not None and len(np.unique(need_both[mask])) < 2:
+        raise PositivityError(f"fold {fold}: expected both treatment arms to fit {what}, got only "
+                              f"T={int(need_both[mask][0])}")
+
+
+def _fit_predict_proba(learner, seed, Z, t, train, test, what, fold):
+    """P(T=1 | Z) on ``test`` from a classifier fitted on ``train`` (a constant if Z has no columns)."""
+    _check_rows(train, what, fold, need_both=t)
+    if Z.shape[1] == 0:
+        return np.full(int(test.sum()), t[train].mean())
+    est = seeded_clone(learner, seed).fit(Z[train], t[train])
+    classes = list(est.classes_)
+    return est.predict_proba(Z[test])[:, classes.index(1)]
+
+
+def _fit_predict(learner, seed, Z, target, train, tests, what, fold):
+    """Predictions of a regressor fitted on ``train`` for each boolean mask in ``tests``."""
+    _check_rows(train, what, fold)
+    if Z.shape[1] == 0:
+        mean = float(np.mean(target[train]))
+        return [np.full(int(m.sum()), mean) for m in tests]
+    est = seeded_clone(learner, seed).fit(Z[train], target[train])
+    return [np.asarray(est.predict(Z[m]), dtype=float).reshape(-1) for m in tests]
+
+
+# ---- nuisances ------------------------------------------------------------------------------------------
+def shared_nuisances(t, y, x_first, x_total, folds, *, outcome, propensity, random_state):
+    """Out-of-fold p_1(X) (on the first-stage set) and mu(d,X) (on the total set), shared by all units."""
+    n = len(t)
+    p1x, mux = np.empty(n), np.empty((n, 2))
+    for k in np.unique(folds):
+        test, train = folds == k, folds != k
+        p1x[test] = _fit_predict_proba(propensity, child_seed(random_state, 2, k), x_first, t, train, test,
+                                       "p(X)", k)
+        for d in (0, 1):
+            mux[test, d] = _fit_predict(outcome, child_seed(random_state, 3, k, d), x_total, y, train & (t == d),
+                                        [test], f"mu({d},X)", k)[0]
+    return p1x, mux
+
+
+def unit_nuisances(m, t, y, x_first, x_second, folds, halves, *, outcome, propensity, pca, random_state):
+    """Out-of-fold p_1(M,X), mu(d,M,X) and omega(d,X) for one unit's mediator block ``m``."""
+    n = len(t)
+    p1mx, mumx, omega = np.empty(n), np.empty((n, 2)), np.empty((n, 2))
+    m = np.asarray(m, dtype=float)
+    for k in np.unique(folds):
+        test, train = folds == k, folds != k
+        a, b = train & (halves == 0), train & (halves == 1)
+        feats = m
+        if pca is not None:  # fitted on the training folds only, never on fold k
+            comps = min(int(pca), m.shape[1], int(train.sum()))
+            reducer = PCA(n_components=comps, random_state=child_seed(random_state, 4, k)).fit(m[train])
+            feats = reducer.transform(m)
+        z = np.hstack([feats, x_second])
+        p1mx[test] = _fit_predict_proba(propensity, child_seed(random_state, 5, k), z, t, train, test, "p(M,X)", k)
+        for d in (0, 1):
+            on_test, on_b = _fit_predict(outcome, child_seed(random_state, 6, k, d), z, y, a & (t == d), [test, b],
+                                         f"mu({d},M,X)", k)
+            nested = np.zeros(n)
+            nested[b] = on_b
+            omega[test, d] = _fit_predict(outcome, child_seed(random_state, 7, k, d), x_first, nested,
+                                          b & (t == 1 - d), [test], f"omega({d},X)", k)[0]
+            mumx[test, d] = on_test
+    return p1mx, mumx, omega
+
+
+# ---- scores ---------------------------------------------------------------------------------------------
+def mediation_scores(t, y, p1x, mux, p1mx, mumx, omega, *, trim: float, normalize: bool):
+    """Scores of the four E[Y(d, M(d'))] on the rows kept by trimming, plus their weights.
+
+    Trimming follows causalweight: a row is kept when p_1(X), p_0(X), p_0(M,X) p_1(X) and p_1(M,X) p_0(X)
+    are all >= ``trim``. With ``normalize`` every inverse-probability weight is divided by its mean over the
+    kept rows (Hajek form). Returns ``(keep, psi, alpha, nested_w)``: ``psi[(d, d')]`` and ``alpha[(d, d')]``
+    (the weight on the outcome residual) are arrays over the kept rows.
+    """
+    px = {1: np.clip(p1x, _EPS, 1 - _EPS), 0: np.clip(1 - p1x, _EPS, 1 - _EPS)}
+    pmx = {1: np.clip(p1mx, _EPS, 1 - _EPS), 0: np.clip(1 - p1mx, _EPS, 1 - _EPS)}
+    keep = ((px[1] >= trim) & (px[0] >= trim) & (pmx[0] * px[1] >= trim) & (pmx[1] * px[0] >= trim))
+    if trim == 0:
+        keep[:] = True
+    t, y = t[keep], y[keep]
+    px = {d: v[keep] for d, v in px.items()}
+    pmx = {d: v[keep] for d, v in pmx.items()}
+    mux, mumx, omega = mux[keep], mumx[keep], omega[keep]
+    norm = (lambda w: w / w.mean() if w.sum() > 0 else w) if normalize else (lambda w: w)
+    psi, alpha, nested_w = {}, {}, {}
+    for d in (0, 1):
+        is_d, is_other = (t == d).astype(float), (t == 1 - d).astype(float)
+        w = norm(is_d / px[d])
+        psi[(d, d)] = w * (y - mux[:, d]) + mux[:, d]
+        alpha[(d, d)] = w
+        w1 = norm(is_d * pmx[1 - d] / (pmx[d] * px[1 - d]))
+        w2 = norm(is_other / px[1 - d])
+        psi[(d, 1 - d)] = w1 * (y - mumx[:, d]) + w2 * (mumx[:, d] - omega[:, d]) + omega[:, d]
+        alpha[(d, 1 - d)] = w1
+        nested_w[(d, 1 - d)] = w2
+    return keep, psi, alpha, nested_w
+
+
+def _full(values, keep, n):
+    """Scores over the kept rows -> a length-n influence vector (zeros on trimmed rows, scaled by n/n_kept)."""
+    out = np.zeros(n)
+    out[keep] = values * (n / keep.sum())
+    return out
+
+
+def _ovb(keep, n, alpha, residual):
+    """The OVB pieces {sigma2, nu2, psi_sigma2, psi_nu2} of one target (see DMLMediation's docstring)."""
+    sigma2, nu2 = float(np.mean(residual**2)), float(np.mean(alpha**2))
+    return {"sigma2": sigma2, "nu2": nu2, "psi_sigma2": _full(residual**2 - sigma2, keep, n),
+            "psi_nu2": _full(alpha**2 - nu2, keep, n)}
+
+
+def _unit_effects(t, y, shared, unit_nuis, *, trim, normalize, level):
+    p1x, mux = shared
+    p1mx, mumx, omega = unit_nuis
+    n = len(t)
+    keep, psi, alpha, _ = mediation_scores(t, y, p1x, mux, p1mx, mumx, omega, trim=trim, normalize=normalize)
+    tk = t[keep]
+    for arm, name in ((1, "treated"), (0, "control")):
+        if int((tk == arm).sum()) < 2:
+            raise PositivityError(f"trimming at {trim}: expected at least 2 {name} rows (T={arm}) kept, got "
+                                  f"{int((tk == arm).sum())} of {int((t == arm).sum())}")
+    means = {key: float(v.mean()) for key, v in psi.items()}
+    terms = {key: Effect.from_scores(means[key], _full(psi[key] - means[key], keep, n), level=level)
+             for key in TERMS}
+    effects = {key: terms[a] - terms[b] for key, (a, b) in CONTRASTS.items()}
+    effects = add_derived(effects)
+    effects[("te", "treated")] = effects[("te", "control")] = effects[("te", "average")]
+    # OVB pieces: TE on the short residual Y - mu(D,X); NIE/NDE on the long residual Y - mu(D,M,X)
+    yk = y[keep]
+    short = yk - np.where(tk == 1, mux[keep, 1], mux[keep, 0])
+    long = yk - np.where(tk == 1, mumx[keep, 1], mumx[keep, 0])
+    ovb = {}
+    for key, (a, b) in CONTRASTS.items():
+        ovb[key] = _ovb(keep, n, alpha[a] - alpha[b], short if key[0] == "te" else long)
+    for kind in ("nie", "nde"):
+        (a1, b1), (a0, b0) = CONTRASTS[(kind, "treated")], CONTRASTS[(kind, "control")]
+        avg = 0.5 * (alpha[a1] - alpha[b1] + alpha[a0] - alpha[b0])
+        ovb[(kind, "average")] = _ovb(keep, n, avg, long)
+    ovb[("te", "treated")] = ovb[("te", "control")] = ovb[("te", "average")]
+    px_out = int(((p1x <= trim) | (p1x >= 1 - trim)).sum())
+    pmx_out = int(((p1mx <= trim) | (p1mx >= 1 - trim)).sum())
+    diag = {"n_kept": int(keep.sum()), "n_trimmed": int(n - keep.sum()), "trim": float(trim),
+            "px_outside_trim": px_out, "pmx_outside_trim": pmx_out,
+            "pmx_range": (float(p1mx.min()), float(p1mx.max())), "px_range": (float(p1x.min()), float(p1x.max())),
+            "potential_outcomes": {f"Y({a},M({b}))": terms[(a, b)] for a, b in TERMS}, "ovb": ovb}
+    return effects, diag
+
+
+def _fit_unit(m, t, y, x_first, x_second, folds, halves, shared, settings):
+    nuis = unit_nuisances(m, t, y, x_first, x_second, folds, halves, outcome=settings["outcome"],
+                          propensity=settings["propensity"], pca=settings["pca"],
+                          random_state=settings["random_state"])
+    return _unit_effects(t, y, shared, nuis, trim=settings["trim"], normalize=settings["normalize"],
+                         level=settings["level"])
+
+
+# ---- estimator ------------------------------------------------------------------------------------------
+@register("dml")
+class DMLMediation(MediationEstimator):
+    """Multiply robust NIE/NDE/TE with K-fold cross-fitting (Farbmacher et al. 2022).
+
+    Parameters
+    ----------
+    outcome_learner : scikit-learn regressor for mu(d,M,X), mu(d,X) and omega(d,X); cloned per fold and
+        seeded. Default: standardize + ``RidgeCV``.
+    propensity_learner : scikit-learn classifier with ``predict_proba`` for p(X) and p(M,X). Default:
+        standardize + ``LogisticRegressionCV(scoring="neg_log_loss")`` (L2).
+    n_folds : K for cross-fitting (default 5). Folds come from :func:`deconfound.folds.data_folds` with
+        ``random_state``, so they are the same for every unit and every estimator.
+    trim : rows with p_d(X) < trim or p_d(M,X) p_d'(X) < trim (either d) are dropped, as in causalweight
+        (default 0.05). Counts are in the diagnostics and a warning; the effects then refer to the kept rows.
+    normalize : divide each inverse-probability weight by its mean (default True, as causalweight).
+    pca : None, or the number of principal components of the mediator block, fitted on the training folds
+        only (never on the held-out fold).
+    level : CI level.
+    random_state : seed of the folds, the nested split and every learner's unset ``random_state``.
+
+    Notes
+    -----
+    ``result.effects[unit]`` holds nie/nde for arms control/treated/average, te (the ATE; the same Effect
+    under all three arms) and prop_mediated. ``result.diagnostics[unit]`` holds ``n_kept``, ``n_trimmed``,
+    ``px_outside_trim`` / ``pmx_outside_trim`` (propensities outside (trim, 1 - trim)), their ranges,
+    ``potential_outcomes`` (the four E[Y(d, M(d'))] as Effects) and ``ovb``:
+
+    ``ovb[(effect, arm)] = {"sigma2", "nu2", "psi_sigma2", "psi_nu2"}`` for te/nie/nde and every arm.
+    alpha is the weight multiplying the outcome residual in the scores above: for E[Y(d, M(d'))],
+    alpha = 1{D=d} p_d'(M,X) / (p_d(M,X) p_d'(X)) (which is 1{D=d}/p_d(X) when d' = d), after
+    normalization; an effect's alpha is the difference of its two terms' alphas (the mean of the two arms'
+    for "average"). For te, sigma2 = mean((Y - mu(D,X))^2) and alpha = D/p_1(X) - (1-D)/p_0(X), as in
+    EconML's DRLearner; for nie/nde, sigma2 = mean((Y - mu(D,M,X))^2), the long regression. nu2 =
+    mean(alpha^2). Means are over the kept rows; psi_sigma2 and psi_nu2 are the centred per-row values,
+    length n, zero on trimmed rows and scaled by n / n_kept like the effect scores (so mean(psi**2) / n is
+    the variance of sigma2 / nu2). The nested term's weight 1{D=d'}/p_d'(X) is not part of alpha.
+    """
+
+    def __init__(self, *, outcome_learner=None, propensity_learner=None, n_folds: int = 5, trim: float = 0.05,
+                 normalize: bool = True, pca: int | None = None, level: float = 0.95, random_state=0):
+        self.outcome_learner = outcome_learner
+        self.propensity_learner = propensity_learner
+        self.n_folds = n_folds
+        self.trim = trim
+        self.normalize = normalize
+        self.pca = pca
+        self.level = level
+        self.random_state = random_state
+
+    def _check(self, data):
+        if isinstance(self.n_folds, bool) or not isinstance(self.n_folds, (int, np.integer)) or self.n_folds < 2:
+            raise ValueError(f"n_folds: expected an int >= 2, got {self.n_folds!r}")
+        if self.n_folds > data.n // 2:
+            raise DataError(f"n_folds: expected at most n/2 = {data.n // 2} folds for {data.n} rows, "
+                            f"got {self.n_folds}")
+        if not 0 <= float(self.trim) < 0.5:
+            raise ValueError(f"trim: expected a number in [0, 0.5), got {self.trim!r}")
+        if self.pca is not None and (isinstance(self.pca, bool) or not isinstance(self.pca, (int, np.integer))
+                                     or self.pca < 1):
+            raise ValueError(f"pca: expected None or an int >= 1, got {self.pca!r}")
+        if not 0 < float(self.level) < 1:
+            raise ValueError(f"level: expected a number in (0, 1), got {self.level!r}")
+        return check_learners(self.outcome_learner, self.propensity_learner)
+
+    def fit(self, data, *, graph=None, units=None, n_jobs=1) -> MediationResult:
+        """Estimate every unit in ``units`` (default all); units run in parallel through joblib ``n_jobs``."""
+        outcome, propensity = self._check(data)
+        units = check_units(data, units)
+        g, adj = resolve(graph, data)
+        x_first = data.x_design(adj.first_stage)[0]
+        x_second = data.x_design(adj.second_stage)[0]
+        x_total = data.x_design(adj.total)[0]
+        t, y = data.t.astype(int), data.y.astype(float)
+        folds, halves = cross_fit_splits(data, int(self.n_folds), self.random_state)
+        shared = shared_nuisances(t, y, x_first, x_total, folds, outcome=outcome, propensity=propensity,
+                                  random_state=self.random_state)
+        settings = dict(outcome=outcome, propensity=propensity, pca=self.pca, trim=float(self.trim),
+                        normalize=bool(self.normalize), level=float(self.level), random_state=self.random_state)
+        jobs = (delayed(_fit_unit)(data.mediator(u), t, y, x_first, x_second, folds, halves, shared, settings)
+                for u in units)
+        out = Parallel(n_jobs=n_jobs)(jobs) if n_jobs != 1 else [job[0](*job[1], **job[2]) for job in jobs]
+        effects, diagnostics, warns = {}, {}, []
+        for u, (eff, diag) in zip(units, out):
+            effects[u], diagnostics[u] = eff, diag
+            if diag["n_trimmed"]:
+                warns.append(f"unit {u!r}: trimmed {diag['n_trimmed']} of {data.n} rows (propensity or product "
+                             f"< {self.trim}); effects refer to the {diag['n_kept']} kept rows")
+        if not adj.identified:
+            warns.append(f"graph {g.name}: effects not identified (latent {list(adj.latent)}); adjusted for the "
+                         "observed confounders only")
+        return MediationResult(
+            estimator=self.name, effects=effects, n=data.n, n_treated=data.n_treated, population="ate",
+            graph=g.name, adjustment=adj.as_dict(), level=float(self.level), random_state=self.random_state,
+            settings=self.get_params(),
+            diagnostics=diagnostics, warnings=warns)
