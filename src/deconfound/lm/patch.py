@@ -1,0 +1,598 @@
+"""The batched patching engine: g(q; do(h_u = m)) for many (prompt, unit, value) triples at once.
+
+A :class:`Patcher` holds a model, a list of prompts and an outcome strategy. It overwrites a unit's
+activation at the last prompt token and returns the outcome score of each patched prompt.
+
+Speed comes from two facts:
+
+- Patching the last prompt token changes nothing at earlier positions. Each prompt's prefix (all tokens
+  but the last) is run once and its key/value cache is kept. A patched variant then runs only the last
+  token (plus teacher-forced continuation tokens for ``"reweight"``) on top of that cache.
+- Many variants share one forward pass. Rows of a batch come from different prompts, units (layers) and
+  donor values; each hooked module edits only its own rows (a row-wise mask). Prefix caches of different
+  lengths are left-padded with zeros and masked out.
+
+Outcome strategies (objects with one interface, in :mod:`deconfound.lm.outcomes`, looked up by name in
+:data:`OUTCOMES`):
+
+``"next_token_mass"`` (:class:`NextTokenMass`)
+    Probability mass on a toxic token set at the next position. Deterministic, and the fast default.
+``"reweight"`` (:class:`Reweight`)
+    Expected scorer toxicity of S stored unpatched continuations under the patch, by self-normalised
+    importance weights p_patched(c|q) / p(c|q) (teacher forced). Reports the importance-weight ESS.
+``"generate"`` (:class:`Generate`)
+    New continuations sampled under the patch with common random numbers (the uniforms of the
+    unpatched run, seeded as in :mod:`deconfound.lm.extract`), then scored.
+"""
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DataError, ModelSiteError
+from ._torch import require_torch, set_threads
+from .extract import _eos_ids, _forward_kwargs, sample_tokens, sample_uniforms
+from .models import LoadedModel, as_loaded
+from .outcomes import OUTCOMES, Generate, NextTokenMass, Reweight, as_outcome
+from .sites import Site, bind
+
+__all__ = ["PatchUnit", "PatchRequest", "PatchScores", "Patcher", "NextTokenMass", "Reweight", "Generate",
+           "OUTCOMES", "as_unit"]
+
+_UNIT = re.compile(r"^(?P<site>[^\[\]]+?)\s*(?:\[(?P<coords>[\d,\s]*)\])?$")
+_LAYER = re.compile(r"^L?(?P<layer>\d+)$")
+
+
+# ------------------------------------------------------------------------------------------------
+# Units
+
+
+@dataclass(frozen=True)
+class PatchUnit:
+    """A patchable unit: a site (kind and layer) and optionally a subset of its coordinates.
+
+    Attributes
+    ----------
+    site : Site
+    coords : tuple of int or None
+        Coordinates (e.g. neurons of ``mlp_neurons``) patched; None means the whole vector.
+    label : str or None
+        Name used in results; default ``"mlp_out.L3"`` or ``"mlp_neurons.L3[1,5,9]"``.
+    """
+
+    site: Site
+    coords: tuple | None = None
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        if self.coords is None:
+            return self.site.name
+        return f"{self.site.name}[{','.join(str(c) for c in self.coords)}]"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def as_unit(spec, kind: str = "mlp_out") -> PatchUnit:
+    """A :class:`PatchUnit` from a unit, a Site, a layer number, a name or a ``(site, coords)`` pair.
+
+    Examples
+    --------
+    >>> as_unit("mlp_out.L3").name
+    'mlp_out.L3'
+    >>> as_unit(2, kind="attn_out").name
+    'attn_out.L2'
+    >>> as_unit("mlp_neurons.L1[4, 7]").coords
+    (4, 7)
+    """
+    if isinstance(spec, PatchUnit):
+        return spec
+    if isinstance(spec, Site):
+        return PatchUnit(spec)
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+        return PatchUnit(Site(kind, int(spec)))
+    if isinstance(spec, tuple) and len(spec) == 2:
+        base = as_unit(spec[0], kind)
+        coords = np.asarray(spec[1]).reshape(-1)
+        if coords.size == 0 or not np.issubdtype(coords.dtype, np.integer):
+            raise ModelSiteError(f"unit coords for {base.site.name}: expected a non-empty list of integers, "
+                                 f"got {spec[1]!r}")
+        return PatchUnit(base.site, tuple(int(c) for c in coords))
+    if isinstance(spec, str):
+        m = _UNIT.match(spec.strip())
+        if m is None:
+            raise ModelSiteError(f"unit: expected a name like 'mlp_out.L3' or 'mlp_neurons.L3[1,5]', got {spec!r}")
+        site_text = m.group("site").strip()
+        layer = _LAYER.match(site_text)
+        site = Site(kind, int(layer.group("layer"))) if layer else Site.parse(site_text)
+        if m.group("coords") is None:
+            return PatchUnit(site)
+        coords = [c for c in m.group("coords").replace(" ", "").split(",") if c]
+        if not coords:
+            raise ModelSiteError(f"unit coords in {spec!r}: expected at least one index, got none")
+        return PatchUnit(site, tuple(int(c) for c in coords))
+    raise ModelSiteError(f"unit: expected a PatchUnit, Site, layer number or name, got {type(spec).__name__}")
+
+
+@dataclass
+class PatchRequest:
+    """Patch ``unit`` in prompts ``prompts`` (R,) with ``values`` (R, d_unit) or one vector (d_unit,)."""
+
+    unit: object
+    prompts: object
+    values: object
+
+
+@dataclass
+class PatchScores:
+    """Scores of one request and per-row extras (e.g. ``ess`` for ``"reweight"``)."""
+
+    unit: PatchUnit
+    scores: np.ndarray
+    extras: dict
+    grad: np.ndarray | None = None
+
+
+# ------------------------------------------------------------------------------------------------
+# Hooks (registered here on the sites of deconfound.lm.sites; always removed in a finally block)
+
+
+def _main(value):
+    torch = require_torch()
+    if isinstance(value, torch.Tensor):
+        return value, lambda new: new
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        kind = type(value)
+        return value[0], lambda new: kind((new, *value[1:]))
+    raise ModelSiteError(f"hooked module: expected a tensor or a tuple starting with one, got {type(value).__name__}")
+
+
+def _register(bound, fn):
+    if bound.hook == "output":
+        def hook(module, args, output):
+            tensor, put = _main(output)
+            new = fn(tensor)
+            return None if new is None else put(new)
+
+        return bound.module.register_forward_hook(hook)
+
+    def pre_hook(module, args):
+        tensor, put = _main(args)
+        new = fn(tensor)
+        return None if new is None else put(new)
+
+    return bound.module.register_forward_pre_hook(pre_hook)
+
+
+# ------------------------------------------------------------------------------------------------
+# The engine
+
+
+def _looks_like_prompts(obj) -> bool:
+    return isinstance(obj, (list, tuple)) and all(isinstance(p, str) for p in obj)
+
+
+class Patcher:
+    """Patched outcome scores g(q_i; do(h_u = m)) for many prompts, units and values.
+
+    Parameters
+    ----------
+    model : LoadedModel or torch model
+        With a torch model, pass its ``tokenizer`` too: ``Patcher(model, tokenizer, prompts)``; with a
+        LoadedModel, ``Patcher(lm, prompts)``.
+    tokenizer : tokenizer, optional
+    prompts : sequence of str
+        Row i of the mediation data must be prompt i.
+    site : str
+        Site kind used for bare layer numbers (``3`` or ``"L3"`` means ``f"{site}.L3"``).
+    position : "last"
+        The patched position: the last prompt token (the one the mediators are extracted at).
+    outcome : str or outcome object
+        ``"next_token_mass"`` (default), ``"reweight"``, ``"generate"`` or an instance of
+        :class:`NextTokenMass`, :class:`Reweight`, :class:`Generate`.
+    batch_size : int
+        Rows per forward pass (for sampled outcomes, rows x samples).
+    cache_prompts : int
+        Prompt prefix caches kept in memory at once.
+    threads : int, optional
+        torch threads (see :func:`deconfound.lm._torch.set_threads`).
+    ids : sequence, optional
+        Prompt ids, checked against the data's ids by the estimator.
+    """
+
+    def __init__(self, model, tokenizer=None, prompts=None, *, site="mlp_out", position="last",
+                 outcome="next_token_mass", batch_size=64, cache_prompts=256, threads=None, ids=None):
+        torch = require_torch()
+        if prompts is None and _looks_like_prompts(tokenizer):
+            prompts, tokenizer = tokenizer, None
+        if isinstance(model, LoadedModel):
+            if tokenizer is not None:
+                raise TypeError("tokenizer: expected None with a LoadedModel (it has its own), got a tokenizer")
+            self.lm = model
+        elif tokenizer is None:
+            raise TypeError(f"tokenizer: expected a tokenizer with a {type(model).__name__}, got None")
+        else:
+            self.lm = as_loaded((model, tokenizer))
+        if position != "last":
+            raise ValueError(f"position: expected 'last' (the last prompt token), got {position!r}")
+        if isinstance(prompts, str) or prompts is None:
+            raise DataError("prompts: expected a sequence of strings, got " + ("None" if prompts is None else "one str"))
+        self.prompts = list(prompts)
+        if not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts):
+            raise DataError("prompts: expected a non-empty sequence of non-empty strings, got an empty one or a "
+                            "non-string entry")
+        for key, value in (("batch_size", batch_size), ("cache_prompts", cache_prompts)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{key}: expected a positive integer, got {value!r}")
+        self.site = site
+        self.position = position
+        self.batch_size = int(batch_size)
+        self.cache_prompts = int(cache_prompts)
+        self.threads = set_threads(threads)
+        self.ids = None if ids is None else np.asarray(list(ids))
+        if self.ids is not None and self.ids.shape != (len(self.prompts),):
+            raise DataError(f"ids: expected {len(self.prompts)} ids, got {self.ids.shape}")
+        self.outcome = as_outcome(outcome)
+        tok = self.lm.tokenizer
+        self.tokens = [list(x) for x in tok(self.prompts)["input_ids"]]
+        empty = [i for i, x in enumerate(self.tokens) if not x]
+        if empty:
+            raise DataError(f"prompts: expected at least one token each, got none for prompt(s) {empty[:5]}")
+        model = self.lm.model
+        window = getattr(model.config, "sliding_window", None)
+        longest = max(len(x) for x in self.tokens)
+        if window is not None and longest > window:
+            raise ModelSiteError(f"prompts: expected at most {window} tokens (the sliding window of "
+                                 f"{type(model).__name__}; prefix caches are not windowed), got {longest}")
+        self._cache_kw, _ = _forward_kwargs(model)
+        self.pad_id = tok.pad_token_id
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self._device = self.lm.device
+        self._last = torch.as_tensor([x[-1] for x in self.tokens], dtype=torch.long)
+        self._plen = np.asarray([len(x) - 1 for x in self.tokens])
+        self._groups: OrderedDict = OrderedDict()  # gid -> (prefix length, [(K, V)] per layer or None)
+        self._where: dict = {}  # prompt -> (gid, row)
+        self._next_gid = 0
+        self._bound: dict = {}
+        self._base = None
+        self._uniforms: dict = {}
+        self.n_forward = 0
+
+    # ---- facts -----------------------------------------------------------------------------
+    @property
+    def n_prompts(self) -> int:
+        return len(self.prompts)
+
+    def unit(self, spec) -> PatchUnit:
+        """Resolve a unit spec (see :func:`as_unit`) and check it against the model."""
+        unit = as_unit(spec, self.site)
+        self._bind(unit)
+        return unit
+
+    def dim(self, spec) -> int:
+        """Width of a unit: the site's width or the number of its coordinates."""
+        unit = as_unit(spec, self.site)
+        bound, coords = self._bind(unit)
+        return bound.dim if coords is None else int(coords.numel())
+
+    def describe(self) -> dict:
+        """Settings for provenance (model, outcome, position)."""
+        return {"model_id": self.lm.model_id, "model_fingerprint": self.lm.fingerprint, "n_prompts": self.n_prompts,
+                "position": "last prompt token", **self.outcome.describe()}
+
+    def _bind(self, unit: PatchUnit):
+        if unit not in self._bound:
+            torch = require_torch()
+            bound = bind(self.lm.model, unit.site)
+            coords = None
+            if unit.coords is not None:
+                c = np.asarray(unit.coords)
+                if c.min() < 0 or c.max() >= bound.dim or len(np.unique(c)) != c.size:
+                    raise ModelSiteError(f"unit {unit.name}: expected distinct coordinates in [0, {bound.dim}), "
+                                         f"got {len(c)} with range [{c.min()}, {c.max()}]")
+                coords = torch.as_tensor(c, dtype=torch.long, device=self._device)
+            self._bound[unit] = (bound, coords)
+        return self._bound[unit]
+
+    # ---- prefix caches ---------------------------------------------------------------------
+    def _ensure_prefix(self, prompts) -> None:
+        torch = require_torch()
+        need = sorted({int(i) for i in prompts if int(i) not in self._where}, key=lambda i: (self._plen[i], i))
+        keep = {self._where[int(i)][0] for i in prompts if int(i) in self._where}
+        cached = sum(len(m) for _, _, m in self._groups.values())
+        for gid in list(self._groups):  # least recently made first
+            if cached + len(need) <= self.cache_prompts:
+                break
+            if gid in keep:
+                continue
+            _, _, members = self._groups.pop(gid)
+            for i in members:
+                del self._where[i]
+            cached -= len(members)
+        start = 0
+        while start < len(need):
+            length = self._plen[need[start]]
+            stop = start
+            while stop < len(need) and self._plen[need[stop]] == length and stop - start < self.batch_size:
+                stop += 1
+            members = need[start:stop]
+            kv = None
+            if length > 0:
+                ids = torch.as_tensor([self.tokens[i][:-1] for i in members], dtype=torch.long, device=self._device)
+                pos = torch.arange(length, device=self._device).expand(len(members), -1)
+                with torch.no_grad():
+                    out = self.lm.model(input_ids=ids, position_ids=pos, attention_mask=torch.ones_like(ids),
+                                        use_cache=True)
+                self.n_forward += 1
+                cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+                kv = [(layer.keys, layer.values) for layer in cache.layers]
+            gid = self._next_gid
+            self._next_gid += 1
+            self._groups[gid] = (int(length), kv, members)
+            for row, i in enumerate(members):
+                self._where[i] = (gid, row)
+            start = stop
+
+    def _gather(self, pidx):
+        """The batch's prefix cache (left-padded with zeros), its attention mask and prefix lengths."""
+        torch = require_torch()
+        from transformers import DynamicCache
+
+        dev = self._device
+        plen = torch.as_tensor(self._plen[pidx], dtype=torch.long, device=dev)
+        width = int(plen.max())
+        mask = (torch.arange(width, device=dev)[None, :] >= (width - plen)[:, None]).long()
+        if width == 0:
+            return None, mask, plen
+        where = [self._where[int(i)] for i in pidx]
+        gids = sorted({g for g, _ in where})
+        parts = []
+        for g in gids:
+            sel = [r for r, (gg, _) in enumerate(where) if gg == g]
+            rows = torch.as_tensor([where[r][1] for r in sel], dtype=torch.long, device=dev)
+            parts.append((torch.as_tensor(sel, dtype=torch.long, device=dev), rows, self._groups[g]))
+        layers = []
+        ref = next(p[2][1] for p in parts if p[2][1] is not None)
+        for li in range(len(ref)):
+            kv = []
+            for which in (0, 1):
+                if len(parts) == 1 and parts[0][2][0] == width:
+                    kv.append(parts[0][2][1][li][which].index_select(0, parts[0][1]))
+                    continue
+                shape = list(ref[li][which].shape)
+                shape[0], shape[2] = len(pidx), width
+                full = torch.zeros(shape, dtype=ref[li][which].dtype, device=dev)
+                for sel, rows, (length, group_kv, _) in parts:
+                    if length:
+                        full[sel, :, width - length:] = group_kv[li][which].index_select(0, rows)
+                kv.append(full)
+            layers.append(tuple(kv))
+        return DynamicCache(layers, config=self.lm.model.config), mask, plen
+
+    # ---- forward passes --------------------------------------------------------------------
+    def _last_tokens(self, pidx):
+        return self._last[np.asarray(pidx)][:, None].to(self._device)
+
+    def _install(self, groups, capture=None):
+        by_module: dict = {}
+        for unit, rows, vals in groups:
+            bound, coords = self._bind(unit)
+            by_module.setdefault(id(bound.module), (bound, []))[1].append((rows, coords, vals))
+        handles = []
+        for bound, items in by_module.values():
+            def edit(tensor, items=items):
+                new = tensor.clone()
+                for rows, coords, vals in items:
+                    vals = vals.to(dtype=new.dtype)
+                    if coords is None:
+                        new[rows, 0] = vals
+                    else:
+                        new[rows[:, None], 0, coords[None, :]] = vals
+                return new
+
+            handles.append(_register(bound, edit))
+        for unit in list(capture or ()):
+            bound, coords = self._bind(unit)
+
+            def grab(tensor, unit=unit, coords=coords):
+                value = tensor[:, 0].detach()
+                capture[unit] = value if coords is None else value[:, coords]
+                return None
+
+            handles.append(_register(bound, grab))
+        return handles
+
+    def _forward(self, pidx, tokens, groups, capture=None, keep_cache=False):
+        """Run ``tokens`` (R, k) after each row's prefix cache, with the row-wise patches ``groups``."""
+        torch = require_torch()
+        pidx = np.asarray(pidx)
+        self._ensure_prefix(pidx)
+        cache, pmask, plen = self._gather(pidx)
+        r, k = tokens.shape
+        mask = torch.cat([pmask, torch.ones((r, k), dtype=pmask.dtype, device=pmask.device)], dim=1)
+        pos = plen[:, None] + torch.arange(k, device=plen.device)[None, :]
+        kwargs = {} if cache is None else {self._cache_kw: cache}
+        handles = self._install(groups, capture)
+        try:
+            out = self.lm.model(input_ids=tokens, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+        self.n_forward += 1
+        if keep_cache:
+            new = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            return out, new, mask, pos[:, -1] + 1
+        return out
+
+    def _sample(self, pidx, groups, n_samples, steps, seed, temperature, top_p):
+        """Sample ``n_samples`` continuations per row (cut after the first eos, which is kept)."""
+        torch = require_torch()
+        s = n_samples
+        with torch.no_grad():
+            out, cache, mask, nxt_pos = self._forward(pidx, self._last_tokens(pidx), groups, keep_cache=True)
+            rows = len(pidx) * s
+            cache.batch_repeat_interleave(s)
+            mask = mask.repeat_interleave(s, dim=0)
+            nxt_pos = nxt_pos.repeat_interleave(s)
+            logits = out.logits[:, -1].repeat_interleave(s, dim=0)
+            u = np.concatenate([self._uniform(int(i), s, steps, seed) for i in pidx])
+            u = torch.as_tensor(u, device=self._device)
+            eos = torch.as_tensor(_eos_ids(self.lm), device=self._device, dtype=torch.long)
+            finished = torch.zeros(rows, dtype=torch.bool, device=self._device)
+            gen = []
+            for step in range(steps):
+                tok = sample_tokens(logits, u[:, step], temperature, top_p)
+                tok = torch.where(finished, torch.full_like(tok, self.pad_id), tok)
+                gen.append(tok)
+                finished = finished | torch.isin(tok, eos)
+                if step == steps - 1 or bool(finished.all()):
+                    break
+                mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=mask.device)], dim=1)
+                out = self.lm.model(input_ids=tok[:, None], attention_mask=mask, position_ids=nxt_pos[:, None],
+                                    use_cache=True, **{self._cache_kw: cache})
+                self.n_forward += 1
+                cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+                nxt_pos = nxt_pos + 1
+                logits = out.logits[:, -1]
+        seqs = torch.stack(gen, dim=1).cpu().tolist()
+        eos_set = set(eos.tolist())
+        out_tokens = []
+        for seq in seqs:
+            cut = next((j for j, t in enumerate(seq) if t in eos_set), None)
+            out_tokens.append(seq if cut is None else seq[:cut + 1])
+        return out_tokens
+
+    def _uniform(self, i, s, steps, seed):
+        key = (i, s, steps, seed)
+        if key not in self._uniforms:
+            self._uniforms[key] = sample_uniforms(seed, i, s, steps)
+        return self._uniforms[key]
+
+    def _decode(self, conts) -> list[str]:
+        eos = set(_eos_ids(self.lm))
+        return [self.lm.tokenizer.decode([t for t in c if t not in eos], skip_special_tokens=True) for c in conts]
+
+    # ---- public evaluation -----------------------------------------------------------------
+    def activations(self, units, prompts=None) -> dict:
+        """Unpatched activations at the last prompt token: ``{unit name: (R, d) float32}``."""
+        torch = require_torch()
+        units = [self.unit(u) for u in ([units] if isinstance(units, (str, PatchUnit, Site, int)) else units)]
+        pidx = np.arange(self.n_prompts) if prompts is None else self._check_prompts(prompts, "prompts")
+        out = {u.name: [] for u in units}
+        for start in range(0, len(pidx), self.batch_size):
+            sel = pidx[start:start + self.batch_size]
+            cap = {u: None for u in units}
+            with torch.no_grad():
+                self._forward(sel, self._last_tokens(sel), [], capture=cap)
+            for u in units:
+                out[u.name].append(cap[u].float().cpu().numpy())
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+    def base_scores(self) -> np.ndarray:
+        """Unpatched scores g(q_i) for every prompt (computed once)."""
+        if self._base is None:
+            self.outcome.prepare(self)
+            self._base = self._run(np.arange(self.n_prompts), [], grad=False)[0]
+        return self._base.copy()
+
+    def scores(self, unit, prompts, values) -> np.ndarray:
+        """Patched scores of one unit: row r patches prompt ``prompts[r]`` with ``values[r]``."""
+        return self.evaluate([PatchRequest(unit, prompts, values)])[0].scores
+
+    def evaluate(self, requests, *, grad: bool = False) -> list[PatchScores]:
+        """Patched scores for many requests at once (rows of different units share forward passes).
+
+        Parameters
+        ----------
+        requests : sequence of PatchRequest or (unit, prompts, values) tuples
+        grad : bool
+            Also return d score / d value per row (``PatchScores.grad``, shape (R, d_unit)); needs a
+            differentiable outcome (``next_token_mass`` or ``reweight``).
+
+        Returns
+        -------
+        list of PatchScores, in the order of ``requests``
+        """
+        if grad and not getattr(self.outcome, "differentiable", False):
+            raise ValueError(f"grad: expected a differentiable outcome (next_token_mass, reweight), got "
+                             f"{getattr(self.outcome, 'name', self.outcome)!r}")
+        self.outcome.prepare(self)
+        checked = [self._check_request(r if isinstance(r, PatchRequest) else PatchRequest(*r)) for r in requests]
+        if not checked:
+            return []
+        sizes = [len(p) for _, p, _ in checked]
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        pidx = np.concatenate([p for _, p, _ in checked])
+        which = np.repeat(np.arange(len(checked)), sizes)
+        local = np.concatenate([np.arange(s) for s in sizes])
+        scores, extras, grads = self._run(pidx, (checked, which, local), grad=grad)
+        out = []
+        for q, (unit, _, _) in enumerate(checked):
+            sl = slice(offsets[q], offsets[q + 1])
+            out.append(PatchScores(unit, scores[sl], {k: v[sl] for k, v in extras.items()},
+                                   None if grads is None else grads[q]))
+        return out
+
+    def _check_request(self, req: PatchRequest):
+        unit = self.unit(req.unit)
+        pidx = self._check_prompts(req.prompts, f"prompts for {unit.name}")
+        d = self.dim(unit)
+        vals = np.asarray(req.values, dtype=np.float32)
+        if vals.ndim == 1:
+            vals = np.broadcast_to(vals, (len(pidx), vals.shape[0]))
+        if vals.shape != (len(pidx), d):
+            raise DataError(f"values for {unit.name}: expected shape ({len(pidx)}, {d}) or ({d},), got {vals.shape}")
+        if not np.isfinite(vals).all():
+            raise DataError(f"values for {unit.name}: expected finite values, got NaN/inf")
+        return unit, pidx, vals
+
+    def _check_prompts(self, prompts, name) -> np.ndarray:
+        p = np.asarray(prompts).reshape(-1)
+        if p.size and (not np.issubdtype(p.dtype, np.integer) or p.min() < 0 or p.max() >= self.n_prompts):
+            raise DataError(f"{name}: expected prompt indices in [0, {self.n_prompts}), got dtype {p.dtype}"
+                            + (f", range [{p.min()}, {p.max()}]" if np.issubdtype(p.dtype, np.number) else ""))
+        return p.astype(np.int64)
+
+    def _run(self, pidx, spec, grad=False):
+        """Score rows in batches sorted by prefix length; ``spec`` is (requests, request of row, local row)."""
+        torch = require_torch()
+        n = len(pidx)
+        order = np.lexsort((pidx, self._plen[pidx]))
+        per = max(1, self.batch_size // max(1, int(getattr(self.outcome, "rows_per_request", 1))))
+        scores = np.empty(n)
+        extras: dict = {}
+        grads = None
+        if spec and grad:
+            grads = [np.zeros_like(v) for _, _, v in spec[0]]
+        for start in range(0, n, per):
+            sel = order[start:start + per]
+            groups, leaves = [], []
+            if spec:
+                checked, which, local = spec
+                for q in np.unique(which[sel]):
+                    rows = np.flatnonzero(which[sel] == q)
+                    vals = torch.as_tensor(checked[q][2][local[sel][rows]], device=self._device)
+                    if grad:
+                        vals.requires_grad_(True)
+                        leaves.append((q, local[sel][rows], vals))
+                    groups.append((checked[q][0], torch.as_tensor(rows, device=self._device), vals))
+            ctx = torch.enable_grad() if grad else torch.no_grad()
+            with ctx:
+                value, extra = self.outcome.batch(self, pidx[sel], groups, grad=grad)
+                if grad:
+                    got = torch.autograd.grad(value.sum(), [v for _, _, v in leaves])
+                    for (q, rows, _), g in zip(leaves, got):
+                        grads[q][rows] = g.detach().float().cpu().numpy()
+            scores[sel] = torch.as_tensor(value).detach().double().cpu().numpy()
+            for key, arr in extra.items():
+                arr = np.asarray(arr)
+                if key not in extras:
+                    extras[key] = np.zeros(n, dtype=arr.dtype)
+                extras[key][sel] = arr
+        return scores, extras, grads
