@@ -90,7 +90,14 @@ def _as_block(values, unit: str, n: int) -> np.ndarray:
         raise DataError(f"mediator unit {unit!r}: expected at least 1 column, got an empty unit")
     check_length(arr, n, f"mediator unit {unit!r}")
     check_finite(arr, f"mediator unit {unit!r}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        block = np.ascontiguousarray(arr, dtype=np.float32)
+    overflow = ~np.isfinite(block)
+    if overflow.any():
+        rows = np.unique(np.nonzero(overflow)[0])[:5].tolist()
+        raise DataError(f"mediator unit {unit!r}: expected values within float32 range (|x| < 3.4e38), got "
+                        f"{int(overflow.sum())} that overflow (first rows: {rows})")
+    return block
 
 
 @dataclass(eq=False)

@@ -148,9 +148,10 @@ class CausalGraph:
         key = (tuple(sorted(self.nx.edges)), tuple(self.latent), tuple(data.confounder_names))
         first, second, total = _identify(self, key, data)
         identified = first is not None and second is not None
-        expand = lambda nodes: tuple(c for nd in (nodes or []) if nd not in ROLES for c in self._columns(nd, data))
+        expand = lambda nodes: tuple(dict.fromkeys(  # noqa: E731 - X and a named column may overlap
+            c for nd in (nodes or []) if nd not in ROLES for c in self._columns(nd, data)))
         if not identified:  # latent confounding: adjust for the observed part, flag it
-            observed = tuple(c for nd in self.confounder_nodes for c in self._columns(nd, data))
+            observed = tuple(dict.fromkeys(c for nd in self.confounder_nodes for c in self._columns(nd, data)))
             return AdjustmentSets(observed, observed, expand(total) or observed, identified=False,
                                   latent=tuple(self.latent))
         return AdjustmentSets(expand(first), expand(second), expand(total), latent=tuple(self.latent))

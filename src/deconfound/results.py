@@ -127,6 +127,8 @@ class MediationResult:
 
     def summary(self, unit: str | None = None) -> str:
         """statsmodels-style text table with R `mediation` row names."""
+        if unit is not None and unit not in self.effects:
+            raise KeyError(f"unit: expected one of {self.units[:10]}, got {unit!r}")
         units = [unit] if unit is not None else self.units
         width = 78
         lines = ["=" * width, f"{'Causal mediation analysis':^{width}}", "=" * width]

@@ -130,6 +130,10 @@ def topic_mediation(n: int, *, n_topics: int = 8, n_units: int = 1, dim: int = 1
     """
     if n_units < 1 or dim < 1 or n_topics < 1:
         raise ValueError(f"n_units, dim, n_topics: expected >= 1, got {n_units}, {dim}, {n_topics}")
+    if n_spurious is not None and not 0 <= n_spurious <= n_units:
+        raise ValueError(f"n_spurious: expected a number in [0, n_units={n_units}], got {n_spurious}")
+    if coarsen is not None and not 1 <= coarsen <= n_topics:
+        raise ValueError(f"coarsen: expected None or a number in [1, n_topics={n_topics}], got {coarsen}")
     p = _params(n_topics, n_units, dim, n_spurious, topic_strength, interaction, param_seed)
     names = [f"u{u}" for u in range(n_units)]
     rng = np.random.default_rng(seed)

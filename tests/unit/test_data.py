@@ -377,3 +377,10 @@ def test_save_overwrites_cleanly(tmp_path, sim_small, mixed_frame):
     other.save(tmp_path / "ds")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
     _assert_same(other, MediationData.load(tmp_path / "ds"))
+
+
+def test_mediator_beyond_float32_range_named():
+    m = np.ones((8, 2))
+    m[6, 1] = 1e39  # finite as float64, inf as float32
+    msg = _raises("unit 'u'", MediationData.from_arrays, **arrays(mediators={"u": m}))
+    assert "float32" in msg and "[6]" in msg

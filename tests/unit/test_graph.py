@@ -226,3 +226,10 @@ def test_to_dowhy_returns_causal_model(sim_small):
     np.testing.assert_array_equal(frame["M"].to_numpy(), data.mediator("u0")[:, 0].astype(float))
     model_u1 = load_graph("topic_mediation").to_dowhy(data, unit="u1")
     np.testing.assert_array_equal(model_u1._data["M"].to_numpy(), data.mediator("u1")[:, 0].astype(float))
+
+
+def test_x_and_a_named_column_are_not_counted_twice(two_confounders):
+    g = load_graph(nx.DiGraph([("X", "T"), ("X", "M"), ("X", "Y"), ("topic", "T"), ("topic", "Y"), ("T", "M"),
+                               ("T", "Y"), ("M", "Y")]))
+    sets = g.adjustment_sets(two_confounders)
+    assert sorted(sets.first_stage) == ["length", "topic"] and len(set(sets.total)) == len(sets.total)

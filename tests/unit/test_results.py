@@ -141,3 +141,8 @@ def test_warns_when_total_effect_may_be_zero(rng):
 
     again = dataclasses.replace(res)
     assert len(again.warnings) == 1
+
+
+def test_summary_unknown_unit(rng):
+    with pytest.raises(KeyError, match="'zz'"):
+        _result(rng).summary("zz")

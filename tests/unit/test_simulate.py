@@ -212,3 +212,9 @@ def test_coarsen_hides_part_of_the_topic():
 def test_bad_arguments(kw):
     with pytest.raises(ValueError, match="expected >= 1"):
         simulate.topic_mediation(50, **kw)
+
+
+@pytest.mark.parametrize("kw", [dict(n_spurious=3), dict(n_spurious=-1), dict(coarsen=0), dict(coarsen=9)])
+def test_bad_spurious_or_coarsen(kw):
+    with pytest.raises(ValueError, match="expected"):
+        simulate.topic_mediation(50, n_units=2, **kw)
