@@ -192,3 +192,49 @@ def run_simulated(*, out="demo_out", quick: bool = False, seed: int = 0) -> int:
     print("\n".join(result["summary"]))
     _say(f"report: {result['html']}")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The real-LLM pipeline
+
+DEFAULT_N, QUICK_N = 600, 120
+
+
+def default_prompts(n_prompts: int, seed: int = 0) -> pd.DataFrame:
+    """Half RealToxicityPrompts (toxic pool), half BBC news and CrowS-Pairs (non-toxic pool, topical).
+
+    Columns ``prompt_id, text, source, perspective_toxicity`` (NaN where the corpus has no Perspective score).
+    """
+    from .lm import corpora
+
+    n_tox = n_prompts // 2
+    n_bbc = (n_prompts - n_tox) * 2 // 3
+    n_crows = n_prompts - n_tox - n_bbc
+    tox = corpora.rtp(n_tox, seed=seed)
+    tox = tox.assign(perspective_toxicity=tox.get("perspective_toxicity", np.nan))
+    bbc = corpora.bbc(n_bbc, seed=seed).assign(perspective_toxicity=np.nan)
+    crows = corpora.crows_pairs(n_crows, seed=seed).assign(perspective_toxicity=np.nan)
+    cols = ["prompt_id", "text", "source", "perspective_toxicity"]
+    frame = pd.concat([tox[cols], bbc[cols], crows[cols]], ignore_index=True)
+    return frame.drop_duplicates("prompt_id").reset_index(drop=True)
+
+
+def extract_default(*, out, n_prompts: int = DEFAULT_N, seed: int = 0, model="smollm2-135m", site="mlp_out",
+                    n_samples: int = 2, max_new_tokens: int = 12, batch_size: int = 16, progress: bool = True):
+    """Extract the default MediationData (resumable: a re-run with the same ``out`` skips finished shards)."""
+    from .lm.extract import Treatment, extract
+    from .lm.models import load_model
+    from .lm.scorers import JigsawBiLSTM
+    from .lm.topics import ZeroShotTopics
+
+    prompts = default_prompts(n_prompts, seed)
+    lm = load_model(model) if isinstance(model, str) else model
+    scorer = JigsawBiLSTM()
+    topics = ZeroShotTopics()
+    _say(f"extracting {len(prompts)} prompts x {n_samples} continuations of {max_new_tokens} tokens "
+         f"from {lm.model_id} at {site} into {out}")
+    treatment = Treatment(scores=prompts.perspective_toxicity.to_numpy(dtype=float), source="perspective")
+    data = extract(lm, prompts.text.tolist(), outcome=scorer, topics=topics, sites=(site,), treatment=treatment,
+                   n_samples=n_samples, max_new_tokens=max_new_tokens, seed=seed, out_dir=Path(out) / "extract",
+                   batch_size=batch_size, ids=prompts.prompt_id.tolist(), progress=progress)
+    return data
