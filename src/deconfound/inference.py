@@ -66,7 +66,10 @@ class Effect:
     @classmethod
     def _normal(cls, est, se, level, *, scores=None, method="normal") -> "Effect":
         z = stats.norm.ppf(0.5 + level / 2)
-        p = float(2 * stats.norm.sf(abs(est / se))) if se > 0 else (0.0 if est != 0 else 1.0)
+        if not np.isfinite(se):  # a missing SE must never read as significant
+            p = float("nan")
+        else:
+            p = float(2 * stats.norm.sf(abs(est / se))) if se > 0 else (0.0 if est != 0 else 1.0)
         return cls(est, se, (est - z * se, est + z * se), p, level, scores=scores, method=method)
 
     # ---- arithmetic --------------------------------------------------------------------------

@@ -214,7 +214,6 @@ def test_stratified_counts_string_strata():
     np.testing.assert_array_equal(counts[:, strata == "b"].sum(1), 3)
 
 
-@pytest.mark.xfail(reason="inference.Effect._normal returns p = 0 when se is NaN (reported to the lead)", strict=False)
 def test_nan_se_gives_nan_p_value():
     e = Effect.from_se(1.0, float("nan"))
     assert math.isnan(e.p_value)
