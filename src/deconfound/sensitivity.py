@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from .medsens import rho_sensitivity  # noqa: F401 - re-export: Imai's rho sensitivity (parametric estimator)
 from .results import MediationResult
 
 OVB_KEYS = ("sigma2", "nu2", "psi_sigma2", "psi_nu2")
@@ -540,4 +541,4 @@ def sensitivity_plot(source, path, *, unit=None, effect="nie", arm="average", ki
 
 __all__ = ["OVBBounds", "ovb_bounds", "robustness_value", "sensitivity_covariance", "sensitivity_analysis",
            "SensitivityResult", "benchmark_strengths", "scaled_strengths", "sensitivity_benchmark",
-           "BenchmarkResult", "sensitivity_plot"]
+           "BenchmarkResult", "sensitivity_plot", "rho_sensitivity"]
