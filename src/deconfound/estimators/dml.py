@@ -50,13 +50,13 @@ def default_outcome_learner():
     return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 15)))
 
 
-def default_propensity_learner(*, legacy_attributes: bool = False):
+def default_propensity_learner(*, legacy_attributes: bool = False, cv=3):
     """Standardize, then L2 logistic regression with the penalty chosen by 3-fold CV on the log loss.
 
     ``legacy_attributes=True`` keeps scikit-learn's pre-1.10 fitted attributes, which EconML's model
-    selection reads (it fails on the new scalar ``C_``).
+    selection reads (it fails on the new scalar ``C_``); EconML also replaces ``cv`` by its own folds.
     """
-    kwargs = dict(Cs=np.logspace(-4, 2, 7), cv=3, scoring="neg_log_loss", max_iter=2000)
+    kwargs = dict(Cs=np.logspace(-4, 2, 7), cv=cv, scoring="neg_log_loss", max_iter=2000)
     params = inspect.signature(LogisticRegressionCV.__init__).parameters
     if "l1_ratios" in params:  # scikit-learn >= 1.8: pure L2 without the deprecation warnings
         kwargs["l1_ratios"] = (0.0,)

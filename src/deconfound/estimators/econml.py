@@ -1,0 +1,206 @@
+"""EconML variants: the total effect, and NIE = TE - CDE as a comparison estimator.
+
+This is the only module that imports econml, lazily inside :func:`_econml`. EconML has no mediation
+estimands; what it has (METHODS.md 5.4) is the TE and, with the mediator among the controls, the controlled
+direct effect (CDE), each with analytic inference and omitted-variable-bias sensitivity
+(``sensitivity_summary``, ``sensitivity_interval``, ``robustness_value``; Chernozhukov et al. 2022).
+
+Propensities are clipped explicitly (``min_propensity``, default 0.05): EconML's default of 1e-6 lets the
+inverse-propensity weights explode (PEERS.md: an ATE of -4408 against a truth of 1.5).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import MissingDependencyError
+from ..graph import resolve
+from ..inference import Effect
+from ..results import MediationResult, add_derived
+from .base import MediationEstimator, check_units, register
+from .dml import check_learners, child_seed, default_propensity_learner, seeded_clone
+
+
+def _econml():
+    """The econml modules used here, or MissingDependencyError with the install command."""
+    try:
+        from econml.dml import LinearDML  # noqa: PLC0415 - lazy: import deconfound stays light
+        from econml.dr import DRLearner  # noqa: PLC0415
+    except ImportError as exc:  # pragma: no cover - econml is a core dependency
+        raise MissingDependencyError("EconML estimators: expected the econml package, got an ImportError "
+                                     f"({exc}); install it with `pip install 'econml>=0.15'`") from exc
+    return DRLearner, LinearDML
+
+
+def _design(data, names) -> np.ndarray:
+    w = data.x_design(names)[0]
+    # EconML's nuisance models need at least one column; a constant adjusts for nothing
+    return w if w.shape[1] else np.ones((data.n, 1))
+
+
+class _EconMLBase(MediationEstimator):
+    def __init__(self, *, method: str = "dr", model_regression=None, model_propensity=None, n_folds: int = 5,
+                 min_propensity: float = 0.05, trimming_threshold=None, c_y: float = 0.05, c_t: float = 0.05,
+                 rho: float = 1.0, level: float = 0.95, random_state=0):
+        self.method = method
+        self.model_regression = model_regression
+        self.model_propensity = model_propensity
+        self.n_folds = n_folds
+        self.min_propensity = min_propensity
+        self.trimming_threshold = trimming_threshold
+        self.c_y = c_y
+        self.c_t = c_t
+        self.rho = rho
+        self.level = level
+        self.random_state = random_state
+
+    def _check(self):
+        if self.method not in ("dr", "linear_dml"):
+            raise ValueError(f"method: expected 'dr' (DRLearner) or 'linear_dml' (LinearDML), got {self.method!r}")
+        if not 0 < float(self.min_propensity) < 0.5:
+            raise ValueError(f"min_propensity: expected a number in (0, 0.5), got {self.min_propensity!r}")
+        if isinstance(self.n_folds, bool) or not isinstance(self.n_folds, (int, np.integer)) or self.n_folds < 2:
+            raise ValueError(f"n_folds: expected an int >= 2, got {self.n_folds!r}")
+        if not 0 < float(self.level) < 1:
+            raise ValueError(f"level: expected a number in (0, 1), got {self.level!r}")
+        prop = default_propensity_learner(legacy_attributes=True, cv=None) if self.model_propensity is None \
+            else self.model_propensity
+        return check_learners(self.model_regression, prop)
+
+    def _fit_ate(self, y, t, w, tag: int):
+        """Fit one EconML model of the ATE of ``t`` given controls ``w``; return (Effect, diagnostics)."""
+        DRLearner, LinearDML = _econml()
+        reg, prop = self._check()
+        seed = child_seed(self.random_state, 20, tag)
+        reg, prop = seeded_clone(reg, seed), seeded_clone(prop, seed)
+        if self.method == "dr":
+            est = DRLearner(model_propensity=prop, model_regression=reg, min_propensity=float(self.min_propensity),
+                            trimming_threshold=self.trimming_threshold, cv=int(self.n_folds), random_state=seed)
+        else:
+            est = LinearDML(model_y=reg, model_t=prop, discrete_treatment=True, cv=int(self.n_folds),
+                            random_state=seed)
+        est.fit(y, t, X=None, W=w, cache_values=True)
+        inf = est.ate_inference()
+        ate, se = float(np.ravel(inf.mean_point)[0]), float(np.ravel(inf.stderr_mean)[0])
+        nuis = est._cached_values.nuisances  # out-of-fold nuisances kept by cache_values=True
+        if self.method == "dr":
+            y_pred, _, raw = nuis
+            p1 = np.asarray(raw)[:, 1]
+            pseudo = np.asarray(y_pred)[:, 1] - np.asarray(y_pred)[:, 0]
+            trimmed = int(getattr(est.ortho_learner_model_final_, "n_samples_trimmed_", 0) or 0)
+            # without trimming EconML's ATE is mean(pseudo) and its SE is sd(pseudo)/sqrt(n): keep the scores
+            eff = (Effect.from_scores(ate, pseudo - ate, level=self.level) if trimmed == 0
+                   else Effect.from_se(ate, se, level=self.level))
+        else:
+            t_res = np.asarray(nuis[1]).reshape(len(t), -1)[:, 0]
+            p1 = t - t_res
+            trimmed = 0
+            eff = Effect.from_se(ate, se, level=self.level)
+        clip = float(self.min_propensity)
+        kwargs = dict(T=1) if self.method == "dr" else {}
+        alpha = 1 - float(self.level)
+        sens = dict(c_y=self.c_y, c_t=self.c_t, rho=self.rho, alpha=alpha)
+        econ = {
+            "ate": ate, "stderr": se, "sensitivity_summary": str(est.sensitivity_summary(**kwargs, **sens)),
+            "sensitivity_interval_theta": tuple(map(float, est.sensitivity_interval(
+                **kwargs, **sens, interval_type="theta"))),
+            "sensitivity_interval_ci": tuple(map(float, est.sensitivity_interval(**kwargs, **sens,
+                                                                                interval_type="ci"))),
+            "robustness_value": float(est.robustness_value(**kwargs, alpha=alpha, interval_type="ci")),
+            "robustness_value_theta": float(est.robustness_value(**kwargs, alpha=alpha, interval_type="theta")),
+            "c_y": self.c_y, "c_t": self.c_t, "rho": self.rho,
+        }
+        diag = {"n_outside_clip": int(((p1 < clip) | (p1 > 1 - clip)).sum()), "min_propensity": clip,
+                "propensity_range": (float(p1.min()), float(p1.max())), "n_trimmed": trimmed,
+                "robustness_value": econ["robustness_value"], "econml": econ}
+        return eff, diag
+
+    def _result(self, data, g, adj, effects, diagnostics, warns):
+        if not adj.identified:
+            warns.append(f"graph {g.name}: effects not identified (latent {list(adj.latent)}); adjusted for the "
+                         "observed confounders only")
+        for u, diag in diagnostics.items():
+            for part, d in ([("", diag)] if "te" not in diag else [(k, diag[k]) for k in ("te", "cde")]):
+                if d["n_outside_clip"]:
+                    warns.append(f"unit {u!r}{' ' + part if part else ''}: {d['n_outside_clip']} propensities "
+                                 f"outside ({d['min_propensity']}, {1 - d['min_propensity']}) were clipped")
+        return MediationResult(
+            estimator=self.name, effects=effects, n=data.n, n_treated=data.n_treated, population="ate",
+            graph=g.name, adjustment=adj.as_dict(), level=float(self.level), random_state=self.random_state,
+            settings=self.get_params(),
+            diagnostics=diagnostics, warnings=warns)
+
+
+@register("econml_te")
+class EconMLTotalEffect(_EconMLBase):
+    """The total effect (ATE) with EconML, adjusting for the graph's total (T -> Y backdoor) set.
+
+    Parameters
+    ----------
+    method : ``"dr"`` (``DRLearner`` with a constant final model; default) or ``"linear_dml"`` (``LinearDML``).
+    model_regression, model_propensity : scikit-learn regressor / classifier (``predict_proba``); defaults as
+        in :class:`~deconfound.estimators.dml.DMLMediation`. Cloned and seeded.
+    n_folds : EconML's ``cv``.
+    min_propensity : clip propensities to [min_propensity, 1 - min_propensity] (DRLearner; default 0.05).
+        LinearDML divides by no propensity; the count outside the band is still reported.
+    trimming_threshold : EconML's Crump-style trimming (None, a float or ``"auto"``), DRLearner only.
+    c_y, c_t, rho : confounding strengths for EconML's sensitivity interval (EconML's defaults).
+    level, random_state : CI level; seed.
+
+    Notes
+    -----
+    The TE does not depend on the unit: it is estimated once and the same Effect is reported for every unit,
+    under arms average/treated/control. With DRLearner (no trimming) the Effect keeps the pseudo-outcome
+    scores, so its SE equals EconML's ``stderr_mean`` and it can be differenced with other score-based
+    Effects on the same rows. ``diagnostics[unit]`` holds ``n_outside_clip``, ``propensity_range``,
+    ``robustness_value`` and ``econml`` (``sensitivity_summary`` as text, ``sensitivity_interval_theta`` /
+    ``_ci``, ``robustness_value`` / ``_theta`` at ``alpha = 1 - level``).
+    """
+
+    def fit(self, data, *, graph=None, units=None) -> MediationResult:
+        self._check()
+        units = check_units(data, units)
+        g, adj = resolve(graph, data)
+        eff, diag = self._fit_ate(data.y, data.t.astype(int), _design(data, adj.total), 0)
+        effects = {u: {("te", a): eff for a in ("average", "treated", "control")} for u in units}
+        return self._result(data, g, adj, effects, {u: dict(diag) for u in units}, [])
+
+
+@register("econml_diff")
+class EconMLDifferenceMediation(_EconMLBase):
+    """NIE = TE - CDE with EconML: the difference method, a comparison variant.
+
+    The TE adjusts for the graph's total set; the CDE is the ATE of T with the mediator block added to the
+    second-stage controls, E[mu(1,M,X) - mu(0,M,X)], averaged over everyone's (M, X). Both come from
+    DRLearner (or LinearDML) on the same data; the NIE's SE comes from the difference of the two DR score
+    vectors (DRLearner without trimming), otherwise from EconML's two SEs as if independent (flagged).
+
+    Valid only without a T x M interaction (and with a model in which the CDE does not depend on m): then
+    CDE = NDE and TE - CDE = NIE. With an interaction the CDE averages the direct effect over the mixed
+    mediator distribution of both arms, so TE - CDE is neither NIE(treated), NIE(control) nor their mean: it is
+    biased. Use :class:`~deconfound.estimators.dml.DMLMediation` then. Effects: te (all arms), and nie/nde
+    under arm "average" only. Parameters as :class:`EconMLTotalEffect`.
+    """
+
+    def fit(self, data, *, graph=None, units=None) -> MediationResult:
+        self._check()
+        units = check_units(data, units)
+        g, adj = resolve(graph, data)
+        t, y = data.t.astype(int), data.y
+        te, te_diag = self._fit_ate(y, t, _design(data, adj.total), 0)
+        x_second = data.x_design(adj.second_stage)[0]
+        effects, diagnostics, warns = {}, {}, []
+        for i, u in enumerate(units):
+            w = np.hstack([x_second, data.mediator(u).astype(float)])
+            cde, cde_diag = self._fit_ate(y, t, w, 1 + i)
+            if te.scores is not None and cde.scores is not None:
+                nie = te - cde
+            else:
+                se = float(np.hypot(te.se, cde.se))
+                nie = Effect.from_se(te.estimate - cde.estimate, se, level=self.level)
+                warns.append(f"unit {u!r}: NIE SE combines the TE and CDE SEs as if independent (no scores)")
+            effs = {("te", a): te for a in ("average", "treated", "control")}
+            effs.update({("nie", "average"): nie, ("nde", "average"): cde})
+            effects[u] = add_derived(effs)
+            diagnostics[u] = {"te": te_diag, "cde": cde_diag, "te_robustness_value": te_diag["robustness_value"],
+                              "cde_robustness_value": cde_diag["robustness_value"]}
+        return self._result(data, g, adj, effects, diagnostics, warns)

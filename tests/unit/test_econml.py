@@ -1,0 +1,122 @@
+"""EconML variants: TE against DML and the truth, EconML's own SE, the difference method's interaction bias."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.svm import LinearSVC
+
+from deconfound.estimators import get_estimator
+from deconfound.estimators.dml import DMLMediation
+from deconfound.estimators.econml import EconMLDifferenceMediation, EconMLTotalEffect
+from deconfound.simulate import topic_mediation
+
+CHEAP = dict(model_regression=Ridge(alpha=1.0), model_propensity=LogisticRegression(C=1.0))
+
+
+@pytest.fixture(scope="module")
+def linear():
+    data, truth = topic_mediation(3000, n_units=2, n_topics=4, seed=21)
+    return data, truth, DMLMediation().fit(data)
+
+
+@pytest.fixture(scope="module")
+def interaction():
+    data, truth = topic_mediation(5000, n_topics=4, interaction=2.0, seed=22)
+    return data, truth
+
+
+def test_te_agrees_with_dml_and_truth(linear):
+    data, truth, dml = linear
+    for method in ("dr", "linear_dml"):
+        res = EconMLTotalEffect(method=method).fit(data)
+        te, ref = res.effect("u0", "te"), dml.effect("u0", "te")
+        assert abs(te.estimate - ref.estimate) <= 2 * ref.se, (method, te, ref)
+        assert abs(te.estimate - truth.value("u0", "te")) <= 3 * te.se
+        assert res.effect("u1", "te") is res.effect("u0", "te", "treated")  # one TE for every unit and arm
+
+
+def test_dr_scores_reproduce_econml_inference(linear):
+    data, _, _ = linear
+    res = EconMLTotalEffect(**CHEAP).fit(data, units=["u0"])
+    te, econ = res.effect("u0", "te"), res.diagnostics["u0"]["econml"]
+    assert te.scores is not None and len(te.scores) == data.n
+    assert te.estimate == pytest.approx(econ["ate"], rel=1e-12)
+    assert te.se == pytest.approx(econ["stderr"], rel=1e-9)  # EconML's ate_inference().stderr_mean
+
+
+def test_sensitivity_outputs_exposed(linear):
+    data, _, _ = linear
+    res = EconMLTotalEffect(**CHEAP).fit(data, units=["u0"])
+    diag = res.diagnostics["u0"]
+    econ = diag["econml"]
+    lo, hi = econ["sensitivity_interval_theta"]
+    clo, chi = econ["sensitivity_interval_ci"]
+    est = res.effect("u0", "te").estimate
+    assert clo < lo < est < hi < chi
+    assert 0 < econ["robustness_value"] < econ["robustness_value_theta"] < 1
+    assert diag["robustness_value"] == econ["robustness_value"]
+    assert "Robustness Value" in econ["sensitivity_summary"]
+    # a stronger latent confounder widens EconML's interval (metamorphic)
+    wide = EconMLTotalEffect(**CHEAP, c_y=0.2, c_t=0.2).fit(data, units=["u0"]).diagnostics["u0"]["econml"]
+    assert wide["sensitivity_interval_theta"][0] < lo and wide["sensitivity_interval_theta"][1] > hi
+
+
+def test_propensity_clipping_is_explicit_and_reported():
+    data, _ = topic_mediation(1500, n_topics=4, topic_strength=3.0, seed=3)
+    res = EconMLTotalEffect(**CHEAP, min_propensity=0.1).fit(data)
+    diag = res.diagnostics["u0"]
+    lo, hi = diag["propensity_range"]
+    expected = diag["n_outside_clip"]
+    assert expected > 0 and (lo < 0.1 or hi > 0.9)
+    assert any("clipped" in w for w in res.warnings)
+    assert diag["min_propensity"] == 0.1
+
+
+def test_difference_method_valid_without_interaction(linear):
+    data, truth, _ = linear
+    res = EconMLDifferenceMediation().fit(data)
+    for unit in data.units:
+        for kind in ("nie", "nde", "te"):
+            eff = res.effect(unit, kind, "average")
+            assert abs(eff.estimate - truth.value(unit, kind, "average")) <= 3 * eff.se, (unit, kind, eff)
+        e = res.effects[unit]
+        assert (e[("nie", "average")] + e[("nde", "average")]).estimate == pytest.approx(e[("te", "average")].estimate)
+        assert e[("nie", "average")].scores is not None  # SE from the difference of the two DR score vectors
+        assert set(res.diagnostics[unit]) >= {"te", "cde", "te_robustness_value", "cde_robustness_value"}
+
+
+def test_difference_method_biased_with_interaction(interaction):
+    """With a T x M interaction NIE(treated) != NIE(control); TE - CDE is one number and misses both arms."""
+    data, truth = interaction
+    diff = EconMLDifferenceMediation().fit(data).effect("u0", "nie", "average")
+    dml = DMLMediation().fit(data)
+    for arm in ("treated", "control"):
+        tv = truth.value("u0", "nie", arm)
+        assert abs(diff.estimate - tv) > 5 * diff.se, (arm, diff, tv)
+        eff = dml.effect("u0", "nie", arm)
+        assert abs(eff.estimate - tv) <= 3 * eff.se
+
+
+def test_bad_inputs():
+    data, _ = topic_mediation(300, n_topics=3, seed=0)
+    with pytest.raises(TypeError, match="LinearSVC"):
+        EconMLTotalEffect(model_propensity=LinearSVC()).fit(data)
+    for kwargs, pattern in [({"method": "forest"}, "method"), ({"min_propensity": 0.0}, "min_propensity"),
+                            ({"min_propensity": 0.5}, "min_propensity"), ({"n_folds": 1}, "n_folds")]:
+        with pytest.raises(ValueError, match=pattern):
+            EconMLDifferenceMediation(**kwargs).fit(data)
+
+
+def test_registered_and_reconstructible():
+    est = get_estimator("econml_te", min_propensity=0.02)
+    assert isinstance(est, EconMLTotalEffect) and est.min_propensity == 0.02
+    assert isinstance(get_estimator("econml_diff"), EconMLDifferenceMediation)
+
+
+def test_import_is_lazy():
+    code = ("import sys, deconfound, deconfound.estimators.econml, deconfound.estimators.dml; "
+            "print('econml' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
