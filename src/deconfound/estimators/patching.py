@@ -1,0 +1,487 @@
+"""Interventional patching (METHODS.md 5.1): the language model itself is the outcome model.
+
+NIE_ATT(u) = (1/n1) sum_{i treated} [g(q_i) - g(q_i; do(h_u = donor_i))], where g is the outcome score of
+a :class:`~deconfound.lm.patch.Patcher` and the donor is drawn from (or averages) the control activations
+M(0), with the control topic distribution matched to the treated one. The graph decides: with
+``topic_mediation.gml`` the donors are topic-adjusted; with ``unadjusted_mediation.gml`` (no confounder) the
+same code gives the classic unadjusted mean patching. This module never imports torch: everything model
+related goes through the patcher's methods.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+from .._validation import check_probability
+from ..errors import ConvergenceError, DataError, PositivityError
+from ..graph import resolve
+from ..inference import Effect, stratified_counts
+from ..results import MediationResult
+from ..weights import balance_matrix, eb_att, eb_weights_batch, entropy_balance_batch
+from .base import MediationEstimator, register
+
+__all__ = ["PatchingMediation", "paired_difference", "DONORS"]
+
+DONORS = ("mean", "eb_mean", "topic_mean", "exact")
+_DIRECTIONS = ("ablation", "injection")
+_BOOT = ("repatch", "linear", "fixed")
+_STRATA = ("auto", "treatment", "treatment_topic")
+_CONDITIONAL = ("auto", "categorical", "soft")
+_MAX_INVALID = 0.1  # largest share of bootstrap replicates allowed to fail (weights infeasible)
+
+
+def _digest(arr) -> str:
+    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:12]
+
+
+def _normalize(w: np.ndarray) -> np.ndarray:
+    s = w.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(s > 0, w / np.where(s > 0, s, 1.0), np.nan)
+
+
+class _Design:
+    """Everything about one fit that does not depend on the unit: rows, weights, donor weights."""
+
+    def __init__(self, est: "PatchingMediation", data, adj, base: np.ndarray):
+        self.est = est
+        t = data.t.astype(int)
+        self.donor_cols = list(adj.first_stage)
+        self.outcome_cols = list(dict.fromkeys([*adj.second_stage, *adj.total]))
+        self.adjusted = bool(self.donor_cols)
+        strategy = est.donors
+        if not self.adjusted and strategy in ("eb_mean", "topic_mean"):
+            strategy = "mean"  # no confounder in the graph: every adjusted strategy is the plain mean
+        self.strategy = strategy
+        self.kept, self.dropped = self._positivity(data, t)
+        self.rows = np.flatnonzero(self.kept)
+        self.t = t[self.rows]
+        self.x = data.x.iloc[self.rows].reset_index(drop=True)
+        self.base = base[self.rows]
+        ablation = est.direction == "ablation"
+        self.targets = np.flatnonzero(self.t == (1 if ablation else 0))
+        self.pool = np.flatnonzero(self.t == (0 if ablation else 1))
+        self.mode = self._mode()
+        if self.mode == "categorical":
+            cats = [c for c in self.donor_cols if c in data.categorical_confounders()]
+            codes = self.x[cats].astype(str).agg("\x1f".join, axis=1) if len(cats) > 1 else self.x[cats[0]].astype(str)
+            self.levels, self.codes = np.unique(codes.to_numpy(), return_inverse=True)
+        elif self.mode == "soft":
+            self.bm = balance_matrix(self.x[self.donor_cols]).values
+
+    # ---- checks ------------------------------------------------------------------------------
+    def _positivity(self, data, t):
+        """Rows kept after the positivity check of the ATT weights (treated topics need controls)."""
+        cols = list(dict.fromkeys(self.donor_cols + self.outcome_cols))
+        kept = np.ones(len(t), bool)
+        self.eb_ess = None
+        dropped = pd.DataFrame(columns=["variable", "level", "n1", "n0"])
+        if cols:
+            fit = eb_att(data.x[cols], t, drop_unsupported=self.est.drop_unsupported)
+            kept, dropped = fit.kept.copy(), fit.dropped
+            self.eb_ess = float(fit.diagnostics.loc["control", "ess"])
+        if t[kept].sum() < 1 or (1 - t[kept]).sum() < 1:
+            raise PositivityError("patching: expected treated and control prompts left after dropping topics "
+                                  f"without overlap, got n1={int(t[kept].sum())}, n0={int((1 - t[kept]).sum())}")
+        return kept, dropped
+
+    def _mode(self) -> str:
+        if self.strategy in ("mean", "eb_mean") or not self.adjusted:
+            return "global"
+        cats = [c for c in self.donor_cols if isinstance(self.x[c].dtype, pd.CategoricalDtype)]
+        mode = self.est.conditional
+        if mode == "auto":
+            mode = "categorical" if cats else "soft"
+        if mode == "categorical" and not cats:
+            raise DataError(f"conditional='categorical': expected a categorical confounder among {self.donor_cols}, "
+                            "got none; use conditional='soft'")
+        return mode
+
+    # ---- weights -----------------------------------------------------------------------------
+    def att_weights(self, counts: np.ndarray, cols) -> np.ndarray:
+        """(B, n) weights summing to 1 within each arm: treated by counts, controls by EB on ``cols``."""
+        if not cols:
+            w = counts.astype(float).copy()
+            for arm in (0, 1):
+                w[:, self.t == arm] = _normalize(w[:, self.t == arm])
+            return w
+        return eb_weights_batch(self.x[cols], self.t, counts, estimand="ATT", on_failure="nan").weights
+
+    def donor_weights(self, q: np.ndarray, w_att: np.ndarray):
+        """Donor weights for one replicate: (Wu (K, n_pool), row of Wu for each target (n_targets,))."""
+        nt = len(self.targets)
+        qp = q[self.pool].astype(float)
+        if self.mode == "global":
+            if self.strategy == "eb_mean" and self.est.direction == "ablation":
+                w = w_att[self.pool]
+            else:
+                w = _normalize(qp)
+            return w[None, :], np.zeros(nt, np.int64)
+        if self.mode == "categorical":
+            pool_codes = self.codes[self.pool]
+            wu = np.stack([np.where(pool_codes == k, qp, 0.0) for k in range(len(self.levels))])
+            return _normalize(wu), self.codes[self.targets]
+        res = entropy_balance_batch(self.bm[self.pool], self.bm[self.targets], np.broadcast_to(qp, (nt, len(qp))),
+                                    target_weights=np.eye(nt), on_failure="nan")
+        return res.weights, np.arange(nt)
+
+
+def _check_choice(value, options, name):
+    if value not in options:
+        raise ValueError(f"{name}: expected one of {list(options)}, got {value!r}")
+
+
+@register("patching")
+class PatchingMediation(MediationEstimator):
+    """Interventional patching estimates of NIE_ATT per unit, with TE_ATT and NDE = TE - NIE.
+
+    Parameters
+    ----------
+    donors : {"eb_mean", "topic_mean", "exact", "mean"}
+        ``"mean"``: the plain control mean (classic activation patching). ``"eb_mean"``: the EB-weighted
+        control mean with the control topic distribution matched to the treated one (one patch per prompt
+        and unit). ``"topic_mean"``: each treated prompt gets the control mean of its own topic (soft
+        topics: EB weights targeting the prompt's topic vector). ``"exact"``: the average patched score over
+        the prompt's donor distribution (all same-topic controls, weighted, or ``n_donors`` sampled ones).
+        With a graph that has no confounder every strategy uses unweighted controls.
+    direction : {"ablation", "injection"}
+        ``"ablation"``: treated prompts get control activations; NIE(1) (ACME treated). ``"injection"``:
+        control prompts, EB-weighted to the treated topic mix, get treated activations (causal tracing's
+        restore); NIE(0) (ACME control), and NDE(1) = TE - NIE(0).
+    n_boot : int
+        Bootstrap replicates over prompts (stratified, see ``strata``).
+    n_donors : int or None
+        ``"exact"`` only: donors sampled per prompt (with replacement, from its donor weights); None uses
+        every donor with its weight (no Monte Carlo error).
+    level : float
+        CI level.
+    random_state : int
+        Seeds the resamples (alone, so results with the same seed pair) and the donor draws.
+    donor_bootstrap : {"repatch", "linear", "fixed"}
+        Mean donors depend on the resample. ``"repatch"`` re-runs the model with each replicate's donor
+        (exact, costs n_boot x n_targets patched rows per unit); ``"linear"`` uses a first-order expansion
+        of g around the full-sample donor (gradients, differentiable outcomes only); ``"fixed"`` keeps the
+        full-sample donor (the CI then omits the donor's sampling error; a warning says so).
+    strata : {"auto", "treatment", "treatment_topic"}
+        Bootstrap strata. ``"auto"``: T x every categorical confounder of the data (whatever the graph,
+        so adjusted and unadjusted fits share resamples), or T alone without one.
+    conditional : {"auto", "categorical", "soft"}
+        How topic_mean / exact condition on the topic: on the joint categorical confounders of the
+        adjustment set, or by EB on all its columns targeting each prompt's own values.
+    drop_unsupported : bool
+        Drop treated topics without control prompts (and their rows) instead of raising PositivityError.
+    """
+
+    def __init__(self, donors="eb_mean", direction="ablation", n_boot=200, n_donors=None, level=0.95, random_state=0,
+                 donor_bootstrap="repatch", strata="auto", conditional="auto", drop_unsupported=False):
+        self.donors = donors
+        self.direction = direction
+        self.n_boot = n_boot
+        self.n_donors = n_donors
+        self.level = level
+        self.random_state = random_state
+        self.donor_bootstrap = donor_bootstrap
+        self.strata = strata
+        self.conditional = conditional
+        self.drop_unsupported = drop_unsupported
+
+    def _check(self):
+        _check_choice(self.donors, DONORS, "donors")
+        _check_choice(self.direction, _DIRECTIONS, "direction")
+        _check_choice(self.donor_bootstrap, _BOOT, "donor_bootstrap")
+        _check_choice(self.strata, _STRATA, "strata")
+        _check_choice(self.conditional, _CONDITIONAL, "conditional")
+        for name, value, low in (("n_boot", self.n_boot, 2), ("n_donors", self.n_donors, 1)):
+            if value is None and name == "n_donors":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+        check_probability(self.level, "level", low=0.5, high=0.999)
+        if not isinstance(self.random_state, (int, np.integer)) or isinstance(self.random_state, bool):
+            raise TypeError(f"random_state: expected an int (resamples are keyed on it), got {self.random_state!r}")
+
+    # ---- inputs ------------------------------------------------------------------------------
+    def _units(self, data, patcher, units):
+        if units is None:
+            pairs = [(u, u) for u in data.units]
+        elif isinstance(units, dict):
+            pairs = list(units.items())
+        else:
+            pairs = [(u, u) for u in ([units] if isinstance(units, str) else list(units))]
+        out = []
+        for name, spec in pairs:
+            block = data.mediator(name)
+            unit = patcher.unit(spec)
+            d = patcher.dim(unit)
+            if block.shape[1] != d:
+                raise DataError(f"mediator unit {name!r}: expected {d} columns (width of {unit.name}), got "
+                                f"{block.shape[1]}")
+            out.append((name, unit))
+        if not out:
+            raise DataError("units: expected at least one unit, got none")
+        return out
+
+    def _strata(self, data) -> tuple[np.ndarray, str]:
+        cats = data.categorical_confounders()
+        if self.strata == "treatment" or (self.strata == "auto" and not cats):
+            return data.t.astype(str), "T"
+        if not cats:
+            raise DataError("strata='treatment_topic': expected a categorical confounder in the data, got none")
+        parts = [data.t.astype(str)] + [data.x[c].astype(str).to_numpy() for c in cats]
+        return np.array(["\x1f".join(p) for p in zip(*parts)]), "T x " + " x ".join(cats)
+
+    # ---- fit ---------------------------------------------------------------------------------
+    def fit(self, data, *, graph=None, patcher, units=None) -> MediationResult:
+        """Estimate NIE, NDE and TE (population ATT) for each unit.
+
+        Parameters
+        ----------
+        data : MediationData
+            Row i is prompt i of ``patcher``; the mediators are the donor activations.
+        graph : str, path or CausalGraph, optional
+            Default ``topic_mediation``; ``unadjusted_mediation`` gives the classic unadjusted estimate.
+        patcher : deconfound.lm.patch.Patcher
+        units : list of unit names, dict (data unit -> patch unit), or None for all of the data's units
+
+        Returns
+        -------
+        MediationResult
+            ``effects[unit]``: ("nie", arm), ("nde", other arm), ("te", "treated"), ("prop_mediated", arm),
+            with arm "treated" for ablation and "control" for injection. TE uses the patcher's unpatched
+            score g(q) of every prompt as Y, so NIE, NDE and TE are on one scale.
+        """
+        self._check()
+        g, adj = resolve(graph, data)
+        if patcher.n_prompts != data.n:
+            raise DataError(f"patcher: expected {data.n} prompts (one per data row), got {patcher.n_prompts}")
+        if getattr(patcher, "ids", None) is not None and not np.array_equal(np.asarray(patcher.ids).astype(str),
+                                                                           np.asarray(data.ids).astype(str)):
+            raise DataError("patcher ids: expected the data's ids in the same order, got different ids")
+        units = self._units(data, patcher, units)
+        base = np.asarray(patcher.base_scores(), dtype=float)
+        design = _Design(self, data, adj, base)
+        strata, strata_name = self._strata(data)
+        counts = stratified_counts(strata, int(self.n_boot), np.random.default_rng(int(self.random_state)))
+        allc = np.vstack([np.ones((1, data.n), counts.dtype), counts])[:, design.rows].astype(float)
+        w_te = design.att_weights(allc, design.outcome_cols)
+        w_donor = w_te if design.donor_cols == design.outcome_cols else design.att_weights(allc, design.donor_cols)
+        t1 = design.t == 1
+        te = (w_te[:, t1] * design.base[t1]).sum(1) - (w_te[:, ~t1] * design.base[~t1]).sum(1)
+        if self.direction == "ablation":
+            v = _normalize(allc[:, design.targets])
+        else:
+            v = w_te[:, design.targets]
+        donor_w = [design.donor_weights(allc[b], w_donor[b]) for b in range(allc.shape[0])]
+        valid = np.isfinite(te) & np.isfinite(v).all(1)
+        valid &= np.array([np.isfinite(wu[m][v[b, :] > 0]).all() for b, (wu, m) in enumerate(donor_w)])
+        if not valid[0]:
+            raise ConvergenceError(f"patching ({design.strategy} donors): expected feasible weights on the full sample, "
+                                   "got infeasible ones (a prompt's topic vector lies outside the donors' range); "
+                                   "use conditional='categorical', donors='eb_mean' or drop_unsupported=True")
+        n_bad = int((~valid[1:]).sum())
+        if n_bad > _MAX_INVALID * self.n_boot:
+            raise ConvergenceError(f"bootstrap: expected at most {_MAX_INVALID:.0%} of {self.n_boot} replicates with "
+                                   f"infeasible weights, got {n_bad}; use strata='treatment_topic' or coarser topics")
+        rng = np.random.default_rng([int(self.random_state), 1])
+        per_unit = self._estimate_units(design, units, data, patcher, v, donor_w, valid, rng)
+        return self._result(g, adj, data, design, units, per_unit, te, valid, strata, strata_name, patcher)
+
+    # ---- per-unit estimates ------------------------------------------------------------------
+    def _estimate_units(self, design, units, data, patcher, v, donor_w, valid, rng):
+        sign = 1.0 if self.direction == "ablation" else -1.0
+        gt = design.base[design.targets]
+        boots = np.flatnonzero(valid)[1:] if len(valid) > 1 else np.zeros(0, int)
+        out = {}
+        pools = {name: data.mediator(name)[design.rows][design.pool].astype(np.float64) for name, _ in units}
+        if design.strategy == "exact":
+            for name, unit in units:
+                out[name] = self._exact(design, name, unit, patcher, pools[name], v, donor_w, boots, gt, sign, rng)
+            return out
+        # mean-type donors: one patched row per target, all units in one engine call for the point estimate
+        wu0, m0 = donor_w[0]
+        live0 = np.flatnonzero(v[0] > 0)
+        prompts0 = design.rows[design.targets[live0]]
+        reqs = [(unit, prompts0, (wu0[m0[live0]] @ pools[name])) for name, unit in units]
+        grad = self.donor_bootstrap == "linear"
+        point = patcher.evaluate(reqs, grad=grad)
+        for (name, unit), ps in zip(units, point):
+            gp0 = np.full(len(design.targets), np.nan)
+            gp0[live0] = ps.scores
+            nie = np.full(len(v), np.nan)
+            nie[0] = sign * np.sum(v[0, live0] * (gt[live0] - gp0[live0]))
+            diag = {"patched_rows": len(live0), **_extras_summary(ps.extras, patcher)}
+            donors0 = wu0[m0] @ pools[name]
+            if self.donor_bootstrap == "fixed":
+                for b in boots:
+                    live = v[b] > 0
+                    nie[b] = sign * np.sum(v[b, live] * (gt[live] - gp0[live]))
+            elif self.donor_bootstrap == "linear":
+                grads = np.zeros((len(design.targets), pools[name].shape[1]))
+                grads[live0] = ps.grad
+                for b in boots:
+                    wu, m = donor_w[b]
+                    live = np.flatnonzero(v[b] > 0)
+                    if not np.isin(live, live0).all():
+                        raise ConvergenceError("linear bootstrap: expected every resampled target in the full sample, "
+                                               "got one with weight 0 there")
+                    delta = np.einsum("ij,ij->i", grads[live], wu[m[live]] @ pools[name] - donors0[live])
+                    nie[b] = sign * np.sum(v[b, live] * (gt[live] - gp0[live] - delta))
+            else:
+                rows, vals, bidx = [], [], []
+                for b in boots:
+                    wu, m = donor_w[b]
+                    live = np.flatnonzero(v[b] > 0)
+                    rows.append(live)
+                    vals.append(wu[m[live]] @ pools[name])
+                    bidx.append(np.full(len(live), b))
+                if rows:
+                    live_all, b_all = np.concatenate(rows), np.concatenate(bidx)
+                    res = patcher.evaluate([(unit, design.rows[design.targets[live_all]],
+                                             np.vstack(vals))])[0]
+                    diag["patched_rows"] += len(live_all)
+                    contrib = v[b_all, live_all] * (gt[live_all] - res.scores)
+                    sums = np.bincount(b_all, weights=contrib, minlength=len(v))
+                    nie[boots] = sign * sums[boots]
+            out[name] = (nie, diag)
+        return out
+
+    def _exact(self, design, name, unit, patcher, pool_m, v, donor_w, boots, gt, sign, rng):
+        """Average patched score over each target's donors; bootstrap re-weights the cached scores."""
+        wu0, m0 = donor_w[0]
+        nt = len(design.targets)
+        live0 = np.flatnonzero(v[0] > 0)
+        if self.n_donors is None:  # every donor that can get weight in some replicate
+            if design.mode == "categorical":
+                pool_codes = design.codes[design.pool]
+                cand = [np.flatnonzero(pool_codes == design.codes[design.targets[i]]) for i in live0]
+            else:
+                cand = [np.arange(len(design.pool))] * len(live0)
+            ti = np.repeat(live0, [len(c) for c in cand])
+            pj = np.concatenate(cand)
+        else:
+            s = int(self.n_donors)
+            ti = np.repeat(live0, s)
+            pj = np.concatenate([rng.choice(len(design.pool), size=s, p=wu0[m0[i]]) for i in live0])
+        res = patcher.evaluate([(unit, design.rows[design.targets[ti]], pool_m[pj]),
+                                (unit, design.rows[design.targets[live0]],
+                                 (wu0[m0[live0]] @ pool_m))])
+        gij, mean_patch = res[0].scores, res[1].scores
+        diag = {"patched_rows": len(ti) + len(live0), **_extras_summary(res[0].extras, patcher)}
+
+        def patched(b):
+            wu, m = donor_w[b]
+            w = wu[m[ti], pj]
+            if self.n_donors is not None:  # importance ratio of the replicate's donor weights to the sampling ones
+                w = w / wu0[m0[ti], pj]
+            num = np.bincount(ti, weights=w * gij, minlength=nt)
+            den = np.bincount(ti, weights=w, minlength=nt)
+            flat = np.bincount(ti, weights=gij, minlength=nt) / np.maximum(np.bincount(ti, minlength=nt), 1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(den > 0, num / np.where(den > 0, den, 1.0), flat), int(((den <= 0) & (v[b] > 0)).sum())
+
+        nie = np.full(len(v), np.nan)
+        gp0, _ = patched(0)
+        nie[0] = sign * np.sum(v[0, live0] * (gt[live0] - gp0[live0]))
+        empty = 0
+        for b in boots:
+            gp, k = patched(b)
+            empty += k
+            live = v[b] > 0
+            nie[b] = sign * np.sum(v[b, live] * (gt[live] - gp[live]))
+        mean_nie = sign * np.sum(v[0, live0] * (gt[live0] - mean_patch))
+        diag.update(mean_patch_nie=float(mean_nie), affine_gap=float(nie[0] - mean_nie))
+        if self.n_donors is not None:
+            s = int(self.n_donors)
+            var = np.array([np.var(gij[ti == i], ddof=1) if s > 1 else np.nan for i in range(nt)])
+            diag["mc_se"] = float(np.sqrt(np.sum(v[0, live0] ** 2 * var[live0] / s)))
+            diag["replicate_targets_without_donors"] = empty
+        return nie, diag
+
+    # ---- result ------------------------------------------------------------------------------
+    def _result(self, g, adj, data, design, units, per_unit, te, valid, strata, strata_name, patcher):
+        arm = "treated" if self.direction == "ablation" else "control"
+        other = "control" if arm == "treated" else "treated"
+        ok = np.flatnonzero(valid)[1:]
+        te_eff = Effect.from_draws(te[0], te[ok], level=self.level)
+        effects, diagnostics = {}, {}
+        for name, _ in units:
+            nie, diag = per_unit[name]
+            nie_eff = Effect.from_draws(nie[0], nie[ok], level=self.level)
+            effects[name] = {("nie", arm): nie_eff, ("nde", other): te_eff - nie_eff, ("te", "treated"): te_eff,
+                             ("prop_mediated", arm): nie_eff.ratio(te_eff)}
+            diagnostics[name] = {**diag, "eb_ess_control": design.eb_ess} if design.eb_ess is not None else diag
+        warnings = []
+        if not adj.identified:
+            warnings.append(f"graph {g.name}: the effects are not identified (latent {list(adj.latent)}); the "
+                            "estimate adjusts for the observed confounders only")
+        if self.donor_bootstrap == "fixed" and design.strategy != "exact":
+            warnings.append("donor_bootstrap='fixed': the donor is held at its full-sample value, so the CIs omit "
+                            "the donor's own sampling error")
+        n_bad = int((~valid[1:]).sum())
+        if n_bad:
+            warnings.append(f"{n_bad} of {self.n_boot} bootstrap replicates had infeasible weights and were dropped")
+        if len(design.dropped):
+            warnings.append(f"dropped topics without overlap ({int((~design.kept).sum())} rows): "
+                            + "; ".join(f"{r.level} (n1={r.n1}, n0={r.n0})" for r in design.dropped.itertuples()))
+        flagged = sum(d.get("ess_flagged", 0) for d in diagnostics.values())
+        if flagged:
+            warnings.append(f"reweight: {flagged} patched rows have importance-weight ESS/S below "
+                            f"{getattr(patcher.outcome, 'min_ess_ratio', 0.1)} (see diagnostics)")
+        key = (f"patching-bootstrap:strata={strata_name}:{_digest(np.unique(strata, return_inverse=True)[1])}:"
+               f"n={data.n}:B={self.n_boot}:seed={int(self.random_state)}")
+        settings = {
+            "donors": self.donors, "donors_effective": design.strategy, "direction": self.direction,
+            "conditional": design.mode, "n_boot": int(self.n_boot), "n_donors": self.n_donors,
+            "donor_bootstrap": self.donor_bootstrap, "strata": strata_name, "resample_key": key,
+            "boot_valid": valid[1:].tolist(), "outcome_y": "the patcher's unpatched score g(q) of every prompt",
+            "patcher": patcher.describe(), "donor_columns": design.donor_cols, "weight_columns": design.outcome_cols,
+        }
+        n = int(len(design.rows))
+        return MediationResult(estimator="patching", effects=effects, n=n, n_treated=int(design.t.sum()),
+                               population="att", graph=g.name, adjustment=adj.as_dict(), level=self.level,
+                               random_state=self.random_state, settings=settings, diagnostics=diagnostics,
+                               warnings=warnings)
+
+
+def _extras_summary(extras: dict, patcher) -> dict:
+    out = {}
+    if "ess" in extras and len(extras["ess"]):
+        s = getattr(patcher.outcome, "n_samples", np.nan)
+        out["ess_ratio_min"] = float(np.min(extras["ess"]) / s)
+        out["ess_flagged"] = int(np.sum(extras.get("flagged", 0)))
+    if "mc_se" in extras and len(extras["mc_se"]):
+        out["generate_mc_se_max"] = float(np.nanmax(extras["mc_se"]))
+    return out
+
+
+def paired_difference(adjusted: MediationResult, unadjusted: MediationResult, *, effect="nie", arm=None,
+                      units=None) -> pd.DataFrame:
+    """Adjusted minus unadjusted effect per unit, with a paired bootstrap CI (same resamples).
+
+    Both results must share ``settings["resample_key"]`` (same data, strata, ``n_boot`` and seed); replicates
+    dropped in either fit are dropped from both.
+
+    Returns
+    -------
+    DataFrame
+        unit, adjusted, unadjusted, difference, se, ci_lower, ci_upper, p_value.
+    """
+    ka, kb = adjusted.settings.get("resample_key"), unadjusted.settings.get("resample_key")
+    if ka is None or ka != kb:
+        raise ValueError(f"paired_difference: expected both results to share a resample_key, got {ka!r} and {kb!r}")
+    va = np.asarray(adjusted.settings.get("boot_valid"), bool)
+    vb = np.asarray(unadjusted.settings.get("boot_valid"), bool)
+    both = va & vb
+    if arm is None:
+        arm = "treated" if adjusted.settings.get("direction", "ablation") == "ablation" else "control"
+    rows = []
+    for u in units or [u for u in adjusted.units if u in unadjusted.units]:
+        ea, eb = adjusted.effect(u, effect, arm), unadjusted.effect(u, effect, arm)
+        da, db = np.full(len(va), np.nan), np.full(len(vb), np.nan)
+        da[va], db[vb] = ea.draws, eb.draws
+        d = Effect.from_draws(ea.estimate - eb.estimate, (da - db)[both], level=adjusted.level)
+        rows.append({"unit": u, "adjusted": ea.estimate, "unadjusted": eb.estimate, "difference": d.estimate,
+                     "se": d.se, "ci_lower": d.ci[0], "ci_upper": d.ci[1], "p_value": d.p_value})
+    return pd.DataFrame(rows)

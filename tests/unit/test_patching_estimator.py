@@ -1,0 +1,268 @@
+"""PatchingMediation on toy patchers with closed-form outcomes, plus the tiny model.
+
+Oracles: post-stratification weights written out by hand (EB with one-hot topics equals them), the bootstrap
+replicates recomputed from the same ``stratified_counts``, closed forms for affine and quadratic outcomes
+(E g(M) - g(E M) = c Var M for g = a + c |m|^2), and a naive patch through ``deconfound.lm.hooks.patch``.
+"""
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deconfound import MediationData, PositivityError
+from deconfound.compare import _pairable
+from deconfound.estimators import get_estimator
+from deconfound.estimators.patching import PatchingMediation, paired_difference
+from deconfound.inference import stratified_counts
+
+
+class ToyPatcher:
+    """g_i(m) = a_i + b.m + c |m|^2 for every unit (width d); unit names are passed through."""
+
+    def __init__(self, m, a, b, c=0.0, ids=None):
+        self.m, self.a, self.b, self.c = np.asarray(m, float), np.asarray(a, float), np.asarray(b, float), c
+        self.ids = ids
+        self.outcome = SimpleNamespace(name="toy")
+        self.rows = 0
+
+    @property
+    def n_prompts(self):
+        return len(self.a)
+
+    def unit(self, spec):
+        return spec
+
+    def dim(self, unit):
+        return self.m.shape[1]
+
+    def g(self, prompts, values):
+        values = np.asarray(values, float)
+        return self.a[prompts] + values @ self.b + self.c * (values**2).sum(axis=1)
+
+    def base_scores(self):
+        return self.g(np.arange(self.n_prompts), self.m)
+
+    def evaluate(self, requests, grad=False):
+        out = []
+        for unit, prompts, values in requests:
+            values = np.broadcast_to(np.asarray(values, float), (len(prompts), self.m.shape[1]))
+            self.rows += len(prompts)
+            g = self.b[None, :] + 2 * self.c * values if grad else None
+            out.append(SimpleNamespace(unit=unit, scores=self.g(np.asarray(prompts), values), extras={}, grad=g))
+        return out
+
+    def describe(self):
+        return {"outcome": "toy"}
+
+
+def toy_data(seed=0, n=90, d=3, balanced=False, shift=1.0):
+    """Three topics; T depends on topic (unless balanced); M = topic effect + shift * T + noise."""
+    rng = np.random.default_rng(seed)
+    topic = np.array(["a", "b", "c"])[np.arange(n) % 3]
+    if balanced:
+        t = (np.arange(n) // 3) % 2
+    else:
+        p = pd.Series(topic).map({"a": 0.75, "b": 0.5, "c": 0.25}).to_numpy()
+        t = (rng.random(n) < p).astype(int)
+    loc = pd.Series(topic).map({"a": 2.0, "b": 0.0, "c": -1.0}).to_numpy()
+    m = loc[:, None] + shift * t[:, None] + rng.normal(size=(n, d))
+    data = MediationData.from_arrays(t=t, y=np.zeros(n), mediators={"u": m}, x=pd.DataFrame({"topic": topic}))
+    return data, data.mediator("u").astype(float), topic, t  # the float32 values the estimator sees
+
+
+def post_strat(topic, t, q=None):
+    """ATT post-stratification weights of the controls (and treated weights) with frequency weights q."""
+    q = np.ones(len(t)) if q is None else q.astype(float)
+    w = np.zeros(len(t))
+    n1 = q[t == 1].sum()
+    for x in np.unique(topic):
+        sel0 = (topic == x) & (t == 0)
+        n1x = q[(topic == x) & (t == 1)].sum()
+        w[sel0] = q[sel0] * (n1x / n1) / q[sel0].sum()
+    w[t == 1] = q[t == 1] / n1
+    return w
+
+
+def test_eb_mean_matches_post_stratification_and_bootstrap_by_hand():
+    data, m, topic, t = toy_data()
+    rng = np.random.default_rng(1)
+    toy = ToyPatcher(m, rng.normal(size=data.n), np.array([0.5, -0.2, 0.3]), c=0.1)
+    res = PatchingMediation(donors="eb_mean", n_boot=30, random_state=5).fit(data, patcher=toy)
+    g = toy.base_scores()
+
+    def nie_te(q):
+        w = post_strat(topic, t, q)
+        donor = w[t == 0] @ m[t == 0]
+        tr = np.flatnonzero(t == 1)
+        nie = np.sum(w[tr] * (g[tr] - toy.g(tr, np.broadcast_to(donor, (len(tr), 3)))))
+        return nie, np.sum(w[t == 1] * g[t == 1]) - np.sum(w[t == 0] * g[t == 0])
+
+    nie0, te0 = nie_te(None)
+    eff = res.effect("u", "nie", "treated")
+    assert eff.estimate == pytest.approx(nie0, abs=1e-9)
+    assert res.effect("u", "te", "treated").estimate == pytest.approx(te0, abs=1e-9)
+    assert res.effect("u", "nde", "control").estimate == pytest.approx(te0 - nie0, abs=1e-9)
+    strata = np.array([f"{a}\x1f{b}" for a, b in zip(t.astype(str), topic)])
+    counts = stratified_counts(strata, 30, np.random.default_rng(5))
+    hand = np.array([nie_te(c) for c in counts])
+    np.testing.assert_allclose(eff.draws, hand[:, 0], atol=1e-8)
+    np.testing.assert_allclose(res.effect("u", "nde", "control").draws, hand[:, 1] - hand[:, 0], atol=1e-8)
+    assert res.population == "att" and res.settings["donors_effective"] == "eb_mean"
+
+
+def test_affine_outcome_makes_eb_mean_topic_mean_and_exact_coincide():
+    data, m, _, _ = toy_data(seed=2)
+    toy = ToyPatcher(m, np.random.default_rng(0).normal(size=data.n), np.array([1.0, 0.5, -2.0]))
+    fits = {d: PatchingMediation(donors=d, n_boot=20, random_state=3).fit(data, patcher=toy)
+            for d in ("eb_mean", "topic_mean", "exact")}
+    ref = fits["eb_mean"].effect("u", "nie", "treated")
+    for d in ("topic_mean", "exact"):
+        e = fits[d].effect("u", "nie", "treated")
+        assert e.estimate == pytest.approx(ref.estimate, abs=1e-9)
+        np.testing.assert_allclose(e.draws, ref.draws, atol=1e-8)
+    assert fits["exact"].diagnostics["u"]["affine_gap"] == pytest.approx(0.0, abs=1e-9)
+    # unadjusted mean differs: the donor topics differ between arms
+    un = PatchingMediation(donors="eb_mean", n_boot=20, random_state=3).fit(data, graph="unadjusted_mediation",
+                                                                           patcher=toy)
+    assert un.settings["donors_effective"] == "mean"
+    assert abs(un.effect("u", "nie", "treated").estimate - ref.estimate) > 0.1
+
+
+def test_unadjusted_graph_gives_the_plain_control_mean():
+    data, m, _, t = toy_data(seed=4)
+    toy = ToyPatcher(m, np.zeros(data.n), np.array([1.0, 1.0, 0.0]), c=0.2)
+    res = PatchingMediation(donors="topic_mean", n_boot=10).fit(data, graph="unadjusted_mediation", patcher=toy)
+    tr = np.flatnonzero(t == 1)
+    donor = m[t == 0].mean(axis=0)
+    g = toy.base_scores()
+    hand = np.mean(g[tr] - toy.g(tr, np.broadcast_to(donor, (len(tr), 3))))
+    assert res.effect("u", "nie", "treated").estimate == pytest.approx(hand, abs=1e-12)
+    assert res.effect("u", "te", "treated").estimate == pytest.approx(g[t == 1].mean() - g[t == 0].mean(), abs=1e-12)
+    assert res.adjustment["first_stage"] == []
+
+
+def test_exact_quadratic_gap_and_sampled_donors():
+    data, m, topic, t = toy_data(seed=6, n=120)
+    c = 0.3
+    toy = ToyPatcher(m, np.zeros(data.n), np.zeros(3), c=c)
+    full = PatchingMediation(donors="exact", n_boot=10).fit(data, patcher=toy)
+    # E g(M) - g(E M) = c * trace Var(M | topic) per treated prompt, donors weighted uniformly within topic
+    gap = 0.0
+    tr = np.flatnonzero(t == 1)
+    for i in tr:
+        pool = m[(t == 0) & (topic == topic[i])]
+        gap += c * pool.var(axis=0).sum() / len(tr)
+    d = full.diagnostics["u"]
+    assert -d["affine_gap"] == pytest.approx(gap, rel=1e-9)  # NIE = g_i - patched: a larger patched mean
+    sampled = PatchingMediation(donors="exact", n_donors=40, n_boot=10, random_state=1).fit(data, patcher=toy)
+    ds = sampled.diagnostics["u"]
+    assert ds["mc_se"] > 0
+    diff = sampled.effect("u", "nie", "treated").estimate - full.effect("u", "nie", "treated").estimate
+    assert abs(diff) < 4 * ds["mc_se"]
+
+
+def test_ablation_and_injection_signs_and_equality_for_affine_outcomes():
+    data, m, _, _ = toy_data(seed=8, shift=1.5)
+    b = np.array([0.4, 0.4, 0.2])  # g increases with every coordinate; M(1) > M(0)
+    toy = ToyPatcher(m, np.random.default_rng(2).normal(size=data.n), b)
+    abl = PatchingMediation(donors="eb_mean", direction="ablation", n_boot=20).fit(data, patcher=toy)
+    inj = PatchingMediation(donors="eb_mean", direction="injection", n_boot=20).fit(data, patcher=toy)
+    e_abl, e_inj = abl.effect("u", "nie", "treated"), inj.effect("u", "nie", "control")
+    assert e_abl.estimate > 0 and e_inj.estimate > 0
+    # no T x M interaction: NIE(1) = NIE(0) = b.(mean treated M - EB-weighted control M), also per replicate
+    assert e_inj.estimate == pytest.approx(e_abl.estimate, abs=1e-9)
+    np.testing.assert_allclose(e_inj.draws, e_abl.draws, atol=1e-8)
+    assert ("nde", "treated") in inj.effects["u"] and ("nde", "control") in abl.effects["u"]
+    neg = ToyPatcher(m, toy.a, -b)
+    assert PatchingMediation(direction="injection", n_boot=5).fit(data, patcher=neg).effect(
+        "u", "nie", "control").estimate < 0
+
+
+def test_donor_bootstrap_modes():
+    data, m, topic, t = toy_data(seed=9)
+    affine = ToyPatcher(m, np.zeros(data.n), np.array([1.0, -1.0, 0.5]))
+    rep = PatchingMediation(n_boot=25, random_state=2).fit(data, patcher=affine)
+    lin = PatchingMediation(n_boot=25, random_state=2, donor_bootstrap="linear").fit(data, patcher=affine)
+    fix = PatchingMediation(n_boot=25, random_state=2, donor_bootstrap="fixed").fit(data, patcher=affine)
+    np.testing.assert_allclose(lin.effect("u", "nie", "treated").draws, rep.effect("u", "nie", "treated").draws,
+                               atol=1e-9)  # first order is exact for an affine g
+    assert not np.allclose(fix.effect("u", "nie", "treated").draws, rep.effect("u", "nie", "treated").draws)
+    assert any("donor_bootstrap='fixed'" in w for w in fix.warnings)
+    # one patched row per treated prompt present in a replicate (count > 0), plus the full sample
+    strata = np.array([f"{a}\x1f{b}" for a, b in zip(t.astype(str), topic)])
+    counts = stratified_counts(strata, 25, np.random.default_rng(2))
+    assert rep.diagnostics["u"]["patched_rows"] == data.n_treated + int((counts[:, t == 1] > 0).sum())
+
+
+def test_positivity_raises_unless_dropped():
+    data, m, topic, t = toy_data(seed=10)
+    t = t.copy()
+    t[topic == "a"] = 1  # topic a: no controls
+    data = data.replace(t=t)
+    toy = ToyPatcher(m, np.zeros(data.n), np.ones(3))
+    with pytest.raises(PositivityError, match="topic 'a'"):
+        PatchingMediation(n_boot=5).fit(data, patcher=toy)
+    res = PatchingMediation(n_boot=5, drop_unsupported=True).fit(data, patcher=toy)
+    assert res.n == int((topic != "a").sum())
+    assert any("dropped topics" in w for w in res.warnings)
+    # the unadjusted graph needs no overlap
+    assert PatchingMediation(n_boot=5).fit(data, graph="unadjusted_mediation", patcher=toy).n == data.n
+
+
+def test_balanced_topics_make_adjusted_equal_unadjusted_and_pairing():
+    data, m, _, _ = toy_data(seed=11, balanced=True)
+    toy = ToyPatcher(m, np.zeros(data.n), np.array([0.3, 0.2, 0.1]), c=0.05)
+    adj = PatchingMediation(n_boot=30, random_state=4).fit(data, patcher=toy)
+    un = PatchingMediation(n_boot=30, random_state=4).fit(data, graph="unadjusted_mediation", patcher=toy)
+    assert adj.effect("u", "nie", "treated").estimate == pytest.approx(un.effect("u", "nie", "treated").estimate,
+                                                                       abs=1e-9)
+    assert adj.settings["resample_key"] == un.settings["resample_key"]
+    ea, eb = adj.effect("u", "nie", "treated"), un.effect("u", "nie", "treated")
+    assert _pairable(adj, un, ea, eb)
+    diff = paired_difference(adj, un)
+    assert diff.loc[0, "difference"] == pytest.approx(0.0, abs=1e-9)
+    other = PatchingMediation(n_boot=30, random_state=5).fit(data, patcher=toy)
+    with pytest.raises(ValueError, match="resample_key"):
+        paired_difference(other, un)
+
+
+def test_paired_difference_is_tighter_than_unpaired_when_topics_confound():
+    data, m, _, _ = toy_data(seed=12, n=150)
+    toy = ToyPatcher(m, np.zeros(data.n), np.array([0.3, 0.2, 0.1]))
+    adj = PatchingMediation(n_boot=60, random_state=1).fit(data, patcher=toy)
+    un = PatchingMediation(n_boot=60, random_state=1).fit(data, graph="unadjusted_mediation", patcher=toy)
+    d = paired_difference(adj, un).iloc[0]
+    ea, eb = adj.effect("u", "nie", "treated"), un.effect("u", "nie", "treated")
+    assert d["difference"] == pytest.approx(ea.estimate - eb.estimate)
+    assert d["se"] < np.hypot(ea.se, eb.se)
+    np.testing.assert_allclose(np.std(ea.draws - eb.draws, ddof=1), d["se"])
+
+
+def test_soft_one_hot_topics_equal_categorical_topic_mean():
+    data, m, topic, _ = toy_data(seed=13)
+    toy = ToyPatcher(m, np.zeros(data.n), np.array([1.0, 0.0, 0.0]), c=0.2)
+    soft = pd.DataFrame({f"p_{k}": (topic == k).astype(float) for k in "abc"})
+    sdata = data.replace(x=soft)
+    cat = PatchingMediation(donors="topic_mean", n_boot=10, random_state=0).fit(data, patcher=toy)
+    sft = PatchingMediation(donors="topic_mean", n_boot=10, random_state=0, strata="treatment").fit(sdata, patcher=toy)
+    assert sft.settings["conditional"] == "soft"
+    cat_t = PatchingMediation(donors="topic_mean", n_boot=10, random_state=0, strata="treatment").fit(
+        data, patcher=toy)
+    assert sft.effect("u", "nie", "treated").estimate == pytest.approx(cat.effect("u", "nie", "treated").estimate,
+                                                                       abs=1e-7)
+    np.testing.assert_allclose(sft.effect("u", "nie", "treated").draws, cat_t.effect("u", "nie", "treated").draws,
+                               atol=1e-6)
+
+
+def test_inputs_are_checked():
+    data, m, _, _ = toy_data(seed=14)
+    toy = ToyPatcher(m, np.zeros(data.n), np.ones(3))
+    with pytest.raises(ValueError, match="donors"):
+        PatchingMediation(donors="median").fit(data, patcher=toy)
+    short = ToyPatcher(m[:10], np.zeros(10), np.ones(3))
+    with pytest.raises(ValueError, match="expected 90 prompts"):
+        PatchingMediation().fit(data, patcher=short)
+    assert isinstance(get_estimator("patching"), PatchingMediation)
+    text = PatchingMediation(n_boot=5).fit(data, patcher=toy).summary()
+    assert "ACME (treated)" in text and "patching" in text
