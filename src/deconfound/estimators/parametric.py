@@ -164,17 +164,26 @@ def _confounder_design(data, names) -> tuple[np.ndarray, list[str]]:
 
 
 def _ols(x: np.ndarray, y: np.ndarray, names: list[str], what: str):
-    """OLS by QR: coefficients, (X'X)^-1 and residuals; raises DataError on a rank-deficient design."""
+    """OLS: coefficients, (X'X)^-1 and residuals; raises DataError on a rank-deficient design.
+
+    R comes from a QR of X (also the rank check); the coefficients solve the corrected semi-normal equations
+    R'R b = X'y with one refinement step, which is as accurate as a full QR solve and much cheaper.
+    """
     n, p = x.shape
     if n <= p:
         raise DataError(f"{what}: expected more rows than columns, got {n} rows and {p} columns")
-    q, r = np.linalg.qr(x)
+    r = np.linalg.qr(x, mode="r")
     rel = np.abs(np.diag(r)) / np.maximum(np.linalg.norm(x, axis=0), 1e-300)  # 0 for a dependent column
     bad = np.flatnonzero(rel <= 1e-8)
     if len(bad):
         raise DataError(f"{what}: expected linearly independent columns, got {names[bad[0]]!r} collinear with "
                         f"the columns before it ({', '.join(map(repr, names[:bad[0]][-4:]))})")
-    coef = solve_triangular(r, q.T @ y)
+
+    def solve(rhs):
+        return solve_triangular(r, solve_triangular(r, rhs, trans="T"))
+
+    coef = solve(x.T @ y)
+    coef = coef + solve(x.T @ (y - x @ coef))
     r_inv = solve_triangular(r, np.eye(p))
     return coef, r_inv @ r_inv.T, y - x @ coef
 
