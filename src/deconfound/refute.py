@@ -57,7 +57,8 @@ class RefutationResult:
 
     @property
     def passed(self) -> bool:
-        """True when every row passed."""
+        """True when every row passed. Rows are tested one by one at ``alpha``, so with the seven rows of a unit
+        a sound pipeline fails some row more often than ``alpha``: judge the rows you report (TE, NIE)."""
         return bool(self.frame.passed.all())
 
     def summary(self) -> str:
