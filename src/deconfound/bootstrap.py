@@ -11,14 +11,16 @@ A statistic that only understands a data set runs with ``materialize=True``: it 
 ``statistic(resampled_data)`` on a copy built from each row of counts (slow, but works for anything).
 
 Replicates are cut into chunks, and each chunk is one task; a backend runs a list of tasks. ``"local"`` uses
-joblib; another engine (e.g. Dask) plugs in with :func:`register_backend`. Layer 2-3: imports data helpers,
-``inference`` and ``weights`` only.
+joblib and ``"dask"`` (or a ``distributed.Client``) a Dask cluster, both through
+:func:`deconfound.parallel.run_tasks`; another engine plugs in with :func:`register_backend`. Layer 2-3:
+imports data helpers, ``inference``, ``parallel`` and ``weights`` only.
 """
 from __future__ import annotations
 
 import math
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -27,6 +29,7 @@ import pandas as pd
 from ._validation import check_probability, check_random_state
 from .errors import DataError, DeconfoundError
 from .inference import Effect, stratified_counts
+from .parallel import is_client, n_workers, run_tasks
 
 __all__ = ["BootstrapResult", "EBMeanDifference", "PairedBootstrap", "bootstrap", "draw_counts", "paired_bootstrap",
            "register_backend", "resample"]
@@ -89,15 +92,20 @@ def register_backend(name: str, runner: Callable) -> None:
     _BACKENDS[str(name)] = runner
 
 
-def _run_local(tasks, n_jobs):
-    if len(tasks) <= 1 or n_jobs in (None, 1):
-        return [task() for task in tasks]
-    from joblib import Parallel, delayed  # noqa: PLC0415 - joblib only when parallel
+def _call(task):
+    return task()
 
-    return Parallel(n_jobs=n_jobs)(delayed(task)() for task in tasks)
+
+def _run_local(tasks, n_jobs):
+    return run_tasks(_call, tasks, backend="local", n_jobs=n_jobs)
+
+
+def _run_dask(tasks, n_jobs, client=None):
+    return run_tasks(_call, tasks, backend="dask" if client is None else client)
 
 
 register_backend("local", _run_local)
+register_backend("dask", _run_dask)
 
 
 @dataclass
@@ -259,11 +267,12 @@ def bootstrap(statistic, data, *, n_boot: int = 1000, stratify=("treatment",), r
     stratify : names of the strata to resample within: ``"treatment"`` (default, keeps n1 and n0 fixed)
         and/or categorical confounders (e.g. ``("treatment", "topic")``); ``None`` for none.
     random_state : seed of the count matrix; same seed, same draws, whatever the backend or ``n_jobs``.
-    backend : ``"local"`` (joblib) or a name registered with :func:`register_backend`.
+    backend : ``"local"`` (joblib), ``"dask"`` (the active Dask client), a ``distributed.Client``, or a name
+        registered with :func:`register_backend`. The draws do not depend on it.
     level : CI level.
-    n_jobs : workers for the backend (1 = in process).
-    chunk_size : replicates per task (default: all in one task when ``n_jobs == 1``, else about four tasks
-        per worker).
+    n_jobs : workers for the local backend (1 = in process); Dask uses its cluster.
+    chunk_size : replicates per task (default: all in one task with one worker, else about four tasks per
+        worker: ``n_jobs`` workers, or the Dask cluster's threads).
     materialize : call ``statistic(resampled_data)`` on copied resamples (the slow fallback).
     names : names of the statistic's values (default ``statistic.names`` or ``stat0..``).
     counts : a precomputed ``(n_boot, n)`` count matrix (e.g. to pair with an earlier run); overrides
@@ -286,8 +295,13 @@ def bootstrap(statistic, data, *, n_boot: int = 1000, stratify=("treatment",), r
     (True, (200, 1))
     """
     level = check_probability(level, "level", low=1e-9, high=1 - 1e-9)
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend: expected one of {sorted(_BACKENDS)}, got {backend!r}")
+    if is_client(backend):
+        runner, workers, backend = partial(_run_dask, client=backend), n_workers(backend), "dask"
+    elif isinstance(backend, str) and backend in _BACKENDS:
+        runner = _BACKENDS[backend]
+        workers = n_workers(backend if backend == "dask" else "local", n_jobs)
+    else:
+        raise ValueError(f"backend: expected one of {sorted(_BACKENDS)} or a distributed.Client, got {backend!r}")
     if counts is None:
         counts = draw_counts(data, n_boot, stratify=stratify, random_state=random_state)
     else:
@@ -300,10 +314,9 @@ def bootstrap(statistic, data, *, n_boot: int = 1000, stratify=("treatment",), r
     names = _names(statistic, k, names)
     b = counts.shape[0]
     if chunk_size is None:
-        workers = 1 if n_jobs in (None, 1) else _effective_jobs(n_jobs)
         chunk_size = b if workers == 1 else max(1, math.ceil(b / (4 * workers)))
     tasks = [_Chunk(statistic, data, counts[s:s + chunk_size], k, materialize) for s in range(0, b, chunk_size)]
-    results = _BACKENDS[backend](tasks, n_jobs)
+    results = runner(tasks, n_jobs)
     draws = np.vstack([vals for vals, _ in results]) if results else np.zeros((0, k))
     failures = [(s * chunk_size + i, msg) for s, (_, errs) in enumerate(results) for i, msg in errs]
     strat = () if stratify in (None, False) else ((stratify,) if isinstance(stratify, str) else tuple(stratify))
@@ -313,12 +326,6 @@ def bootstrap(statistic, data, *, n_boot: int = 1000, stratify=("treatment",), r
         warnings.warn(f"bootstrap: {res.n_failed} of {b} replicates failed and are left out of the intervals; "
                       f"first failure: {first}", RuntimeWarning, stacklevel=2)
     return res
-
-
-def _effective_jobs(n_jobs) -> int:
-    from joblib import effective_n_jobs  # noqa: PLC0415
-
-    return int(effective_n_jobs(n_jobs))
 
 
 class _Stacked:
