@@ -21,7 +21,6 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
-from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegressionCV, RidgeCV
@@ -32,6 +31,7 @@ from ..errors import DataError, PositivityError
 from ..folds import data_folds, fold_strata, make_folds
 from ..graph import resolve
 from ..inference import Effect
+from ..parallel import run_tasks
 from ..results import MediationResult, add_derived
 from .base import MediationEstimator, check_units, register
 
@@ -340,8 +340,14 @@ class DMLMediation(MediationEstimator):
             raise ValueError(f"level: expected a number in (0, 1), got {self.level!r}")
         return check_learners(self.outcome_learner, self.propensity_learner)
 
-    def fit(self, data, *, graph=None, units=None, n_jobs=1) -> MediationResult:
-        """Estimate every unit in ``units`` (default all); units run in parallel through joblib ``n_jobs``."""
+    def fit(self, data, *, graph=None, units=None, n_jobs=1, backend="local") -> MediationResult:
+        """Estimate every unit in ``units`` (default all).
+
+        Units are independent tasks run by :func:`deconfound.parallel.run_tasks`: ``backend="local"`` uses
+        joblib with ``n_jobs`` workers; ``"dask"`` (the active client) or a ``distributed.Client`` runs them
+        on a Dask cluster. Every seed is fixed from ``random_state`` before dispatch, so the numbers do not
+        depend on the backend or on ``n_jobs``.
+        """
         outcome, propensity = self._check(data)
         units = check_units(data, units)
         g, adj = resolve(graph, data)
@@ -354,9 +360,9 @@ class DMLMediation(MediationEstimator):
                                   random_state=self.random_state)
         settings = dict(outcome=outcome, propensity=propensity, pca=self.pca, trim=float(self.trim),
                         normalize=bool(self.normalize), level=float(self.level), random_state=self.random_state)
-        jobs = (delayed(_fit_unit)(data.mediator(u), t, y, x_first, x_second, folds, halves, shared, settings)
-                for u in units)
-        out = Parallel(n_jobs=n_jobs)(jobs) if n_jobs != 1 else [job[0](*job[1], **job[2]) for job in jobs]
+        common = dict(t=t, y=y, x_first=x_first, x_second=x_second, folds=folds, halves=halves, shared=shared,
+                      settings=settings)
+        out = run_tasks(_fit_unit, [data.mediator(u) for u in units], backend=backend, n_jobs=n_jobs, shared=common)
         effects, diagnostics, warns = {}, {}, []
         for u, (eff, diag) in zip(units, out):
             effects[u], diagnostics[u] = eff, diag
