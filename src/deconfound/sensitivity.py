@@ -157,7 +157,7 @@ def robustness_value(theta, sigma2, nu2, *, cov=None, psi_theta=None, psi_sigma2
     Examples
     --------
     >>> r = robustness_value(1.0, 1.0, 1.0, cov=np.zeros((3, 3)))
-    >>> round(r / np.sqrt(1 - r), 12)   # the bound r / sqrt(1 - r) * sqrt(sigma2 nu2) equals theta
+    >>> round(float(r / np.sqrt(1 - r)), 12)   # the bound r / sqrt(1 - r) * sqrt(sigma2 nu2) equals theta
     1.0
     """
     if kind not in ("theta", "ci"):

@@ -323,3 +323,15 @@ def test_benchmark_k1_bound_covers_truth_with_topic_partly_hidden():
         lo, hi = bench.long.effect("u0", *key).ci
         assert not lo <= true <= hi  # the plain CI misses: the hidden topic part biases the estimate
         assert bounds.loc[key, "theta_lower"] <= true <= bounds.loc[key, "theta_upper"]
+
+
+def test_weighting_result_without_pieces_names_the_estimator():
+    pytest.importorskip("deconfound.estimators.weighting", reason="deconfound.estimators.weighting has not landed")
+    from deconfound.estimators import get_estimator
+
+    data, _ = simulate.topic_mediation(400, seed=2)
+    res = get_estimator("weighting").fit(data)
+    if any("ovb" in (res.diagnostics.get(u) or {}) for u in res.units):
+        pytest.skip("the weighting estimator now stores OVB pieces")
+    with pytest.raises(ValueError, match=r"'weighting' result without them"):
+        sensitivity_analysis(res)
