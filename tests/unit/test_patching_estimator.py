@@ -266,3 +266,40 @@ def test_inputs_are_checked():
     assert isinstance(get_estimator("patching"), PatchingMediation)
     text = PatchingMediation(n_boot=5).fit(data, patcher=toy).summary()
     assert "ACME (treated)" in text and "patching" in text
+
+
+@pytest.mark.lm
+def test_tiny_model_adjusted_vs_unadjusted():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from deconfound.lm.hooks import patch
+    from deconfound.lm.models import TINY_TEXT, tiny_model
+    from deconfound.lm.patch import NextTokenMass, Patcher
+
+    lm = tiny_model("llama", seed=2, n_layers=2)
+    prompts = [line for line in TINY_TEXT.strip().splitlines()][:16]
+    ids = lm.tokenizer.convert_tokens_to_ids(["stupid", "idiot", "hate", "awful", "dumb"])
+    patcher = Patcher(lm, prompts, outcome=NextTokenMass(ids), batch_size=16)
+    acts = patcher.activations(["mlp_out.L0", "mlp_out.L1"])
+    topic = np.array(["a"] * 8 + ["b"] * 8)
+    designs = {"balanced": np.tile([1, 0], 8), "confounded": np.array([1] * 6 + [0] * 2 + [1] * 2 + [0] * 6)}
+    g = patcher.base_scores()
+    for kind, t in designs.items():
+        data = MediationData.from_arrays(t=t, y=g, mediators=acts, x=pd.DataFrame({"topic": topic}))
+        adj = PatchingMediation(n_boot=10, random_state=0).fit(data, patcher=patcher)
+        un = PatchingMediation(n_boot=10, random_state=0).fit(data, graph="unadjusted_mediation", patcher=patcher)
+        for unit in ("mlp_out.L0", "mlp_out.L1"):
+            a, b = adj.effect(unit, "nie", "treated").estimate, un.effect(unit, "nie", "treated").estimate
+            if kind == "balanced":
+                assert a == pytest.approx(b, abs=1e-6)
+                continue
+            assert abs(a - b) > 1e-4
+            w = post_strat(topic, t)
+            donor = torch.as_tensor(w[t == 0] @ acts[unit][t == 0].astype(float), dtype=torch.float32)
+            hand = []
+            for i in np.flatnonzero(t == 1):
+                enc = lm.tokenizer([prompts[i]], return_tensors="pt")
+                with torch.no_grad(), patch(lm, unit, donor[None]):
+                    probs = lm.model(**enc).logits[0, -1].softmax(-1)
+                hand.append(g[i] - probs[ids].sum().item())
+            assert a == pytest.approx(np.mean(hand), abs=1e-5)
