@@ -1,7 +1,7 @@
 """PatchingMediation on toy patchers with closed-form outcomes, plus the tiny model.
 
 Oracles: post-stratification weights written out by hand (EB with one-hot topics equals them), the bootstrap
-replicates recomputed from the same ``stratified_counts``, closed forms for affine and quadratic outcomes
+replicates recomputed from the same ``bootstrap.draw_counts``, closed forms for affine and quadratic outcomes
 (E g(M) - g(E M) = c Var M for g = a + c |m|^2), and a naive patch through ``deconfound.lm.hooks.patch``.
 """
 from types import SimpleNamespace
@@ -14,7 +14,7 @@ from deconfound import MediationData, PositivityError
 from deconfound.compare import _pairable
 from deconfound.estimators import get_estimator
 from deconfound.estimators.patching import PatchingMediation, paired_difference
-from deconfound.inference import stratified_counts
+from deconfound.bootstrap import draw_counts
 
 
 class ToyPatcher:
@@ -103,8 +103,7 @@ def test_eb_mean_matches_post_stratification_and_bootstrap_by_hand():
     assert eff.estimate == pytest.approx(nie0, abs=1e-9)
     assert res.effect("u", "te", "treated").estimate == pytest.approx(te0, abs=1e-9)
     assert res.effect("u", "nde", "control").estimate == pytest.approx(te0 - nie0, abs=1e-9)
-    strata = np.array([f"{a}\x1f{b}" for a, b in zip(t.astype(str), topic)])
-    counts = stratified_counts(strata, 30, np.random.default_rng(5))
+    counts = draw_counts(data, 30, stratify=("treatment", "topic"), random_state=5)
     hand = np.array([nie_te(c) for c in counts])
     np.testing.assert_allclose(eff.draws, hand[:, 0], atol=1e-8)
     np.testing.assert_allclose(res.effect("u", "nde", "control").draws, hand[:, 1] - hand[:, 0], atol=1e-8)
@@ -190,8 +189,7 @@ def test_donor_bootstrap_modes():
     assert not np.allclose(fix.effect("u", "nie", "treated").draws, rep.effect("u", "nie", "treated").draws)
     assert any("donor_bootstrap='fixed'" in w for w in fix.warnings)
     # one patched row per treated prompt present in a replicate (count > 0), plus the full sample
-    strata = np.array([f"{a}\x1f{b}" for a, b in zip(t.astype(str), topic)])
-    counts = stratified_counts(strata, 25, np.random.default_rng(2))
+    counts = draw_counts(data, 25, stratify=("treatment", "topic"), random_state=2)
     assert rep.diagnostics["u"]["patched_rows"] == data.n_treated + int((counts[:, t == 1] > 0).sum())
 
 

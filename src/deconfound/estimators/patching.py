@@ -17,12 +17,13 @@ import pandas as pd
 from .._validation import check_probability
 from ..errors import ConvergenceError, DataError, PositivityError
 from ..graph import resolve
-from ..inference import Effect, stratified_counts
+from ..bootstrap import draw_counts
+from ..inference import Effect
 from ..results import MediationResult
 from ..weights import balance_matrix, eb_att, eb_weights_batch, entropy_balance_batch
 from .base import MediationEstimator, register
 
-__all__ = ["PatchingMediation", "paired_difference", "DONORS"]
+__all__ = ["PatchingMediation", "paired_difference", "resample_key", "DONORS"]
 
 DONORS = ("mean", "eb_mean", "topic_mean", "exact")
 _DIRECTIONS = ("ablation", "injection")
@@ -32,8 +33,16 @@ _CONDITIONAL = ("auto", "categorical", "soft")
 _MAX_INVALID = 0.1  # largest share of bootstrap replicates allowed to fail (weights infeasible)
 
 
-def _digest(arr) -> str:
-    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:12]
+def resample_key(data, stratify, n_boot, random_state) -> str:
+    """Names the count matrix of ``bootstrap.draw_counts(data, n_boot, stratify=..., random_state=...)``.
+
+    Two results with equal keys were bootstrapped on the same resamples, so their draws pair.
+    """
+    h = hashlib.sha256(np.ascontiguousarray(data.t).tobytes())
+    for name in stratify[1:]:
+        h.update(np.ascontiguousarray(data.x[name].cat.codes.to_numpy()).tobytes())
+    return (f"draw_counts:stratify={'+'.join(stratify)}:n={data.n}:B={int(n_boot)}:seed={random_state}:"
+            f"{h.hexdigest()[:12]}")
 
 
 def _normalize(w: np.ndarray) -> np.ndarray:
@@ -151,7 +160,7 @@ class PatchingMediation(MediationEstimator):
         control prompts, EB-weighted to the treated topic mix, get treated activations (causal tracing's
         restore); NIE(0) (ACME control), and NDE(1) = TE - NIE(0).
     n_boot : int
-        Bootstrap replicates over prompts (stratified, see ``strata``).
+        Bootstrap replicates over prompts (drawn by :func:`deconfound.bootstrap.draw_counts`, see ``strata``).
     n_donors : int or None
         ``"exact"`` only: donors sampled per prompt (with replacement, from its donor weights); None uses
         every donor with its weight (no Monte Carlo error).
@@ -223,14 +232,13 @@ class PatchingMediation(MediationEstimator):
             raise DataError("units: expected at least one unit, got none")
         return out
 
-    def _strata(self, data) -> tuple[np.ndarray, str]:
+    def _stratify(self, data) -> tuple:
         cats = data.categorical_confounders()
         if self.strata == "treatment" or (self.strata == "auto" and not cats):
-            return data.t.astype(str), "T"
+            return ("treatment",)
         if not cats:
             raise DataError("strata='treatment_topic': expected a categorical confounder in the data, got none")
-        parts = [data.t.astype(str)] + [data.x[c].astype(str).to_numpy() for c in cats]
-        return np.array(["\x1f".join(p) for p in zip(*parts)]), "T x " + " x ".join(cats)
+        return ("treatment", *cats)
 
     # ---- fit ---------------------------------------------------------------------------------
     def fit(self, data, *, graph=None, patcher, units=None) -> MediationResult:
@@ -262,8 +270,8 @@ class PatchingMediation(MediationEstimator):
         units = self._units(data, patcher, units)
         base = np.asarray(patcher.base_scores(), dtype=float)
         design = _Design(self, data, adj, base)
-        strata, strata_name = self._strata(data)
-        counts = stratified_counts(strata, int(self.n_boot), np.random.default_rng(int(self.random_state)))
+        stratify = self._stratify(data)
+        counts = draw_counts(data, int(self.n_boot), stratify=stratify, random_state=int(self.random_state))
         allc = np.vstack([np.ones((1, data.n), counts.dtype), counts])[:, design.rows].astype(float)
         w_te = design.att_weights(allc, design.outcome_cols)
         w_donor = w_te if design.donor_cols == design.outcome_cols else design.att_weights(allc, design.donor_cols)
@@ -286,7 +294,7 @@ class PatchingMediation(MediationEstimator):
                                    f"infeasible weights, got {n_bad}; use strata='treatment_topic' or coarser topics")
         rng = np.random.default_rng([int(self.random_state), 1])
         per_unit = self._estimate_units(design, units, data, patcher, v, donor_w, valid, rng)
-        return self._result(g, adj, data, design, units, per_unit, te, valid, strata, strata_name, patcher)
+        return self._result(g, adj, data, design, units, per_unit, te, valid, stratify, patcher)
 
     # ---- per-unit estimates ------------------------------------------------------------------
     def _estimate_units(self, design, units, data, patcher, v, donor_w, valid, rng):
@@ -400,7 +408,7 @@ class PatchingMediation(MediationEstimator):
         return nie, diag
 
     # ---- result ------------------------------------------------------------------------------
-    def _result(self, g, adj, data, design, units, per_unit, te, valid, strata, strata_name, patcher):
+    def _result(self, g, adj, data, design, units, per_unit, te, valid, stratify, patcher):
         arm = "treated" if self.direction == "ablation" else "control"
         other = "control" if arm == "treated" else "treated"
         ok = np.flatnonzero(valid)[1:]
@@ -429,12 +437,11 @@ class PatchingMediation(MediationEstimator):
         if flagged:
             warnings.append(f"reweight: {flagged} patched rows have importance-weight ESS/S below "
                             f"{getattr(patcher.outcome, 'min_ess_ratio', 0.1)} (see diagnostics)")
-        key = (f"patching-bootstrap:strata={strata_name}:{_digest(np.unique(strata, return_inverse=True)[1])}:"
-               f"n={data.n}:B={self.n_boot}:seed={int(self.random_state)}")
+        key = resample_key(data, stratify, self.n_boot, self.random_state)
         settings = {
             "donors": self.donors, "donors_effective": design.strategy, "direction": self.direction,
             "conditional": design.mode, "n_boot": int(self.n_boot), "n_donors": self.n_donors,
-            "donor_bootstrap": self.donor_bootstrap, "strata": strata_name, "resample_key": key,
+            "donor_bootstrap": self.donor_bootstrap, "stratify": list(stratify), "resample_key": key,
             "boot_valid": valid[1:].tolist(), "outcome_y": "the patcher's unpatched score g(q) of every prompt",
             "patcher": patcher.describe(), "donor_columns": design.donor_cols, "weight_columns": design.outcome_cols,
         }
