@@ -12,8 +12,9 @@ from sklearn.naive_bayes import GaussianNB
 from deconfound.data import MediationData
 from deconfound.errors import PositivityError
 from deconfound.estimators import get_estimator
+from deconfound.estimators import weighting
 from deconfound.estimators.weighting import (EntropyBalancedTotalEffect, WeightingMediation, _design, _eb_odds,
-                                             _logit_newton, _pca_scores)
+                                             _logit_newton, _pca_scores, _WeightingStatistic)
 from deconfound.simulate import topic_mediation
 
 KEYS = [("te", "average"), ("nie", "treated"), ("nie", "control"), ("nde", "control"), ("nde", "treated")]
@@ -108,6 +109,27 @@ def test_effect_identities_hold_for_estimates_and_scores(sim):
         assert res.effect(u, "te", "treated") is res.effect(u, "te", "average")
         pots = res.diagnostics[u]["potential_outcomes"]
         assert (pots["y11"] - pots["y10"]).estimate == pytest.approx(e[("nie", "treated")].estimate)
+
+
+@pytest.mark.parametrize("propensity", ["eb", "logit"])
+def test_influence_values_equal_the_empirical_influence_function(propensity, monkeypatch):
+    """The stacked influence function is the derivative of the whole estimator (weights refitted) in the
+    frequency weight of one row: n * d theta / d f_i, by central differences. A negligible penalty (C = 1e4)
+    makes the M-estimator exact (the standardization and a finite penalty are treated as fixed)."""
+    monkeypatch.setattr(weighting, "_cv_c", lambda *args, **kwargs: 1e4)
+    data, _ = topic_mediation(300, n_topics=3, n_units=1, seed=8)
+    est = WeightingMediation(propensity=propensity, trim=0.0)
+    res = quiet_fit(est, data)
+    stat = _WeightingStatistic(est, ["u0"], ["topic"], {"u0": res.diagnostics["u0"]["C"]})
+    keys = [("te", "average"), ("nie", "treated"), ("nie", "control"), ("nde", "control"), ("nde", "treated")]
+    f, eps = np.ones(data.n), 1e-5
+    for i in (0, 7, 150, 299):
+        up, down = f.copy(), f.copy()
+        up[i] += eps
+        down[i] -= eps
+        numeric = data.n * (stat(data, up) - stat(data, down)) / (2 * eps)
+        analytic = [res.effect("u0", *k).scores[i] for k in keys]
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-5)
 
 
 def test_analytic_se_agrees_with_the_bootstrap(sim):
