@@ -307,17 +307,12 @@ def sensitivity_analysis(result: MediationResult, *, cf_y=0.03, cf_d=0.03, rho=1
 
 # ---- benchmarking against observed confounders -------------------------------------------------------
 def _fit_estimator(obj, estimator):
-    """(estimator, long result or None) from an estimator, or from a result plus its estimator."""
+    """(estimator, long result or None) from an estimator, or from a result plus the estimator that made it."""
     if isinstance(obj, MediationResult):
-        if estimator is not None:
-            return estimator, obj
-        from .estimators.base import get_estimator  # noqa: PLC0415 - estimators sit above this in the import
-
-        try:
-            return get_estimator(obj.estimator, **obj.settings), obj
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"sensitivity_benchmark: expected estimator=... to refit a {obj.estimator!r} result "
-                             f"without the benchmark confounders, got none and could not rebuild it: {exc}") from exc
+        if estimator is None or not hasattr(estimator, "fit"):
+            raise ValueError(f"sensitivity_benchmark: expected estimator=... (the estimator that made this "
+                             f"{obj.estimator!r} result) to refit without the benchmark confounders, got {estimator!r}")
+        return estimator, obj
     if hasattr(obj, "fit"):
         return obj, None
     raise TypeError(f"result_or_estimator: expected a MediationResult or an estimator with fit(), got "
@@ -431,8 +426,8 @@ def sensitivity_benchmark(result_or_estimator, data, drop=("topic",), *, graph=N
 
     Parameters
     ----------
-    result_or_estimator : an estimator (fitted here on ``data``), or the result of one; then pass
-        ``estimator=`` unless the registry can rebuild it from ``result.estimator`` and ``result.settings``.
+    result_or_estimator : an estimator (fitted here on ``data``), or the result of one; then pass the
+        estimator that made it as ``estimator=`` (same settings and seed, so the two fits share their folds).
     data : the MediationData the long result came from.
     drop : confounder columns to drop (nodes of the same name are removed from the graph too).
 
