@@ -1,5 +1,15 @@
 """The language-model side: models, hook sites, capture/patch hooks and extraction.
 
-Importing this package does not import torch; each function imports it when
-called. See docs/lm_pipeline.md.
+Importing this package does not import torch or transformers; each function
+imports them when called. See docs/lm_pipeline.md.
 """
+from .extract import Treatment, extract, load_extraction, run_batch
+from .hooks import Capture, capture, patch
+from .models import LoadedModel, load_model, tiny_model
+from ._torch import set_threads
+from .sites import ARCHITECTURES, SITE_KINDS, Site, expand_sites
+
+__all__ = [
+    "ARCHITECTURES", "SITE_KINDS", "Capture", "LoadedModel", "Site", "Treatment", "capture", "expand_sites",
+    "extract", "load_extraction", "load_model", "patch", "run_batch", "set_threads", "tiny_model",
+]

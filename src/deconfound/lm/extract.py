@@ -98,6 +98,18 @@ def sample_uniforms(seed: int, prompt_index: int, n_samples: int, steps: int) ->
     return out
 
 
+def _pick(probs, order, u, top_p: float):
+    """Inverse-CDF pick from probabilities sorted in descending order (``order`` maps back to token ids)."""
+    torch = require_torch()
+    probs = probs.double()
+    if top_p < 1.0:
+        probs = probs * ((probs.cumsum(dim=-1) - probs) < top_p)
+    cdf = probs.cumsum(dim=-1)
+    target = (u.to(cdf) * cdf[:, -1]).unsqueeze(1)
+    j = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[1] - 1)
+    return (order.gather(1, j) if order is not None else j).squeeze(1)
+
+
 def sample_tokens(logits, u, temperature: float = 1.0, top_p: float = 1.0):
     """Draw one token per row by inverting the (nucleus-truncated) CDF at ``u``.
 
@@ -117,15 +129,28 @@ def sample_tokens(logits, u, temperature: float = 1.0, top_p: float = 1.0):
     torch = require_torch()
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.double() / temperature, dim=-1)
-    order = None
-    if top_p < 1.0:
-        probs, order = probs.sort(dim=-1, descending=True, stable=True)
-        probs = probs * ((probs.cumsum(dim=-1) - probs) < top_p)
-    cdf = probs.cumsum(dim=-1)
-    target = (u.to(cdf) * cdf[:, -1]).unsqueeze(1)
-    j = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[1] - 1)
-    return (order.gather(1, j) if order is not None else j).squeeze(1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # sums in float64 below
+    if top_p >= 1.0:
+        return _pick(probs, None, u, 1.0)
+    # The nucleus is usually small (SmolLM2 at top_p 0.9: median about 300 tokens, rarely over 4,000):
+    # sort only the top k, and move the rows whose nucleus does not fit on to a larger k.
+    out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+    rows = torch.arange(probs.shape[0], device=probs.device)
+    vocab = probs.shape[1]
+    for k in (512, 4096, vocab):
+        k = min(k, vocab)
+        part = probs[rows]
+        if k == vocab:
+            top, order = part.sort(dim=-1, descending=True, stable=True)
+        else:
+            top, order = part.topk(k, dim=-1, sorted=True)
+        fits = top.double().sum(dim=-1) >= top_p if k < vocab else torch.ones_like(rows, dtype=torch.bool)
+        if bool(fits.any()):
+            out[rows[fits]] = _pick(top[fits], order[fits], u[rows[fits]], top_p)
+        rows = rows[~fits]
+        if rows.numel() == 0:
+            break
+    return out
 
 
 def _forward_kwargs(model):
