@@ -189,22 +189,28 @@ def _l2_logistic_c(model):
     return float(np.ravel(c)[0])
 
 
+def _standardize(z, n_x, f):
+    """(z standardized with f-weighted moments, the same with an intercept column, the penalty mask)."""
+    wts = f / f.sum()
+    mu = wts @ z
+    sd = np.sqrt(wts @ (z - mu) ** 2)
+    zs = (z - mu) / np.where(sd > 1e-12, sd, 1.0)
+    zt = np.column_stack([np.ones(len(z)), zs])
+    mask = np.ones(zt.shape[1])
+    mask[0] = 0.0
+    if n_x:
+        mask[-n_x:] = 0.0
+    return zs, zt, mask
+
+
 def _fit_pmx(z, n_x, t, f, learner, fixed_c, random_state, *, blocks: bool):
     """p(M,X) by a classifier on the standardized z, whose last ``n_x`` columns are the confounders.
 
     Returns (p, C, influence block or None). The default learner penalizes the mediator columns only, so that
     with an irrelevant mediator p(M,X) reduces to the unpenalized p(X) model."""
     n = len(t)
-    wts = f / f.sum()
-    mu = wts @ z
-    sd = np.sqrt(wts @ (z - mu) ** 2)
-    zs = (z - mu) / np.where(sd > 1e-12, sd, 1.0)
-    zt = np.column_stack([np.ones(n), zs])
+    zs, zt, mask = _standardize(z, n_x, f)
     if learner is None:
-        mask = np.ones(zt.shape[1])
-        mask[0] = 0.0
-        if n_x:
-            mask[-n_x:] = 0.0
         c = fixed_c if fixed_c is not None else _cv_c(zt, t.astype(float), f, mask, random_state)
         pen = mask / c
         gamma = _logit_newton(zt, t.astype(float), f, pen)
@@ -442,6 +448,27 @@ class WeightingMediation(MediationEstimator):
             raise TypeError(f"mediator_learner: expected a classifier with predict_proba, got "
                             f"{type(self.mediator_learner).__name__}")
 
+    def statistic(self, data, *, graph=None, units=None):
+        """The estimator as a counts statistic for :mod:`deconfound.bootstrap` (e.g. a paired bootstrap of the
+        topic-adjusted against the unadjusted graph on the same resamples).
+
+        Returns an object with ``__call__(data, counts)``, a vectorized ``batch`` and ``names``
+        ``"<unit>:te"``, ``"<unit>:nie_treated"``, ``"<unit>:nie_control"``, ``"<unit>:nde_control"``,
+        ``"<unit>:nde_treated"``. p(X) and p(M,X) are refitted for every count vector; the default learner's C
+        is chosen once here, by cross-validation on the full sample, as in ``fit(n_boot>0)``.
+        """
+        self._check()
+        units = check_units(data, units)
+        _, adj = resolve(graph, data)
+        cols = list(dict.fromkeys(adj.first_stage + adj.second_stage))
+        cs = {}
+        if self.mediator_learner is None:
+            bm, f = _design(data, cols), np.ones(data.n)
+            for u in units:
+                _, zt, mask = _standardize(_features(data.mediator(u), bm.values, self.pca, f), bm.values.shape[1], f)
+                cs[u] = _cv_c(zt, data.t.astype(float), f, mask, self.random_state)
+        return _WeightingStatistic(self, units, cols, cs)
+
     def fit(self, data, *, graph=None, units=None, n_jobs=1) -> MediationResult:
         """Estimate every unit in ``units`` (default all). ``n_jobs`` parallelizes bootstrap replicates."""
         self._check()
@@ -545,6 +572,15 @@ class EntropyBalancedTotalEffect(MediationEstimator):
         self.n_boot = n_boot
         self.level = level
         self.random_state = random_state
+
+    def statistic(self, data, *, graph=None):
+        """The EB total effect as a counts statistic for :mod:`deconfound.bootstrap` (name ``"te"``), the
+        weights refitted for every count vector (all replicates in one batched solve)."""
+        pop = str(self.population).lower()
+        if pop not in ("att", "ate"):
+            raise ValueError(f"population: expected 'att' or 'ate', got {self.population!r}")
+        _, adj = resolve(graph, data)
+        return _TotalStatistic(list(adj.total), pop)
 
     def fit(self, data, *, graph=None, units=None, n_jobs=1) -> MediationResult:
         _check_common(self.level, self.n_boot)
