@@ -420,6 +420,16 @@ class WeightingMediation(MediationEstimator):
     ``share_extreme`` (p(M,X) < 0.01 or > 0.99), the p(M,X) range, the Kish ESS of each weighted mean
     (``ess_y11``, ``ess_y10``, ``ess_y01``, ``ess_y00``), ``separable`` and ``potential_outcomes`` (the four
     means as Effects). No OVB pieces are stored: the estimator has no outcome model (use ``dml``).
+
+    Examples
+    --------
+    >>> from deconfound.simulate import topic_mediation
+    >>> data, truth = topic_mediation(3000, n_units=2, seed=0)   # u1 only tracks the topic: true NIE 0
+    >>> adj = WeightingMediation().fit(data, units=["u1"])
+    >>> raw = WeightingMediation().fit(data, units=["u1"], graph="unadjusted_mediation")
+    >>> e, r = adj.effect("u1", "nie", "treated"), raw.effect("u1", "nie", "treated")
+    >>> bool(abs(e.estimate) < 3 * e.se), bool(r.estimate > 5 * r.se)
+    (True, True)
     """
 
     def __init__(self, propensity: str = "eb", mediator_learner=None, pca: int | None = None, trim: float = 0.05,
@@ -498,8 +508,8 @@ class WeightingMediation(MediationEstimator):
             raw = dict(zip(_NAMES, [pots["y11"] - pots["y00"], pots["y11"] - pots["y10"], pots["y01"] - pots["y00"],
                                     pots["y10"] - pots["y00"], pots["y11"] - pots["y01"]]))
             effects[u] = _assemble(raw, level)
-        if self.n_boot:
-            ok = [u for u in units if diagnostics[u]["n_kept"] and "potential_outcomes" in diagnostics[u]]
+        ok = [u for u in units if "potential_outcomes" in diagnostics[u]]
+        if self.n_boot and ok:
             stat = _WeightingStatistic(self, ok, cols, cs)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -565,6 +575,14 @@ class EntropyBalancedTotalEffect(MediationEstimator):
     entropy balancing (so the estimated weights are accounted for; with one-hot topics this is the
     post-stratification variance); with ``n_boot > 0`` a bootstrap stratified by T that refits the weights in
     every replicate (vectorized over replicates).
+
+    Examples
+    --------
+    >>> from deconfound.simulate import topic_mediation
+    >>> data, truth = topic_mediation(3000, seed=0)
+    >>> te = EntropyBalancedTotalEffect().fit(data).effect("u0", "te", "average")
+    >>> bool(abs(te.estimate - truth.value("u0", "te", "average", "att")) < 3 * te.se)
+    True
     """
 
     def __init__(self, population: str = "att", n_boot: int = 0, level: float = 0.95, random_state=0):
