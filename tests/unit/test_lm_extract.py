@@ -110,7 +110,7 @@ def test_uniform_streams_are_per_prompt_and_sample():
     assert not np.array_equal(a[0], a[1])
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "gemma3"])
 def test_greedy_run_batch_matches_transformers_generate(arch):
     lm = tiny_model(arch, seed=2)
     prompts = ["the game was great", "you are a stupid idiot and i", "the"]

@@ -153,6 +153,11 @@ def sample_tokens(logits, u, temperature: float = 1.0, top_p: float = 1.0):
     return out
 
 
+def _cache_of(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
 def _forward_kwargs(model):
     import inspect
 
@@ -215,7 +220,7 @@ def run_batch(lm, texts, prompt_indices, *, units=(), n_samples: int = 1, max_ne
         b = ids.shape[0]
         if not generate:
             return BatchResult(acts, [[] for _ in range(b)], [[] for _ in range(b)])
-        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        cache = _cache_of(out)
         cache.batch_repeat_interleave(n_samples)
         rows = b * n_samples
         u = np.concatenate([sample_uniforms(seed, i, n_samples, max_new_tokens) for i in prompt_indices])
@@ -237,7 +242,7 @@ def run_batch(lm, texts, prompt_indices, *, units=(), n_samples: int = 1, max_ne
             mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
             out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos[:, None],
                         use_cache=True, **{cache_kw: cache}, **extra)
-            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            cache = _cache_of(out)
             next_pos = next_pos + 1
             logits = out.logits[:, -1]
     gen = torch.stack(steps, dim=1).cpu().tolist()
