@@ -10,7 +10,7 @@ through :func:`run_tasks`, which applies one function to every task and returns 
 
 Every random choice is fixed before dispatch: with ``random_state`` each task gets its own int seed from
 :func:`task_seeds`, a function of the seed and the task's position only, so the numbers are the same on every
-backend and for any number of workers. Dask is imported only when it is asked for. Layer 2: imports layer 0.
+backend and for any number of workers. Dask is imported only when it is asked for. Layer 1: imports layer 0.
 """
 from __future__ import annotations
 
