@@ -150,6 +150,17 @@ def test_logit_trapezoid_matches_quadrature(sd):
         assert got == pytest.approx(want, abs=1e-10)
 
 
+def test_logit_table_matches_direct_rule():
+    # many rows: the per-draw cubic Hermite table over eta; bound step^4/384 * max|expit^(4)| = 2.1e-9
+    rng = np.random.default_rng(0)
+    eta = rng.normal(scale=4.0, size=(20000, 6))
+    var = np.array([0.0, 0.01, 0.25, 1.0, 4.0, 9.0])
+    table = par._integrated_mean(eta, var, "logit")
+    direct = par._logit_normal(eta, np.sqrt(var))[0]
+    assert np.abs(table - direct).max() < 2.5e-9
+    assert np.abs(table[:, 0] - expit(eta[:, 0])).max() < 2.5e-9
+
+
 @pytest.mark.parametrize("family", ["probit", "logit"])
 def test_simulated_mediators_agree_with_integration(family):
     # same coefficient draws (same seed), mediator noise simulated vs integrated: equal in expectation
