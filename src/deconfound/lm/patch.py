@@ -570,8 +570,12 @@ class Patcher:
         grads = None
         if spec and grad:
             grads = [np.zeros_like(v) for _, _, v in spec[0]]
+        upcoming = pidx[order][np.sort(np.unique(pidx[order], return_index=True)[1])]  # prompts in visiting order
         for start in range(0, n, per):
             sel = order[start:start + per]
+            if any(int(i) not in self._where for i in pidx[sel]):  # build prefix caches for the next block at once
+                at = int(np.flatnonzero(upcoming == pidx[sel][0])[0])
+                self._ensure_prefix(np.union1d(pidx[sel], upcoming[at:at + self.cache_prompts]))
             groups, leaves = [], []
             if spec:
                 checked, which, local = spec
