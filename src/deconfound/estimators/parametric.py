@@ -111,9 +111,10 @@ class ParametricMediation(MediationEstimator):
                                 f"{' ...' if len(levels) > 6 else ''}")
         x1, names1 = _confounder_design(data, adj.first_stage)
         x2, names2 = _confounder_design(data, adj.second_stage)
+        patterns = _patterns(x1, x2)
         effects, diagnostics, notes = {}, {}, []
         for unit in units:
-            model = _Model(data, unit, x1, names1, x2, names2, self.outcome_family, bool(self.interaction))
+            model = _Model(data, unit, x1, names1, x2, names2, self.outcome_family, bool(self.interaction), patterns)
             model.fit()
             rng = _unit_rng(self.random_state, unit)
             effects[unit], info = self._effects(model, rng)
@@ -165,6 +166,21 @@ def _confounder_design(data, names) -> tuple[np.ndarray, list[str]]:
     x, labels = data.x_design(list(names))
     keep = np.any(x != 0, axis=0) if x.shape[1] else np.zeros(0, bool)
     return x[:, keep], [lab for lab, k in zip(labels, keep) if k]
+
+
+def _patterns(x1: np.ndarray, x2: np.ndarray):
+    """Distinct covariate rows: rows sharing one (e.g. a topic) share E[Y | t, M(t'), x], so the integrated
+    expectations are computed once per pattern. Returns (x1 rows, x2 rows, share of rows, pattern x row map)."""
+    n = len(x1)
+    xx = np.column_stack([x1, x2])
+    if xx.shape[1]:
+        rows, inv = np.unique(xx, axis=0, return_inverse=True)
+    else:
+        rows, inv = np.zeros((1, 0)), np.zeros(n, dtype=np.intp)
+    inv = inv.reshape(-1)
+    share = np.bincount(inv, minlength=len(rows)) / n
+    member = sparse.csr_matrix((np.ones(n), (inv, np.arange(n))), shape=(len(rows), n))
+    return rows[:, :x1.shape[1]], rows[:, x1.shape[1]:], share, member
 
 
 def _ols(x: np.ndarray, y: np.ndarray, names: list[str], what: str):
@@ -276,7 +292,7 @@ def _gram(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 class _Model:
     """The two fitted models of one unit, and the maps from parameter draws to E[Y(t, M(t'))]."""
 
-    def __init__(self, data, unit, x1, names1, x2, names2, family, interaction):
+    def __init__(self, data, unit, x1, names1, x2, names2, family, interaction, patterns=None):
         self.unit, self.family, self.interaction = unit, family, interaction
         self.m = np.asarray(data.mediator(unit), dtype=float)
         self.t = np.asarray(data.t, dtype=float)
@@ -300,18 +316,8 @@ class _Model:
         self.sl_c = slice(2 + d, 2 + 2 * d) if interaction else None
         self.sl_x = slice(self.w.shape[1] - q2, self.w.shape[1])
         self.first_stage, self.second_stage = list(names1), list(names2)
-        # rows sharing a covariate pattern (e.g. a topic) share E[Y | t, M(t'), x]: integrate once per pattern
-        xx = np.column_stack([x1, x2])
-        if xx.shape[1]:
-            patterns, inv = np.unique(xx, axis=0, return_inverse=True)
-        else:
-            patterns, inv = np.zeros((1, 0)), np.zeros(self.n, dtype=np.intp)
-        inv = inv.reshape(-1)
-        self.n_patterns = len(patterns)
-        self.x1u, self.x2u = patterns[:, :x1.shape[1]], patterns[:, x1.shape[1]:]
-        self.pattern_share = np.bincount(inv, minlength=self.n_patterns) / self.n
-        self.pattern_of = sparse.csr_matrix((np.ones(self.n), (inv, np.arange(self.n))),
-                                            shape=(self.n_patterns, self.n))
+        patterns = _patterns(x1, x2) if patterns is None else patterns
+        self.x1u, self.x2u, self.pattern_share, self.pattern_of = patterns
 
     # ---- fitting ------------------------------------------------------------------------------
     def fit(self) -> None:
