@@ -382,11 +382,13 @@ class _Model:
         else:
             gam = _glm_batch(self.w, self.y, counts, self.gamma, self.family)
         beta = self.betas(gam)
-        proj = np.einsum("nd,std->tns", self.m, beta)  # (2, n, S): M_i' beta_t
+        proj = [self.m @ beta[:, t].T for t in (0, 1)]  # (n, S) each: M_i' beta_t
         zgram = _gram(self.z, counts)
         h = np.stack([_solve_stack(zgram, (counts * proj[t]).T @ self.z) for t in (0, 1)], axis=1)
-        resid = proj - np.einsum("np,stp->tns", self.z, h)
-        v = np.einsum("tns,uns,ns->stu", resid, resid, counts) / (self.n - self.p1)
+        resid = [proj[t] - self.z @ h[:, t].T for t in (0, 1)]
+        v = np.empty((counts.shape[1], 2, 2))
+        for t, u in ((0, 0), (0, 1), (1, 1)):
+            v[:, t, u] = v[:, u, t] = (resid[t] * resid[u] * counts).sum(0) / (self.n - self.p1)
         return self.potential_means(gam, h, v, counts / self.n, noise, rng)
 
     # ---- effects ------------------------------------------------------------------------------
