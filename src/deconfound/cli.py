@@ -1,33 +1,240 @@
-"""Command line: ``deconfound demo|extract|estimate|compare|sensitivity|refute|report``."""
+"""Command line: ``deconfound demo|extract|estimate|compare|sensitivity|refute|report``.
+
+Every subcommand has ``--help``. Bad arguments end with exit code 2 and one line on stderr,
+``deconfound: error: <what>: expected ..., got ...``; set ``DECONFOUND_DEBUG=1`` to get the traceback instead.
+Library warnings are printed as one line each, ``deconfound: warning: ...``.
+"""
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import DeconfoundError
 
+# Names shown in --help; tests check them against the registries (importing those here would slow --help).
+ESTIMATORS = ("parametric", "weighting", "dml", "eb_total", "econml_te", "econml_diff")
+MODEL_ESTIMATORS = ("patching",)  # need a language model: only `deconfound demo` runs them
+REFUTERS = ("placebo_treatment", "random_common_cause", "data_subset", "dummy_outcome", "unobserved_confounder",
+            "topic_granularity")
+MIN_PROMPTS = 10
+USER_ERRORS = (DeconfoundError, ValueError, KeyError, LookupError, OSError, TypeError, NotImplementedError,
+               ImportError)
+
+
+class CliError(DeconfoundError, ValueError):
+    """A bad command-line value; the message is printed as one line."""
+
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no traceback
-        self.exit(2, f"deconfound: error: {message}\n")
+    def error(self, message):  # one line, no usage block, no traceback
+        self.exit(2, f"deconfound: error: {_one_line(message)}\n")
 
 
-def _csv(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks; appends a default to the help when there is a meaningful one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (default not in (None, False, [], argparse.SUPPRESS) and "%(default)" not in text
+                and action.option_strings and action.nargs != 0):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _one_line(message) -> str:
+    return " ".join(str(message).split())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Argument types (their errors become "argument --flag: expected ..., got ...")
+
+
+def _int_at_least(low: int):
+    def conv(value: str) -> int:
+        try:
+            out = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value!r}") from None
+        if out < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {out}")
+        return out
+    return conv
+
+
+def _float_in(low: float, high: float, *, closed_high: bool):
+    bracket = "]" if closed_high else ")"
+
+    def conv(value: str) -> float:
+        try:
+            out = float(value)
+        except ValueError:
+            out = float("nan")
+        ok = low <= out <= high if closed_high else low <= out < high
+        if not ok:
+            raise argparse.ArgumentTypeError(f"expected a number in [{low:g}, {high:g}{bracket}, got {value!r}")
+        return out
+    return conv
+
+
+def _names(value: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of names, got {value!r}")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise argparse.ArgumentTypeError(f"expected each name once, got {dup} more than once")
+    return names
+
+
+def _estimator_name(value: str) -> str:
+    from .estimators import available_estimators
+
+    known = [e for e in available_estimators() if e not in MODEL_ESTIMATORS]
+    if value in MODEL_ESTIMATORS:
+        raise argparse.ArgumentTypeError(f"expected one of {known}, got {value!r} (it needs a language model: "
+                                         "run `deconfound demo`)")
+    if value not in known:
+        raise argparse.ArgumentTypeError(f"expected one of {known}, got {value!r}")
+    return value
+
+
+def _estimator_list(value: str) -> list[str]:
+    return [_estimator_name(v) for v in _names(value)]
+
+
+def _graph(value: str) -> str:
+    from .graph import load_graph
+
+    try:
+        load_graph(value)
+    except DeconfoundError as exc:
+        raise argparse.ArgumentTypeError(_one_line(exc)) from None
+    return value
+
+
+def _graph_list(value: str) -> list[str]:
+    return [_graph(v) for v in _names(value)]
+
+
+def _refuter_list(value: str) -> list[str]:
+    from .refute import REFUTERS as known
+
+    names = _names(value)
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise argparse.ArgumentTypeError(f"expected names from {list(known)}, got {bad}")
+    return names
+
+
+def _setting(value: str) -> tuple[str | None, str, object]:
+    """``[estimator.]key=value``; the value is a Python literal (2, 0.1, None, True, 'eb') or a bare string."""
+    key, sep, raw = value.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE or ESTIMATOR.KEY=VALUE, got {value!r}")
+    scope, _, key = key.rpartition(".")
+    raw = raw.strip()
+    lowered = {"true": True, "false": False, "none": None}
+    if raw.lower() in lowered:
+        return scope or None, key, lowered[raw.lower()]
+    try:
+        return scope or None, key, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return scope or None, key, raw
+
+
+def _model(value: str) -> str:
+    from .lm.models import MODELS
+
+    if value not in MODELS and not Path(value).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"expected one of {sorted(MODELS)} or a local model folder, got {value!r}")
+    return value
+
+
+def _site(value: str) -> str:
+    from .lm.sites import parse_spec
+
+    try:
+        parse_spec(value)
+    except DeconfoundError as exc:
+        raise argparse.ArgumentTypeError(_one_line(exc)) from None
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shared steps
 
 
 def _load(path):
     from .data import MediationData
 
-    return MediationData.load(path)
+    p = Path(path)
+    if not p.is_dir():
+        what = "a file" if p.exists() else "a missing path"
+        raise CliError(f"--data: expected a saved MediationData folder, got {what} {str(path)!r}")
+    return MediationData.load(p)
+
+
+def _units(data, units):
+    if units is None:
+        return None
+    bad = [u for u in units if u not in data.mediators]
+    if bad:
+        shown = data.units[:10] + (["..."] if len(data.units) > 10 else [])
+        raise CliError(f"--units: expected names from {shown}, got {bad}")
+    return units
+
+
+def _estimators(names, settings, seed) -> dict:
+    """label -> estimator instance, each with the --set values it has (a scoped key must exist on its estimator;
+    a plain key on at least one of them)."""
+    from .estimators import get_estimator
+
+    ests = {n: get_estimator(n) for n in names}
+    used = set()
+    for scope, key, value in settings or ():
+        if scope is not None and scope not in ests:
+            raise CliError(f"--set {scope}.{key}: expected an estimator prefix from {list(ests)}, got {scope!r}")
+        targets = [scope] if scope is not None else list(ests)
+        for name in targets:
+            params = ests[name].get_params()
+            if key in params:
+                ests[name].set_params(**{key: value})
+                used.add((scope, key))
+            elif scope is not None:
+                raise CliError(f"--set {scope}.{key}: expected a setting of {scope} from {sorted(params)}, got {key!r}")
+        if (scope, key) not in used:
+            known = sorted({k for e in ests.values() for k in e.get_params()})
+            raise CliError(f"--set {key}: expected a setting of {' or '.join(ests)} from {known}, got {key!r}")
+    for est in ests.values():
+        if seed is not None and "random_state" in est.get_params():
+            est.set_params(random_state=seed)
+    return ests
+
+
+def _write_csv(frame, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    print(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Subcommands
 
 
 def cmd_demo(args) -> int:
     from . import demo
 
     if args.simulated:
+        for flag, value in (("--n-prompts", args.n_prompts), ("--neurons", args.neurons or None)):
+            if value is not None:
+                raise CliError(f"{flag}: expected no {flag} with --simulated (it sets the LLM run), got {value}")
         return demo.run_simulated(out=args.out, quick=args.quick, seed=args.seed)
     return demo.run_llm(out=args.out, quick=args.quick, n_prompts=args.n_prompts, seed=args.seed,
                         neurons=args.neurons)
@@ -39,20 +246,22 @@ def cmd_extract(args) -> int:
     data = demo.extract_default(out=args.out, n_prompts=args.n_prompts, seed=args.seed, model=args.model,
                                 site=args.site, n_samples=args.n_samples, max_new_tokens=args.max_new_tokens)
     print(data)
-    print(f"saved to {Path(args.out) / 'data'}")
+    saved = Path(args.out) / "extract" / "data"  # where demo.extract_default has lm.extract save it
+    print(f"saved to {saved}" if saved.is_dir() else f"extracted under {args.out}")
     return 0
 
 
 def cmd_estimate(args) -> int:
-    from .estimators import get_estimator
-
     data = _load(args.data)
-    est = get_estimator(args.estimator, **({"random_state": args.seed} if args.seed is not None else {}))
-    res = est.fit(data, graph=args.graph, units=_csv(args.units))
+    units = _units(data, args.units)
+    est = _estimators([args.estimator], args.set, args.seed)[args.estimator]
+    res = est.fit(data, graph=args.graph, units=units)
     print(res.summary())
     if args.out:
-        res.to_frame().to_csv(args.out, index=False)
-        print(f"wrote {args.out}")
+        frame = res.to_frame()
+        frame.insert(0, "graph", str(args.graph))
+        frame.insert(0, "estimator", args.estimator)
+        _write_csv(frame, args.out)
     return 0
 
 
@@ -60,47 +269,43 @@ def cmd_compare(args) -> int:
     from .compare import compare_estimators
 
     data = _load(args.data)
-    comp = compare_estimators(data, estimators=_csv(args.estimators), graphs=_csv(args.graphs),
-                              units=_csv(args.units), random_state=args.seed)
-    print(comp.frame.to_string(index=False, max_rows=60))
+    units = _units(data, args.units)
+    ests = _estimators(args.estimators, args.set, args.seed)
+    comp = compare_estimators(data, estimators=ests, graphs=args.graphs, units=units, folds=args.folds,
+                              random_state=args.seed, sensitivity={} if args.sensitivity else None,
+                              refuters=args.refuters)
+    with_pd_options(lambda: print(comp.frame.to_string(index=False, max_rows=60)))
     if args.out:
-        comp.frame.to_csv(args.out, index=False)
-        print(f"wrote {args.out}")
+        _write_csv(comp.frame, args.out)
     return 0
 
 
 def cmd_sensitivity(args) -> int:
-    from .estimators import get_estimator
     from .sensitivity import sensitivity_analysis
 
     data = _load(args.data)
-    res = get_estimator(args.estimator, random_state=args.seed).fit(data, graph=args.graph, units=_csv(args.units))
-    sens = sensitivity_analysis(res, cf_y=args.cf_y, cf_d=args.cf_d, rho=args.rho)
+    units = _units(data, args.units)
+    est = _estimators([args.estimator], args.set, args.seed)[args.estimator]
+    res = est.fit(data, graph=args.graph, units=units)
+    sens = sensitivity_analysis(res, cf_y=args.cf_y, cf_d=args.cf_d, rho=args.rho, level=args.level)
     print(sens.summary())
+    if args.out:
+        _write_csv(sens.to_frame(), args.out)
     return 0
 
 
 def cmd_refute(args) -> int:
-    from . import refute
-    from .estimators import get_estimator
+    from .refute import refute_all
 
     data = _load(args.data)
-    est = get_estimator(args.estimator, random_state=args.seed)
-    if args.units:
-        data = data.select_units(_csv(args.units))
-    names = _csv(args.refuters)
-    if names:
-        for n in names:
-            if not hasattr(refute, n):
-                raise ValueError(f"--refuters: expected names from deconfound.refute, got {n!r}")
-        import pandas as pd
-
-        table = pd.concat([getattr(refute, n)(est, data, graph=args.graph, random_state=args.seed).to_frame()
-                           for n in names], ignore_index=True)
-    else:
-        table = refute.refute_all(est, data, graph=args.graph)
-        table = table.to_frame() if hasattr(table, "to_frame") else table
-    print(table.to_string(index=False))
+    units = _units(data, args.units)
+    est = _estimators([args.estimator], args.set, args.seed)[args.estimator]
+    table = refute_all(est, data, graph=args.graph, units=units, random_state=args.seed, refuters=args.refuters)
+    with_pd_options(lambda: print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}")))
+    n_pass = int(table.passed.sum())
+    print(f"passed {n_pass} of {len(table)} rows (each row tested at alpha=0.05)")
+    if args.out:
+        _write_csv(table, args.out)
     return 0
 
 
@@ -108,86 +313,159 @@ def cmd_report(args) -> int:
     from . import demo
 
     data = _load(args.data)
-    paths = demo.analyse_and_report(data, out=args.out, estimators=_csv(args.estimators), seed=args.seed,
-                                    quick=args.quick)
+    ests = _estimators(args.estimators, args.set, args.seed)
+    paths = demo.analyse_and_report(data, out=args.out, estimators=ests, seed=args.seed, quick=args.quick,
+                                    refute_units=min(args.refute_units, len(data.units)))
+    print("\n".join(paths.get("summary", [])))
     print(f"report: {paths['html']}")
+    print(f"markdown: {paths['md']}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="deconfound", description="Causal mediation analysis of neural-network internals.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def with_pd_options(fn):
+    import pandas as pd
 
-    d = sub.add_parser("demo", help="the whole pipeline on the embedded default (SmolLM2, RTP, BBC, CrowS-Pairs)")
-    d.add_argument("--quick", action="store_true", help="a small run (about 3 minutes)")
-    d.add_argument("--n-prompts", type=int, default=None, help="prompts in all (default 600; quick 120)")
-    d.add_argument("--out", default="demo_out", help="output folder (resumable)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--simulated", action="store_true", help="run on the topic-confounded simulator instead")
-    d.add_argument("--neurons", action="store_true", help="neuron-level units (mlp_neurons)")
-    d.set_defaults(fn=cmd_demo)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        return fn()
 
-    e = sub.add_parser("extract", help="extract a MediationData from the default model and corpora")
-    e.add_argument("--out", required=True)
-    e.add_argument("--n-prompts", type=int, default=200)
-    e.add_argument("--model", default="smollm2-135m")
-    e.add_argument("--site", default="mlp_out")
-    e.add_argument("--n-samples", type=int, default=2)
-    e.add_argument("--max-new-tokens", type=int, default=12)
-    e.add_argument("--seed", type=int, default=0)
-    e.set_defaults(fn=cmd_extract)
 
-    def common(sp, estimator=True):
-        sp.add_argument("--data", required=True, help="a saved MediationData folder")
-        if estimator:
-            sp.add_argument("--estimator", default="dml")
-        sp.add_argument("--graph", default="topic_mediation", help="graph name or graphs/X.gml")
-        sp.add_argument("--units", default=None, help="comma-separated unit names (default all)")
-        sp.add_argument("--seed", type=int, default=0)
+# ---------------------------------------------------------------------------------------------------------
+# The parser
 
-    s = sub.add_parser("estimate", help="fit one estimator")
-    common(s)
-    s.add_argument("--out", default=None, help="write the tidy table as CSV")
-    s.set_defaults(fn=cmd_estimate)
+SET_HELP = ("an estimator setting, repeatable: KEY=VALUE (applied to every chosen estimator that has KEY) or "
+            "ESTIMATOR.KEY=VALUE; VALUE is a Python literal or a bare string, e.g. --set n_folds=2 "
+            "--set parametric.n_sims=200 --set propensity=logit")
+EST_HELP = f"a registered estimator: {', '.join(ESTIMATORS)}"
+ESTS_HELP = f"comma-separated registered estimators: {', '.join(ESTIMATORS)}"
 
-    c = sub.add_parser("compare", help="several estimators x graphs side by side")
-    c.add_argument("--data", required=True)
-    c.add_argument("--estimators", default="parametric,weighting,dml")
-    c.add_argument("--graphs", default="topic_mediation,unadjusted_mediation")
-    c.add_argument("--units", default=None)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--out", default=None)
-    c.set_defaults(fn=cmd_compare)
 
-    v = sub.add_parser("sensitivity", help="omitted-variable-bias bounds and robustness values")
-    common(v)
-    v.add_argument("--cf-y", type=float, default=0.03)
-    v.add_argument("--cf-d", type=float, default=0.03)
-    v.add_argument("--rho", type=float, default=1.0)
-    v.set_defaults(fn=cmd_sensitivity)
-
-    r = sub.add_parser("refute", help="refutation tests that re-run the whole estimator")
-    common(r)
-    r.add_argument("--refuters", default=None, help="comma-separated (default all)")
-    r.set_defaults(fn=cmd_refute)
-
-    rp = sub.add_parser("report", help="estimate, compare and write the HTML report for a saved dataset")
-    rp.add_argument("--data", required=True)
-    rp.add_argument("--out", required=True)
-    rp.add_argument("--estimators", default=None)
-    rp.add_argument("--quick", action="store_true")
-    rp.add_argument("--seed", type=int, default=0)
-    rp.set_defaults(fn=cmd_report)
+def _sub(sub, name, help_text, description, fn):
+    p = sub.add_parser(name, help=help_text, description=description, formatter_class=_Formatter)
+    p.set_defaults(fn=fn)
     return p
 
 
+def _data_args(sp, *, estimator=True, graph=True, units=True):
+    sp.add_argument("--data", required=True, metavar="DIR", help="a saved MediationData folder (MediationData.save)")
+    if estimator:
+        sp.add_argument("--estimator", default="dml", type=_estimator_name, help=EST_HELP)
+    if graph:
+        sp.add_argument("--graph", default="topic_mediation", type=_graph,
+                        help="graph name (topic_mediation, unadjusted_mediation, latent_topic) or a .gml/.dot path")
+    if units:
+        sp.add_argument("--units", default=None, type=_names, help="comma-separated unit names (default: all)")
+    sp.add_argument("--seed", type=_int_at_least(0), default=0, help="random_state of every estimator")
+    sp.add_argument("--set", action="append", type=_setting, default=[], metavar="[EST.]KEY=VALUE", help=SET_HELP)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = _Parser(prog="deconfound", formatter_class=_Formatter,
+                description="Causal mediation analysis of neural-network internals, with topic adjustment.",
+                epilog="Set DECONFOUND_DEBUG=1 to see tracebacks instead of one-line errors.")
+    p.add_argument("--version", action="version", version=f"deconfound {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    d = _sub(sub, "demo", "the whole pipeline on the embedded default (SmolLM2, RTP, BBC, CrowS-Pairs)",
+             "Extract from SmolLM2-135M, estimate adjusted and unadjusted effects, stress-test them and write the "
+             "report.\nResumable: a re-run with the same --out reuses finished extraction shards.", cmd_demo)
+    d.add_argument("--quick", action="store_true", help="a small run (about 3 minutes)")
+    d.add_argument("--n-prompts", type=_int_at_least(MIN_PROMPTS), default=None, metavar="N",
+                   help="prompts in all (default 600; with --quick 120)")
+    d.add_argument("--out", default="demo_out", metavar="DIR", help="output folder")
+    d.add_argument("--seed", type=_int_at_least(0), default=0)
+    d.add_argument("--simulated", action="store_true", help="run on the topic-confounded simulator instead")
+    d.add_argument("--neurons", action="store_true", help="neuron-level units (mlp_neurons)")
+
+    e = _sub(sub, "extract", "extract a MediationData from the default model and corpora",
+             "Generate continuations, score them, label topics and capture activations; the MediationData is "
+             "saved to OUT/extract/data (resumable: finished shards are reused).", cmd_extract)
+    e.add_argument("--out", required=True, metavar="DIR")
+    e.add_argument("--n-prompts", type=_int_at_least(MIN_PROMPTS), default=200, metavar="N")
+    e.add_argument("--model", type=_model, default="smollm2-135m", help="smollm2-135m or a local model folder")
+    e.add_argument("--site", type=_site, default="mlp_out", help="site kind (mlp_out, mlp_neurons, attn_out, "
+                   "resid_post), optionally with layers: mlp_out.L3 or mlp_out.L2-5")
+    e.add_argument("--n-samples", type=_int_at_least(1), default=2, help="continuations per prompt")
+    e.add_argument("--max-new-tokens", type=_int_at_least(1), default=12)
+    e.add_argument("--seed", type=_int_at_least(0), default=0)
+
+    s = _sub(sub, "estimate", "fit one estimator and print its summary",
+             "Example: deconfound estimate --data DIR --estimator dml --graph topic_mediation --set n_folds=2",
+             cmd_estimate)
+    _data_args(s)
+    s.add_argument("--out", default=None, metavar="CSV", help="write the tidy table (one row per unit x effect x arm)")
+
+    c = _sub(sub, "compare", "several estimators x graphs side by side (paired folds and resamples)",
+             "Example: deconfound compare --data DIR --estimators weighting,dml --out estimates.csv", cmd_compare)
+    _data_args(c, estimator=False, graph=False)
+    c.add_argument("--estimators", default="parametric,weighting,dml", type=_estimator_list, help=ESTS_HELP)
+    c.add_argument("--graphs", default="topic_mediation,unadjusted_mediation", type=_graph_list,
+                   help="comma-separated graph names or paths")
+    c.add_argument("--folds", type=_int_at_least(2), default=None, help="n_folds shared by cross-fitted estimators")
+    c.add_argument("--sensitivity", action="store_true", help="add robustness values RV/RVa where available")
+    c.add_argument("--refuters", type=_refuter_list, default=None,
+                   help=f"add a pass/fail column from these refuters: {', '.join(REFUTERS)}")
+    c.add_argument("--out", default=None, metavar="CSV", help="write the tidy table")
+
+    v = _sub(sub, "sensitivity", "omitted-variable-bias bounds and robustness values",
+             "Bounds (DoubleML layout) for a score-based estimator (dml). Strengths as in DoubleML: cf_y and cf_d "
+             "are partial R^2 of a latent confounder, rho their correlation.", cmd_sensitivity)
+    _data_args(v)
+    v.add_argument("--cf-y", type=_float_in(0, 1, closed_high=False), default=0.03, help="in [0, 1)")
+    v.add_argument("--cf-d", type=_float_in(0, 1, closed_high=False), default=0.03, help="in [0, 1)")
+    v.add_argument("--rho", type=_float_in(-1, 1, closed_high=True), default=1.0, help="in [-1, 1]")
+    v.add_argument("--level", type=_float_in(0, 1, closed_high=False), default=0.95, help="CI level")
+    v.add_argument("--out", default=None, metavar="CSV", help="write the bounds table")
+
+    r = _sub(sub, "refute", "refutation tests that re-run the whole estimator",
+             "Each refuter perturbs the data and re-fits; a row passes when its rule holds at alpha=0.05.",
+             cmd_refute)
+    _data_args(r)
+    r.add_argument("--refuters", type=_refuter_list, default=None,
+                   help=f"comma-separated, from {', '.join(REFUTERS)} (default: all)")
+    r.add_argument("--out", default=None, metavar="CSV", help="write the refutation table")
+
+    rp = _sub(sub, "report", "estimate, compare and write the HTML and markdown report for a saved dataset",
+              "Writes OUT/report.html (images inlined), OUT/report.md, OUT/figures/*.png and OUT/estimates.csv.",
+              cmd_report)
+    _data_args(rp, estimator=False, graph=False, units=False)
+    rp.add_argument("--out", required=True, metavar="DIR")
+    rp.add_argument("--estimators", default="weighting,dml", type=_estimator_list,
+                    help=ESTS_HELP + " (with dml: sensitivity and refutation sections)")
+    rp.add_argument("--quick", action="store_true", help="fewer bootstrap draws for the localization CIs")
+    rp.add_argument("--refute-units", type=_int_at_least(1), default=3, metavar="K",
+                    help="refute the dml fit on the K units with the largest effects")
+    return p
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"deconfound: warning: {_one_line(message)}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line; returns the exit code (0 ok, 2 bad input, 1 unexpected failure)."""
+    debug = bool(os.environ.get("DECONFOUND_DEBUG"))
     try:
-        return int(args.fn(args) or 0)
-    except (DeconfoundError, ValueError, KeyError, FileNotFoundError, TypeError, NotImplementedError) as exc:
-        if os.environ.get("DECONFOUND_DEBUG"):
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version and argument errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.fn(args) or 0)
+    except KeyboardInterrupt:
+        print("deconfound: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        if debug:
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"deconfound: error: {msg}", file=sys.stderr)
+        print(f"deconfound: error: {_one_line(msg)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - one line for the user; DECONFOUND_DEBUG=1 shows the traceback
+        if debug:
+            raise
+        print(f"deconfound: error: {type(exc).__name__}: {_one_line(exc)} (set DECONFOUND_DEBUG=1 for the "
+              "traceback)", file=sys.stderr)
+        return 1
