@@ -259,8 +259,8 @@ def cmd_estimate(args) -> int:
     print(res.summary())
     if args.out:
         frame = res.to_frame()
-        frame.insert(0, "graph", str(args.graph))
-        frame.insert(0, "estimator", args.estimator)
+        for col, value in (("population", res.population), ("graph", str(args.graph)), ("estimator", args.estimator)):
+            frame.insert(0, col, value)
         _write_csv(frame, args.out)
     return 0
 

@@ -1,0 +1,313 @@
+"""cli.py: every subcommand over a saved MediationData folder, in process (deconfound.cli.main), plus one
+subprocess smoke test. Numbers are checked against closed forms (entropy balancing on one-hot topics is
+post-stratification), the simulator's truth, and the library called directly with the same settings.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deconfound import cli, refute
+from deconfound.cli import main
+from deconfound.data import MediationData
+from deconfound.errors import DataError
+from deconfound.estimators import available_estimators, get_estimator
+from deconfound.simulate import topic_mediation
+
+SUBCOMMANDS = ["demo", "extract", "estimate", "compare", "sensitivity", "refute", "report"]
+CHEAP = {"parametric": ["--set", "n_sims=50"], "weighting": [], "dml": ["--set", "n_folds=2"], "eb_total": [],
+         "econml_te": ["--set", "n_folds=2"], "econml_diff": ["--set", "n_folds=2"]}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """(folder, data, truth): 300 rows, 4 topics, u0 causal and u1 a pure topic tracker."""
+    data, truth = topic_mediation(300, n_units=2, n_topics=4, seed=1)
+    folder = tmp_path_factory.mktemp("cli") / "data"
+    data.save(folder)
+    return folder, MediationData.load(folder), truth
+
+
+def run(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def post_stratified_att(data, t=None):
+    """Closed form of entropy balancing ATT on one-hot topics: treated-share-weighted within-topic differences."""
+    t = data.t if t is None else t
+    topic = data.x["topic"].astype(str).to_numpy()
+    est = 0.0
+    for k in np.unique(topic):
+        rows = topic == k
+        est += (t[rows] == 1).sum() / t.sum() * (data.y[rows & (t == 1)].mean() - data.y[rows & (t == 0)].mean())
+    return est
+
+
+def row(frame, **keys):
+    sel = frame
+    for k, v in keys.items():
+        sel = sel[sel[k] == v]
+    assert len(sel) == 1, keys
+    return sel.iloc[0]
+
+
+# ---- help and names -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cmd", [[], *[[c] for c in SUBCOMMANDS]])
+def test_help_everywhere(capsys, cmd):
+    rc, out, err = run(capsys, *cmd, "--help")
+    assert rc == 0 and err == ""
+    assert out.startswith(f"usage: deconfound {cmd[0]}" if cmd else "usage: deconfound")
+    if cmd and cmd[0] in ("estimate", "compare", "sensitivity", "refute", "report"):
+        assert "--set" in out and "--data" in out
+
+
+def test_help_names_match_the_registries():
+    assert sorted(cli.ESTIMATORS) == sorted(set(available_estimators()) - set(cli.MODEL_ESTIMATORS))
+    assert list(cli.REFUTERS) == list(refute.REFUTERS)
+
+
+def test_version(capsys):
+    rc, out, _ = run(capsys, "--version")
+    assert rc == 0 and out.startswith("deconfound ")
+
+
+def test_python_dash_m_help_subprocess():
+    proc = subprocess.run([sys.executable, "-m", "deconfound", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: deconfound") and "estimate" in proc.stdout and "Traceback" not in proc.stderr
+
+
+# ---- estimate -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(CHEAP))
+def test_estimate_every_estimator(capsys, saved, tmp_path, name):
+    folder, data, truth = saved
+    out = tmp_path / "sub" / "est.csv"
+    rc, text, err = run(capsys, "estimate", "--data", folder, "--estimator", name, "--units", "u0", *CHEAP[name],
+                        "--out", out)
+    assert rc == 0, err
+    assert "Causal mediation analysis" in text and f"wrote {out}" in text
+    frame = pd.read_csv(out)
+    assert list(frame.columns[:4]) == ["estimator", "graph", "population", "unit"]
+    assert set(frame.estimator) == {name} and set(frame.graph) == {"topic_mediation"} and set(frame.unit) == {"u0"}
+    assert np.isfinite(frame[["estimate", "se", "ci_lower", "ci_upper"]].to_numpy()).all()
+    pop = frame.population.iloc[0]
+    # the simulator's exact truth, with the estimator's own SE (n = 300; the seed is fixed)
+    for effect in ("te", "nie"):
+        sel = frame[(frame.effect == effect) & (frame.arm == "average")]
+        if len(sel):
+            r = sel.iloc[0]
+            assert abs(r.estimate - truth.value("u0", effect, "average", pop)) < 3 * r.se, (effect, r.estimate)
+    if name == "eb_total":  # closed form: post-stratification on the four topics, ATT
+        assert pop == "att" and set(frame.effect) == {"te"}
+        np.testing.assert_allclose(row(frame, effect="te", arm="average").estimate, post_stratified_att(data),
+                                   rtol=1e-9)
+    if name == "parametric":  # the CLI passed n_sims=50 and the seed: same numbers as the library call
+        lib = get_estimator("parametric", n_sims=50, random_state=0).fit(data, units=["u0"]).to_frame()
+        np.testing.assert_allclose(frame[["estimate", "se", "ci_lower", "ci_upper"]].to_numpy(),
+                                   lib[["estimate", "se", "ci_lower", "ci_upper"]].to_numpy(), rtol=1e-12)
+
+
+def test_estimate_seed_and_settings_reach_the_estimator(capsys, saved, tmp_path):
+    folder, data, _ = saved
+    frames = []
+    for i, extra in enumerate([["--seed", "0"], ["--seed", "1"], ["--seed", "1", "--set", "parametric.n_sims=60"]]):
+        out = tmp_path / f"p{i}.csv"
+        rc, _, err = run(capsys, "estimate", "--data", folder, "--estimator", "parametric", "--units", "u1",
+                         "--set", "n_sims=40", *extra, "--out", out)
+        assert rc == 0, err
+        frames.append(pd.read_csv(out))
+    lib = get_estimator("parametric", n_sims=60, random_state=1).fit(data, units=["u1"]).to_frame()
+    np.testing.assert_allclose(frames[2].ci_lower, lib.ci_lower, rtol=1e-12)  # the later --set wins
+    np.testing.assert_allclose(frames[0].estimate, frames[1].estimate, rtol=1e-12)  # point estimate: no draws
+    assert not np.allclose(frames[0].ci_lower, frames[1].ci_lower)  # CIs from seeded draws
+
+
+def test_estimate_unadjusted_graph_by_path(capsys, saved, tmp_path):
+    folder, data, _ = saved
+    from deconfound.graph import graph_path
+
+    out = tmp_path / "u.csv"
+    rc, _, err = run(capsys, "estimate", "--data", folder, "--estimator", "eb_total", "--graph",
+                     graph_path("unadjusted_mediation"), "--out", out)
+    assert rc == 0, err
+    frame = pd.read_csv(out)
+    raw = data.y[data.t == 1].mean() - data.y[data.t == 0].mean()  # no confounder: plain difference of means
+    for unit in ("u0", "u1"):
+        np.testing.assert_allclose(row(frame, unit=unit, effect="te", arm="average").estimate, raw, rtol=1e-9)
+
+
+# ---- compare --------------------------------------------------------------------------------------------
+def test_compare_writes_the_tidy_table(capsys, saved, tmp_path):
+    folder, data, _ = saved
+    out = tmp_path / "cmp.csv"
+    rc, text, err = run(capsys, "compare", "--data", folder, "--estimators", "weighting,eb_total,parametric",
+                        "--set", "n_sims=50", "--units", "u0,u1", "--out", out)
+    assert rc == 0, err
+    frame = pd.read_csv(out)
+    tidy = ["estimator", "graph", "unit", "effect", "arm", "estimate", "se", "ci_lower", "ci_upper", "p_value",
+            "runtime_s", "rv", "rva", "refutation_passed"]
+    assert list(frame.columns[:len(tidy)]) == tidy
+    assert set(zip(frame.estimator, frame.graph)) == {(e, g) for e in ("weighting", "eb_total", "parametric")
+                                                      for g in ("topic_mediation", "unadjusted_mediation")}
+    assert set(frame.unit) == {"u0", "u1"}
+    assert not frame.duplicated(["estimator", "graph", "unit", "effect", "arm"]).any()
+    assert set(frame[frame.estimator == "eb_total"].effect) == {"te"}
+    eb = frame[(frame.estimator == "eb_total") & (frame.effect == "te") & (frame.arm == "average")]
+    adj, unadj = (eb[eb.graph == g].estimate.to_numpy() for g in ("topic_mediation", "unadjusted_mediation"))
+    np.testing.assert_allclose(adj, post_stratified_att(data), rtol=1e-9)
+    np.testing.assert_allclose(unadj, data.y[data.t == 1].mean() - data.y[data.t == 0].mean(), rtol=1e-9)
+    # u1 tracks the topic only: its unadjusted NIE is spurious, the topic-adjusted one is not significant
+    w = frame[(frame.estimator == "weighting") & (frame.unit == "u1") & (frame.effect == "nie")
+              & (frame.arm == "average")].set_index("graph")
+    assert w.loc["unadjusted_mediation"].ci_lower > 0
+    assert w.loc["topic_mediation"].ci_lower < 0 < w.loc["topic_mediation"].ci_upper
+    assert "weighting" in text and f"wrote {out}" in text
+
+
+# ---- sensitivity ----------------------------------------------------------------------------------------
+def test_sensitivity_prints_the_doubleml_layout(capsys, saved, tmp_path):
+    folder, _, _ = saved
+    base = ["sensitivity", "--data", folder, "--estimator", "dml", "--units", "u0", "--set", "n_folds=2"]
+    rc, text, err = run(capsys, *base, "--cf-y", "0.04", "--cf-d", "0.02", "--out", tmp_path / "s.csv")
+    assert rc == 0, err
+    lines = text.splitlines()
+    assert lines[0].startswith("=" * 18 + " Sensitivity Analysis")
+    for head in ("Scenario", "Bounds with CI", "Robustness Values"):
+        assert any(line.startswith("-" * 18 + f" {head}") for line in lines)
+    assert "Sensitivity parameters: cf_y=0.04; cf_d=0.02, rho=1.0" in text
+    assert any(line.startswith("u0 NIE (treated)") for line in lines)
+    wide = pd.read_csv(tmp_path / "s.csv")
+    assert (wide.ci_lower <= wide.theta_lower).all() and (wide.theta_lower < wide.theta).all()
+    assert (wide.theta < wide.theta_upper).all() and (wide.theta_upper <= wide.ci_upper).all()
+    # rho = 0 collapses the bounds onto theta; theta and the robustness values do not depend on rho
+    rc, text, err = run(capsys, *base, "--rho", "0", "--out", tmp_path / "s0.csv")
+    assert rc == 0, err
+    flat = pd.read_csv(tmp_path / "s0.csv")
+    np.testing.assert_allclose(flat.theta_lower, flat.theta, rtol=1e-12)
+    np.testing.assert_allclose(flat.theta_upper, flat.theta, rtol=1e-12)
+    np.testing.assert_allclose(flat[["theta", "rv", "rva"]], wide[["theta", "rv", "rva"]], rtol=1e-12)
+
+
+# ---- refute ---------------------------------------------------------------------------------------------
+def test_refute_subset_matches_the_library(capsys, saved, tmp_path):
+    folder, data, _ = saved
+    out = tmp_path / "ref.csv"
+    rc, text, err = run(capsys, "refute", "--data", folder, "--estimator", "weighting", "--units", "u0",
+                        "--refuters", "placebo_treatment,data_subset", "--seed", "3", "--out", out)
+    assert rc == 0, err
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == refute.COLUMNS
+    assert set(frame.refuter) == {"placebo_treatment", "data_subset"}
+    lib = refute.refute_all(get_estimator("weighting", random_state=3), data, graph="topic_mediation", units=["u0"],
+                            random_state=3, refuters=["placebo_treatment", "data_subset"])
+    np.testing.assert_allclose(frame.new_estimate, lib.new_estimate, rtol=1e-10)
+    assert frame.passed.tolist() == lib.passed.tolist()
+    assert f"passed {int(lib.passed.sum())} of {len(lib)} rows" in text
+
+
+# ---- report ---------------------------------------------------------------------------------------------
+def test_report_writes_html_and_markdown_with_existing_images(capsys, saved, tmp_path):
+    import re
+
+    folder, _, _ = saved
+    out = tmp_path / "rep"
+    rc, text, err = run(capsys, "report", "--data", folder, "--out", out, "--estimators", "weighting,parametric",
+                        "--set", "n_sims=50", "--quick")
+    assert rc == 0, err
+    html_path, md_path = out / "report.html", out / "report.md"
+    assert f"report: {html_path}" in text and html_path.stat().st_size > 10_000
+    md = md_path.read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(images) >= 5
+    for rel in images:
+        assert (out / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert html_path.read_text().count("data:image/png;base64,") == len(images)
+    est = pd.read_csv(out / "estimates.csv")
+    assert set(est.estimator) == {"weighting", "parametric"} and np.isfinite(est.estimate).all()
+
+
+# ---- bad arguments: exit 2, one line "deconfound: error: ... expected ..., got ..." --------------------
+BAD = [
+    (["estimate", "--data", "{missing}"], ["missing_folder", "expected"]),
+    (["estimate", "--data", "{data}", "--estimator", "nope"], ["'nope'", "expected one of"]),
+    (["estimate", "--data", "{data}", "--estimator", "patching"], ["'patching'", "language model"]),
+    (["compare", "--data", "{data}", "--estimators", "weighting,nope"], ["'nope'", "expected one of"]),
+    (["report", "--data", "{data}", "--out", "{tmp}", "--estimators", "nope"], ["'nope'", "expected one of"]),
+    (["estimate", "--data", "{data}", "--graph", "nograph"], ["'nograph'", "expected"]),
+    (["estimate", "--data", "{data}", "--graph", "{tmp}/gone.gml"], ["gone.gml", "expected"]),
+    (["compare", "--data", "{data}", "--graphs", "topic_mediation,nograph"], ["'nograph'", "expected"]),
+    (["estimate", "--data", "{data}", "--units", "u0,u9"], ["'u9'", "expected names from ['u0', 'u1']"]),
+    (["refute", "--data", "{data}", "--units", "zz"], ["'zz'", "expected names"]),
+    (["sensitivity", "--data", "{data}", "--cf-y", "abc"], ["--cf-y", "'abc'", "expected a number in [0, 1)"]),
+    (["sensitivity", "--data", "{data}", "--cf-d", "1"], ["--cf-d", "'1'", "expected a number in [0, 1)"]),
+    (["sensitivity", "--data", "{data}", "--rho", "-2"], ["--rho", "'-2'", "expected a number in [-1, 1]"]),
+    (["refute", "--data", "{data}", "--refuters", "placebo_treatment,nope"], ["'nope'", "expected names from"]),
+    (["compare", "--data", "{data}", "--refuters", "strata_labels"], ["'strata_labels'", "expected names from"]),
+    (["estimate", "--data", "{data}", "--set", "n_folds"], ["'n_folds'", "expected KEY=VALUE"]),
+    (["estimate", "--data", "{data}", "--estimator", "weighting", "--set", "bogus=1"], ["'bogus'", "expected a setting"]),
+    (["compare", "--data", "{data}", "--estimators", "weighting", "--set", "dml.n_folds=2"], ["'dml'", "expected"]),
+    (["estimate", "--data", "{data}", "--seed", "-1"], ["--seed", "-1", "expected an integer >= 0"]),
+    (["estimate", "--data", "{data}", "--units", ","], ["','", "expected a comma-separated list"]),
+    (["demo", "--n-prompts", "0"], ["--n-prompts", "got 0", "expected an integer >= 10"]),
+    (["demo", "--n-prompts", "-5"], ["--n-prompts", "got -5", "expected an integer >= 10"]),
+    (["demo", "--n-prompts", "many"], ["--n-prompts", "'many'", "expected an integer"]),
+    (["demo", "--simulated", "--neurons"], ["--neurons", "expected no --neurons"]),
+    (["extract", "--out", "{tmp}", "--n-prompts", "0"], ["--n-prompts", "got 0", "expected"]),
+    (["extract", "--out", "{tmp}", "--site", "mlp_in"], ["'mlp_in'", "expected one of"]),
+    (["extract", "--out", "{tmp}", "--model", "gpt-5"], ["'gpt-5'", "expected one of"]),
+    (["extract", "--out", "{tmp}", "--max-new-tokens", "0"], ["--max-new-tokens", "expected an integer >= 1"]),
+    (["extract"], ["--out", "required"]),
+    ([], ["required"]),
+    (["estimate", "--data", "{data}", "--estimator", "dml", "--set", "n_folds=-1"], ["n_folds", "got -1"]),
+]
+
+
+@pytest.mark.parametrize("argv, needles", BAD, ids=[" ".join(a[:1] + a[-2:]) for a, _ in BAD])
+def test_bad_arguments_are_one_line_errors(capsys, saved, tmp_path, argv, needles):
+    folder = saved[0]
+    fill = {"{data}": str(folder), "{missing}": str(tmp_path / "missing_folder"), "{tmp}": str(tmp_path)}
+    args = []
+    for a in argv:
+        for key, value in fill.items():
+            a = a.replace(key, value)
+        args.append(a)
+    rc, out, err = run(capsys, *args)
+    assert rc == 2
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("deconfound: error: ")
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert "Traceback" not in err
+
+
+def test_debug_env_reraises(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("DECONFOUND_DEBUG", "1")
+    with pytest.raises(cli.CliError, match="missing"):
+        main(["estimate", "--data", str(tmp_path / "missing")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="table.parquet"):  # a library error, raised as is
+        main(["estimate", "--data", str(tmp_path / "empty")])
+
+
+def test_not_a_mediationdata_folder(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    rc, _, err = run(capsys, "estimate", "--data", tmp_path / "empty")
+    assert rc == 2 and len(err.splitlines()) == 1 and "expected a MediationData folder with table.parquet" in err
+
+
+def test_unexpected_failure_is_one_line_exit_1(capsys, saved, monkeypatch):
+    def boom(args):
+        raise RuntimeError("solver\nexploded")
+
+    monkeypatch.setattr(cli, "cmd_estimate", boom)
+    rc, _, err = run(capsys, "estimate", "--data", saved[0], "--estimator", "eb_total")
+    assert rc == 1 and err == ("deconfound: error: RuntimeError: solver exploded (set DECONFOUND_DEBUG=1 for the "
+                               "traceback)\n")
