@@ -216,7 +216,9 @@ class Reweight(_Sampled):
         expanded = [(u, (rws[:, None] * s + torch.arange(s, device=rws.device)).reshape(-1),
                      vals.repeat_interleave(s, dim=0)) for u, rws, vals in groups]
         out = patcher._forward(rows, inputs, expanded)
-        logits = out.logits.float() / self.temperature
+        logits = out.logits.float()
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
         tok = logits.gather(2, target[:, :, None])[:, :, 0] - logits.logsumexp(dim=-1)
         return torch.where(keep, tok, torch.zeros_like(tok)).sum(dim=1).reshape(len(pidx), s)
 
