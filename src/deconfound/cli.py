@@ -20,6 +20,7 @@ ESTIMATORS = ("parametric", "weighting", "dml", "eb_total", "econml_te", "econml
 MODEL_ESTIMATORS = ("patching",)  # need a language model: only `deconfound demo` runs them
 REFUTERS = ("placebo_treatment", "random_common_cause", "data_subset", "dummy_outcome", "unobserved_confounder",
             "topic_granularity")
+PER_ARM_NIE = ("weighting", "dml", "parametric")  # report the NIE (treated) curve: one of these leads the report
 MIN_PROMPTS = 10
 USER_ERRORS = (DeconfoundError, ValueError, KeyError, LookupError, OSError, TypeError, NotImplementedError,
                ImportError)
@@ -196,6 +197,9 @@ def _estimators(names, settings, seed) -> dict:
     from .estimators import get_estimator
 
     ests = {n: get_estimator(n) for n in names}
+    for est in ests.values():  # --seed first, so that an explicit --set random_state=... wins
+        if seed is not None and "random_state" in est.get_params():
+            est.set_params(random_state=seed)
     used = set()
     for scope, key, value in settings or ():
         if scope is not None and scope not in ests:
@@ -211,9 +215,6 @@ def _estimators(names, settings, seed) -> dict:
         if (scope, key) not in used:
             known = sorted({k for e in ests.values() for k in e.get_params()})
             raise CliError(f"--set {key}: expected a setting of {' or '.join(ests)} from {known}, got {key!r}")
-    for est in ests.values():
-        if seed is not None and "random_state" in est.get_params():
-            est.set_params(random_state=seed)
     return ests
 
 
@@ -274,7 +275,7 @@ def cmd_compare(args) -> int:
     comp = compare_estimators(data, estimators=ests, graphs=args.graphs, units=units, folds=args.folds,
                               random_state=args.seed, sensitivity={} if args.sensitivity else None,
                               refuters=args.refuters)
-    with_pd_options(lambda: print(comp.frame.to_string(index=False, max_rows=60)))
+    _with_pd_options(lambda: print(comp.frame.to_string(index=False, max_rows=60)))
     if args.out:
         _write_csv(comp.frame, args.out)
     return 0
@@ -301,7 +302,7 @@ def cmd_refute(args) -> int:
     units = _units(data, args.units)
     est = _estimators([args.estimator], args.set, args.seed)[args.estimator]
     table = refute_all(est, data, graph=args.graph, units=units, random_state=args.seed, refuters=args.refuters)
-    with_pd_options(lambda: print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}")))
+    _with_pd_options(lambda: print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}")))
     n_pass = int(table.passed.sum())
     print(f"passed {n_pass} of {len(table)} rows (each row tested at alpha=0.05)")
     if args.out:
@@ -312,17 +313,23 @@ def cmd_refute(args) -> int:
 def cmd_report(args) -> int:
     from . import demo
 
+    lead = [e for e in args.estimators if e in PER_ARM_NIE]
+    if not lead:
+        raise CliError(f"--estimators: expected at least one of {list(PER_ARM_NIE)} (the report's per-unit NIE "
+                       f"(treated) curves), got {args.estimators}")
     data = _load(args.data)
+    if args.units:
+        data = data.select_units(_units(data, args.units))
     ests = _estimators(args.estimators, args.set, args.seed)
     paths = demo.analyse_and_report(data, out=args.out, estimators=ests, seed=args.seed, quick=args.quick,
-                                    refute_units=min(args.refute_units, len(data.units)))
+                                    main=lead[0], refute_units=min(args.refute_units, len(data.units)))
     print("\n".join(paths.get("summary", [])))
     print(f"report: {paths['html']}")
     print(f"markdown: {paths['md']}")
     return 0
 
 
-def with_pd_options(fn):
+def _with_pd_options(fn):
     import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_columns", 30):
@@ -429,10 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp = _sub(sub, "report", "estimate, compare and write the HTML and markdown report for a saved dataset",
               "Writes OUT/report.html (images inlined), OUT/report.md, OUT/figures/*.png and OUT/estimates.csv.",
               cmd_report)
-    _data_args(rp, estimator=False, graph=False, units=False)
+    _data_args(rp, estimator=False, graph=False)
     rp.add_argument("--out", required=True, metavar="DIR")
     rp.add_argument("--estimators", default="weighting,dml", type=_estimator_list,
-                    help=ESTS_HELP + " (with dml: sensitivity and refutation sections)")
+                    help=ESTS_HELP + "; the first of weighting, dml, parametric leads the summary; with dml: "
+                    "sensitivity and refutation sections")
     rp.add_argument("--quick", action="store_true", help="fewer bootstrap draws for the localization CIs")
     rp.add_argument("--refute-units", type=_int_at_least(1), default=3, metavar="K",
                     help="refute the dml fit on the K units with the largest effects")

@@ -4,6 +4,7 @@ post-stratification), the simulator's truth, and the library called directly wit
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -116,7 +117,9 @@ def test_estimate_every_estimator(capsys, saved, tmp_path, name):
 def test_estimate_seed_and_settings_reach_the_estimator(capsys, saved, tmp_path):
     folder, data, _ = saved
     frames = []
-    for i, extra in enumerate([["--seed", "0"], ["--seed", "1"], ["--seed", "1", "--set", "parametric.n_sims=60"]]):
+    cases = [["--seed", "0"], ["--seed", "1"], ["--seed", "1", "--set", "parametric.n_sims=60"],
+             ["--set", "random_state=1", "--seed", "0"]]
+    for i, extra in enumerate(cases):
         out = tmp_path / f"p{i}.csv"
         rc, _, err = run(capsys, "estimate", "--data", folder, "--estimator", "parametric", "--units", "u1",
                          "--set", "n_sims=40", *extra, "--out", out)
@@ -126,6 +129,7 @@ def test_estimate_seed_and_settings_reach_the_estimator(capsys, saved, tmp_path)
     np.testing.assert_allclose(frames[2].ci_lower, lib.ci_lower, rtol=1e-12)  # the later --set wins
     np.testing.assert_allclose(frames[0].estimate, frames[1].estimate, rtol=1e-12)  # point estimate: no draws
     assert not np.allclose(frames[0].ci_lower, frames[1].ci_lower)  # CIs from seeded draws
+    np.testing.assert_allclose(frames[3].ci_lower, frames[1].ci_lower, rtol=1e-12)  # --set random_state beats --seed
 
 
 def test_estimate_unadjusted_graph_by_path(capsys, saved, tmp_path):
@@ -213,12 +217,10 @@ def test_refute_subset_matches_the_library(capsys, saved, tmp_path):
 
 # ---- report ---------------------------------------------------------------------------------------------
 def test_report_writes_html_and_markdown_with_existing_images(capsys, saved, tmp_path):
-    import re
-
     folder, _, _ = saved
     out = tmp_path / "rep"
-    rc, text, err = run(capsys, "report", "--data", folder, "--out", out, "--estimators", "weighting,parametric",
-                        "--set", "n_sims=50", "--quick")
+    rc, text, err = run(capsys, "report", "--data", folder, "--out", out, "--quick", "--units", "u1,u0",
+                        "--estimators", "eb_total,weighting,parametric", "--set", "n_sims=50")
     assert rc == 0, err
     html_path, md_path = out / "report.html", out / "report.md"
     assert f"report: {html_path}" in text and html_path.stat().st_size > 10_000
@@ -229,7 +231,8 @@ def test_report_writes_html_and_markdown_with_existing_images(capsys, saved, tmp
         assert (out / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert html_path.read_text().count("data:image/png;base64,") == len(images)
     est = pd.read_csv(out / "estimates.csv")
-    assert set(est.estimator) == {"weighting", "parametric"} and np.isfinite(est.estimate).all()
+    assert set(est.estimator) == {"weighting", "parametric", "eb_total"} and np.isfinite(est.estimate).all()
+    assert "Estimator: weighting; effect NIE (treated)" in text  # the first per-arm NIE estimator leads
 
 
 # ---- bad arguments: exit 2, one line "deconfound: error: ... expected ..., got ..." --------------------
@@ -239,6 +242,8 @@ BAD = [
     (["estimate", "--data", "{data}", "--estimator", "patching"], ["'patching'", "language model"]),
     (["compare", "--data", "{data}", "--estimators", "weighting,nope"], ["'nope'", "expected one of"]),
     (["report", "--data", "{data}", "--out", "{tmp}", "--estimators", "nope"], ["'nope'", "expected one of"]),
+    (["report", "--data", "{data}", "--out", "{tmp}", "--estimators", "eb_total,econml_te"],
+     ["['eb_total', 'econml_te']", "expected at least one of ['weighting', 'dml', 'parametric']"]),
     (["estimate", "--data", "{data}", "--graph", "nograph"], ["'nograph'", "expected"]),
     (["estimate", "--data", "{data}", "--graph", "{tmp}/gone.gml"], ["gone.gml", "expected"]),
     (["compare", "--data", "{data}", "--graphs", "topic_mediation,nograph"], ["'nograph'", "expected"]),
@@ -250,7 +255,8 @@ BAD = [
     (["refute", "--data", "{data}", "--refuters", "placebo_treatment,nope"], ["'nope'", "expected names from"]),
     (["compare", "--data", "{data}", "--refuters", "strata_labels"], ["'strata_labels'", "expected names from"]),
     (["estimate", "--data", "{data}", "--set", "n_folds"], ["'n_folds'", "expected KEY=VALUE"]),
-    (["estimate", "--data", "{data}", "--estimator", "weighting", "--set", "bogus=1"], ["'bogus'", "expected a setting"]),
+    (["estimate", "--data", "{data}", "--estimator", "weighting", "--set", "bogus=1"],
+     ["'bogus'", "expected a setting"]),
     (["compare", "--data", "{data}", "--estimators", "weighting", "--set", "dml.n_folds=2"], ["'dml'", "expected"]),
     (["estimate", "--data", "{data}", "--seed", "-1"], ["--seed", "-1", "expected an integer >= 0"]),
     (["estimate", "--data", "{data}", "--units", ","], ["','", "expected a comma-separated list"]),
