@@ -206,8 +206,13 @@ def compare_estimators(data, *, estimators, graphs=("topic_mediation", "unadjust
     if isinstance(graphs, str):
         graphs = [graphs]
     results, runtimes, frames = {}, {}, []
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    bar = tqdm(total=len(estimators) * len(graphs), desc="estimators x graphs", disable=not progress)
     for label, est in estimators.items():
         for graph in graphs:
+            bar.set_postfix_str(f"{label} @ {graph}")
+            bar.update(1)
             inst = get_estimator(est) if isinstance(est, str) else est
             params = inst.get_params() if hasattr(inst, "get_params") else {}
             shared = {"random_state": random_state}
@@ -227,6 +232,7 @@ def compare_estimators(data, *, estimators, graphs=("topic_mediation", "unadjust
                                           runtime_s=runtimes[(label, str(graph))])
             frame = _add_robustness(frame, res, inst, data, graph, sensitivity, refuters, random_state)
             frames.append(frame)
+    bar.close()
     cols = ["estimator", "graph", "unit", "effect", "arm", "estimate", "se", "ci_lower", "ci_upper", "p_value",
             "runtime_s", "rv", "rva", "refutation_passed"]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)

