@@ -479,7 +479,7 @@ class WeightingMediation(MediationEstimator):
                 cs[u] = _cv_c(zt, data.t.astype(float), f, mask, self.random_state)
         return _WeightingStatistic(self, units, cols, cs)
 
-    def fit(self, data, *, graph=None, units=None, n_jobs=1) -> MediationResult:
+    def fit(self, data, *, graph=None, units=None, n_jobs=1, backend="local") -> MediationResult:
         """Estimate every unit in ``units`` (default all). ``n_jobs`` parallelizes bootstrap replicates."""
         self._check()
         units = check_units(data, units)
@@ -514,7 +514,7 @@ class WeightingMediation(MediationEstimator):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 boot = bootstrap(stat, data, n_boot=int(self.n_boot), random_state=self.random_state, level=level,
-                                 n_jobs=n_jobs)
+                                 n_jobs=n_jobs, backend=backend)
             warns += [str(w.message) for w in caught]
             for u in ok:
                 draws = boot.effects([f"{u}:{nm}" for nm in _NAMES])
@@ -600,7 +600,7 @@ class EntropyBalancedTotalEffect(MediationEstimator):
         _, adj = resolve(graph, data)
         return _TotalStatistic(list(adj.total), pop)
 
-    def fit(self, data, *, graph=None, units=None, n_jobs=1) -> MediationResult:
+    def fit(self, data, *, graph=None, units=None, n_jobs=1, backend="local") -> MediationResult:
         _check_common(self.level, self.n_boot)
         pop = str(self.population).lower()
         if pop not in ("att", "ate"):
@@ -618,7 +618,7 @@ class EntropyBalancedTotalEffect(MediationEstimator):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 boot = bootstrap(stat, data, n_boot=int(self.n_boot), random_state=self.random_state, level=level,
-                                 n_jobs=n_jobs)
+                                 n_jobs=n_jobs, backend=backend)
             warns += [str(w.message) for w in caught]
             te = boot.effect(0)
             info["se"] = f"bootstrap: {boot.n_boot - boot.n_failed} of {boot.n_boot} replicates"
