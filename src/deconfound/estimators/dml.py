@@ -312,6 +312,19 @@ class DMLMediation(MediationEstimator):
     mean(alpha^2). Means are over the kept rows; psi_sigma2 and psi_nu2 are the centred per-row values,
     length n, zero on trimmed rows and scaled by n / n_kept like the effect scores (so mean(psi**2) / n is
     the variance of sigma2 / nu2). The nested term's weight 1{D=d'}/p_d'(X) is not part of alpha.
+
+    Examples
+    --------
+    >>> from deconfound import simulate
+    >>> data, truth = simulate.topic_mediation(1000, seed=4)
+    >>> res = DMLMediation(n_folds=3, random_state=0).fit(data)          # graph: topic_mediation
+    >>> nie = res.effect("u0", "nie", "average")
+    >>> abs(nie.estimate - truth.value("u0", "nie")) < 3 * nie.se
+    True
+    >>> print(res.adjustment["first_stage"], res.adjustment["second_stage"])
+    ['topic'] ['topic']
+    >>> res.diagnostics["u0"]["n_kept"] + res.diagnostics["u0"]["n_trimmed"] == data.n
+    True
     """
 
     def __init__(self, *, outcome_learner=None, propensity_learner=None, n_folds: int = 5, trim: float = 0.05,
