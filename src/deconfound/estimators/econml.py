@@ -154,6 +154,17 @@ class EconMLTotalEffect(_EconMLBase):
     Effects on the same rows. ``diagnostics[unit]`` holds ``n_outside_clip``, ``propensity_range``,
     ``robustness_value`` and ``econml`` (``sensitivity_summary`` as text, ``sensitivity_interval_theta`` /
     ``_ci``, ``robustness_value`` / ``_theta`` at ``alpha = 1 - level``).
+
+    Examples
+    --------
+    >>> from deconfound import simulate
+    >>> data, truth = simulate.topic_mediation(1000, seed=4)
+    >>> res = EconMLTotalEffect(n_folds=3, random_state=0).fit(data)
+    >>> te = res.effect("u0", "te", "average")
+    >>> abs(te.estimate - truth.value("u0", "te")) < 3 * te.se
+    True
+    >>> res.diagnostics["u0"]["n_outside_clip"] >= 0
+    True
     """
 
     def fit(self, data, *, graph=None, units=None) -> MediationResult:
@@ -179,6 +190,15 @@ class EconMLDifferenceMediation(_EconMLBase):
     mediator distribution of both arms, so TE - CDE is neither NIE(treated), NIE(control) nor their mean: it is
     biased. Use :class:`~deconfound.estimators.dml.DMLMediation` then. Effects: te (all arms), and nie/nde
     under arm "average" only. Parameters as :class:`EconMLTotalEffect`.
+
+    Examples
+    --------
+    >>> from deconfound import simulate
+    >>> data, truth = simulate.topic_mediation(1000, seed=4)          # no T x M interaction: TE - CDE = NIE
+    >>> res = EconMLDifferenceMediation(n_folds=3, random_state=0).fit(data)
+    >>> nie = res.effect("u0", "nie", "average")
+    >>> abs(nie.estimate - truth.value("u0", "nie")) < 3 * nie.se
+    True
     """
 
     def fit(self, data, *, graph=None, units=None) -> MediationResult:
