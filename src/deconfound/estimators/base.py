@@ -30,7 +30,22 @@ def register(name: str):
 
 
 def get_estimator(name: str, **settings):
-    """An estimator instance by registry name, e.g. ``get_estimator("parametric", n_sims=500)``."""
+    """An estimator instance by registry name, e.g. ``get_estimator("parametric", n_sims=500)``.
+
+    ``settings`` are the estimator's constructor arguments; an unknown name raises ValueError listing the
+    registered ones (:func:`available_estimators`).
+
+    Examples
+    --------
+    >>> from deconfound import simulate
+    >>> data, truth = simulate.topic_mediation(500, seed=1)
+    >>> est = get_estimator("parametric", n_sims=200, random_state=0)
+    >>> est.get_params()["n_sims"]
+    200
+    >>> res = est.fit(data, graph="unadjusted_mediation")
+    >>> print(res.estimator, res.graph, res.adjustment["first_stage"])
+    parametric unadjusted_mediation []
+    """
     from . import _load_all  # noqa: PLC0415 - import estimator modules on demand
 
     _load_all()
@@ -40,6 +55,13 @@ def get_estimator(name: str, **settings):
 
 
 def available_estimators() -> list[str]:
+    """The registry names accepted by :func:`get_estimator`, sorted.
+
+    Examples
+    --------
+    >>> {"parametric", "weighting", "dml", "patching"} <= set(available_estimators())
+    True
+    """
     from . import _load_all  # noqa: PLC0415
 
     _load_all()
