@@ -44,6 +44,22 @@ class MediationResult:
 
     ``effects[unit][(effect, arm)]`` is an :class:`~deconfound.inference.Effect`; ``effect`` is one of
     nie/nde/te/prop_mediated and ``arm`` one of control/treated/average.
+
+    Examples
+    --------
+    >>> from deconfound import get_estimator, simulate
+    >>> data, truth = simulate.topic_mediation(1000, n_units=2, seed=1)
+    >>> res = get_estimator("parametric", n_sims=200, random_state=0).fit(data)
+    >>> print(res.units, res.n, res.population)
+    ['u0', 'u1'] 1000 ate
+    >>> nie = res.effect("u1", "nie", "average")         # u1 only tracks the topic: true NIE 0
+    >>> bool(nie.ci[0] <= 0 <= nie.ci[1])
+    True
+    >>> frame = res.to_frame()
+    >>> print(frame.columns.tolist())
+    ['unit', 'effect', 'arm', 'estimate', 'se', 'ci_lower', 'ci_upper', 'p_value', 'q_value']
+    >>> print(res.summary(unit="u0").splitlines()[1].strip())
+    Causal mediation analysis
     """
 
     estimator: str
