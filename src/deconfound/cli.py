@@ -366,7 +366,12 @@ def _data_args(sp, *, estimator=True, graph=True, units=True):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        __version__ = version("deconfound")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        __version__ = "unknown"
 
     p = _Parser(prog="deconfound", formatter_class=_Formatter,
                 description="Causal mediation analysis of neural-network internals, with topic adjustment.",

@@ -11,6 +11,7 @@ import pandas as pd
 from ._validation import check_random_state
 from .estimators.base import get_estimator
 from .inference import Effect
+from .multiplicity import joint_draws as _joint_draws
 
 # ---------------------------------------------------------------------------------------------------------
 # Localization indices (METHODS.md section 7)
@@ -56,23 +57,13 @@ def localization_matrix(a, *, top_k: int = 3, mass: float = 0.8) -> dict[str, np
 
 
 def joint_draws(result, units, effect="nie", arm="treated", *, n_draws=2000, random_state=0, xi=None) -> np.ndarray:
-    """A (draws x units) matrix of joint draws of the units' effects.
+    """A (draws x units) matrix of joint draws of the units' effects (see :func:`deconfound.multiplicity.joint_draws`).
 
-    Effects backed by bootstrap draws of equal length are stacked (the same resamples for every unit). Effects
-    backed by influence scores use a multiplier bootstrap with one N(0, 1) multiplier per row shared by all
-    units (``xi`` may be passed so two results share it: a paired comparison).
+    Bootstrap draws of equal length are stacked (the same resamples for every unit); influence scores give a
+    multiplier bootstrap with one N(0, 1) multiplier per row shared by all units (``xi`` may be passed so two
+    results share it: a paired comparison).
     """
-    effs = [result.effect(u, effect, arm) for u in units]
-    if all(e.draws is not None for e in effs) and len({len(e.draws) for e in effs}) == 1:
-        return np.column_stack([e.draws for e in effs])
-    if all(e.scores is not None for e in effs):
-        n = len(effs[0].scores)
-        if xi is None:
-            xi = check_random_state(random_state).standard_normal((n_draws, n))
-        scores = np.column_stack([e.scores for e in effs])
-        return np.array([e.estimate for e in effs])[None, :] + xi @ scores / n
-    raise ValueError(f"{result.estimator}: expected every unit's {effect}/{arm} effect to carry draws or scores "
-                     "for joint inference, got neither")
+    return _joint_draws(result, units, effect, arm, n_draws=n_draws, random_state=random_state, xi=xi)[0]
 
 
 def localization(result, *, effect="nie", arm="treated", units=None, level=0.95, n_draws=2000, random_state=0,

@@ -35,6 +35,7 @@ import numpy as np
 from ..errors import DataError, ModelSiteError
 from ._torch import require_torch, set_threads
 from .extract import _eos_ids, _forward_kwargs, sample_tokens, sample_uniforms
+from .hooks import _register
 from .models import LoadedModel, as_loaded
 from .outcomes import OUTCOMES, Generate, NextTokenMass, Reweight, as_outcome
 from .sites import Site, bind
@@ -141,33 +142,6 @@ class PatchScores:
 
 # ------------------------------------------------------------------------------------------------
 # Hooks (registered here on the sites of deconfound.lm.sites; always removed in a finally block)
-
-
-def _main(value):
-    torch = require_torch()
-    if isinstance(value, torch.Tensor):
-        return value, lambda new: new
-    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
-        kind = type(value)
-        return value[0], lambda new: kind((new, *value[1:]))
-    raise ModelSiteError(f"hooked module: expected a tensor or a tuple starting with one, got {type(value).__name__}")
-
-
-def _register(bound, fn):
-    if bound.hook == "output":
-        def hook(module, args, output):
-            tensor, put = _main(output)
-            new = fn(tensor)
-            return None if new is None else put(new)
-
-        return bound.module.register_forward_hook(hook)
-
-    def pre_hook(module, args):
-        tensor, put = _main(args)
-        new = fn(tensor)
-        return None if new is None else put(new)
-
-    return bound.module.register_forward_pre_hook(pre_hook)
 
 
 # ------------------------------------------------------------------------------------------------
