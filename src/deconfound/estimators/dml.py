@@ -315,9 +315,11 @@ class DMLMediation(MediationEstimator):
 
     Examples
     --------
+    >>> from sklearn.linear_model import LogisticRegression
     >>> from deconfound import simulate
     >>> data, truth = simulate.topic_mediation(1000, seed=4)
-    >>> res = DMLMediation(n_folds=3, random_state=0).fit(data)          # graph: topic_mediation
+    >>> est = DMLMediation(n_folds=3, propensity_learner=LogisticRegression(), random_state=0)  # fast
+    >>> res = est.fit(data)                                              # graph: topic_mediation
     >>> nie = res.effect("u0", "nie", "average")
     >>> abs(nie.estimate - truth.value("u0", "nie")) < 3 * nie.se
     True
