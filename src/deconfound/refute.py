@@ -169,6 +169,15 @@ def placebo_treatment(estimator, data, *, graph=None, random_state=0, units=None
     """Permute T within topic strata and re-run: every NIE, NDE and TE must vanish (rule: expect 0).
 
     ``strata`` defaults to all categorical confounders combined, so the placebo keeps P(T | topic).
+
+    Examples
+    --------
+    >>> from deconfound import get_estimator, simulate
+    >>> data, truth = simulate.topic_mediation(800, seed=1)
+    >>> ref = placebo_treatment(get_estimator("parametric", n_sims=200), data, random_state=0)
+    >>> row = ref.to_frame().set_index(["effect", "arm"]).loc[("te", "average")]
+    >>> bool(row.estimate > 0.5 and abs(row.new_estimate) < 3 * row.new_se and row.passed)
+    True
     """
     rng = check_random_state(random_state)
     orig = _original(estimator, data, graph, units, original)
@@ -343,6 +352,17 @@ def refute_all(estimator, data, graph=None, *, random_state=0, units=None, alpha
 
     ``options`` maps a refuter name to its keyword options. Returns a DataFrame with the columns
     ``refuter, unit, effect, arm, estimate, new_estimate, new_se, p_value, passed``.
+
+    Examples
+    --------
+    >>> from deconfound import get_estimator, simulate
+    >>> data, truth = simulate.topic_mediation(800, seed=1)
+    >>> table = refute_all(get_estimator("parametric", n_sims=200), data, random_state=0)
+    >>> print(table.refuter.unique().tolist())  # doctest: +NORMALIZE_WHITESPACE
+    ['placebo_treatment', 'random_common_cause', 'data_subset', 'dummy_outcome', 'unobserved_confounder',
+     'topic_granularity']
+    >>> print(table.columns.tolist()[-3:])
+    ['new_se', 'p_value', 'passed']
     """
     names = list(REFUTERS) if refuters is None else list(refuters)
     unknown = [n for n in names if n not in REFUTERS]
