@@ -82,6 +82,19 @@ class CausalGraph:
 
     ``X`` stands for the whole confounder set of the data; ``M`` for the current unit's mediator block.
     A node with attribute ``observed "no"`` is latent: it is never adjusted for.
+
+    Examples
+    --------
+    >>> import networkx as nx
+    >>> from deconfound import simulate
+    >>> data, _ = simulate.topic_mediation(300, seed=0)
+    >>> g = CausalGraph(nx.DiGraph([("topic", "T"), ("topic", "M"), ("topic", "Y"), ("T", "M"), ("T", "Y"),
+    ...                             ("M", "Y")]), name="mine")
+    >>> sets = g.adjustment_sets(data)
+    >>> print(sets.first_stage, sets.second_stage, sets.identified)
+    ('topic',) ('topic',) True
+    >>> print(load_graph("unadjusted_mediation").adjustment_sets(data).second_stage)
+    ()
     """
 
     def __init__(self, graph: nx.DiGraph, name: str = "graph"):
