@@ -111,7 +111,22 @@ def _save(fig, path) -> Path:
 
 @dataclass
 class Report:
-    """Sections of text, tables and figures, written as ``report.html`` (images inlined) and ``report.md``."""
+    """Sections of text, tables and figures, written as ``report.html`` (images inlined) and ``report.md``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import pandas as pd
+    >>> out = tempfile.mkdtemp()
+    >>> curve = pd.DataFrame({"unit": ["u0", "u1"], "estimate": [0.3, 0.0], "ci_lower": [0.2, -0.1],
+    ...                       "ci_upper": [0.4, 0.1]})
+    >>> fig = plot_effect_curves({"adjusted": curve}, f"{out}/figures/curve.png")
+    >>> rep = Report("My report").text("Summary", "One paragraph.").table("Estimates", curve)
+    >>> paths = rep.figure("NIE per unit", fig, "with 95% CIs").write(out)
+    >>> print(sorted(paths), "data:image/png;base64" in paths["html"].read_text())
+    ['html', 'md'] True
+    >>> import shutil; shutil.rmtree(out)
+    """
 
     title: str
     sections: list = field(default_factory=list)
