@@ -181,6 +181,31 @@ class PatchingMediation(MediationEstimator):
         adjustment set, or by EB on all its columns targeting each prompt's own values.
     drop_unsupported : bool
         Drop treated topics without control prompts (and their rows) instead of raising PositivityError.
+
+    Examples
+    --------
+    A random two-layer model (needs the ``lm`` extra); the topic ``a`` has mostly toxic prompts:
+
+    >>> import numpy as np, pandas as pd
+    >>> from deconfound import MediationData
+    >>> from deconfound.lm.models import TINY_TEXT, tiny_model
+    >>> from deconfound.lm.patch import NextTokenMass, Patcher
+    >>> lm = tiny_model("llama", seed=2)
+    >>> outcome = NextTokenMass(lm.tokenizer.convert_tokens_to_ids(["stupid", "idiot", "hate"]))
+    >>> patcher = Patcher(lm, TINY_TEXT.strip().splitlines()[:16], outcome=outcome)
+    >>> t = np.array([1] * 6 + [0] * 2 + [1] * 2 + [0] * 6)
+    >>> acts = patcher.activations(["mlp_out.L1"])             # {unit: (16, 64) activations}
+    >>> data = MediationData.from_arrays(t=t, y=patcher.base_scores(), mediators=acts,
+    ...                                  x=pd.DataFrame({"topic": ["a"] * 8 + ["b"] * 8}))
+    >>> res = PatchingMediation(n_boot=20, random_state=0).fit(data, patcher=patcher)
+    >>> print(res.population, res.units)
+    att ['mlp_out.L1']
+    >>> e = lambda effect, arm: res.effect("mlp_out.L1", effect, arm).estimate
+    >>> abs(e("te", "treated") - e("nie", "treated") - e("nde", "control")) < 1e-12
+    True
+    >>> raw = PatchingMediation(n_boot=20, random_state=0).fit(data, graph="unadjusted_mediation", patcher=patcher)
+    >>> bool(abs(raw.effect("mlp_out.L1", "nie", "treated").estimate - e("nie", "treated")) > 1e-4)
+    True
     """
 
     def __init__(self, donors="eb_mean", direction="ablation", n_boot=200, n_donors=None, level=0.95, random_state=0,
