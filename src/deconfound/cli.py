@@ -238,7 +238,7 @@ def cmd_demo(args) -> int:
                 raise CliError(f"{flag}: expected no {flag} with --simulated (it sets the LLM run), got {value}")
         return demo.run_simulated(out=args.out, quick=args.quick, seed=args.seed)
     return demo.run_llm(out=args.out, quick=args.quick, n_prompts=args.n_prompts, seed=args.seed,
-                        neurons=args.neurons)
+                        neurons=args.neurons, layer_step=args.layer_step)
 
 
 def cmd_extract(args) -> int:
@@ -384,11 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
              "report.\nResumable: a re-run with the same --out reuses finished extraction shards.", cmd_demo)
     d.add_argument("--quick", action="store_true", help="a small run (about 3 minutes)")
     d.add_argument("--n-prompts", type=_int_at_least(MIN_PROMPTS), default=None, metavar="N",
-                   help="prompts in all (default 600; with --quick 120)")
+                   help="prompts in all (default 400; with --quick 120)")
     d.add_argument("--out", default="demo_out", metavar="DIR", help="output folder")
     d.add_argument("--seed", type=_int_at_least(0), default=0)
     d.add_argument("--simulated", action="store_true", help="run on the topic-confounded simulator instead")
     d.add_argument("--neurons", action="store_true", help="neuron-level units (mlp_neurons)")
+    d.add_argument("--layer-step", type=_int_at_least(1), default=None, metavar="K",
+                   help="estimate every K-th layer (default 2; with --quick 3); extraction keeps all layers")
 
     e = _sub(sub, "extract", "extract a MediationData from the default model and corpora",
              "Generate continuations, score them, label topics and capture activations; the MediationData is "

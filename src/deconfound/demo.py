@@ -335,5 +335,12 @@ def run_llm(*, out="demo_out", quick: bool = False, n_prompts: int | None = None
                                 refute_units=1 if quick else 2,
                                 refuters=["placebo_treatment", "dummy_outcome"] if quick else None)
     print("\n".join(result["summary"]))
-    _say(f"report: {result['html']}  ({time.perf_counter() - start:.0f} s)")
+    _say("observational estimators on the continuation toxicity (mean Jigsaw BiLSTM score of the samples)")
+    observational = {k: v for k, v in demo_estimators(quick=quick, n_boot=2).items() if k in ("weighting", "dml")}
+    cont = analyse_and_report(data, out=out / "report_continuation", estimators=observational, seed=seed,
+                              quick=quick, main="dml", units=units, refute_units=0,
+                              provenance={**provenance, "outcome": "continuation toxicity"})
+    print("\n".join(cont["summary"]))
+    _say(f"report: {result['html']}")
+    _say(f"report (continuation outcome): {cont['html']}  ({time.perf_counter() - start:.0f} s in all)")
     return 0
