@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import tempfile
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,6 +103,151 @@ def _as_block(values, unit: str, n: int) -> np.ndarray:
     return block
 
 
+# safetensors dtypes that numpy reads and that are numeric
+_ST_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2,
+              "U8": 1, "BOOL": 1}
+
+
+class _SafetensorsSource:
+    """One ``mediators.safetensors`` file: tensor shapes from its header, tensors read on demand.
+
+    Reads go through one ``safetensors.safe_open`` handle (a memory map). The pages a read touches stay
+    resident while the map is open, so the handle is closed and reopened once ``max_mapped_bytes`` have been
+    read through it: the resident size of the map stays near that budget, whatever the file's size.
+    """
+
+    def __init__(self, path, max_mapped_bytes: int):
+        from safetensors import safe_open
+
+        self.path = Path(path)
+        self.max_mapped_bytes = int(max_mapped_bytes)
+        with safe_open(str(self.path), framework="numpy") as f:
+            self.specs = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+        self._handle = None
+        self._mapped = 0
+        self._lock = threading.Lock()
+
+    def read(self, key: str) -> np.ndarray:
+        from safetensors import safe_open
+
+        with self._lock:
+            if self._handle is None or self._mapped > self.max_mapped_bytes:
+                self.close()
+                self._handle = safe_open(str(self.path), framework="numpy")
+            arr = self._handle.get_tensor(key)
+            self._mapped += arr.nbytes
+            return arr
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.__exit__(None, None, None)
+            self._handle, self._mapped = None, 0
+
+    def __getstate__(self):  # picklable (joblib, Dask): the handle and the lock stay behind
+        return {"path": self.path, "max_mapped_bytes": self.max_mapped_bytes, "specs": self.specs}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._handle, self._mapped, self._lock = None, 0, threading.Lock()
+
+
+class LazyMediators(Mapping):
+    """Mediator blocks read from ``mediators.safetensors`` when accessed, one unit at a time.
+
+    What :meth:`MediationData.load` puts in ``data.mediators`` with ``mmap=True``: a read-only mapping
+    ``unit -> (n, d) float32`` whose values are read from the file on every access and never cached, so a
+    loop over units holds one unit's block at a time. Shapes are checked against the header on
+    construction; each block goes through the same checks as in memory (numeric, finite, within float32
+    range) when it is read, and errors name the unit. ``rows`` (from :meth:`MediationData.subset`) selects
+    rows of every block.
+    """
+
+    def __init__(self, path, units, n: int, *, max_mapped_bytes: int = 64 << 20):
+        source = _SafetensorsSource(path, max_mapped_bytes)
+        units = [str(u) for u in units]
+        for u in units:
+            if u not in source.specs:
+                raise DataError(f"{source.path}: expected a tensor for mediator unit {u!r}, got none (tensors: "
+                                f"{sorted(source.specs)[:10]})")
+            shape, dtype = source.specs[u]
+            if dtype not in _ST_DTYPES:
+                raise DataError(f"mediator unit {u!r}: expected a numeric dtype, got safetensors dtype {dtype}")
+            if len(shape) not in (1, 2) or shape[0] != n:
+                raise DataError(f"mediator unit {u!r}: expected an (n, d) array with n={n}, got shape {shape}")
+            if len(shape) == 2 and shape[1] == 0:
+                raise DataError(f"mediator unit {u!r}: expected at least 1 column, got an empty unit")
+        self._source, self._units, self._rows, self.n = source, units, None, int(n)
+        self._index = set(units)
+
+    @classmethod
+    def _view(cls, parent: "LazyMediators", units, rows) -> "LazyMediators":
+        view = cls.__new__(cls)
+        view._source, view._units, view._rows = parent._source, list(units), rows
+        view.n = parent.n if rows is None else len(rows)
+        view._index = set(view._units)
+        return view
+
+    @property
+    def path(self) -> Path:
+        return self._source.path
+
+    def __getitem__(self, unit) -> np.ndarray:
+        if unit not in self._index:
+            raise KeyError(unit)
+        arr = self._source.read(unit)
+        if self._rows is not None:
+            arr = arr[self._rows]
+        return _as_block(arr, unit, self.n)
+
+    def __iter__(self):
+        return iter(self._units)
+
+    def __len__(self) -> int:
+        return len(self._units)
+
+    def __contains__(self, unit) -> bool:
+        return unit in self._index
+
+    def width(self, unit: str) -> int:
+        """Columns of ``unit``, from the file's header (nothing is read)."""
+        shape = self._source.specs[unit][0]
+        return int(shape[1]) if len(shape) == 2 else 1
+
+    def subset(self, rows) -> "LazyMediators":
+        """The same units restricted to ``rows`` (integer indices into this view's rows)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return self._view(self, self._units, rows if self._rows is None else self._rows[rows])
+
+    def select(self, units) -> "LazyMediators":
+        """A view on some of the units (in the given order)."""
+        return self._view(self, units, self._rows)
+
+    def nbytes(self) -> int:
+        """Bytes of all blocks as float32 (what an eager load would hold)."""
+        return sum(4 * self.n * self.width(u) for u in self._units)
+
+    def __repr__(self) -> str:
+        return f"LazyMediators({str(self.path)!r}, units={len(self)}, n={self.n})"
+
+
+def _save_streaming(mediators, path: Path) -> None:
+    """Write a safetensors file unit by unit (one block in memory at a time): the header, then each block."""
+    units = list(mediators)
+    header, offset = {}, 0
+    for u in units:
+        d = mediators.width(u)
+        size = 4 * mediators.n * d
+        header[u] = {"dtype": "F32", "shape": [mediators.n, d], "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(text)))
+        fh.write(text)
+        for u in units:
+            fh.write(np.ascontiguousarray(mediators[u], dtype="<f4").tobytes())
+
+
 @dataclass(eq=False)
 class MediationData:
     """Treatment ``t`` (0/1), outcome ``y``, confounders ``x`` and named mediator blocks.
@@ -133,7 +281,12 @@ class MediationData:
         self.x = _as_confounder_frame(self.x, None, n)
         if not self.mediators:
             raise DataError("mediators: expected at least one unit, got none")
-        self.mediators = {str(u): _as_block(v, str(u), n) for u, v in self.mediators.items()}
+        if isinstance(self.mediators, LazyMediators):  # checked per unit when read
+            if self.mediators.n != n:
+                raise DataError(f"mediators: expected blocks of {n} rows, got {self.mediators.n} rows in "
+                                f"{self.mediators.path}")
+        else:
+            self.mediators = {str(u): _as_block(v, str(u), n) for u, v in self.mediators.items()}
         self.ids = np.asarray(self.ids) if self.ids is not None else np.arange(n)
         check_length(self.ids, n, "ids")
         for arm, name in ((1, "treated"), (0, "control")):
@@ -226,8 +379,19 @@ class MediationData:
         except KeyError:
             raise DataError(f"mediator unit: expected one of {self.units[:10]}, got {unit!r}") from None
 
+    @property
+    def lazy(self) -> bool:
+        """True when the mediators are read from disk on access (``load(path, mmap=True)``)."""
+        return isinstance(self.mediators, LazyMediators)
+
+    def width(self, unit: str) -> int:
+        """Columns of ``unit`` (without reading a lazy block)."""
+        if unit not in self.mediators:
+            raise DataError(f"mediator unit: expected one of {self.units[:10]}, got {unit!r}")
+        return self.mediators.width(unit) if self.lazy else int(self.mediators[unit].shape[1])
+
     def columns_of(self, unit: str) -> list[str]:
-        d = self.mediator(unit).shape[1]
+        d = self.width(unit)
         return self.mediator_columns.get(unit) or [f"{unit}__{j}" for j in range(d)]
 
     def x_design(self, names=None) -> tuple[np.ndarray, list[str]]:
@@ -260,8 +424,9 @@ class MediationData:
         if rows.dtype == bool:
             check_length(rows, self.n, "rows")
             rows = np.flatnonzero(rows)
+        meds = self.mediators.subset(rows) if self.lazy else {u: m[rows] for u, m in self.mediators.items()}
         return self.replace(t=self.t[rows], y=self.y[rows], x=self.x.iloc[rows].reset_index(drop=True),
-                            mediators={u: m[rows] for u, m in self.mediators.items()}, ids=self.ids[rows])
+                            mediators=meds, ids=self.ids[rows])
 
     def replace(self, **changes) -> "MediationData":
         """A checked copy with some roles replaced (used by refuters: a new T, Y, X or mediators)."""
@@ -274,6 +439,11 @@ class MediationData:
         return MediationData(**fields)
 
     def select_units(self, units) -> "MediationData":
+        if self.lazy:
+            units = list(units)
+            for u in units:
+                self.width(u)  # DataError naming an unknown unit
+            return self.replace(mediators=self.mediators.select(units))
         return self.replace(mediators={u: self.mediator(u) for u in units})
 
     def to_frame(self, unit: str | None = None) -> pd.DataFrame:
@@ -288,7 +458,7 @@ class MediationData:
         return frame
 
     def __repr__(self) -> str:
-        dims = ", ".join(f"{u}:{m.shape[1]}" for u, m in list(self.mediators.items())[:4])
+        dims = ", ".join(f"{u}:{self.width(u)}" for u in self.units[:4])
         more = "" if len(self.mediators) <= 4 else f", ... ({len(self.mediators)} units)"
         return (f"MediationData(n={self.n}, n_treated={self.n_treated}, confounders={self.confounder_names}, "
                 f"units=[{dims}{more}])")
@@ -307,7 +477,11 @@ class MediationData:
             table.insert(1, "__t", self.t.astype(np.int8))
             table.insert(2, "__y", self.y)
             table.to_parquet(tmp / "table.parquet", index=False)
-            save_file({u: np.ascontiguousarray(m) for u, m in self.mediators.items()}, str(tmp / "mediators.safetensors"))
+            if self.lazy:  # one unit in memory at a time
+                _save_streaming(self.mediators, tmp / "mediators.safetensors")
+            else:
+                save_file({u: np.ascontiguousarray(m) for u, m in self.mediators.items()},
+                          str(tmp / "mediators.safetensors"))
             info = {"format_version": FORMAT_VERSION, "treatment_name": self.treatment_name,
                     "outcome_name": self.outcome_name, "units": self.units,
                     "categories": {c: list(self.x[c].cat.categories) for c in self.categorical_confounders()},
@@ -326,8 +500,21 @@ class MediationData:
         return path
 
     @classmethod
-    def load(cls, path) -> "MediationData":
-        """Read a folder written by :meth:`save`."""
+    def load(cls, path, *, mmap: bool = False, max_mapped_bytes: int = 64 << 20) -> "MediationData":
+        """Read a folder written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : folder with ``table.parquet``, ``mediators.safetensors`` and ``meta.json``.
+        mmap : bool
+            False: every block is read into memory and checked now. True: ``mediators`` is a
+            :class:`LazyMediators` that reads a unit from the memory-mapped file each time it is accessed
+            (checked then; errors name the unit), so estimators that loop over units hold one block at a
+            time. Everything else behaves the same.
+        max_mapped_bytes : int
+            With ``mmap=True``: bytes read through one memory map before it is closed and reopened (bounds
+            the resident size of the map).
+        """
         from safetensors.numpy import load_file
 
         path = Path(path)
@@ -336,11 +523,16 @@ class MediationData:
                 raise DataError(f"{path}: expected a MediationData folder with {name}, got no such file")
         info = json.loads((path / "meta.json").read_text())
         table = pd.read_parquet(path / "table.parquet")
-        tensors = load_file(str(path / "mediators.safetensors"))
+        if mmap:
+            mediators = LazyMediators(path / "mediators.safetensors", info["units"], len(table),
+                                      max_mapped_bytes=max_mapped_bytes)
+        else:
+            tensors = load_file(str(path / "mediators.safetensors"))
+            mediators = {u: tensors[u] for u in info["units"]}
         x = table.drop(columns=["__id", "__t", "__y"])
         for col, levels in info.get("categories", {}).items():
             x[col] = pd.Categorical(x[col].astype(str), categories=levels)
         return cls(t=table["__t"].to_numpy(), y=table["__y"].to_numpy(), x=x,
-                   mediators={u: tensors[u] for u in info["units"]}, ids=table["__id"].to_numpy(),
+                   mediators=mediators, ids=table["__id"].to_numpy(),
                    meta=info.get("meta", {}), treatment_name=info["treatment_name"],
                    outcome_name=info["outcome_name"], mediator_columns=info.get("mediator_columns", {}))
