@@ -111,10 +111,14 @@ def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool
         rep.figure(f"Estimators compared on unit {top}", rp.plot_forest(forest, figs / "forest.png"),
                    f"{effect.upper()} ({arm}) with CIs, every estimator under both graphs.")
     rep.table("All estimates", comp.frame.drop(columns=["refutation_passed"], errors="ignore"))
-    ref = main if main != "patching" else None
+    # patching on the model's own outcome is the interventional reference for the observational estimators
+    ref = "patching" if "patching" in estimators else None
     agree = comp.agreement(effect=effect, arm=arm, reference=ref)
     if len(agree):
-        rep.table("Agreement" + (f" with {main}" if ref else ""), agree)
+        title = ("Agreement with the interventional (patching) estimate on the same outcome" if ref
+                 else "Pairwise agreement")
+        rep.table(title, agree)
+        agree.to_csv(out / "agreement.csv", index=False)
 
     # sensitivity and refutation on the DML fit, when present
     sens_text = None
