@@ -47,6 +47,7 @@ def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool
     Returns a dict with the report paths, the comparison, the localization difference and summary lines.
     """
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     figs = out / "figures"
     effect, arm = effect_arm
     if estimators is None:
