@@ -197,13 +197,13 @@ class PatchingMediation(MediationEstimator):
     >>> acts = patcher.activations(["mlp_out.L1"])             # {unit: (16, 64) activations}
     >>> data = MediationData.from_arrays(t=t, y=patcher.base_scores(), mediators=acts,
     ...                                  x=pd.DataFrame({"topic": ["a"] * 8 + ["b"] * 8}))
-    >>> res = PatchingMediation(n_boot=20, random_state=0).fit(data, patcher=patcher)
+    >>> res = PatchingMediation(n_boot=10, random_state=0).fit(data, patcher=patcher)
     >>> print(res.population, res.units)
     att ['mlp_out.L1']
     >>> e = lambda effect, arm: res.effect("mlp_out.L1", effect, arm).estimate
     >>> abs(e("te", "treated") - e("nie", "treated") - e("nde", "control")) < 1e-12
     True
-    >>> raw = PatchingMediation(n_boot=20, random_state=0).fit(data, graph="unadjusted_mediation", patcher=patcher)
+    >>> raw = PatchingMediation(n_boot=10, random_state=0).fit(data, graph="unadjusted_mediation", patcher=patcher)
     >>> bool(abs(raw.effect("mlp_out.L1", "nie", "treated").estimate - e("nie", "treated")) > 1e-4)
     True
     """
