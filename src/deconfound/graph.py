@@ -137,7 +137,7 @@ class CausalGraph:
     def to_dowhy(self, data, unit: str | None = None):
         """The DoWhy ``CausalModel`` over one column per observed node (M as the unit's first coordinate)."""
         self.check(data)
-        from dowhy import CausalModel  # noqa: PLC0415 - lazy: import deconfound stays light
+        CausalModel = _dowhy_causal_model()
 
         unit = unit or data.units[0]
         cols = {"T": data.t.astype(bool), "Y": data.y, "M": data.mediator(unit)[:, 0].astype(float)}
@@ -161,10 +161,14 @@ class CausalGraph:
         key = (tuple(sorted(self.nx.edges)), tuple(self.latent), tuple(data.confounder_names))
         first, second, total = _identify(self, key, data)
         identified = first is not None and second is not None
-        expand = lambda nodes: tuple(dict.fromkeys(  # noqa: E731 - X and a named column may overlap
-            c for nd in (nodes or []) if nd not in ROLES for c in self._columns(nd, data)))
+        order = {c: i for i, c in enumerate(data.confounder_names)}
+
+        def expand(nodes):  # data column order, whatever order DoWhy returns (it varies with PYTHONHASHSEED)
+            cols = {c for nd in (nodes or []) if nd not in ROLES for c in self._columns(nd, data)}
+            return tuple(sorted(cols, key=order.__getitem__))
+
         if not identified:  # latent confounding: adjust for the observed part, flag it
-            observed = tuple(dict.fromkeys(c for nd in self.confounder_nodes for c in self._columns(nd, data)))
+            observed = expand(self.confounder_nodes)
             return AdjustmentSets(observed, observed, expand(total) or observed, identified=False,
                                   latent=tuple(self.latent))
         return AdjustmentSets(expand(first), expand(second), expand(total), latent=tuple(self.latent))
@@ -174,6 +178,19 @@ class CausalGraph:
 
 
 _CACHE: dict = {}
+
+
+def _dowhy_causal_model():
+    """DoWhy's CausalModel, imported lazily; sympy's init_printing (run by dowhy) must not keep the REPL's
+    displayhook, so it is restored."""
+    import sys  # noqa: PLC0415
+
+    hook = sys.displayhook
+    try:
+        from dowhy import CausalModel  # noqa: PLC0415 - lazy: import deconfound stays light
+    finally:
+        sys.displayhook = hook
+    return CausalModel
 
 
 def _identify(graph: CausalGraph, key, data):
