@@ -38,7 +38,14 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(PY) -m deconfound demo --quick
 
-bench: $(STAMP)
+BENCH_STAMP := .venv/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	# peers compared in the benchmarks only (nnsight)
+	$(PIP) install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) benchmarks/run_all.py
 
 clean:
