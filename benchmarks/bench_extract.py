@@ -136,10 +136,12 @@ def _bench_nnsight(lm, batches, units, rounds, bare_best, reference):
             for texts in batches:
                 enc = lm.tokenizer(texts, return_tensors="pt", padding=True)
                 pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+                saved = []  # bound outside the trace: nnsight runs the block's body in its own frame
                 with torch.inference_mode(), wrapped.trace(input_ids=enc["input_ids"],
                                                            attention_mask=enc["attention_mask"],
                                                            position_ids=pos, use_cache=False, logits_to_keep=1):
-                    saved = [wrapped.model.layers[layer].mlp.output[:, -1].save() for layer in range(len(units))]
+                    for layer in range(len(units)):
+                        saved.append(wrapped.model.layers[layer].mlp.output[:, -1].save())
                 outs.append([getattr(s, "value", s) for s in saved])
             return outs
 
