@@ -230,8 +230,33 @@ def test_analyse_neurons_end_to_end(tiny, tmp_path):
         assert res["counts"].as_dict()[col] == int((frame[f"q_value_{col}"] <= 0.05).sum())
     assert res["per_layer"].neurons.sum() == 48
     check = res["check"]
-    assert check.unit.nunique() == 12 and set(check.selection) == {"top", "random"}
-    assert check.abs_diff.max() < 0.05 * check.exact.abs().max()  # first order is close to exact here
+    assert check.unit.nunique() == 12 and set(check.selection) == {"top_t", "displacement", "random"}
+    # the displacement picks: the largest mean squared move of the patch over the treated prompts
+    treated, ctrl = data.t == 1, data.t == 0
+    disp = {}
+    for site in SITES:
+        m = data.mediator(site)[:, :24].astype(float)
+        for j in range(24):
+            disp[f"{site}[{j}]"] = np.mean((m[treated, j] - m[ctrl, j].mean()) ** 2)
+    ranked = sorted(disp, key=lambda u: -disp[u])
+    picked = set(check[check.selection == "displacement"].unit)
+    top_t = set(check[check.selection == "top_t"].unit)
+    assert picked and picked <= set(ranked[:3]) and set(ranked[:3]) <= picked | top_t
+    assert check.abs_diff.max() < 0.25 * check.exact.abs().max()  # first order is close to exact here
+    assert np.corrcoef(check.exact, check.first_order)[0, 1] > 0.95
+    first_adj = res["first_order"]["topic_mediation"]
+    row = check[check.graph == "adjusted"].iloc[0]
+    assert row.first_order == first_adj.effect(row.unit, "nie", "treated").estimate
+    assert row.exact == res["exact"]["topic_mediation"].effect(row.unit, "nie", "treated").estimate
+    # the table: exact estimates where checked, first order elsewhere; the first-order column everywhere
+    table = frame.set_index("unit")
+    assert set(table.index[table.source == "exact"]) == set(check.unit)
+    for g, col in (("topic_mediation", "adjusted"), ("unadjusted_mediation", "unadjusted")):
+        for u in table.index:
+            src = res["exact"][g] if table.loc[u, "source"] == "exact" else res["first_order"][g]
+            assert table.loc[u, f"nie_{col}"] == src.effect(u, "nie", "treated").estimate
+            assert table.loc[u, f"first_order_nie_{col}"] == res["first_order"][g].effect(u, "nie", "treated").estimate
+    assert res["exact"]["topic_mediation"].settings["donor_bootstrap"] == "linear"
     groups = res["groups"]
     assert set(groups.estimator) == {"patching", "weighting", "dml"} and len(groups) == 2 * 3 * 2
     for name in ("report.html", "report.md", "neurons.csv", "exact_check.csv", "groups.csv", "counts.json",
@@ -239,6 +264,7 @@ def test_analyse_neurons_end_to_end(tiny, tmp_path):
         assert (tmp_path / name).exists(), name
     info = json.loads((tmp_path / "counts.json").read_text())
     assert info["counts"]["n_units"] == 48 and info["exact_check"]["neurons"] == 12
+    assert info["counts_first_order"]["n_units"] == 48
     # the normal p-values replace only the NIE's, and leave the estimates alone
     first = res["first_order"]["topic_mediation"]
     u = first.units[0]
