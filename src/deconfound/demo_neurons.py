@@ -236,6 +236,8 @@ def analyse_neurons(data, patcher, sites, *, out, seed: int = 0, n_boot: int = 2
     """
     from .lm.attribution import LinearizedPatcher
 
+    if not (exact == "all" or (isinstance(exact, (int, np.integer)) and not isinstance(exact, bool) and exact >= 0)):
+        raise ValueError(f"exact: expected 'all' or an int >= 0, got {exact!r}")
     out = Path(out)
     timings = {}
     clock = time.perf_counter()
@@ -263,7 +265,7 @@ def analyse_neurons(data, patcher, sites, *, out, seed: int = 0, n_boot: int = 2
     _say(f"first-order NIE of {n_neurons} neurons x 2 graphs x {n_boot} replicates: {timings['first_order_fits']} s")
 
     exact_fits, check = None, None
-    if exact == "all" or (exact and int(exact) > 0):
+    if exact == "all" or exact > 0:
         if exact == "all":
             chosen = list(nd.units)
             kind = np.array(["all"] * len(chosen))

@@ -220,6 +220,8 @@ def test_analyse_neurons_end_to_end(tiny, tmp_path):
 
     assert default_layers(30, 2) == [7, 22] and default_layers(4, 4) == [0, 1, 2, 3]
     _, patcher, data = tiny
+    with pytest.raises(ValueError, match="exact: expected 'all' or an int >= 0, got 'some'"):
+        analyse_neurons(data, patcher, SITES, out=tmp_path, exact="some")
     res = analyse_neurons(data, patcher, SITES, out=tmp_path, n_boot=30, exact=12, top_k=4, neurons=list(range(24)))
     frame = res["neurons"]
     assert len(frame) == 48 and sorted(frame.layer.unique()) == [1, 2]
@@ -272,3 +274,18 @@ def test_analyse_neurons_end_to_end(tiny, tmp_path):
     assert e2.estimate == e.estimate and e2.ci == e.ci and e2.p_value == pytest.approx(
         2 * stats.norm.sf(abs(e.estimate / e.se)))
     assert with_normal_p(first).effect(u, "te", "treated").p_value == first.effect(u, "te", "treated").p_value
+
+
+@pytest.mark.lm
+def test_analyse_neurons_exact_everywhere(tiny, tmp_path):
+    from deconfound.demo_neurons import analyse_neurons
+
+    _, patcher, data = tiny
+    res = analyse_neurons(data, patcher, ["mlp_neurons.L2"], out=tmp_path, n_boot=20, exact="all", top_k=0,
+                          bands=False, neurons=[1, 4, 9])
+    frame = res["neurons"].set_index("unit")
+    assert (frame.source == "exact").all() and len(frame) == 3 and res["groups"] is None
+    for u in frame.index:
+        assert frame.loc[u, "nie_adjusted"] == res["exact"]["topic_mediation"].effect(u, "nie", "treated").estimate
+    info = json.loads((tmp_path / "counts.json").read_text())
+    assert info["counts"] == info["counts_first_order"]  # one family: the exact one
