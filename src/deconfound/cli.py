@@ -237,8 +237,17 @@ def cmd_demo(args) -> int:
             if value is not None:
                 raise CliError(f"{flag}: expected no {flag} with --simulated (it sets the LLM run), got {value}")
         return demo.run_simulated(out=args.out, quick=args.quick, seed=args.seed)
+    neuron_flags = {"--layers": args.layers, "--exact": args.exact, "--n-boot": args.n_boot}
+    if args.neurons:
+        from .demo_neurons import run_neurons
+
+        return run_neurons(out=args.out, quick=args.quick, n_prompts=args.n_prompts, seed=args.seed,
+                           layers=args.layers, exact=args.exact, n_boot=args.n_boot)
+    for flag, value in neuron_flags.items():
+        if value is not None:
+            raise CliError(f"{flag}: expected only with --neurons, got {value}")
     return demo.run_llm(out=args.out, quick=args.quick, n_prompts=args.n_prompts, seed=args.seed,
-                        neurons=args.neurons, layer_step=args.layer_step)
+                        layer_step=args.layer_step)
 
 
 def cmd_extract(args) -> int:
@@ -352,6 +361,28 @@ def _sub(sub, name, help_text, description, fn):
     return p
 
 
+def _layer_list(value: str) -> list[int]:
+    try:
+        layers = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer numbers, got {value!r}") from None
+    if not layers or min(layers) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative layer numbers, got {value!r}")
+    return layers
+
+
+def _exact(value: str):
+    if value == "all":
+        return "all"
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of neurons or 'all', got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'all', got {value!r}")
+    return n
+
+
 def _data_args(sp, *, estimator=True, graph=True, units=True):
     sp.add_argument("--data", required=True, metavar="DIR", help="a saved MediationData folder (MediationData.save)")
     if estimator:
@@ -389,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=_int_at_least(0), default=0)
     d.add_argument("--simulated", action="store_true", help="run on the topic-confounded simulator instead")
     d.add_argument("--neurons", action="store_true", help="neuron-level units (mlp_neurons)")
+    d.add_argument("--layers", type=_layer_list, default=None, metavar="L1,L2",
+                   help="--neurons: the layers whose MLP neurons are analysed (default: spread over the depth)")
+    d.add_argument("--exact", type=_exact, default=None, metavar="N|all",
+                   help="--neurons: neurons checked by exact patching (default 192; with --quick 96; 'all' is for a GPU)")
+    d.add_argument("--n-boot", type=_int_at_least(2), default=None, metavar="B",
+                   help="--neurons: bootstrap replicates (default 200)")
     d.add_argument("--layer-step", type=_int_at_least(1), default=None, metavar="K",
                    help="estimate every K-th layer (default 2; with --quick 3); extraction keeps all layers")
 

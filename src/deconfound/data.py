@@ -536,3 +536,24 @@ class MediationData:
                    mediators=mediators, ids=table["__id"].to_numpy(),
                    meta=info.get("meta", {}), treatment_name=info["treatment_name"],
                    outcome_name=info["outcome_name"], mediator_columns=info.get("mediator_columns", {}))
+
+
+def overlap_rows(data: "MediationData", column: str = "topic") -> tuple[np.ndarray, pd.DataFrame]:
+    """Rows of the levels of ``column`` that have both treated and control rows, and the dropped levels with
+    their counts (columns ``topic, n0, n1``).
+
+    Examples
+    --------
+    >>> d = MediationData.from_arrays(t=[0, 1, 0, 1, 1], y=[0.0] * 5, mediators={"m": np.arange(5.0)},
+    ...                               x=pd.DataFrame({"topic": ["a", "a", "b", "b", "c"]}))
+    >>> keep, dropped = overlap_rows(d)
+    >>> keep.tolist(), dropped.topic.tolist()
+    ([True, True, True, True, False], ['c'])
+    """
+    labels = data.x[column].astype(str)
+    counts = pd.crosstab(labels, data.t).reindex(columns=[0, 1], fill_value=0)
+    bad = counts[(counts[0] == 0) | (counts[1] == 0)]
+    keep = ~labels.isin(bad.index).to_numpy()
+    dropped = bad.rename(columns={0: "n0", 1: "n1"}).rename_axis(None, axis=1).reset_index()
+    return keep, dropped.rename(columns={column: "topic"})[["topic", "n0", "n1"]]
+

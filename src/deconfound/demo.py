@@ -14,6 +14,7 @@ import pandas as pd
 
 from . import report as rp
 from .compare import compare_estimators, localization, localization_difference
+from .data import overlap_rows
 from .estimators import get_estimator
 
 ADJUSTED, UNADJUSTED = "topic_mediation", "unadjusted_mediation"
@@ -208,22 +209,10 @@ DEFAULT_N, QUICK_N = 400, 120
 
 
 def default_prompts(n_prompts: int, seed: int = 0) -> pd.DataFrame:
-    """Half RealToxicityPrompts (toxic pool), half BBC news and CrowS-Pairs (non-toxic pool, topical).
+    """The demo's prompt mix (:func:`deconfound.lm.corpora.default_mix`)."""
+    from .lm.corpora import default_mix
 
-    Columns ``prompt_id, text, source, perspective_toxicity`` (NaN where the corpus has no Perspective score).
-    """
-    from .lm import corpora
-
-    n_tox = n_prompts // 2
-    n_bbc = (n_prompts - n_tox) * 2 // 3
-    n_crows = n_prompts - n_tox - n_bbc
-    tox = corpora.rtp(n_tox, seed=seed)
-    tox = tox.assign(perspective_toxicity=tox.get("perspective_toxicity", np.nan))
-    bbc = corpora.bbc(n_bbc, seed=seed).assign(perspective_toxicity=np.nan)
-    crows = corpora.crows_pairs(n_crows, seed=seed).assign(perspective_toxicity=np.nan)
-    cols = ["prompt_id", "text", "source", "perspective_toxicity"]
-    frame = pd.concat([tox[cols], bbc[cols], crows[cols]], ignore_index=True)
-    return frame.drop_duplicates("prompt_id").reset_index(drop=True)
+    return default_mix(n_prompts, seed)
 
 
 def extract_default(*, out, n_prompts: int = DEFAULT_N, seed: int = 0, model="smollm2-135m", site="mlp_out",
@@ -248,12 +237,9 @@ def extract_default(*, out, n_prompts: int = DEFAULT_N, seed: int = 0, model="sm
 
 
 def overlap_subset(data, column: str = "topic"):
-    """Rows of topics that have both treated and control prompts, and a table of the dropped topics."""
-    counts = pd.crosstab(data.x[column].astype(str), data.t).reindex(columns=[0, 1], fill_value=0)
-    bad = counts[(counts[0] == 0) | (counts[1] == 0)]
-    keep = ~data.x[column].astype(str).isin(bad.index).to_numpy()
-    dropped = bad.rename(columns={0: "n0", 1: "n1"}).reset_index().rename(columns={column: "topic"})
-    return keep, dropped
+    """Rows of topics that have both treated and control prompts, and a table of the dropped topics
+    (:func:`deconfound.data.overlap_rows`)."""
+    return overlap_rows(data, column)
 
 
 class ReducedMediator:

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from . import report as rp
+from .data import overlap_rows
 from .estimators import get_estimator
 from .multiplicity import significance_counts, simultaneous_bands
 from .neurons import group_name, neuron_units, parse_unit, patch_units, top_coords
@@ -66,27 +67,15 @@ def default_layers(n_layers: int, k: int) -> list[int]:
 
 
 def default_prompts(n_prompts: int, seed: int = 0) -> pd.DataFrame:
-    """The main demo's prompt mix (``deconfound.demo.default_prompts``; the layer rule keeps this module from
-    importing ``demo``, which imports it): half RealToxicityPrompts, half BBC news and CrowS-Pairs."""
-    from .lm import corpora
+    """The main demo's prompt mix (:func:`deconfound.lm.corpora.default_mix`)."""
+    from .lm.corpora import default_mix
 
-    n_tox = n_prompts // 2
-    n_bbc = (n_prompts - n_tox) * 2 // 3
-    n_crows = n_prompts - n_tox - n_bbc
-    tox = corpora.rtp(n_tox, seed=seed)
-    tox = tox.assign(perspective_toxicity=tox.get("perspective_toxicity", np.nan))
-    bbc = corpora.bbc(n_bbc, seed=seed).assign(perspective_toxicity=np.nan)
-    crows = corpora.crows_pairs(n_crows, seed=seed).assign(perspective_toxicity=np.nan)
-    cols = ["prompt_id", "text", "source", "perspective_toxicity"]
-    frame = pd.concat([tox[cols], bbc[cols], crows[cols]], ignore_index=True)
-    return frame.drop_duplicates("prompt_id").reset_index(drop=True)
+    return default_mix(n_prompts, seed)
 
 
 def _overlap(data, column: str = "topic") -> np.ndarray:
-    """Rows of topics that have both treated and control prompts."""
-    counts = pd.crosstab(data.x[column].astype(str), data.t).reindex(columns=[0, 1], fill_value=0)
-    bad = counts[(counts[0] == 0) | (counts[1] == 0)].index
-    return ~data.x[column].astype(str).isin(bad).to_numpy()
+    """Rows of topics that have both treated and control prompts (:func:`deconfound.data.overlap_rows`)."""
+    return overlap_rows(data, column)[0]
 
 
 def with_normal_p(result, effect: str = "nie"):

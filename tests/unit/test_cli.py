@@ -317,3 +317,17 @@ def test_unexpected_failure_is_one_line_exit_1(capsys, saved, monkeypatch):
     rc, _, err = run(capsys, "estimate", "--data", saved[0], "--estimator", "eb_total")
     assert rc == 1 and err == ("deconfound: error: RuntimeError: solver exploded (set DECONFOUND_DEBUG=1 for the "
                                "traceback)\n")
+
+
+@pytest.mark.parametrize("argv, bad", [
+    (["demo", "--layers", "3"], "--layers"),
+    (["demo", "--neurons", "--exact", "-2"], "-2"),
+    (["demo", "--neurons", "--layers", "a,b"], "a,b"),
+    (["demo", "--n-boot", "1", "--neurons"], "1"),
+])
+def test_neuron_flags_are_checked_before_any_model_loads(argv, bad, capsys):
+    from deconfound import cli
+
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("deconfound: error:") and bad in err[0]

