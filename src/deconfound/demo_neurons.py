@@ -140,11 +140,7 @@ def _neuron_frame(adj, unadj, counts, arm: str, first, exact_units) -> pd.DataFr
 
 
 def _hist(frame, path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = rp.pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     lim = np.nanpercentile(np.abs(frame[["t_adjusted", "t_unadjusted"]].to_numpy()), 99.5)
     bins = np.linspace(-lim, lim, 61)
@@ -154,19 +150,11 @@ def _hist(frame, path) -> Path:
     ax.set_ylabel("neurons")
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return rp.save_figure(fig, path)
 
 
 def _scatter(check, path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = rp.pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     for graph, marker in (("adjusted", "o"), ("unadjusted", "x")):
         sub = check[check.graph == graph]
@@ -178,11 +166,7 @@ def _scatter(check, path) -> Path:
     ax.set_ylabel("exact patching NIE")
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return rp.save_figure(fig, path)
 
 
 def _curve(res, units, arm):

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (imported on first use)."""
     import matplotlib  # noqa: PLC0415 - keep import deconfound light
 
     matplotlib.use("Agg", force=False)
@@ -27,7 +28,7 @@ def _plt():
 
 def plot_effect_curves(curves: dict[str, pd.DataFrame], path, *, title="NIE per unit", ylabel="NIE") -> Path:
     """One line per curve (label -> frame with columns unit, estimate, ci_lower, ci_upper), with CI bands."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.2))
     for label, f in curves.items():
         x = np.arange(len(f))
@@ -42,12 +43,12 @@ def plot_effect_curves(curves: dict[str, pd.DataFrame], path, *, title="NIE per 
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_forest(frame: pd.DataFrame, path, *, title="Estimators compared") -> Path:
     """Forest plot: one row per label with estimate and CI (columns label, estimate, ci_lower, ci_upper)."""
-    plt = _plt()
+    plt = pyplot()
     f = frame.reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(f) + 1.2))
     y = np.arange(len(f))[::-1]
@@ -56,12 +57,12 @@ def plot_forest(frame: pd.DataFrame, path, *, title="Estimators compared") -> Pa
     ax.axvline(0, color="k", lw=0.7)
     ax.set_title(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_balance(table: pd.DataFrame, path, *, ess: float | None = None, title="Covariate balance") -> Path:
     """Absolute SMD before and after weighting per covariate (columns covariate, smd_before, smd_after)."""
-    plt = _plt()
+    plt = pyplot()
     f = table.reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(f) + 1.4))
     y = np.arange(len(f))[::-1]
@@ -73,12 +74,12 @@ def plot_balance(table: pd.DataFrame, path, *, ess: float | None = None, title="
     ax.set_title(title + (f" (ESS {ess:.0f})" if ess is not None else ""))
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_localization(frame: pd.DataFrame, path, *, title="Localization indices") -> Path:
     """Indices with CIs for each curve (columns index, estimate, ci_lower, ci_upper, curve)."""
-    plt = _plt()
+    plt = pyplot()
     indices = list(dict.fromkeys(frame["index"]))
     curves = list(dict.fromkeys(frame["curve"]))
     fig, axes = plt.subplots(1, len(indices), figsize=(2.6 * len(indices), 3.2))
@@ -92,16 +93,17 @@ def plot_localization(frame: pd.DataFrame, path, *, title="Localization indices"
         ax.set_title(idx, fontsize=9)
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path) -> Path:
+def save_figure(fig, path) -> Path:
+    """Write ``fig`` as a PNG atomically (temporary file, then rename) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, path)
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
 
 
