@@ -377,7 +377,11 @@ class DMLMediation(MediationEstimator):
                         normalize=bool(self.normalize), level=float(self.level), random_state=self.random_state)
         common = dict(t=t, y=y, x_first=x_first, x_second=x_second, folds=folds, halves=halves, shared=shared,
                       settings=settings)
-        out = run_tasks(_fit_unit, [data.mediator(u) for u in units], backend=backend, n_jobs=n_jobs, shared=common)
+        if backend == "local" and int(n_jobs) == 1:  # serial: read one unit at a time (lazy, memory-mapped data)
+            out = [_fit_unit(data.mediator(u), **common) for u in units]
+        else:
+            out = run_tasks(_fit_unit, [data.mediator(u) for u in units], backend=backend, n_jobs=n_jobs,
+                            shared=common)
         effects, diagnostics, warns = {}, {}, []
         for u, (eff, diag) in zip(units, out):
             effects[u], diagnostics[u] = eff, diag
