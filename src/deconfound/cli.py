@@ -239,10 +239,8 @@ def cmd_demo(args) -> int:
         return demo.run_simulated(out=args.out, quick=args.quick, seed=args.seed)
     neuron_flags = {"--layers": args.layers, "--exact": args.exact, "--n-boot": args.n_boot}
     if args.neurons:
-        from .demo_neurons import run_neurons
-
-        return run_neurons(out=args.out, quick=args.quick, n_prompts=args.n_prompts, seed=args.seed,
-                           layers=args.layers, exact=args.exact, n_boot=args.n_boot)
+        return demo.run_llm(out=args.out, quick=args.quick, n_prompts=args.n_prompts, seed=args.seed, neurons=True,
+                            layers=args.layers, exact=args.exact, n_boot=args.n_boot)
     for flag, value in neuron_flags.items():
         if value is not None:
             raise CliError(f"{flag}: expected only with --neurons, got {value}")

@@ -286,12 +286,14 @@ def demo_estimators(*, quick: bool, n_boot: int) -> dict:
 
 
 def run_llm(*, out="demo_out", quick: bool = False, n_prompts: int | None = None, seed: int = 0,
-            neurons: bool = False, layer_step: int | None = None) -> int:
+            neurons: bool = False, layer_step: int | None = None, **neuron_options) -> int:
     """The whole pipeline on the embedded default; resumable through the extraction shards."""
     if neurons:
         from .demo_neurons import run_neurons
 
-        return run_neurons(out=out, quick=quick, n_prompts=n_prompts, seed=seed)
+        return run_neurons(out=out, quick=quick, n_prompts=n_prompts, seed=seed, **neuron_options)
+    if neuron_options:
+        raise ValueError(f"{sorted(neuron_options)}: expected only with neurons=True, got them without")
     from .lm.models import load_model
     from .lm.patch import Patcher
 
