@@ -70,3 +70,21 @@ def mixed_frame() -> pd.DataFrame:
         "a1": r.normal(size=n),
         "b0": r.normal(size=n),
     }, index=[f"p{i}" for i in range(n)])
+
+
+@pytest.fixture
+def leaky_estimator():
+    """The class of a broken pipeline (for refuter tests): its ``fit`` ignores the T it is given and uses the
+    true T captured at construction, ``leaky_estimator(inner, t_true)``."""
+    from deconfound.estimators.base import MediationEstimator
+
+    class LeakyEstimator(MediationEstimator):
+        def __init__(self, inner, t_true):
+            self.inner = inner
+            self.t_true = np.asarray(t_true)
+
+        def fit(self, data, *, graph=None, units=None):
+            return self.inner.fit(data.replace(t=self.t_true), graph=graph, units=units)
+
+    return LeakyEstimator
+

@@ -140,7 +140,7 @@ def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool
         if ranked:  # refute_units=0 skips the refutation
             _say(f"refuting the DML fit on {ranked} with {refuters or 'every refuter'}")
             table = refute.refute_all(estimators["dml"], data.select_units(ranked), graph=ADJUSTED,
-                                      refuters=refuters, random_state=seed)
+                                      refuters=refuters, random_state=seed, original=dml)
             rep.table(f"Refutation tests (DML, top {len(ranked)} units)", table)
 
     meta = {"data": data.meta, "seed": seed, "estimators": {k: repr(v) for k, v in estimators.items()},

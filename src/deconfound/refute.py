@@ -346,11 +346,13 @@ REFUTERS = {"placebo_treatment": placebo_treatment, "random_common_cause": rando
 
 
 def refute_all(estimator, data, graph=None, *, random_state=0, units=None, alpha=0.05, refuters=None,
-               options=None) -> pd.DataFrame:
+               options=None, original=None) -> pd.DataFrame:
     """Run several refuters (default all of :data:`REFUTERS`; ``topic_granularity`` only when the data has a
     categorical confounder) on one original fit and stack their tables.
 
-    ``options`` maps a refuter name to its keyword options. Returns a DataFrame with the columns
+    ``options`` maps a refuter name to its keyword options. ``original`` is a fit of ``estimator`` on
+    ``data`` already at hand (it may hold more units; only those refitted are compared); without it the
+    original is fitted once here. Returns a DataFrame with the columns
     ``refuter, unit, effect, arm, estimate, new_estimate, new_se, p_value, passed``.
 
     Examples
@@ -371,7 +373,7 @@ def refute_all(estimator, data, graph=None, *, random_state=0, units=None, alpha
     if refuters is None and not data.categorical_confounders():
         names.remove("topic_granularity")
     options = options or {}
-    orig = _fit(estimator, data, graph, units)
+    orig = _original(estimator, data, graph, units, original)
     frames = [REFUTERS[n](estimator, data, graph=graph, random_state=random_state, units=units, original=orig,
                           alpha=alpha, **options.get(n, {})).to_frame() for n in names]
     return pd.concat(frames, ignore_index=True)

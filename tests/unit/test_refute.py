@@ -29,17 +29,6 @@ class Recording(MediationEstimator):
         return self.inner.fit(data, graph=graph, units=units)
 
 
-class LeakyEstimator(MediationEstimator):
-    """A broken pipeline: it ignores the T it is given and uses the true T captured at construction."""
-
-    def __init__(self, inner, t_true):
-        self.inner = inner
-        self.t_true = np.asarray(t_true)
-
-    def fit(self, data, *, graph=None, units=None):
-        return self.inner.fit(data.replace(t=self.t_true), graph=graph, units=units)
-
-
 @pytest.fixture(scope="module")
 def sim():
     return simulate.topic_mediation(1500, n_topics=8, seed=4)
@@ -77,9 +66,9 @@ def test_placebo_permutes_within_topic_and_effects_vanish(sim):
     pd.testing.assert_frame_equal(again, res.to_frame())
 
 
-def test_placebo_fails_when_the_pipeline_leaks_the_true_treatment(sim):
+def test_placebo_fails_when_the_pipeline_leaks_the_true_treatment(sim, leaky_estimator):
     data, _ = sim
-    res = refute.placebo_treatment(LeakyEstimator(cheap(), data.t), data, random_state=2)
+    res = refute.placebo_treatment(leaky_estimator(cheap(), data.t), data, random_state=2)
     frame = res.to_frame().set_index(["effect", "arm"])
     assert not res.passed
     for key in (("te", "average"), ("nie", "average")):
@@ -234,3 +223,14 @@ def test_refute_all_table(sim):
 def test_bad_options_raise(sim, call, match):
     with pytest.raises(ValueError, match=match):
         call(sim[0])
+
+
+def test_refute_all_reuses_a_given_original_fit(sim):
+    """A fit already at hand (possibly with more units) is not refitted; its estimates are the originals."""
+    data, _ = sim
+    orig = cheap().fit(data)
+    rec = Recording(cheap())
+    table = refute.refute_all(rec, data, refuters=["placebo_treatment"], original=orig, random_state=1)
+    assert len(rec.seen) == 1  # the placebo refit only
+    for row in table.itertuples():
+        assert row.estimate == orig.effect(row.unit, row.effect, row.arm).estimate
