@@ -216,14 +216,18 @@ def default_prompts(n_prompts: int, seed: int = 0) -> pd.DataFrame:
 
 
 def extract_default(*, out, n_prompts: int = DEFAULT_N, seed: int = 0, model="smollm2-135m", site="mlp_out",
-                    n_samples: int = 2, max_new_tokens: int = 12, batch_size: int = 16, progress: bool = True):
-    """Extract the default MediationData (resumable: a re-run with the same ``out`` skips finished shards)."""
+                    n_samples: int = 2, max_new_tokens: int = 12, batch_size: int = 16, progress: bool = True,
+                    prompts: pd.DataFrame | None = None):
+    """Extract the default MediationData (resumable: a re-run with the same ``out`` skips finished shards).
+
+    ``prompts`` (default :func:`default_prompts`) is a frame with ``prompt_id, text, perspective_toxicity``.
+    """
     from .lm.extract import Treatment, extract
     from .lm.models import load_model
     from .lm.scorers import JigsawBiLSTM
     from .lm.topics import ZeroShotTopics
 
-    prompts = default_prompts(n_prompts, seed)
+    prompts = default_prompts(n_prompts, seed) if prompts is None else prompts
     lm = load_model(model) if isinstance(model, str) else model
     scorer = JigsawBiLSTM()
     topics = ZeroShotTopics()
@@ -271,13 +275,16 @@ class ReducedMediator:
         return self.estimator.fit(data.replace(mediators=blocks), graph=graph, units=units)
 
 
-def demo_estimators(*, quick: bool, n_boot: int) -> dict:
-    """The demo's estimators: fixed-penalty learners keep 30 units x 2 graphs inside the time budget."""
+def demo_estimators(*, quick: bool, n_boot: int | None = None) -> dict:
+    """The demo's estimators: fixed-penalty learners keep 30 units x 2 graphs inside the time budget.
+    Patching is included when ``n_boot`` (its bootstrap replicates) is given."""
     from sklearn.linear_model import LogisticRegression, Ridge
 
-    return {
+    patching = {} if n_boot is None else {
         "patching": get_estimator("patching", donors="eb_mean", n_boot=n_boot, donor_bootstrap="linear",
-                                  drop_unsupported=True),
+                                  drop_unsupported=True)}
+    return {
+        **patching,
         "weighting": get_estimator("weighting", pca=10, mediator_learner=LogisticRegression(C=1.0, max_iter=2000)),
         "dml": get_estimator("dml", pca=10, outcome_learner=Ridge(alpha=1.0),
                              propensity_learner=LogisticRegression(C=1.0, max_iter=2000)),
@@ -301,9 +308,9 @@ def run_llm(*, out="demo_out", quick: bool = False, n_prompts: int | None = None
     n = n_prompts or (QUICK_N if quick else DEFAULT_N)
     out = Path(out)
     lm = load_model("smollm2-135m")
-    data = extract_default(out=out, n_prompts=n, seed=seed, model=lm, n_samples=1 if quick else 2,
-                           max_new_tokens=8 if quick else 10)
     prompts = default_prompts(n, seed)
+    data = extract_default(out=out, n_prompts=n, seed=seed, model=lm, n_samples=1 if quick else 2,
+                           max_new_tokens=8 if quick else 10, prompts=prompts)
     if list(prompts.prompt_id) != [str(i) for i in data.ids]:
         raise RuntimeError("demo: expected the extracted ids to match the prompt list, got a mismatch")
     data = data.replace(x=data.x[["topic"]])  # the hard topic label is the confounder X
@@ -329,7 +336,7 @@ def run_llm(*, out="demo_out", quick: bool = False, n_prompts: int | None = None
                                 refuters=["placebo_treatment", "dummy_outcome"] if quick else None)
     print("\n".join(result["summary"]))
     _say("observational estimators on the continuation toxicity (mean Jigsaw BiLSTM score of the samples)")
-    observational = {k: v for k, v in demo_estimators(quick=quick, n_boot=2).items() if k in ("weighting", "dml")}
+    observational = {k: v for k, v in demo_estimators(quick=quick).items() if k in ("weighting", "dml")}
     cont = analyse_and_report(data, out=out / "report_continuation", estimators=observational, seed=seed,
                               quick=quick, main="dml", units=units, refute_units=0,
                               provenance={**provenance, "outcome": "continuation toxicity"})
