@@ -274,7 +274,7 @@ def _add_robustness(frame, res, inst, data, graph, sensitivity, refuters, random
 
         try:
             s = sens.sensitivity_analysis(res, **sensitivity).to_frame()
-        except (ValueError, KeyError, TypeError, NotImplementedError):
+        except ValueError:  # the estimator stores no OVB pieces (e.g. weighting, parametric): RV stays NaN
             s = None
         if s is not None:
             frame = frame.drop(columns=["rv", "rva"]).merge(s[["unit", "effect", "arm", "rv", "rva"]],
