@@ -158,14 +158,16 @@ def _cache_of(out):
     return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
-def _forward_kwargs(model):
+def forward_kwargs(model):
+    """The model's cache keyword (``cache`` or ``past_key_values``) and whether it takes ``logits_to_keep``."""
     import inspect
 
     params = inspect.signature(model.forward).parameters
     return ("cache" if "cache" in params else "past_key_values"), ("logits_to_keep" in params)
 
 
-def _eos_ids(lm) -> list[int]:
+def eos_ids(lm) -> list[int]:
+    """End-of-sequence token ids of the tokenizer and the generation config, sorted."""
     ids = set()
     for value in (lm.tokenizer.eos_token_id, getattr(getattr(lm.model, "generation_config", None),
                                                       "eos_token_id", None)):
@@ -206,7 +208,7 @@ def run_batch(lm, texts, prompt_indices, *, units=(), n_samples: int = 1, max_ne
         bad = [texts[i] for i in torch.nonzero(mask.sum(dim=1) == 0).flatten().tolist()]
         raise DataError(f"prompts: expected at least one token each, got none for {bad[:3]}")
     pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    cache_kw, has_keep = _forward_kwargs(model)
+    cache_kw, has_keep = forward_kwargs(model)
     generate = n_samples > 0 and max_new_tokens > 0
     extra = {"logits_to_keep": 1} if has_keep else {}
     with torch.inference_mode():
@@ -228,7 +230,7 @@ def run_batch(lm, texts, prompt_indices, *, units=(), n_samples: int = 1, max_ne
         mask = mask.repeat_interleave(n_samples, dim=0)
         next_pos = pos[:, -1].repeat_interleave(n_samples) + 1
         logits = out.logits[:, -1].repeat_interleave(n_samples, dim=0)
-        eos = torch.as_tensor(_eos_ids(lm), device=device, dtype=torch.long)
+        eos = torch.as_tensor(eos_ids(lm), device=device, dtype=torch.long)
         pad = tok.pad_token_id
         finished = torch.zeros(rows, dtype=torch.bool, device=device)
         steps = []

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import DataError, ModelSiteError
 from ._torch import require_torch, set_threads
-from .extract import _eos_ids, _forward_kwargs, sample_tokens, sample_uniforms
+from .extract import eos_ids, forward_kwargs, sample_tokens, sample_uniforms
 from .hooks import _register
 from .models import LoadedModel, as_loaded
 from .outcomes import OUTCOMES, Generate, NextTokenMass, Reweight, as_outcome
@@ -224,7 +224,7 @@ class Patcher:
         if window is not None and longest > window:
             raise ModelSiteError(f"prompts: expected at most {window} tokens (the sliding window of "
                                  f"{type(model).__name__}; prefix caches are not windowed), got {longest}")
-        self._cache_kw, _ = _forward_kwargs(model)
+        self._cache_kw, _ = forward_kwargs(model)
         self.pad_id = tok.pad_token_id
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self._device = self.lm.device
@@ -417,7 +417,7 @@ class Patcher:
             logits = out.logits[:, -1].repeat_interleave(s, dim=0)
             u = np.concatenate([self._uniform(int(i), s, steps, seed) for i in pidx])
             u = torch.as_tensor(u, device=self._device)
-            eos = torch.as_tensor(_eos_ids(self.lm), device=self._device, dtype=torch.long)
+            eos = torch.as_tensor(eos_ids(self.lm), device=self._device, dtype=torch.long)
             finished = torch.zeros(rows, dtype=torch.bool, device=self._device)
             gen = []
             for step in range(steps):
@@ -449,7 +449,7 @@ class Patcher:
         return self._uniforms[key]
 
     def _decode(self, conts) -> list[str]:
-        eos = set(_eos_ids(self.lm))
+        eos = set(eos_ids(self.lm))
         return [self.lm.tokenizer.decode([t for t in c if t not in eos], skip_special_tokens=True) for c in conts]
 
     # ---- public evaluation -----------------------------------------------------------------
