@@ -5,7 +5,6 @@ prompts, the Jigsaw BiLSTM scorer, MiniLM zero-shot topics); ``--simulated`` run
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

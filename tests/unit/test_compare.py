@@ -1,6 +1,5 @@
 """compare.py: localization indices against independent formulas, joint draws, paired agreement."""
 import numpy as np
-import pandas as pd
 import pytest
 from scipy.stats import entropy
 

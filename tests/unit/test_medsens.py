@@ -8,7 +8,6 @@ does), take ACME = a * b from the SUR coefficients and R's delta-method variance
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import statsmodels.api as sm
 
