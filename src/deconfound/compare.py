@@ -10,7 +10,7 @@ import pandas as pd
 
 from ._validation import check_random_state
 from .estimators.base import get_estimator
-from .inference import Effect
+from .inference import Effect, draw_p_value
 from .multiplicity import joint_draws as _joint_draws
 
 # ---------------------------------------------------------------------------------------------------------
@@ -126,7 +126,7 @@ def localization_difference(adjusted, unadjusted, *, effect="nie", arm="treated"
         lo, hi = np.nanquantile(d, [a, 1 - a])
         rows.append({"index": k, "adjusted": pa[k], "unadjusted": pu[k], "difference": pa[k] - pu[k],
                      "ci_lower": float(lo), "ci_upper": float(hi),
-                     "p_value": float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0))))})
+                     "p_value": draw_p_value(d)})
     return pd.DataFrame(rows)
 
 

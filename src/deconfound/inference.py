@@ -45,7 +45,9 @@ class Effect:
 
     @classmethod
     def from_draws(cls, estimate: float, draws, *, level: float = 0.95, ci: str = "percentile") -> "Effect":
-        """Bootstrap / simulation inference: SE = sd of draws; percentile (default) or normal CI."""
+        """Bootstrap / simulation inference: SE = sd of draws; percentile (default) or normal CI.
+
+        With the percentile CI the p-value is :func:`draw_p_value` (add-one, two-sided, never 0)."""
         d = np.asarray(draws, dtype=float)
         se = float(np.std(d, ddof=1)) if len(d) > 1 else float("nan")
         if ci == "normal":
@@ -54,8 +56,7 @@ class Effect:
             return eff
         a = (1 - level) / 2
         lo, hi = np.quantile(d, [a, 1 - a])
-        # two-sided p-value as in R mediation: twice the smaller tail mass beyond zero
-        p = float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0)))) if len(d) else float("nan")
+        p = draw_p_value(d)
         return cls(float(estimate), se, (float(lo), float(hi)), p, level, draws=d, method="percentile")
 
     @classmethod
@@ -119,6 +120,29 @@ class Effect:
     def __repr__(self) -> str:
         return (f"Effect(estimate={self.estimate:.4g}, se={self.se:.4g}, "
                 f"ci=({self.ci[0]:.4g}, {self.ci[1]:.4g}), p={self.p_value:.3g})")
+
+
+def draw_p_value(draws) -> float:
+    """Two-sided p-value of H0: effect = 0 from bootstrap or simulation draws, never exactly 0.
+
+    ``p = min(1, 2 (1 + k) / (B + 1))`` with ``k = min(#{draws <= 0}, #{draws >= 0})`` the count in the
+    smaller tail beyond zero and ``B`` the number of finite draws (the add-one rule of Davison and Hinkley,
+    1997, eq. 4.11, doubled for two sides). R `mediation` reports ``2 k / B``, which is 0 whenever no draw
+    crosses zero; here the smallest p-value is ``2 / (B + 1)``. NaN draws are ignored; no finite draw: NaN.
+
+    Examples
+    --------
+    >>> draw_p_value([0.5, 1.0, 2.0, -0.1])   # k = 1, B = 4: 2 * 2 / 5
+    0.8
+    >>> round(draw_p_value([1.0, 2.0, 3.0]), 4)   # no draw crosses 0: 2 / 4, not 0
+    0.5
+    """
+    d = np.asarray(draws, dtype=float)
+    d = d[np.isfinite(d)]
+    if not len(d):
+        return float("nan")
+    k = min(int(np.sum(d <= 0)), int(np.sum(d >= 0)))
+    return float(min(1.0, 2 * (1 + k) / (len(d) + 1)))
 
 
 def bh_qvalues(p_values) -> np.ndarray:

@@ -8,7 +8,7 @@ import pytest
 from statsmodels.stats.multitest import multipletests
 
 from deconfound import Effect
-from deconfound.inference import bh_qvalues, stratified_counts
+from deconfound.inference import bh_qvalues, draw_p_value, stratified_counts
 
 Z975 = 1.959963984540054  # standard normal 0.975 quantile (closed-form tables)
 
@@ -91,8 +91,31 @@ def test_from_draws_percentile(rng):
     srt = np.sort(d)
     # numpy's default quantile (linear interpolation): 0.025 * 2000 = 50 -> exactly the 51st order statistic
     assert e.ci == pytest.approx((srt[50], srt[1950]), rel=1e-14)
-    assert e.p_value == pytest.approx(2 * min((d <= 0).mean(), (d >= 0).mean()), abs=0)
+    k = min(int((d <= 0).sum()), int((d >= 0).sum()))
+    assert e.p_value == pytest.approx(2 * (1 + k) / (len(d) + 1), rel=1e-14)
     assert e.method == "percentile"
+
+
+def test_draw_p_value_hand_example():
+    # B = 9 draws; 2 at or below 0, 7 at or above 0 (0 counts on both sides): k = 2 -> 2 * 3 / 10
+    d = [-1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]
+    assert draw_p_value(d) == pytest.approx(0.6, abs=1e-15)
+    assert Effect.from_draws(1.5, d).p_value == pytest.approx(0.6, abs=1e-15)
+    assert draw_p_value([np.nan, *d]) == pytest.approx(0.6, abs=1e-15)  # NaN draws do not count in B
+    assert math.isnan(draw_p_value([np.nan]))
+
+
+def test_draw_p_value_is_never_zero_and_at_most_one(rng):
+    far = rng.normal(10.0, 0.1, size=999)  # no draw crosses 0: the old rule said p = 0
+    assert draw_p_value(far) == pytest.approx(2 / 1000, rel=1e-14) and draw_p_value(-far) == draw_p_value(far)
+    assert Effect.from_draws(10.0, far).p_value > 0
+    centred = np.r_[-np.ones(50), np.zeros(3), np.ones(50)]  # k = 53 of B = 103: 2 * 54 / 104 > 1 -> capped
+    assert draw_p_value(centred) == 1.0
+    for b in (1, 2, 5, 20):
+        p = [draw_p_value(rng.normal(m, 1.0, size=b)) for m in (-3, 0, 3)]
+        assert all(0 < v <= 1 for v in p)
+    # BH on draw-based p-values: no q-value is 0 either
+    assert (bh_qvalues([draw_p_value(far), draw_p_value(-far)]) > 0).all()
 
 
 def test_from_draws_normal(rng):
