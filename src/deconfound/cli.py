@@ -266,7 +266,7 @@ def cmd_estimate(args) -> int:
     res = est.fit(data, graph=args.graph, units=units)
     print(res.summary())
     if args.out:
-        frame = res.to_frame()
+        frame = res.to_frame().drop(columns="population")  # re-inserted first, beside graph and estimator
         for col, value in (("population", res.population), ("graph", str(args.graph)), ("estimator", args.estimator)):
             frame.insert(0, col, value)
         _write_csv(frame, args.out)
