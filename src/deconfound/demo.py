@@ -41,9 +41,10 @@ def _balance(data, columns):
 
 def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool = False, patcher=None,
                        main: str | None = None, provenance: dict | None = None, effect_arm=("nie", "treated"),
-                       refute_units: int = 3, refuters=None, units=None) -> dict:
+                       refute_units: int = 3, refuters=None, units=None, title: str | None = None) -> dict:
     """Estimate with every estimator under the adjusted and unadjusted graph, then write the report.
 
+    ``title`` defaults to a question worded from the data's roles (:func:`report_title`).
     Returns a dict with the report paths, the comparison, the localization difference and summary lines.
     """
     out = Path(out)
@@ -62,7 +63,8 @@ def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool
     comp = compare_estimators(data, estimators=estimators, graphs=[ADJUSTED, UNADJUSTED], patcher=patcher,
                               units=units, random_state=seed, sensitivity={}, progress=True)
     adj, unadj = comp.results[(main, ADJUSTED)], comp.results[(main, UNADJUSTED)]
-    rep = rp.Report("deconfound report: does topic adjustment change where toxicity is mediated?")
+    what = adjusted_names(data, adj.adjustment)
+    rep = rp.Report(title or report_title(data, adj.adjustment))
 
     # curves, adjusted vs unadjusted, for every estimator
     for (name, graph), res in comp.results.items():
@@ -70,7 +72,7 @@ def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool
             continue
         other = comp.results.get((name, UNADJUSTED))
         try:
-            curves = {"topic-adjusted": _curve(res, units, effect, arm)}
+            curves = {f"{what}-adjusted": _curve(res, units, effect, arm)}
             if other is not None:
                 curves["unadjusted"] = _curve(other, units, effect, arm)
         except KeyError:
@@ -78,7 +80,7 @@ def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool
         path = rp.plot_effect_curves(curves, figs / f"curve_{name}.png",
                                      title=f"{name}: {effect.upper()} ({arm}) per unit", ylabel=effect.upper())
         rep.figure(f"Per-unit {effect.upper()} curve: {name}", path,
-                   "Topic-adjusted vs unadjusted, with pointwise CIs.")
+                   f"Adjusted for {what} vs unadjusted, with pointwise CIs.")
 
     # localization
     n_draws = 500 if quick else 2000
@@ -97,9 +99,9 @@ def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool
     if bal is not None:
         table = bal.balance_table().reset_index()
         ess = float(bal.diagnostics["ess"].iloc[0]) if "ess" in bal.diagnostics else None
-        rep.figure("Topic balance before/after entropy balancing",
+        rep.figure(f"Balance of {what} before/after entropy balancing",
                    rp.plot_balance(table, figs / "balance.png", ess=ess),
-                   "Absolute standardized mean differences of the topic indicators (controls vs treated).")
+                   f"Absolute standardized mean differences of {what} (controls vs treated).")
         rep.table("Weight diagnostics", bal.diagnostics.reset_index())
         if len(bal.dropped):
             rep.table("Topics dropped for lack of overlap", bal.dropped)
@@ -128,7 +130,7 @@ def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool
 
         dml = comp.results[("dml", ADJUSTED)]
         sens = sensitivity.sensitivity_analysis(dml)
-        rep.table("Sensitivity to unobserved topic information (cf_y = cf_d = 0.03, rho = 1)", sens.to_frame())
+        rep.table("Sensitivity to an unobserved confounder (cf_y = cf_d = 0.03, rho = 1)", sens.to_frame())
         try:
             path = sensitivity.sensitivity_plot(dml, figs / "sensitivity.png", unit=top, effect=effect, arm=arm)
             rep.figure(f"Sensitivity contour, unit {top}", path, "Bound on the effect over (cf_y, cf_d).")
@@ -145,7 +147,7 @@ def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool
     meta = {"data": data.meta, "seed": seed, "estimators": {k: repr(v) for k, v in estimators.items()},
             **(provenance or {})}
     rep.table("Provenance", rp.provenance_table(meta), floatfmt=None)
-    lines = summary_lines(adj, unadj, diff, units, effect=effect, arm=arm, main=main)
+    lines = summary_lines(adj, unadj, diff, units, effect=effect, arm=arm, main=main, adjusted_for=what)
     rep.sections.insert(0, ("text", "Summary", "\n\n".join(lines)))
     paths = rep.write(out)
     comp.frame.to_csv(out / "estimates.csv", index=False)
@@ -155,11 +157,32 @@ def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool
     return {**paths, "comparison": comp, "localization": diff, "summary": lines}
 
 
-def summary_lines(adj, unadj, diff, units, *, effect, arm, main) -> list[str]:
+def report_title(data, adjustment: dict | None = None) -> str:
+    """The report's question, in the data's own names: its treatment, outcome and adjusted confounders.
+
+    Examples
+    --------
+    >>> from deconfound import simulate
+    >>> data, _ = simulate.topic_mediation(200, seed=0)
+    >>> report_title(data, {"first_stage": ["topic"], "second_stage": ["topic"]})
+    "deconfound report: does adjusting for topic change where the effect of 'T' on 'Y' is mediated?"
+    """
+    return (f"deconfound report: does adjusting for {adjusted_names(data, adjustment)} change where the effect of "
+            f"{data.treatment_name!r} on {data.outcome_name!r} is mediated?")
+
+
+def adjusted_names(data, adjustment: dict | None = None) -> str:
+    """The confounder columns an adjustment uses (all of the data's when it names none), for prose."""
+    adj = adjustment or {}
+    cols = list(dict.fromkeys(c for key in ("first_stage", "second_stage", "total") for c in adj.get(key, ())))
+    return ", ".join(cols or data.confounder_names) or "the confounders"
+
+
+def summary_lines(adj, unadj, diff, units, *, effect, arm, main, adjusted_for="topic") -> list[str]:
     d = diff.set_index("index")
     ent = d.loc["entropy"]
-    verdict = ("less localized after topic adjustment" if ent.ci_lower > 0 else
-               "more localized after topic adjustment" if ent.ci_upper < 0 else
+    verdict = (f"less localized after adjusting for {adjusted_for}" if ent.ci_lower > 0 else
+               f"more localized after adjusting for {adjusted_for}" if ent.ci_upper < 0 else
                "no significant change in localization")
     rank = lambda res: sorted(units, key=lambda u: -abs(res.effect(u, effect, arm).estimate))[:5]
     fmt = lambda res: ", ".join(f"{u} ({res.effect(u, effect, arm).estimate:+.3g})" for u in rank(res))
@@ -205,6 +228,7 @@ def run_simulated(*, out="demo_out", quick: bool = False, seed: int = 0) -> int:
 # The real-LLM pipeline
 
 DEFAULT_N, QUICK_N = 400, 120
+LM_TITLE = "deconfound report: does topic adjustment change where toxicity is mediated?"
 
 
 def default_prompts(n_prompts: int, seed: int = 0) -> pd.DataFrame:
@@ -330,14 +354,14 @@ def run_llm(*, out="demo_out", quick: bool = False, n_prompts: int | None = None
                                "outcome_secondary": "mean Jigsaw BiLSTM 'toxic' score of sampled continuations",
                                "patcher": patcher.describe()}}
     result = analyse_and_report(data_mass, out=out / "report", estimators=estimators, seed=seed, quick=quick,
-                                patcher=patcher, main="patching", provenance=provenance, units=units,
+                                patcher=patcher, main="patching", provenance=provenance, units=units, title=LM_TITLE,
                                 refute_units=1 if quick else 2,
                                 refuters=["placebo_treatment", "dummy_outcome"] if quick else None)
     print("\n".join(result["summary"]))
     _say("observational estimators on the continuation toxicity (mean Jigsaw BiLSTM score of the samples)")
     observational = {k: v for k, v in demo_estimators(quick=quick).items() if k in ("weighting", "dml")}
     cont = analyse_and_report(data, out=out / "report_continuation", estimators=observational, seed=seed,
-                              quick=quick, main="dml", units=units, refute_units=0,
+                              quick=quick, main="dml", units=units, refute_units=0, title=LM_TITLE,
                               provenance={**provenance, "outcome": "continuation toxicity"})
     print("\n".join(cont["summary"]))
     _say(f"report: {result['html']}")

@@ -17,7 +17,7 @@ import pandas as pd
 from .errors import GraphError
 
 ROLES = ("T", "M", "Y")
-GRAPH_DIRS = [Path(__file__).resolve().parents[2] / "graphs", Path(__file__).resolve().parent / "graphs"]
+GRAPH_DIRS = [Path(__file__).resolve().parent / "graphs"]  # the shipped graphs (package data)
 DEFAULT_GRAPH = "topic_mediation"
 
 
@@ -42,16 +42,23 @@ class AdjustmentSets:
 
 
 def graph_path(name) -> Path:
-    """Resolve a graph name (``"topic_mediation"``) or a path to a file."""
+    """Resolve a graph name (``"topic_mediation"``) or a path to a file.
+
+    An existing file wins. Otherwise a bare name, or the shipped spelling ``graphs/<name>.gml`` (as the docs
+    write it, from any folder), resolves through ``$DECONFOUND_GRAPHS`` and then the graphs installed with the
+    package. Any other missing path is an error, never a silent built-in graph.
+    """
     p = Path(name)
     if p.suffix in (".gml", ".dot") and p.exists():
         return p
-    if len(p.parts) > 1:  # an explicit path that does not exist: never fall back to a built-in graph
+    shipped = len(p.parts) == 2 and p.parts[0] == "graphs" and p.suffix in (".gml", ".dot")
+    if len(p.parts) > 1 and not shipped:  # an explicit path that does not exist: never a built-in graph
         raise GraphError(f"graph: expected an existing .gml/.dot file, got the missing path {str(name)!r}")
+    stem = p.stem if p.suffix else str(name)
     dirs = ([Path(os.environ["DECONFOUND_GRAPHS"])] if "DECONFOUND_GRAPHS" in os.environ else []) + GRAPH_DIRS
     for d in dirs:
         for suffix in (".gml", ".dot"):
-            cand = d / f"{p.stem if p.suffix else name}{suffix}"
+            cand = d / f"{stem}{suffix}"
             if cand.exists():
                 return cand
     known = sorted({f.stem for d in dirs if d.exists() for f in d.glob("*.gml")})
@@ -228,7 +235,7 @@ def load_graph(path_or_name=DEFAULT_GRAPH) -> CausalGraph:
     if isinstance(path_or_name, nx.DiGraph):
         return CausalGraph(path_or_name)
     p = graph_path(path_or_name)
-    return _load_cached(str(p), p.stat().st_mtime)
+    return _load_cached(str(p.resolve()), p.stat().st_mtime)  # absolute: a relative name differs by cwd
 
 
 def resolve(graph, data) -> tuple[CausalGraph, AdjustmentSets]:

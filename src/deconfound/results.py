@@ -68,7 +68,8 @@ class MediationResult:
     nie/nde/te/prop_mediated and ``arm`` one of control/treated/average. Every effect refers to
     ``population``: "ate" (all rows), "att" (the treated rows), "atc" (the controls) or "overlap" (a
     population the estimator chose, described in ``settings["population_note"]``). There is one total
-    effect per unit, ``("te", "average")``: the TE of that population.
+    effect per unit, ``("te", "average")``: the TE of that population (``effect(u, "te", "treated")`` reads it
+    too when the population is "att", and ``"control"`` when it is "atc"; otherwise a KeyError).
 
     ``settings`` records how the effects were computed; :meth:`summary` prints these keys when present:
     ``"method"`` (e.g. "quasi-Bayesian"), the number of draws or folds (``"n_draws"``, ``"n_sims"``,
@@ -139,11 +140,14 @@ class MediationResult:
         effs = self.effects[unit]
         if (effect, arm) in effs:
             return effs[(effect, arm)]
-        if effect == "te" and ("te", "average") in effs and _TE_ARM.get(self.population) == arm:
-            return effs[("te", "average")]  # the ATT is the treated arm's TE (the ATC the controls')
+        pop_arm = _TE_ARM.get(self.population)  # the ATT is the treated arm's TE, the ATC the controls'
+        if effect == "te" and arm in ("average", pop_arm):
+            te = effs.get(("te", "average"), effs.get(("te", pop_arm)))
+            if te is not None:
+                return te
         have = sorted(one_total_effect(effs))
         note = (f"; the total effect has one row, ('te', 'average'), for population {self.population!r}"
-                if effect == "te" and ("te", "average") in effs else "")
+                if effect == "te" else "")
         raise KeyError(f"effect/arm: expected one of {have}, got {(effect, arm)}{note}")
 
     def to_frame(self) -> pd.DataFrame:
@@ -195,7 +199,7 @@ class MediationResult:
     def summary(self, unit: str | None = None) -> str:
         """statsmodels-style text table with R `mediation` row names.
 
-        Numbers are printed by magnitude: the NIE/NDE/TE rows of a unit share one format with four
+        Numbers are printed by magnitude: the NIE/NDE/TE rows of a unit share one format with five
         significant digits of their largest value (scientific outside [1e-3, 1e5)), the proportions mediated
         another; the proportion mediated has a CI and no SE ("-"), as in R. One Total Effect row, in the
         result's population.
@@ -265,7 +269,7 @@ class MediationResult:
         return (f"<table>{head}</table>" + self.to_frame().to_html(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
-def number_format(values, digits: int = 4):
+def number_format(values, digits: int = 5):
     """A formatter shared by numbers on one scale: ``digits`` significant digits of the largest ``|value|``.
 
     Fixed point when the largest is in [1e-3, 1e5), scientific otherwise; NaN prints "NaN".
@@ -274,10 +278,10 @@ def number_format(values, digits: int = 4):
     --------
     >>> f = number_format([0.00012345, -0.0000021])
     >>> f(0.00012345), f(-0.0000021)
-    ('1.234e-04', '-2.100e-06')
+    ('1.2345e-04', '-2.1000e-06')
     >>> f = number_format([12.3456, 0.5])
     >>> f(12.3456), f(0.5)
-    ('12.35', '0.50')
+    ('12.346', '0.500')
     """
     finite = np.abs(np.asarray([v for v in values if np.isfinite(v)], dtype=float))
     big = float(finite.max()) if finite.size else 1.0

@@ -238,9 +238,10 @@ def _ovb_of(result: MediationResult, unit: str) -> dict:
     if not ovb:
         raise ValueError(
             f"sensitivity_analysis: expected a result whose diagnostics[{unit!r}]['ovb'] holds the OVB pieces "
-            f"{list(OVB_KEYS)} per (effect, arm), got a {result.estimator!r} result without them. The OVB bound "
-            "needs a score-based estimator (get_estimator('dml'), or 'weighting' where it stores them); for "
-            "the parametric estimator use rho_sensitivity.")
+            f"{list(OVB_KEYS)} per (effect, arm), got a {result.estimator!r} result without them. Of the "
+            "registered estimators only 'dml' stores them: refit with get_estimator('dml') for this bound "
+            "(weighting, eb_total, econml and patching results carry none); for a parametric result use "
+            "rho_sensitivity.")
     return ovb
 
 
@@ -431,7 +432,7 @@ class BenchmarkResult:
         return self.summary()
 
 
-def sensitivity_benchmark(result_or_estimator, data, drop=("topic",), *, graph=None, units=None,
+def sensitivity_benchmark(result_or_estimator, data, drop=None, *, graph=None, units=None,
                           effects=("te", "nie", "nde"), ks=(1, 2, 3), level=0.95, sides=2,
                           estimator=None) -> BenchmarkResult:
     """How strong are observed confounders, and what would a latent one k times as strong do?
@@ -445,7 +446,9 @@ def sensitivity_benchmark(result_or_estimator, data, drop=("topic",), *, graph=N
     result_or_estimator : an estimator (fitted here on ``data``), or the result of one; then pass the
         estimator that made it as ``estimator=`` (same settings and seed, so the two fits share their folds).
     data : the MediationData the long result came from.
-    drop : confounder columns to drop (nodes of the same name are removed from the graph too).
+    drop : confounder columns to drop (nodes of the same name are removed from the graph too). Default: every
+        confounder column the graph adjusts for in the long fit (its first-stage, second-stage and total
+        adjustment sets); a ValueError if it adjusts for none.
 
     Returns
     -------
@@ -464,13 +467,21 @@ def sensitivity_benchmark(result_or_estimator, data, drop=("topic",), *, graph=N
     >>> print(bench.sentences()[-1].split(" would")[0])
     An unobserved confounder 2x as strong as topic
     """
-    drop = [drop] if isinstance(drop, str) else list(drop)
-    missing = [d for d in drop if d not in data.confounder_names]
-    if not drop or missing:
-        raise ValueError(f"drop: expected confounder columns from {data.confounder_names}, got {drop}")
+    if drop is not None:
+        drop = [drop] if isinstance(drop, str) else list(drop)
+        missing = [d for d in drop if d not in data.confounder_names]
+        if not drop or missing:
+            raise ValueError(f"drop: expected confounder columns from {data.confounder_names}, got {drop}")
     est, long = _fit_estimator(result_or_estimator, estimator)
     if long is None:
         long = est.fit(data, graph=graph, units=units)
+    if drop is None:
+        adj = long.adjustment or {}
+        used = {c for key in ("first_stage", "second_stage", "total") for c in adj.get(key, ())}
+        drop = [c for c in data.confounder_names if c in used]
+        if not drop:
+            raise ValueError(f"drop: expected confounder columns to benchmark against, got none: graph "
+                             f"{long.graph!r} adjusts for no column of {data.confounder_names}; pass drop=[...]")
     units = long.units if units is None else ([units] if isinstance(units, str) else list(units))
     short_data = data.replace(x=data.x.drop(columns=drop))
     short = est.fit(short_data, graph=_graph_without(graph, drop), units=units)

@@ -11,7 +11,7 @@ import pytest
 from deconfound import GraphError, MediationData, load_graph
 from deconfound.graph import CausalGraph, graph_path, resolve
 
-GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
+GRAPHS = Path(__file__).resolve().parents[2] / "src" / "deconfound" / "graphs"  # shipped as package data
 FULL_EDGES = {("X", "T"), ("X", "M"), ("X", "Y"), ("T", "M"), ("T", "Y"), ("M", "Y")}
 
 
@@ -76,6 +76,26 @@ def test_unknown_name_lists_known():
 def test_missing_explicit_path_is_an_error_not_a_builtin(tmp_path):
     with pytest.raises(GraphError, match="missing path"):
         load_graph(tmp_path / "topic_mediation.gml")
+    with pytest.raises(GraphError, match="missing path"):
+        load_graph("mine/topic_mediation.gml")  # only the docs' spelling graphs/<name> falls back
+
+
+def test_docs_spelling_resolves_from_any_folder(tmp_path, monkeypatch):
+    """`--graph graphs/topic_mediation.gml` (the tutorial's) works outside the repository, through the package."""
+    import deconfound
+
+    monkeypatch.chdir(tmp_path)
+    shipped = Path(deconfound.__file__).resolve().parent / "graphs"
+    for spelling in ("graphs/topic_mediation.gml", "topic_mediation", "topic_mediation.gml"):
+        assert graph_path(spelling) == shipped / "topic_mediation.gml", spelling
+    assert set(load_graph("graphs/unadjusted_mediation.gml").nx.edges) == {("T", "M"), ("T", "Y"), ("M", "Y")}
+    with pytest.raises(GraphError, match="one of \\['latent_topic', 'topic_mediation', 'unadjusted_mediation'\\]"):
+        load_graph("graphs/no_such_graph.gml")
+    # a file of that name in the current folder still wins over the shipped one
+    (tmp_path / "graphs").mkdir()
+    own = write_gml(tmp_path / "graphs" / "topic_mediation.gml", ["T", "M", "Y"], [("T", "M"), ("M", "Y")])
+    assert graph_path("graphs/topic_mediation.gml") == Path("graphs/topic_mediation.gml")
+    assert set(load_graph("graphs/topic_mediation.gml").nx.edges) == {("T", "M"), ("M", "Y")} and own.exists()
 
 
 def test_dot_file(tmp_path, sim_small):

@@ -199,6 +199,7 @@ def test_patching_summary_names_the_att(rng):
     for effs in (add_derived(base), legacy):
         res = MediationResult("patching", {"u": effs}, n=300, n_treated=120, population="att",
                               settings={"n_boot": 200, "method": "EB-mean donors"})
+        assert res.effect("u", "te") is res.effect("u", "te", "treated") is base[("te", "average")]
         text = res.summary()
         assert "Population:   ATT" in text and "Method:       EB-mean donors, 200 bootstrap replicates" in text
         rows = [ln for ln in text.splitlines() if ln.startswith("Total Effect")]
@@ -274,9 +275,10 @@ def test_number_format_edges():
     from deconfound.results import number_format, p_format
 
     f = number_format([1234567.0, -2.5])
-    assert f(1234567.0) == "1.235e+06" and f(-2.5) == "-2.500e+00"
+    assert f(1234567.0) == "1.2346e+06" and f(-2.5) == "-2.5000e+00"
     f = number_format([0.7, 0.0])
-    assert f(0.7) == "0.7000" and f(0.0) == "0.0000"
-    assert number_format([0.0])(0.0) == "0.000" and number_format([np.nan])(np.nan) == "NaN"
-    assert number_format([99999.0])(99999.0) == "99999"
+    assert f(0.7) == "0.70000" and f(0.0) == "0.00000"
+    assert number_format([0.0])(0.0) == "0.0000" and number_format([np.nan])(np.nan) == "NaN"
+    assert number_format([99999.0])(99999.0) == "99999" and number_format([0.001])(-0.001) == "-0.0010000"
+    assert number_format([1.0], digits=3)(1.0) == "1.00"
     assert p_format(0.5) == "0.5000" and p_format(3.2e-12) == "3.2e-12" and p_format(np.nan) == "NaN"

@@ -1,5 +1,6 @@
 """OVB bounds, robustness values, benchmarks and the contour plot (deconfound.sensitivity)."""
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -280,6 +281,42 @@ def test_sensitivity_benchmark_errors():
     res = CellAIPW().fit(data)
     with pytest.raises(ValueError, match="expected estimator="):
         sensitivity_benchmark(res, data, drop=["quarter"])
+
+
+def test_weighting_result_error_says_what_docs_say(sim_small):
+    """docs/robustness.md: weighting stores no OVB pieces, and the error names the estimator and the way out."""
+    from deconfound.estimators.weighting import WeightingMediation
+
+    data, _ = sim_small
+    res = WeightingMediation().fit(data, units=["u0"])
+    assert "ovb" not in res.diagnostics["u0"]
+    with pytest.raises(ValueError, match="got a 'weighting' result without them") as info:
+        sensitivity_analysis(res)
+    assert "only 'dml' stores them" in str(info.value) and "where it stores them" not in str(info.value)
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "robustness.md").read_text()
+    assert "The weighting estimator does not store OVB pieces" in " ".join(docs.split())
+
+
+class _AdjustingCellAIPW(CellAIPW):
+    """CellAIPW that reports the columns it adjusts for, as a graph-driven estimator does."""
+
+    def fit(self, data, *, graph=None, units=None):
+        res = super().fit(data, graph=graph, units=units)
+        cols = data.categorical_confounders()
+        res.adjustment = {"first_stage": cols, "second_stage": cols, "total": cols}
+        return res
+
+
+def test_sensitivity_benchmark_drops_the_adjusted_columns_by_default():
+    data, _ = _two_label_data(1500)
+    bench = sensitivity_benchmark(_AdjustingCellAIPW(), data, ks=(1,))
+    assert bench.drop == ["half", "quarter"]
+    explicit = sensitivity_benchmark(_AdjustingCellAIPW(), data, drop=["half", "quarter"], ks=(1,))
+    pd.testing.assert_frame_equal(bench.to_frame(), explicit.to_frame())
+    assert "as strong as half + quarter" in bench.summary()
+    # nothing adjusted for: nothing to benchmark against, said plainly
+    with pytest.raises(ValueError, match="adjusts for no column of \\['half', 'quarter'\\]; pass drop="):
+        sensitivity_benchmark(CellAIPW(), data)
 
 
 def test_sensitivity_plot_writes_a_png(tmp_path):

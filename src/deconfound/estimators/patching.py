@@ -1,4 +1,4 @@
-"""Interventional patching (METHODS.md 5.1): the language model itself is the outcome model.
+"""Interventional patching (the seed paper's estimator): the language model itself is the outcome model.
 
 NIE_ATT(u) = (1/n1) sum_{i treated} [g(q_i) - g(q_i; do(h_u = donor_i))], where g is the outcome score of
 a :class:`~deconfound.lm.patch.Patcher` and the donor is drawn from (or averages) the control activations
