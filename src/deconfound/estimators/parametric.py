@@ -63,7 +63,8 @@ class ParametricMediation(MediationEstimator):
     -----
     The point estimate is the plug-in g-formula at the fitted coefficients (mediator noise integrated
     exactly). R and statsmodels report the mean of the draws instead; the two differ by Monte Carlo error
-    and a Jensen term of order 1/n. SE, percentile CI and p-value (R's rule) come from the draws.
+    and a Jensen term of order 1/n. SE, percentile CI and p-value come from the draws (the p-value by the
+    add-one rule of :func:`deconfound.inference.draw_p_value`, never 0).
 
     Examples
     --------
