@@ -197,3 +197,22 @@ def test_tutorial_runs_and_prints_what_it_shows(tmp_path, monkeypatch):
     assert (tmp_path / "report" / "report.html").stat().st_size > 10_000
     assert (tmp_path / "report_cli" / "report.html").exists()
     assert (tmp_path / "contour_u0.png").exists()
+
+
+def test_docs_cite_no_file_the_user_lacks():
+    """docs/ speak to users: no design notes (METHODS.md, PEERS.md, ...) and nothing outside the repository."""
+    banned = re.compile(r"\bMETHODS\b|PEERS\.md|SOURCES\.md|STYLE\.md|\.\./shared|[Dd]esign notes")
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        for n, line in enumerate(page.read_text().splitlines(), 1):
+            assert not banned.search(line), f"{page.name}:{n} cites a file users do not have: {line.strip()}"
+    assert banned.search("see METHODS.md 5.1") and banned.search("(../shared/design)")  # the check can fail
+    assert not banned.search("checked by its methods")
+
+
+def test_estimator_table_lists_every_registered_estimator():
+    from deconfound.estimators import available_estimators
+
+    text = (ROOT / "docs" / "choosing_an_estimator.md").read_text()
+    table = [line for line in text.splitlines() if line.startswith("| `")]
+    for name in available_estimators():
+        assert any(line.startswith(f"| `{name}` |") for line in table), name
