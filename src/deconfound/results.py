@@ -327,6 +327,9 @@ def _families(settings: dict) -> str:
 def _learner_name(learner) -> str:
     if isinstance(learner, str):
         return learner.split("(")[0] if "(" in learner else learner
+    steps = getattr(learner, "steps", None)  # a scikit-learn Pipeline: name its steps
+    if isinstance(steps, list) and all(isinstance(s, tuple) and len(s) == 2 for s in steps):
+        return f"{type(learner).__name__}({', '.join(type(s[1]).__name__ for s in steps)})"
     return type(learner).__name__
 
 

@@ -226,6 +226,12 @@ def test_header_names_method_draws_models_and_sets(rng):
     text = res.summary()
     assert "Method:       5 folds" in text and "bootstrap" not in text
     assert "Models:       outcome gaussian, propensity LogisticRegression" in text
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    res.settings = {"propensity_learner": make_pipeline(StandardScaler(), LogisticRegression())}
+    assert "Models:       propensity Pipeline(StandardScaler, LogisticRegression)" in res.summary()
 
 
 def _printed_rows(text):
