@@ -7,6 +7,7 @@ import pytest
 from statsmodels.stats.multitest import multipletests
 
 from deconfound import Effect, MediationResult
+from deconfound.estimators.patching import PatchingMediation
 from deconfound.results import add_derived
 
 R_ROWS = ["ACME (control)", "ACME (treated)", "ADE (control)", "ADE (treated)", "Total Effect",
@@ -288,3 +289,21 @@ def test_number_format_edges():
     assert number_format([99999.0])(99999.0) == "99999" and number_format([0.001])(-0.001) == "-0.0010000"
     assert number_format([1.0], digits=3)(1.0) == "1.00"
     assert p_format(0.5) == "0.5000" and p_format(3.2e-12) == "3.2e-12" and p_format(np.nan) == "NaN"
+
+
+def test_patching_fit_prints_one_att_total_effect():
+    """The real patching estimator on a toy patcher: TE_ATT once, labelled by population ATT, in both outputs."""
+    from test_patching_estimator import ToyPatcher, toy_data
+
+    data, m, _, _ = toy_data(seed=1)
+    patcher = ToyPatcher(m, a=np.zeros(data.n), b=np.array([1.0, -0.5, 0.25]))
+    res = PatchingMediation(n_boot=50, random_state=0).fit(data, patcher=patcher)
+    te = res.effect("u", "te", "treated")
+    assert res.population == "att" and res.effect("u", "te") is te
+    text = res.summary()
+    assert "Population:   ATT" in text and "Method:       50 bootstrap replicates" in text
+    rows = [ln for ln in text.splitlines() if ln.startswith("Total Effect")]
+    assert len(rows) == 1 and rows[0].split()[:2] == ["Total", "Effect"]
+    assert float(rows[0].split()[2]) == pytest.approx(te.estimate, abs=1e-4)  # 5 digits of the largest (1.33)
+    f = res.to_frame()
+    assert len(f[f.effect == "te"]) == 1 and (f.population == "att").all()
