@@ -9,6 +9,11 @@ scores store, per unit, ``result.diagnostics[unit]["ovb"][(effect, arm)] = {"sig
 "psi_nu2"}``, where sigma2 = E[(Y - g)^2] of the outcome nuisance, nu2 = E[alpha^2] with alpha the Riesz
 representer (the weight multiplying the outcome residual in the score), and the psi_* arrays are their
 per-row influence values (centred).
+
+Contract for ``summary()``: the result's ``population`` ("ate", "att", "atc" or "overlap", with
+``settings["population_note"]``), one total effect ``("te", "average")``, and ``settings`` keys
+``"method"``, ``"n_draws"``/``"n_sims"``, ``"n_boot"``, ``"n_folds"``, ``"n_rep"`` and ``"families"`` where they
+apply (see :class:`deconfound.results.MediationResult`).
 """
 from __future__ import annotations
 
