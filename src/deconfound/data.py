@@ -417,7 +417,10 @@ class MediationData:
         if not 1 <= info["format_version"] <= FORMAT_VERSION:
             raise DataError(f"{path / 'meta.json'}: expected format_version 1 to {FORMAT_VERSION}, got "
                             f"{info['format_version']} (written by a newer deconfound?)")
-        dtype = info.get("dtype", "float32")  # version 1 stored float32
+        try:
+            dtype = check_dtype(info.get("dtype", "float32"))  # version 1 stored float32
+        except ValueError as exc:
+            raise DataError(f"{path / 'meta.json'}: {exc}") from None
         roles = {"__cluster": info.get("cluster_name"), "__weights": info.get("weights_name")}
         table = read_table(path / "table.parquet", ["__id", "__t", "__y", *[c for c, nm in roles.items() if nm]]
                            + list(info["categories"]))
