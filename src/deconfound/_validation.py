@@ -41,7 +41,8 @@ def check_binary(values, name: str) -> np.ndarray:
     try:
         num = arr.astype(float)
     except (TypeError, ValueError):
-        raise DataError(f"{name}: expected a binary 0/1 treatment, got dtype {arr.dtype}") from None
+        shown = sorted({str(v) for v in arr.ravel()[:10000]})[:6]
+        raise DataError(f"{name}: expected a binary 0/1 treatment, got dtype {arr.dtype} with values {shown}") from None
     levels = np.unique(num[np.isfinite(num)])
     if not np.isfinite(num).all() or not set(levels.tolist()) <= {0.0, 1.0}:
         shown = np.unique(arr.astype(str))[:6].tolist()

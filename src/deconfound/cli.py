@@ -162,13 +162,13 @@ def _site(value: str) -> str:
 # Shared steps
 
 
-def _units(data, units):
+def _units(data, units, flag="--units"):
     if units is None:
         return None
     bad = [u for u in units if u not in data.mediators]
     if bad:
         shown = data.units[:10] + (["..."] if len(data.units) > 10 else [])
-        raise CliError(f"--units: expected names from {shown}, got {bad}")
+        raise CliError(f"{flag}: expected names from {shown}, got {bad}")
     return units
 
 
@@ -199,10 +199,23 @@ def _estimators(names, settings, seed) -> dict:
     return ests
 
 
-def _write_csv(frame, path) -> None:
+def _writable(value: str) -> str:
+    """An output path whose nearest existing ancestor is a writable folder (checked before any work is done)."""
+    parent = Path(value).expanduser().absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"expected a path in a writable folder, got {value!r} ({parent} is not one)")
+    return value
+
+
+def _write_csv(frame, path, flag="--out") -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(path, index=False)
+    except OSError as exc:
+        raise CliError(f"{flag}: expected a writable path, got {str(path)!r} ({exc.strerror or exc})") from None
     print(f"wrote {path}")
 
 
@@ -305,7 +318,7 @@ def cmd_medsens(args) -> int:
             raise CliError(f"--unit: expected one of {data.units[:10]} (the data has {len(data.units)} units), got "
                            "none")
         unit = data.units[0]
-    _units(data, [unit])
+    _units(data, [unit], "--unit")
     est = _estimators(["parametric"], args.set, args.seed)["parametric"]
     res = est.fit(data, graph=args.graph, units=[unit])
     sens = rho_sensitivity(res, unit, rho_grid=_rho_grid(args.rho_by))
@@ -313,7 +326,10 @@ def cmd_medsens(args) -> int:
     if args.out:
         _write_csv(sens.frame.assign(unit=unit), args.out)
     if args.plot:
-        print(f"wrote {sens.plot(args.plot)}")
+        try:
+            print(f"wrote {sens.plot(args.plot)}")
+        except OSError as exc:
+            raise CliError(f"--plot: expected a writable path, got {args.plot!r} ({exc.strerror or exc})") from None
     return 0
 
 
@@ -343,6 +359,10 @@ def cmd_report(args) -> int:
     data = load_data(args)
     if args.units:
         data = data.select_units(_units(data, args.units))
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"--out: expected a folder that can be created, got {args.out!r} ({exc.strerror or exc})") from None
     ests = _estimators(args.estimators, args.set, args.seed)
     paths = demo.analyse_and_report(data, out=args.out, estimators=ests, seed=args.seed, quick=args.quick,
                                     main=lead[0], refute_units=min(args.refute_units, len(data.units)))
@@ -461,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
              "age,educ --estimator parametric",
              cmd_estimate)
     _data_args(s)
-    s.add_argument("--out", default=None, metavar="CSV", help="write the tidy table (one row per unit x effect x arm)")
+    s.add_argument("--out", default=None, type=_writable, metavar="CSV", help="write the tidy table (one row per unit x effect x arm)")
 
     c = _sub(sub, "compare", "several estimators x graphs side by side (paired folds and resamples)",
              "Example: deconfound compare --data DIR --estimators weighting,dml --out estimates.csv", cmd_compare)
@@ -473,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--sensitivity", action="store_true", help="add robustness values RV/RVa where available")
     c.add_argument("--refuters", type=_refuter_list, default=None,
                    help=f"add a pass/fail column from these refuters: {', '.join(REFUTERS)}")
-    c.add_argument("--out", default=None, metavar="CSV", help="write the tidy table")
+    c.add_argument("--out", default=None, type=_writable, metavar="CSV", help="write the tidy table")
 
     v = _sub(sub, "sensitivity", "omitted-variable-bias bounds and robustness values",
              "Bounds (DoubleML layout) for a score-based estimator (dml). Strengths as in DoubleML: cf_y and cf_d "
@@ -483,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--cf-d", type=_float_in(0, 1, closed_high=False), default=0.03, help="in [0, 1)")
     v.add_argument("--rho", type=_float_in(-1, 1, closed_high=True), default=1.0, help="in [-1, 1]")
     v.add_argument("--level", type=_float_in(0, 1, closed_high=False), default=0.95, help="CI level")
-    v.add_argument("--out", default=None, metavar="CSV", help="write the bounds table")
+    v.add_argument("--out", default=None, type=_writable, metavar="CSV", help="write the bounds table")
 
     ms = _sub(sub, "medsens", "Imai's rho sensitivity of the parametric estimator's ACME (R mediation::medsens)",
               "Refits the parametric estimator (--set passes its settings) and reports ACME(rho), rho = corr(e_M, "
@@ -494,8 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--unit", default=None, help="the mediator unit (default: the only one)")
     ms.add_argument("--rho-by", type=_float_in(0.001, 0.5, closed_high=True), default=None, metavar="STEP",
                     help="grid of rho from -1+STEP to 1-STEP (R's rho.by; default: -0.9 to 0.9 by 0.05)")
-    ms.add_argument("--out", default=None, metavar="CSV", help="write ACME(rho) (one row per rho x arm)")
-    ms.add_argument("--plot", default=None, metavar="PNG", help="draw ACME(rho) with its CI band")
+    ms.add_argument("--out", default=None, type=_writable, metavar="CSV", help="write ACME(rho) (one row per rho x arm)")
+    ms.add_argument("--plot", default=None, type=_writable, metavar="PNG", help="draw ACME(rho) with its CI band")
 
     r = _sub(sub, "refute", "refutation tests that re-run the whole estimator",
              "Each refuter perturbs the data and re-fits; a row passes when its rule holds at alpha=0.05.",
@@ -503,13 +523,13 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(r)
     r.add_argument("--refuters", type=_refuter_list, default=None,
                    help=f"comma-separated, from {', '.join(REFUTERS)} (default: all)")
-    r.add_argument("--out", default=None, metavar="CSV", help="write the refutation table")
+    r.add_argument("--out", default=None, type=_writable, metavar="CSV", help="write the refutation table")
 
     rp = _sub(sub, "report", "estimate, compare and write the HTML and markdown report for a saved dataset",
               "Writes OUT/report.html (images inlined), OUT/report.md, OUT/figures/*.png and OUT/estimates.csv.",
               cmd_report)
     _data_args(rp, estimator=False, graph=False)
-    rp.add_argument("--out", required=True, metavar="DIR")
+    rp.add_argument("--out", required=True, type=_writable, metavar="DIR")
     rp.add_argument("--estimators", default="weighting,dml", type=_estimator_list,
                     help=ESTS_HELP + "; the first of weighting, dml, parametric leads the summary; with dml: "
                     "sensitivity and refutation sections")

@@ -108,7 +108,7 @@ class MediationData:
     weights_name: str = "weights"
 
     def __post_init__(self):
-        self.t = check_binary(check_vector(self.t, len(self.t), f"treatment {self.treatment_name!r}"),
+        self.t = check_binary(check_vector(self.t, np.size(self.t), f"treatment {self.treatment_name!r}"),
                               f"treatment {self.treatment_name!r}")
         n = len(self.t)
         self.y = check_finite(check_vector(self.y, n, f"outcome {self.outcome_name!r}"), f"outcome {self.outcome_name!r}")
@@ -159,6 +159,9 @@ class MediationData:
         cluster) and positive sampling weights. ``dtype``: "float64" (default) or "float32" for the mediator
         blocks.
         """
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"df: expected a pandas DataFrame, got {type(df).__name__} (for arrays use "
+                            "MediationData.from_arrays)")
         if isinstance(confounders, str):
             confounders = [confounders]
         confounders = list(confounders)
@@ -207,7 +210,7 @@ class MediationData:
         """Build from arrays. ``x`` may be a DataFrame (string columns allowed) or a numeric array;
         ``cluster`` (labels) and ``weights`` (positive) are optional arrays of one value per row; ``dtype``
         of the mediator blocks is "float64" (default) or "float32"."""
-        n = len(np.asarray(t))
+        n = len(check_vector(t, np.size(t), f"treatment {treatment_name!r}"))
         frame = _as_confounder_frame(x, x_names, n)
         if not isinstance(mediators, dict):
             raise DataError(f"mediators: expected a dict unit -> array, got {type(mediators).__name__}")
@@ -296,6 +299,10 @@ class MediationData:
         if rows.dtype == bool:
             check_length(rows, self.n, "rows")
             rows = np.flatnonzero(rows)
+        elif rows.size and not np.issubdtype(rows.dtype, np.integer):
+            raise DataError(f"rows: expected a boolean mask or integer indices, got dtype {rows.dtype}")
+        elif rows.size and not (-self.n <= rows.min() and rows.max() < self.n):
+            raise DataError(f"rows: expected indices in [0, {self.n}), got values from {rows.min()} to {rows.max()}")
         meds = self.mediators.subset(rows) if self.lazy else {u: m[rows] for u, m in self.mediators.items()}
         return self.replace(t=self.t[rows], y=self.y[rows], x=self.x.iloc[rows].reset_index(drop=True),
                             mediators=meds, ids=self.ids[rows],
@@ -308,6 +315,9 @@ class MediationData:
                       treatment_name=self.treatment_name, outcome_name=self.outcome_name,
                       mediator_columns=self.mediator_columns, cluster=self.cluster, weights=self.weights,
                       dtype=self.dtype, cluster_name=self.cluster_name, weights_name=self.weights_name)
+        unknown = sorted(set(changes) - set(fields))
+        if unknown:
+            raise TypeError(f"replace: expected fields from {sorted(fields)}, got {unknown}")
         fields.update(changes)
         if "mediators" in changes and "mediator_columns" not in changes:
             fields["mediator_columns"] = {u: c for u, c in self.mediator_columns.items() if u in changes["mediators"]}

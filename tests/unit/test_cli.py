@@ -490,3 +490,31 @@ def test_sensitivity_with_parametric_points_to_medsens(capsys, table):
 def test_medsens_needs_a_unit_when_there_are_several(capsys, table):
     rc, _, err = run(capsys, "medsens", "--data", table[0], *ROLES, "--mediators", "h*")
     assert rc == 2 and "--unit: expected one of ['h0', 'h1', 'h2']" in err
+
+
+# ---- docs/getting_started.md: the command-line section runs and agrees with the Python section ----------
+def test_getting_started_cli_commands_run_and_match_python(capsys, tmp_path, monkeypatch):
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "getting_started.md").read_text()
+    python = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    bash = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    commands = [shlex.split(c) for c in "\n".join(bash).replace("\\\n", " ").splitlines() if c.strip()]
+    assert [c[:2] for c in commands] == [["deconfound", "estimate"], ["deconfound", "compare"],
+                                         ["deconfound", "medsens"], ["deconfound", "report"]]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in python[:2]:  # section 1 writes study.csv; section 2 builds `data` from the same frame
+        exec(compile(block, "getting_started", "exec"), namespace)  # noqa: S102 - our own docs
+    capsys.readouterr()
+    for argv in commands:
+        rc, out, err = run(capsys, *argv[1:])
+        assert rc == 0, (argv, err)
+    cli_frame = pd.read_csv(tmp_path / "estimates.csv")
+    lib = get_estimator("parametric", n_sims=1000, random_state=0).fit(namespace["data"]).to_frame()
+    cols = ["estimate", "se", "ci_lower", "ci_upper"]
+    np.testing.assert_allclose(cli_frame[cols].to_numpy(), lib[cols].to_numpy(), rtol=1e-10)
+    assert (tmp_path / "report" / "report.html").stat().st_size > 10_000
+    assert (tmp_path / "medsens.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(pd.read_csv(tmp_path / "compare.csv").estimator) == {"parametric", "weighting"}
