@@ -208,3 +208,11 @@ def test_a_single_cluster_and_role_clashes_raise(frame):
         build(frame, weights="y")
     with pytest.raises(DataError, match="cluster: expected column 'nope'"):
         build(frame, cluster="nope")
+
+
+def test_cluster_labels_that_parquet_cannot_store_raise_on_save(tmp_path, frame):
+    d = MediationData.from_arrays(t=frame.treat, y=frame.y, mediators={"m": frame.emo},
+                                  cluster=[("doc", i // 20) for i in range(len(frame))])
+    with pytest.raises(DataError, match="save: expected ids and cluster labels that parquet stores"):
+        d.save(tmp_path / "d")
+    assert not (tmp_path / "d").exists()
