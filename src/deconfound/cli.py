@@ -1,4 +1,8 @@
-"""Command line: ``deconfound demo|extract|estimate|compare|sensitivity|refute|report``.
+"""Command line: ``deconfound demo|extract|estimate|compare|sensitivity|medsens|refute|report``.
+
+``--data`` is a saved MediationData folder or a CSV/parquet table with role flags (``--treatment``,
+``--outcome``, ``--mediators``, ``--confounders``, ``--categorical``, ``--cluster``, ``--weights``; see
+``deconfound._cli_io``). Long commands show a progress bar on a terminal and stay quiet when piped.
 
 Every subcommand has ``--help``. Bad arguments end with exit code 2 and one line on stderr,
 ``deconfound: error: <what>: expected ..., got ...``; set ``DECONFOUND_DEBUG=1`` to get the traceback instead.
@@ -13,6 +17,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ._cli_io import CliError, _names, add_data_args, load_data
 from .errors import DeconfoundError
 
 # Names shown in --help; tests check them against the registries (importing those here would slow --help).
@@ -24,10 +29,6 @@ PER_ARM_NIE = ("weighting", "dml", "parametric")  # report the NIE (treated) cur
 MIN_PROMPTS = 10
 USER_ERRORS = (DeconfoundError, ValueError, KeyError, LookupError, OSError, TypeError, NotImplementedError,
                ImportError)
-
-
-class CliError(DeconfoundError, ValueError):
-    """A bad command-line value; the message is printed as one line."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,16 +81,6 @@ def _float_in(low: float, high: float, *, closed_high: bool):
             raise argparse.ArgumentTypeError(f"expected a number in [{low:g}, {high:g}{bracket}, got {value!r}")
         return out
     return conv
-
-
-def _names(value: str) -> list[str]:
-    names = [v.strip() for v in value.split(",") if v.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of names, got {value!r}")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise argparse.ArgumentTypeError(f"expected each name once, got {dup} more than once")
-    return names
 
 
 def _estimator_name(value: str) -> str:
@@ -171,23 +162,13 @@ def _site(value: str) -> str:
 # Shared steps
 
 
-def _load(path):
-    from .data import MediationData
-
-    p = Path(path)
-    if not p.is_dir():
-        what = "a file" if p.exists() else "a missing path"
-        raise CliError(f"--data: expected a saved MediationData folder, got {what} {str(path)!r}")
-    return MediationData.load(p)
-
-
-def _units(data, units):
+def _units(data, units, flag="--units"):
     if units is None:
         return None
     bad = [u for u in units if u not in data.mediators]
     if bad:
         shown = data.units[:10] + (["..."] if len(data.units) > 10 else [])
-        raise CliError(f"--units: expected names from {shown}, got {bad}")
+        raise CliError(f"{flag}: expected names from {shown}, got {bad}")
     return units
 
 
@@ -218,10 +199,23 @@ def _estimators(names, settings, seed) -> dict:
     return ests
 
 
-def _write_csv(frame, path) -> None:
+def _writable(value: str) -> str:
+    """An output path whose nearest existing ancestor is a writable folder (checked before any work is done)."""
+    parent = Path(value).expanduser().absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"expected a path in a writable folder, got {value!r} ({parent} is not one)")
+    return value
+
+
+def _write_csv(frame, path, flag="--out") -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(path, index=False)
+    except OSError as exc:
+        raise CliError(f"{flag}: expected a writable path, got {str(path)!r} ({exc.strerror or exc})") from None
     print(f"wrote {path}")
 
 
@@ -260,7 +254,7 @@ def cmd_extract(args) -> int:
 
 
 def cmd_estimate(args) -> int:
-    data = _load(args.data)
+    data = load_data(args)
     units = _units(data, args.units)
     est = _estimators([args.estimator], args.set, args.seed)[args.estimator]
     res = est.fit(data, graph=args.graph, units=units)
@@ -276,12 +270,12 @@ def cmd_estimate(args) -> int:
 def cmd_compare(args) -> int:
     from .compare import compare_estimators
 
-    data = _load(args.data)
+    data = load_data(args)
     units = _units(data, args.units)
     ests = _estimators(args.estimators, args.set, args.seed)
     comp = compare_estimators(data, estimators=ests, graphs=args.graphs, units=units, folds=args.folds,
                               random_state=args.seed, sensitivity={} if args.sensitivity else None,
-                              refuters=args.refuters)
+                              refuters=args.refuters, progress=None)
     _with_pd_options(lambda: print(comp.frame.to_string(index=False, max_rows=60)))
     if args.out:
         _write_csv(comp.frame, args.out)
@@ -291,7 +285,10 @@ def cmd_compare(args) -> int:
 def cmd_sensitivity(args) -> int:
     from .sensitivity import sensitivity_analysis
 
-    data = _load(args.data)
+    if args.estimator == "parametric":
+        raise CliError("--estimator parametric: expected a score-based estimator (dml, or weighting) for the OVB "
+                       "bounds, got parametric; for the parametric estimator run `deconfound medsens` (Imai's rho)")
+    data = load_data(args)
     units = _units(data, args.units)
     est = _estimators([args.estimator], args.set, args.seed)[args.estimator]
     res = est.fit(data, graph=args.graph, units=units)
@@ -302,13 +299,48 @@ def cmd_sensitivity(args) -> int:
     return 0
 
 
+def _rho_grid(by):
+    import numpy as np
+
+    if by is None:
+        return None
+    k = int(np.floor((2 - 2 * by) / by + 1e-9)) + 1
+    return np.round(-1 + by + by * np.arange(k), 12)
+
+
+def cmd_medsens(args) -> int:
+    from .medsens import rho_sensitivity
+
+    data = load_data(args)
+    unit = args.unit
+    if unit is None:
+        if len(data.units) != 1:
+            raise CliError(f"--unit: expected one of {data.units[:10]} (the data has {len(data.units)} units), got "
+                           "none")
+        unit = data.units[0]
+    _units(data, [unit], "--unit")
+    est = _estimators(["parametric"], args.set, args.seed)["parametric"]
+    res = est.fit(data, graph=args.graph, units=[unit])
+    sens = rho_sensitivity(res, unit, rho_grid=_rho_grid(args.rho_by))
+    print(sens.summary())
+    if args.out:
+        _write_csv(sens.frame.assign(unit=unit), args.out)
+    if args.plot:
+        try:
+            print(f"wrote {sens.plot(args.plot)}")
+        except OSError as exc:
+            raise CliError(f"--plot: expected a writable path, got {args.plot!r} ({exc.strerror or exc})") from None
+    return 0
+
+
 def cmd_refute(args) -> int:
     from .refute import refute_all
 
-    data = _load(args.data)
+    data = load_data(args)
     units = _units(data, args.units)
     est = _estimators([args.estimator], args.set, args.seed)[args.estimator]
-    table = refute_all(est, data, graph=args.graph, units=units, random_state=args.seed, refuters=args.refuters)
+    table = refute_all(est, data, graph=args.graph, units=units, random_state=args.seed, refuters=args.refuters,
+                       progress=None)
     _with_pd_options(lambda: print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}")))
     n_pass = int(table.passed.sum())
     print(f"passed {n_pass} of {len(table)} rows (each row tested at alpha=0.05)")
@@ -324,9 +356,13 @@ def cmd_report(args) -> int:
     if not lead:
         raise CliError(f"--estimators: expected at least one of {list(PER_ARM_NIE)} (the report's per-unit NIE "
                        f"(treated) curves), got {args.estimators}")
-    data = _load(args.data)
+    data = load_data(args)
     if args.units:
         data = data.select_units(_units(data, args.units))
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"--out: expected a folder that can be created, got {args.out!r} ({exc.strerror or exc})") from None
     ests = _estimators(args.estimators, args.set, args.seed)
     paths = demo.analyse_and_report(data, out=args.out, estimators=ests, seed=args.seed, quick=args.quick,
                                     main=lead[0], refute_units=min(args.refute_units, len(data.units)))
@@ -382,7 +418,7 @@ def _exact(value: str):
 
 
 def _data_args(sp, *, estimator=True, graph=True, units=True):
-    sp.add_argument("--data", required=True, metavar="DIR", help="a saved MediationData folder (MediationData.save)")
+    add_data_args(sp)
     if estimator:
         sp.add_argument("--estimator", default="dml", type=_estimator_name, help=EST_HELP)
     if graph:
@@ -440,10 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=_int_at_least(0), default=0)
 
     s = _sub(sub, "estimate", "fit one estimator and print its summary",
-             "Example: deconfound estimate --data DIR --estimator dml --graph topic_mediation --set n_folds=2",
+             "Examples: deconfound estimate --data DIR --estimator dml --graph topic_mediation --set n_folds=2\n"
+             "  deconfound estimate --data data.csv --treatment treat --outcome y --mediators emo --confounders "
+             "age,educ --estimator parametric",
              cmd_estimate)
     _data_args(s)
-    s.add_argument("--out", default=None, metavar="CSV", help="write the tidy table (one row per unit x effect x arm)")
+    s.add_argument("--out", default=None, type=_writable, metavar="CSV", help="write the tidy table (one row per unit x effect x arm)")
 
     c = _sub(sub, "compare", "several estimators x graphs side by side (paired folds and resamples)",
              "Example: deconfound compare --data DIR --estimators weighting,dml --out estimates.csv", cmd_compare)
@@ -455,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--sensitivity", action="store_true", help="add robustness values RV/RVa where available")
     c.add_argument("--refuters", type=_refuter_list, default=None,
                    help=f"add a pass/fail column from these refuters: {', '.join(REFUTERS)}")
-    c.add_argument("--out", default=None, metavar="CSV", help="write the tidy table")
+    c.add_argument("--out", default=None, type=_writable, metavar="CSV", help="write the tidy table")
 
     v = _sub(sub, "sensitivity", "omitted-variable-bias bounds and robustness values",
              "Bounds (DoubleML layout) for a score-based estimator (dml). Strengths as in DoubleML: cf_y and cf_d "
@@ -465,7 +503,19 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--cf-d", type=_float_in(0, 1, closed_high=False), default=0.03, help="in [0, 1)")
     v.add_argument("--rho", type=_float_in(-1, 1, closed_high=True), default=1.0, help="in [-1, 1]")
     v.add_argument("--level", type=_float_in(0, 1, closed_high=False), default=0.95, help="CI level")
-    v.add_argument("--out", default=None, metavar="CSV", help="write the bounds table")
+    v.add_argument("--out", default=None, type=_writable, metavar="CSV", help="write the bounds table")
+
+    ms = _sub(sub, "medsens", "Imai's rho sensitivity of the parametric estimator's ACME (R mediation::medsens)",
+              "Refits the parametric estimator (--set passes its settings) and reports ACME(rho), rho = corr(e_M, "
+              "e_Y), with the rho and R^2 products at which the ACME is zero.\nExample: deconfound medsens --data "
+              "data.csv --treatment treat --outcome y --mediators emo --confounders age,educ --out medsens.csv",
+              cmd_medsens)
+    _data_args(ms, estimator=False, units=False)
+    ms.add_argument("--unit", default=None, help="the mediator unit (default: the only one)")
+    ms.add_argument("--rho-by", type=_float_in(0.001, 0.5, closed_high=True), default=None, metavar="STEP",
+                    help="grid of rho from -1+STEP to 1-STEP (R's rho.by; default: -0.9 to 0.9 by 0.05)")
+    ms.add_argument("--out", default=None, type=_writable, metavar="CSV", help="write ACME(rho) (one row per rho x arm)")
+    ms.add_argument("--plot", default=None, type=_writable, metavar="PNG", help="draw ACME(rho) with its CI band")
 
     r = _sub(sub, "refute", "refutation tests that re-run the whole estimator",
              "Each refuter perturbs the data and re-fits; a row passes when its rule holds at alpha=0.05.",
@@ -473,13 +523,13 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(r)
     r.add_argument("--refuters", type=_refuter_list, default=None,
                    help=f"comma-separated, from {', '.join(REFUTERS)} (default: all)")
-    r.add_argument("--out", default=None, metavar="CSV", help="write the refutation table")
+    r.add_argument("--out", default=None, type=_writable, metavar="CSV", help="write the refutation table")
 
     rp = _sub(sub, "report", "estimate, compare and write the HTML and markdown report for a saved dataset",
               "Writes OUT/report.html (images inlined), OUT/report.md, OUT/figures/*.png and OUT/estimates.csv.",
               cmd_report)
     _data_args(rp, estimator=False, graph=False)
-    rp.add_argument("--out", required=True, metavar="DIR")
+    rp.add_argument("--out", required=True, type=_writable, metavar="DIR")
     rp.add_argument("--estimators", default="weighting,dml", type=_estimator_list,
                     help=ESTS_HELP + "; the first of weighting, dml, parametric leads the summary; with dml: "
                     "sensitivity and refutation sections")

@@ -205,14 +205,15 @@ def _accepts(fn, name: str) -> bool:
 
 def compare_estimators(data, *, estimators, graphs=("topic_mediation", "unadjusted_mediation"), units=None,
                        patcher=None, folds: int | None = None, random_state=0, sensitivity: dict | None = None,
-                       refuters=None, progress: bool = False) -> Comparison:
+                       refuters=None, progress: bool | None = False) -> Comparison:
     """Run every estimator under every graph on ``data`` and return a tidy :class:`Comparison`.
 
     ``estimators`` is a list of names or instances, or a dict label -> name/instance. Every estimator that
     has a ``random_state`` (and ``n_folds``) gets the same value, so folds and resamples are shared and the
     comparison is paired. ``patcher`` is passed to estimators whose ``fit`` takes one. ``sensitivity`` (a
     dict of ``sensitivity_analysis`` options) adds RV/RVa where the result supports it; ``refuters`` (names in
-    ``deconfound.refute``) adds a pass/fail column.
+    ``deconfound.refute``) adds a pass/fail column. ``progress``: a tqdm bar (True), none (False), or one only
+    on a terminal (None).
 
     Examples
     --------
@@ -233,7 +234,7 @@ def compare_estimators(data, *, estimators, graphs=("topic_mediation", "unadjust
     results, runtimes, frames = {}, {}, []
     from tqdm.auto import tqdm  # noqa: PLC0415
 
-    bar = tqdm(total=len(estimators) * len(graphs), desc="estimators x graphs", disable=not progress)
+    bar = tqdm(total=len(estimators) * len(graphs), desc="estimators x graphs", disable=None if progress is None else not progress)
     for label, est in estimators.items():
         for graph in graphs:
             bar.set_postfix_str(f"{label} @ {graph}")

@@ -4,20 +4,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 import tempfile
-import threading
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ._validation import check_binary, check_finite, check_length
+from ._store import (DTYPES, FLOAT32_TOLERANCE, LazyMediators, as_block, check_dtype, read_meta, read_table,
+                     read_tensors, save_streaming)
+from ._validation import (check_binary, check_cluster, check_finite, check_length, check_unique, check_vector,
+                          check_weights, confounder_column)
 from .errors import DataError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: mediator dtype, cluster and weights recorded; version-1 folders (float32) still load
+__all__ = ["MediationData", "LazyMediators", "overlap_rows", "DTYPES", "FLOAT32_TOLERANCE"]
 
 
 def _json_default(value):
@@ -43,10 +44,6 @@ def _versions() -> dict:
     return out
 
 
-def _is_categorical(col: pd.Series) -> bool:
-    return not pd.api.types.is_numeric_dtype(col) or isinstance(col.dtype, pd.CategoricalDtype)
-
-
 def _as_confounder_frame(x, x_names, n: int) -> pd.DataFrame:
     if x is None:
         return pd.DataFrame(index=range(n))
@@ -66,201 +63,33 @@ def _as_confounder_frame(x, x_names, n: int) -> pd.DataFrame:
         frame = pd.DataFrame({nm: arr[:, j] for j, nm in enumerate(names)})
     check_length(frame, n, "x")
     frame.columns = [str(c) for c in frame.columns]
+    check_unique(frame.columns, "confounders")
     for name in frame.columns:
-        col = frame[name]
-        if _is_categorical(col):
-            if col.isna().any():
-                raise DataError(f"confounder {name!r}: expected no missing labels, got {int(col.isna().sum())}")
-            if isinstance(col.dtype, pd.CategoricalDtype):
-                levels = [str(c) for c in col.cat.categories]
-            else:
-                levels = sorted(pd.unique(col.astype(str)))
-            frame[name] = pd.Categorical(col.astype(str), categories=levels)
-        else:
-            frame[name] = check_finite(col.to_numpy(), f"confounder {name!r}")
+        frame[name] = confounder_column(frame[name], name, n)
     return frame
-
-
-def _as_block(values, unit: str, n: int) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise DataError(f"mediator unit {unit!r}: expected numeric values, got dtype {arr.dtype}")
-    if arr.ndim == 1:
-        arr = arr[:, None]
-    if arr.ndim != 2:
-        raise DataError(f"mediator unit {unit!r}: expected an (n, d) array, got shape {arr.shape}")
-    if arr.shape[1] == 0:
-        raise DataError(f"mediator unit {unit!r}: expected at least 1 column, got an empty unit")
-    check_length(arr, n, f"mediator unit {unit!r}")
-    check_finite(arr, f"mediator unit {unit!r}")
-    with np.errstate(over="ignore"):
-        block = np.ascontiguousarray(arr, dtype=np.float32)
-    overflow = ~np.isfinite(block)
-    if overflow.any():
-        rows = np.unique(np.nonzero(overflow)[0])[:5].tolist()
-        raise DataError(f"mediator unit {unit!r}: expected values within float32 range (|x| < 3.4e38), got "
-                        f"{int(overflow.sum())} that overflow (first rows: {rows})")
-    return block
-
-
-# safetensors dtypes that numpy reads and that are numeric
-_ST_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2,
-              "U8": 1, "BOOL": 1}
-
-
-class _SafetensorsSource:
-    """One ``mediators.safetensors`` file: tensor shapes from its header, tensors read on demand.
-
-    Reads go through one ``safetensors.safe_open`` handle (a memory map). The pages a read touches stay
-    resident while the map is open, so the handle is closed and reopened once ``max_mapped_bytes`` have been
-    read through it: the resident size of the map stays near that budget, whatever the file's size.
-    """
-
-    def __init__(self, path, max_mapped_bytes: int):
-        from safetensors import safe_open
-
-        self.path = Path(path)
-        self.max_mapped_bytes = int(max_mapped_bytes)
-        with safe_open(str(self.path), framework="numpy") as f:
-            self.specs = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
-        self._handle = None
-        self._mapped = 0
-        self._lock = threading.Lock()
-
-    def read(self, key: str) -> np.ndarray:
-        from safetensors import safe_open
-
-        with self._lock:
-            if self._handle is None or self._mapped > self.max_mapped_bytes:
-                self.close()
-                self._handle = safe_open(str(self.path), framework="numpy")
-            arr = self._handle.get_tensor(key)
-            self._mapped += arr.nbytes
-            return arr
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.__exit__(None, None, None)
-            self._handle, self._mapped = None, 0
-
-    def __getstate__(self):  # picklable (joblib, Dask): the handle and the lock stay behind
-        return {"path": self.path, "max_mapped_bytes": self.max_mapped_bytes, "specs": self.specs}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._handle, self._mapped, self._lock = None, 0, threading.Lock()
-
-
-class LazyMediators(Mapping):
-    """Mediator blocks read from ``mediators.safetensors`` when accessed, one unit at a time.
-
-    What :meth:`MediationData.load` puts in ``data.mediators`` with ``mmap=True``: a read-only mapping
-    ``unit -> (n, d) float32`` whose values are read from the file on every access and never cached, so a
-    loop over units holds one unit's block at a time. Shapes are checked against the header on
-    construction; each block goes through the same checks as in memory (numeric, finite, within float32
-    range) when it is read, and errors name the unit. ``rows`` (from :meth:`MediationData.subset`) selects
-    rows of every block.
-    """
-
-    def __init__(self, path, units, n: int, *, max_mapped_bytes: int = 64 << 20):
-        source = _SafetensorsSource(path, max_mapped_bytes)
-        units = [str(u) for u in units]
-        for u in units:
-            if u not in source.specs:
-                raise DataError(f"{source.path}: expected a tensor for mediator unit {u!r}, got none (tensors: "
-                                f"{sorted(source.specs)[:10]})")
-            shape, dtype = source.specs[u]
-            if dtype not in _ST_DTYPES:
-                raise DataError(f"mediator unit {u!r}: expected a numeric dtype, got safetensors dtype {dtype}")
-            if len(shape) not in (1, 2) or shape[0] != n:
-                raise DataError(f"mediator unit {u!r}: expected an (n, d) array with n={n}, got shape {shape}")
-            if len(shape) == 2 and shape[1] == 0:
-                raise DataError(f"mediator unit {u!r}: expected at least 1 column, got an empty unit")
-        self._source, self._units, self._rows, self.n = source, units, None, int(n)
-        self._index = set(units)
-
-    @classmethod
-    def _view(cls, parent: "LazyMediators", units, rows) -> "LazyMediators":
-        view = cls.__new__(cls)
-        view._source, view._units, view._rows = parent._source, list(units), rows
-        view.n = parent.n if rows is None else len(rows)
-        view._index = set(view._units)
-        return view
-
-    @property
-    def path(self) -> Path:
-        return self._source.path
-
-    def __getitem__(self, unit) -> np.ndarray:
-        if unit not in self._index:
-            raise KeyError(unit)
-        arr = self._source.read(unit)
-        if self._rows is not None:
-            arr = arr[self._rows]
-        return _as_block(arr, unit, self.n)
-
-    def __iter__(self):
-        return iter(self._units)
-
-    def __len__(self) -> int:
-        return len(self._units)
-
-    def __contains__(self, unit) -> bool:
-        return unit in self._index
-
-    def width(self, unit: str) -> int:
-        """Columns of ``unit``, from the file's header (nothing is read)."""
-        shape = self._source.specs[unit][0]
-        return int(shape[1]) if len(shape) == 2 else 1
-
-    def subset(self, rows) -> "LazyMediators":
-        """The same units restricted to ``rows`` (integer indices into this view's rows)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        return self._view(self, self._units, rows if self._rows is None else self._rows[rows])
-
-    def select(self, units) -> "LazyMediators":
-        """A view on some of the units (in the given order)."""
-        return self._view(self, units, self._rows)
-
-    def nbytes(self) -> int:
-        """Bytes of all blocks as float32 (what an eager load would hold)."""
-        return sum(4 * self.n * self.width(u) for u in self._units)
-
-    def __repr__(self) -> str:
-        return f"LazyMediators({str(self.path)!r}, units={len(self)}, n={self.n})"
-
-
-def _save_streaming(mediators, path: Path) -> None:
-    """Write a safetensors file unit by unit (one block in memory at a time): the header, then each block."""
-    units = list(mediators)
-    header, offset = {}, 0
-    for u in units:
-        d = mediators.width(u)
-        size = 4 * mediators.n * d
-        header[u] = {"dtype": "F32", "shape": [mediators.n, d], "data_offsets": [offset, offset + size]}
-        offset += size
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as fh:
-        fh.write(struct.pack("<Q", len(text)))
-        fh.write(text)
-        for u in units:
-            fh.write(np.ascontiguousarray(mediators[u], dtype="<f4").tobytes())
 
 
 @dataclass(eq=False)
 class MediationData:
-    """Treatment ``t`` (0/1), outcome ``y``, confounders ``x`` and named mediator blocks.
+    """Treatment ``t`` (0/1), outcome ``y``, confounders ``x``, named mediator blocks, and optional per-row
+    ``cluster`` labels and sampling ``weights``.
 
-    Build it with :meth:`from_frame` or :meth:`from_arrays`; both check every role once.
+    Build it with :meth:`from_frame` or :meth:`from_arrays`; both check every role once. Mediator blocks
+    are float64 unless ``dtype="float32"`` is asked for (the language-model extraction does, to halve the
+    memory of activations); a float32 cast that would move a value by more than ``FLOAT32_TOLERANCE``
+    standard deviations of its column raises instead of losing precision silently.
+
+    Confounders: numbers are numeric; a pandas Categorical keeps its levels; text is categorical when none
+    of its values reads as a number and it has at most max(10, n/2) levels. Text that reads as numbers,
+    datetimes and other types raise a DataError naming the column.
 
     Examples
     --------
     >>> import numpy as np
     >>> d = MediationData.from_arrays(t=[0, 1, 0, 1], y=[0.1, 0.9, 0.2, 0.8],
     ...                               mediators={"m": np.arange(4.0)}, x=np.zeros(4))
-    >>> d.n, d.n_treated, d.units
-    (4, 2, ['m'])
+    >>> d.n, d.n_treated, d.units, d.dtype, d.cluster
+    (4, 2, ['m'], 'float64', None)
     """
 
     t: np.ndarray
@@ -272,44 +101,67 @@ class MediationData:
     treatment_name: str = "T"
     outcome_name: str = "Y"
     mediator_columns: dict[str, list[str]] = field(default_factory=dict)
+    cluster: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    dtype: str = "float64"
+    cluster_name: str = "cluster"
+    weights_name: str = "weights"
 
     def __post_init__(self):
-        self.t = check_binary(self.t, f"treatment {self.treatment_name!r}")
+        self.t = check_binary(check_vector(self.t, np.size(self.t), f"treatment {self.treatment_name!r}"),
+                              f"treatment {self.treatment_name!r}")
         n = len(self.t)
-        self.y = check_finite(self.y, f"outcome {self.outcome_name!r}").reshape(-1)
-        check_length(self.y, n, f"outcome {self.outcome_name!r}")
+        self.y = check_finite(check_vector(self.y, n, f"outcome {self.outcome_name!r}"), f"outcome {self.outcome_name!r}")
         self.x = _as_confounder_frame(self.x, None, n)
+        self.dtype = check_dtype(self.dtype)
         if not self.mediators:
             raise DataError("mediators: expected at least one unit, got none")
         if isinstance(self.mediators, LazyMediators):  # checked per unit when read
             if self.mediators.n != n:
                 raise DataError(f"mediators: expected blocks of {n} rows, got {self.mediators.n} rows in "
                                 f"{self.mediators.path}")
+            self.dtype = self.mediators.dtype
         else:
-            self.mediators = {str(u): _as_block(v, str(u), n) for u, v in self.mediators.items()}
+            self.mediators = {str(u): as_block(v, str(u), n, self.dtype) for u, v in self.mediators.items()}
         self.ids = np.asarray(self.ids) if self.ids is not None else np.arange(n)
         check_length(self.ids, n, "ids")
+        if self.cluster is not None:
+            self.cluster = check_cluster(self.cluster, n, f"cluster {self.cluster_name!r}")
+        if self.weights is not None:
+            self.weights = check_weights(self.weights, n, f"weights {self.weights_name!r}")
         for arm, name in ((1, "treated"), (0, "control")):
             count = int((self.t == arm).sum())
             if count < 2:
                 raise DataError(
                     f"treatment {self.treatment_name!r}: expected at least 2 {name} rows (T={arm}), got {count}")
         roles = [self.treatment_name, self.outcome_name, *self.x.columns]
+        if self.weights is not None:
+            roles.append(self.weights_name)
         seen = set()
         for name in roles:
             if name in seen:
                 raise DataError(f"column {name!r}: expected one role, got it in two roles")
             seen.add(name)
+        if self.cluster is not None and self.cluster_name in (self.treatment_name, self.outcome_name,
+                                                              self.weights_name if self.weights is not None else None):
+            raise DataError(f"column {self.cluster_name!r}: expected one role, got it as cluster and another role")
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
     def from_frame(cls, df: pd.DataFrame, *, treatment: str, outcome: str, confounders=(), mediators,
+                   cluster: str | None = None, weights: str | None = None, dtype="float64",
                    meta: dict | None = None) -> "MediationData":
         """Build from a DataFrame.
 
         ``mediators`` is a column name, a list of columns (one unit named after the first column, or
-        ``"M"`` if several), or a dict ``unit -> list of columns``.
+        ``"M"`` if several), or a dict ``unit -> list of columns``. ``cluster`` and ``weights`` name
+        optional columns of cluster labels (any hashable values; a confounder column may also be the
+        cluster) and positive sampling weights. ``dtype``: "float64" (default) or "float32" for the mediator
+        blocks.
         """
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"df: expected a pandas DataFrame, got {type(df).__name__} (for arrays use "
+                            "MediationData.from_arrays)")
         if isinstance(confounders, str):
             confounders = [confounders]
         confounders = list(confounders)
@@ -319,37 +171,52 @@ class MediationData:
             units = {str(u): [cols] if isinstance(cols, str) else list(cols) for u, cols in mediators.items()}
         else:
             cols = list(mediators)
+            if not cols:
+                raise DataError("mediators: expected at least one column, got none")
             units = {cols[0] if len(cols) == 1 else "M": cols}
         roles: dict[str, str] = {}
-        for role, cols in [("treatment", [treatment]), ("outcome", [outcome]), ("confounder", confounders),
-                           *[(f"mediator unit {u!r}", c) for u, c in units.items()]]:
+        used = [("treatment", [treatment]), ("outcome", [outcome]), ("confounder", confounders),
+                *[(f"mediator unit {u!r}", c) for u, c in units.items()],
+                ("cluster", [] if cluster is None else [cluster]), ("weights", [] if weights is None else [weights])]
+        for role, cols in used:
+            check_unique(cols, role)
             for col in cols:
                 if col not in df.columns:
                     raise DataError(f"{role}: expected column {col!r} in the frame, got columns {list(df.columns)[:10]}")
-                if col in roles and roles[col] != role:
+                if col in roles and roles[col] != role and not (role == "cluster" and roles[col] == "confounder"):
                     raise DataError(f"column {col!r}: expected one role, got both {roles[col]} and {role}")
                 roles[col] = role
+        dup = sorted({str(c) for c in df.columns[df.columns.duplicated()]} & {str(c) for c in roles})
+        if dup:
+            raise DataError(f"frame: expected each column name once, got {dup} more than once")
         for unit, cols in units.items():
             if not cols:
                 raise DataError(f"mediator unit {unit!r}: expected at least 1 column, got an empty unit")
             for col in cols:
-                if not pd.api.types.is_numeric_dtype(df[col]):
+                if not (pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col])):
                     raise DataError(f"mediator column {col!r} of unit {unit!r}: expected numeric, got {df[col].dtype}")
-        blocks = {u: df[c].to_numpy(dtype=float) for u, c in units.items()}
+        blocks = {u: df[c].to_numpy() for u, c in units.items()}
         return cls(t=df[treatment].to_numpy(), y=df[outcome].to_numpy(), x=df[confounders],
                    mediators=blocks, ids=df.index.to_numpy(), meta=dict(meta or {}),
-                   treatment_name=treatment, outcome_name=outcome, mediator_columns=units)
+                   treatment_name=treatment, outcome_name=outcome, mediator_columns=units,
+                   cluster=None if cluster is None else df[cluster].to_numpy(),
+                   weights=None if weights is None else df[weights].to_numpy(), dtype=dtype,
+                   cluster_name=cluster or "cluster", weights_name=weights or "weights")
 
     @classmethod
     def from_arrays(cls, *, t, y, mediators: dict, x=None, x_names=None, meta=None, ids=None,
-                    treatment_name: str = "T", outcome_name: str = "Y") -> "MediationData":
-        """Build from arrays. ``x`` may be a DataFrame (string columns allowed) or a numeric array."""
-        n = len(np.asarray(t))
+                    treatment_name: str = "T", outcome_name: str = "Y", cluster=None, weights=None,
+                    dtype="float64") -> "MediationData":
+        """Build from arrays. ``x`` may be a DataFrame (string columns allowed) or a numeric array;
+        ``cluster`` (labels) and ``weights`` (positive) are optional arrays of one value per row; ``dtype``
+        of the mediator blocks is "float64" (default) or "float32"."""
+        n = len(check_vector(t, np.size(t), f"treatment {treatment_name!r}"))
         frame = _as_confounder_frame(x, x_names, n)
         if not isinstance(mediators, dict):
             raise DataError(f"mediators: expected a dict unit -> array, got {type(mediators).__name__}")
         return cls(t=t, y=y, x=frame, mediators=dict(mediators), ids=ids, meta=dict(meta or {}),
-                   treatment_name=treatment_name, outcome_name=outcome_name)
+                   treatment_name=treatment_name, outcome_name=outcome_name, cluster=cluster, weights=weights,
+                   dtype=dtype)
 
     # ---- properties ---------------------------------------------------------------------------
     @property
@@ -373,7 +240,7 @@ class MediationData:
         return [str(c) for c in self.x.columns]
 
     def mediator(self, unit: str) -> np.ndarray:
-        """The (n, d) float32 block of ``unit``."""
+        """The (n, d) block of ``unit`` (of ``dtype``)."""
         try:
             return self.mediators[unit]
         except KeyError:
@@ -417,6 +284,14 @@ class MediationData:
     def categorical_confounders(self) -> list[str]:
         return [c for c in self.confounder_names if isinstance(self.x[c].dtype, pd.CategoricalDtype)]
 
+    def cluster_codes(self) -> np.ndarray | None:
+        """Integer codes 0..G-1 of the cluster labels in order of first appearance (None without clusters)."""
+        return None if self.cluster is None else pd.factorize(pd.Series(self.cluster))[0]
+
+    @property
+    def n_clusters(self) -> int | None:
+        return None if self.cluster is None else int(self.cluster_codes().max() + 1)
+
     # ---- views ---------------------------------------------------------------------------------
     def subset(self, rows) -> "MediationData":
         """A new MediationData on ``rows`` (a boolean mask or integer indices); categories are kept."""
@@ -424,15 +299,25 @@ class MediationData:
         if rows.dtype == bool:
             check_length(rows, self.n, "rows")
             rows = np.flatnonzero(rows)
+        elif rows.size and not np.issubdtype(rows.dtype, np.integer):
+            raise DataError(f"rows: expected a boolean mask or integer indices, got dtype {rows.dtype}")
+        elif rows.size and not (-self.n <= rows.min() and rows.max() < self.n):
+            raise DataError(f"rows: expected indices in [0, {self.n}), got values from {rows.min()} to {rows.max()}")
         meds = self.mediators.subset(rows) if self.lazy else {u: m[rows] for u, m in self.mediators.items()}
         return self.replace(t=self.t[rows], y=self.y[rows], x=self.x.iloc[rows].reset_index(drop=True),
-                            mediators=meds, ids=self.ids[rows])
+                            mediators=meds, ids=self.ids[rows],
+                            cluster=None if self.cluster is None else self.cluster[rows],
+                            weights=None if self.weights is None else self.weights[rows])
 
     def replace(self, **changes) -> "MediationData":
         """A checked copy with some roles replaced (used by refuters: a new T, Y, X or mediators)."""
         fields = dict(t=self.t, y=self.y, x=self.x, mediators=self.mediators, ids=self.ids, meta=dict(self.meta),
                       treatment_name=self.treatment_name, outcome_name=self.outcome_name,
-                      mediator_columns=self.mediator_columns)
+                      mediator_columns=self.mediator_columns, cluster=self.cluster, weights=self.weights,
+                      dtype=self.dtype, cluster_name=self.cluster_name, weights_name=self.weights_name)
+        unknown = sorted(set(changes) - set(fields))
+        if unknown:
+            raise TypeError(f"replace: expected fields from {sorted(fields)}, got {unknown}")
         fields.update(changes)
         if "mediators" in changes and "mediator_columns" not in changes:
             fields["mediator_columns"] = {u: c for u, c in self.mediator_columns.items() if u in changes["mediators"]}
@@ -447,10 +332,14 @@ class MediationData:
         return self.replace(mediators={u: self.mediator(u) for u in units})
 
     def to_frame(self, unit: str | None = None) -> pd.DataFrame:
-        """Flat table: T, Y, confounders, and the columns of ``unit`` named ``<unit>__<j>``."""
+        """Flat table: T, Y, confounders, cluster and weights (when set), and the columns of ``unit`` named
+        ``<unit>__<j>``."""
         frame = pd.DataFrame({self.treatment_name: self.t.astype(int), self.outcome_name: self.y})
         for name in self.confounder_names:
             frame[name] = self.x[name].to_numpy()
+        for name, values in ((self.cluster_name, self.cluster), (self.weights_name, self.weights)):
+            if values is not None and name not in frame:  # a confounder that is also the cluster: once
+                frame[name] = values
         if unit is not None:
             block = self.mediator(unit).astype(float)
             names = [f"{unit}__{j}" for j in range(block.shape[1])]
@@ -460,8 +349,11 @@ class MediationData:
     def __repr__(self) -> str:
         dims = ", ".join(f"{u}:{self.width(u)}" for u in self.units[:4])
         more = "" if len(self.mediators) <= 4 else f", ... ({len(self.mediators)} units)"
+        extra = "".join(f", {role}={name!r}" for role, name, v in (("cluster", self.cluster_name, self.cluster),
+                                                                  ("weights", self.weights_name, self.weights))
+                        if v is not None)
         return (f"MediationData(n={self.n}, n_treated={self.n_treated}, confounders={self.confounder_names}, "
-                f"units=[{dims}{more}])")
+                f"units=[{dims}{more}]{extra}, dtype={self.dtype})")
 
     # ---- persistence ---------------------------------------------------------------------------
     def save(self, path) -> Path:
@@ -476,16 +368,26 @@ class MediationData:
             table.insert(0, "__id", self.ids)
             table.insert(1, "__t", self.t.astype(np.int8))
             table.insert(2, "__y", self.y)
-            table.to_parquet(tmp / "table.parquet", index=False)
+            for col, values in (("__cluster", self.cluster), ("__weights", self.weights)):
+                if values is not None:
+                    table[col] = values
+            try:
+                table.to_parquet(tmp / "table.parquet", index=False)
+            except (TypeError, ValueError) as exc:  # pyarrow's ArrowTypeError/ArrowInvalid derive from these
+                raise DataError(f"save: expected ids and cluster labels that parquet stores (numbers or text), got "
+                                f"{type(exc).__name__}: {exc}") from None
             if self.lazy:  # one unit in memory at a time
-                _save_streaming(self.mediators, tmp / "mediators.safetensors")
+                save_streaming(self.mediators, tmp / "mediators.safetensors")
             else:
                 save_file({u: np.ascontiguousarray(m) for u, m in self.mediators.items()},
                           str(tmp / "mediators.safetensors"))
             info = {"format_version": FORMAT_VERSION, "treatment_name": self.treatment_name,
-                    "outcome_name": self.outcome_name, "units": self.units,
+                    "outcome_name": self.outcome_name, "units": self.units, "dtype": self.dtype,
                     "categories": {c: list(self.x[c].cat.categories) for c in self.categorical_confounders()},
-                    "mediator_columns": self.mediator_columns, "meta": self.meta, "versions": _versions()}
+                    "mediator_columns": self.mediator_columns, "meta": self.meta,
+                    "cluster_name": self.cluster_name if self.cluster is not None else None,
+                    "weights_name": self.weights_name if self.weights is not None else None,
+                    "versions": _versions()}
             (tmp / "meta.json").write_text(json.dumps(info, indent=2, default=_json_default))
             if path.exists():
                 old = path.with_name(f".{path.name}.old")
@@ -515,27 +417,40 @@ class MediationData:
             With ``mmap=True``: bytes read through one memory map before it is closed and reopened (bounds
             the resident size of the map).
         """
-        from safetensors.numpy import load_file
-
         path = Path(path)
         for name in ("table.parquet", "mediators.safetensors", "meta.json"):
             if not (path / name).exists():
                 raise DataError(f"{path}: expected a MediationData folder with {name}, got no such file")
-        info = json.loads((path / "meta.json").read_text())
-        table = pd.read_parquet(path / "table.parquet")
+        info = read_meta(path / "meta.json", {"format_version": int, "treatment_name": str, "outcome_name": str,
+                                              "units": list, "categories": dict, "mediator_columns": dict,
+                                              "meta": dict})
+        if not 1 <= info["format_version"] <= FORMAT_VERSION:
+            raise DataError(f"{path / 'meta.json'}: expected format_version 1 to {FORMAT_VERSION}, got "
+                            f"{info['format_version']} (written by a newer deconfound?)")
+        try:
+            dtype = check_dtype(info.get("dtype", "float32"))  # version 1 stored float32
+        except ValueError as exc:
+            raise DataError(f"{path / 'meta.json'}: {exc}") from None
+        roles = {"__cluster": info.get("cluster_name"), "__weights": info.get("weights_name")}
+        table = read_table(path / "table.parquet", ["__id", "__t", "__y", *[c for c, nm in roles.items() if nm]]
+                           + list(info["categories"]))
         if mmap:
-            mediators = LazyMediators(path / "mediators.safetensors", info["units"], len(table),
+            mediators = LazyMediators(path / "mediators.safetensors", info["units"], len(table), dtype=dtype,
                                       max_mapped_bytes=max_mapped_bytes)
         else:
-            tensors = load_file(str(path / "mediators.safetensors"))
-            mediators = {u: tensors[u] for u in info["units"]}
-        x = table.drop(columns=["__id", "__t", "__y"])
-        for col, levels in info.get("categories", {}).items():
+            mediators = read_tensors(path / "mediators.safetensors", info["units"])
+        x = table.drop(columns=["__id", "__t", "__y", *[c for c in roles if c in table]])
+        for col, levels in info["categories"].items():
             x[col] = pd.Categorical(x[col].astype(str), categories=levels)
-        return cls(t=table["__t"].to_numpy(), y=table["__y"].to_numpy(), x=x,
-                   mediators=mediators, ids=table["__id"].to_numpy(),
-                   meta=info.get("meta", {}), treatment_name=info["treatment_name"],
-                   outcome_name=info["outcome_name"], mediator_columns=info.get("mediator_columns", {}))
+        extra = {c[2:]: table[c].to_numpy() for c, nm in roles.items() if nm}
+        extra.update({f"{c[2:]}_name": nm for c, nm in roles.items() if nm})
+        try:
+            return cls(t=table["__t"].to_numpy(), y=table["__y"].to_numpy(), x=x, mediators=mediators,
+                       ids=table["__id"].to_numpy(), meta=info["meta"], treatment_name=info["treatment_name"],
+                       outcome_name=info["outcome_name"], mediator_columns=info["mediator_columns"], dtype=dtype,
+                       **extra)
+        except (DataError, ValueError) as exc:
+            raise DataError(f"{path}: {exc}") from None
 
 
 def overlap_rows(data: "MediationData", column: str = "topic") -> tuple[np.ndarray, pd.DataFrame]:

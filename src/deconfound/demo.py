@@ -61,7 +61,7 @@ def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool
     units = list(units or data.units)
     _say(f"estimating {len(estimators)} estimators x 2 graphs on {len(units)} units, n={data.n}")
     comp = compare_estimators(data, estimators=estimators, graphs=[ADJUSTED, UNADJUSTED], patcher=patcher,
-                              units=units, random_state=seed, sensitivity={}, progress=True)
+                              units=units, random_state=seed, sensitivity={}, progress=None)  # a bar on a terminal only
     adj, unadj = comp.results[(main, ADJUSTED)], comp.results[(main, UNADJUSTED)]
     what = adjusted_names(data, adj.adjustment)
     rep = rp.Report(title or report_title(data, adj.adjustment))

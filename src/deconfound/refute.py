@@ -346,13 +346,14 @@ REFUTERS = {"placebo_treatment": placebo_treatment, "random_common_cause": rando
 
 
 def refute_all(estimator, data, graph=None, *, random_state=0, units=None, alpha=0.05, refuters=None,
-               options=None, original=None) -> pd.DataFrame:
+               options=None, original=None, progress: bool | None = False) -> pd.DataFrame:
     """Run several refuters (default all of :data:`REFUTERS`; ``topic_granularity`` only when the data has a
     categorical confounder) on one original fit and stack their tables.
 
     ``options`` maps a refuter name to its keyword options. ``original`` is a fit of ``estimator`` on
     ``data`` already at hand (it may hold more units; only those refitted are compared); without it the
-    original is fitted once here. Returns a DataFrame with the columns
+    original is fitted once here. ``progress``: a tqdm bar over the refuters (True), none (False), or one only
+    on a terminal (None). Returns a DataFrame with the columns
     ``refuter, unit, effect, arm, estimate, new_estimate, new_se, p_value, passed``.
 
     Examples
@@ -374,8 +375,11 @@ def refute_all(estimator, data, graph=None, *, random_state=0, units=None, alpha
         names.remove("topic_granularity")
     options = options or {}
     orig = _original(estimator, data, graph, units, original)
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
     frames = [REFUTERS[n](estimator, data, graph=graph, random_state=random_state, units=units, original=orig,
-                          alpha=alpha, **options.get(n, {})).to_frame() for n in names]
+                          alpha=alpha, **options.get(n, {})).to_frame()
+              for n in tqdm(names, desc="refuters", disable=None if progress is None else not progress)]
     return pd.concat(frames, ignore_index=True)
 
 

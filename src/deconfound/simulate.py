@@ -151,7 +151,7 @@ def topic_mediation(n: int, *, n_topics: int = 8, n_units: int = 1, dim: int = 1
     meta = {"simulator": "topic_mediation", "seed": seed, "param_seed": param_seed, "n_topics": n_topics,
             "interaction": interaction, "nonlinear": nonlinear, "topic_strength": topic_strength,
             "coarsen": coarsen}
-    data = MediationData.from_arrays(t=t, y=y, mediators=mediators, x=x, meta=meta)
+    data = MediationData.from_arrays(t=t, y=y, mediators=mediators, x=x, meta=meta, dtype="float32")
     truth = Truth(_truth_frame(p, nonlinear, names), spurious=[names[u] for u in p["spurious"]],
                   causal=[nm for i, nm in enumerate(names) if i not in p["spurious"]], topic=topic, params=p)
     return data, truth

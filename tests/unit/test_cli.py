@@ -19,7 +19,7 @@ from deconfound.errors import DataError
 from deconfound.estimators import available_estimators, get_estimator
 from deconfound.simulate import topic_mediation
 
-SUBCOMMANDS = ["demo", "extract", "estimate", "compare", "sensitivity", "refute", "report"]
+SUBCOMMANDS = ["demo", "extract", "estimate", "compare", "sensitivity", "medsens", "refute", "report"]
 CHEAP = {"parametric": ["--set", "n_sims=50"], "weighting": [], "dml": ["--set", "n_folds=2"], "eb_total": [],
          "econml_te": ["--set", "n_folds=2"], "econml_diff": ["--set", "n_folds=2"]}
 
@@ -64,7 +64,7 @@ def test_help_everywhere(capsys, cmd):
     rc, out, err = run(capsys, *cmd, "--help")
     assert rc == 0 and err == ""
     assert out.startswith(f"usage: deconfound {cmd[0]}" if cmd else "usage: deconfound")
-    if cmd and cmd[0] in ("estimate", "compare", "sensitivity", "refute", "report"):
+    if cmd and cmd[0] in ("estimate", "compare", "sensitivity", "medsens", "refute", "report"):
         assert "--set" in out and "--data" in out
 
 
@@ -332,3 +332,190 @@ def test_neuron_flags_are_checked_before_any_model_loads(argv, bad, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("deconfound: error:") and bad in err[0]
+
+
+# ---- a CSV or parquet table with role flags -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    """(csv path, frame): 300 rows; topic (text) confounds; emo mediates; h0..h2 a 3-column block."""
+    r = np.random.default_rng(5)
+    n = 300
+    topic = r.choice(["arts", "news", "sport"], n)
+    shift = pd.Series(topic).map({"arts": -0.8, "news": 0.0, "sport": 0.8}).to_numpy()
+    age = r.integers(20, 70, n)
+    t = (r.random(n) < 1 / (1 + np.exp(-shift))).astype(int)
+    emo = 0.6 * t + 0.4 * shift + 0.01 * age + r.normal(size=n)
+    y = 0.5 * emo + 0.2 * t + 0.5 * shift + r.normal(size=n)
+    h = emo[:, None] * [1.0, 0.5, -0.3] + r.normal(size=(n, 3))
+    df = pd.DataFrame({"treat": t, "y": y, "emo": emo, "h0": h[:, 0], "h1": h[:, 1], "h2": h[:, 2], "age": age,
+                       "topic": topic, "school": np.repeat(np.arange(30), 10), "w": r.uniform(0.5, 2.0, n)})
+    path = tmp_path_factory.mktemp("table") / "study.csv"
+    df.to_csv(path, index=False)
+    return path, df
+
+
+ROLES = ["--treatment", "treat", "--outcome", "y", "--confounders", "age,topic"]
+
+
+def python_data(df, **kw):
+    args = dict(treatment="treat", outcome="y", confounders=["age", "topic"], mediators="emo")
+    args.update(kw)
+    return MediationData.from_frame(df, **args)
+
+
+def test_estimate_from_csv_and_parquet_equals_the_python_api(capsys, table, tmp_path):
+    path, df = table
+    pq = tmp_path / "study.parquet"
+    df.to_parquet(pq, index=False)
+    lib = get_estimator("parametric", n_sims=50, random_state=0).fit(python_data(df)).to_frame()
+    for source in (path, pq):
+        out = tmp_path / f"{source.suffix[1:]}.csv"
+        rc, text, err = run(capsys, "estimate", "--data", source, *ROLES, "--mediators", "emo",
+                            "--estimator", "parametric", "--set", "n_sims=50", "--out", out)
+        assert rc == 0, err
+        frame = pd.read_csv(out)
+        cols = ["estimate", "se", "ci_lower", "ci_upper"]
+        np.testing.assert_allclose(frame[cols].to_numpy(), lib[cols].to_numpy(), rtol=1e-12)
+        assert "Unit: emo" in text
+
+
+def test_mediator_specs_names_patterns_and_vector_units(table):
+    from deconfound._cli_io import load_data
+
+    path, df = table
+    parse = cli.build_parser().parse_args
+    base = ["estimate", "--data", str(path), *ROLES]
+    cases = [("emo", {"emo": ["emo"]}), ("h*", {"h0": ["h0"], "h1": ["h1"], "h2": ["h2"]}),
+             ("emo,block=h[01]+h2", {"emo": ["emo"], "block": ["h0", "h1", "h2"]})]
+    for spec, units in cases:
+        data = load_data(parse([*base, "--mediators", spec]))
+        assert data.mediator_columns == units
+        for unit, cols in units.items():
+            np.testing.assert_array_equal(data.mediator(unit), df[cols].to_numpy())
+    data = load_data(parse([*base, "--mediators", "emo", "--cluster", "school", "--weights", "w"]))
+    np.testing.assert_array_equal(data.cluster, df.school)
+    np.testing.assert_array_equal(data.weights, df.w)
+    assert data.dtype == "float64" and data.categorical_confounders() == ["topic"]
+    coded = load_data(parse([*base, "--mediators", "emo", "--confounders", "age,school", "--categorical", "school"]))
+    assert coded.categorical_confounders() == ["school"] and len(coded.x["school"].cat.categories) == 30
+
+
+def test_medsens_equals_rho_sensitivity(capsys, table, tmp_path):
+    from deconfound.medsens import rho_sensitivity
+
+    path, df = table
+    out, png = tmp_path / "ms.csv", tmp_path / "ms.png"
+    rc, text, err = run(capsys, "medsens", "--data", path, *ROLES, "--mediators", "emo", "--set", "n_sims=50",
+                        "--rho-by", "0.1", "--out", out, "--plot", png)
+    assert rc == 0, err
+    lib = rho_sensitivity(get_estimator("parametric", n_sims=50, random_state=0).fit(python_data(df)), "emo",
+                          rho_grid=np.round(np.arange(-0.9, 0.95, 0.1), 12))
+    frame = pd.read_csv(out)
+    assert len(frame) == 19 * 3 and set(frame.unit) == {"emo"}
+    np.testing.assert_allclose(frame.rho.unique(), np.round(np.arange(-0.9, 0.95, 0.1), 12), atol=1e-12)
+    np.testing.assert_allclose(frame[["acme", "se", "ci_lower", "ci_upper"]].to_numpy(),
+                               lib.frame[["acme", "se", "ci_lower", "ci_upper"]].to_numpy(), rtol=1e-10)
+    assert f"Rho at which ACME = 0: {lib.rho_zero['average']:.4f}" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_and_refute_from_csv_quiet_when_piped(capsys, table, tmp_path):
+    path, df = table
+    out = tmp_path / "cmp.csv"
+    rc, _, err = run(capsys, "compare", "--data", path, *ROLES, "--mediators", "emo", "--estimators",
+                     "weighting,eb_total", "--out", out)
+    assert rc == 0 and "estimators x graphs" not in err  # not a terminal: no progress bar
+    frame = pd.read_csv(out)
+    lib = get_estimator("weighting", random_state=0).fit(python_data(df)).to_frame()
+    sel = frame[(frame.estimator == "weighting") & (frame.graph == "topic_mediation")]
+    np.testing.assert_allclose(sel.estimate.to_numpy(), lib.estimate.to_numpy(), rtol=1e-10)
+    rc, text, err = run(capsys, "refute", "--data", path, *ROLES, "--mediators", "emo", "--estimator", "weighting",
+                        "--refuters", "placebo_treatment", "--out", tmp_path / "ref.csv")
+    assert rc == 0 and "refuters" not in err and "passed" in text
+
+
+def test_progress_bars_follow_the_flag(capsys, table):
+    _, df = table
+    data = python_data(df)
+    refute.refute_all(get_estimator("eb_total"), data, refuters=["placebo_treatment"], progress=True)
+    assert "refuters" in capsys.readouterr().err
+    refute.refute_all(get_estimator("eb_total"), data, refuters=["placebo_treatment"], progress=None)
+    assert "refuters" not in capsys.readouterr().err  # None: a bar only on a terminal; pytest captures
+
+
+TABLE_BAD = [
+    (["--treatment", "treat"], ["--treatment", "expected role flags only with a CSV or parquet --data"]),
+    ([], ["--treatment", "a table needs --treatment, --outcome and --mediators"]),
+    ([*ROLES, "--mediators", "nope"], ["--mediators", "'nope'", "expected a column (or pattern)"]),
+    ([*ROLES, "--mediators", "z*"], ["--mediators", "'z*'", "expected a column (or pattern)"]),
+    ([*ROLES, "--mediators", "=emo"], ["--mediators", "expected NAME=COLUMNS", "'=emo'"]),
+    ([*ROLES, "--mediators", "h0,h*"], ["--mediators", "expected each unit once", "'h0'"]),
+    ([*ROLES, "--mediators", "emo", "--categorical", "school"], ["--categorical", "['school']", "--confounders"]),
+    ([*ROLES, "--mediators", "emo", "--cluster", "nope"], ["--cluster", "'nope'"]),
+    ([*ROLES, "--mediators", "emo", "--weights", "age"], ["column 'age'", "expected one role"]),
+    (["--treatment", "treat", "--outcome", "y", "--mediators", "emo", "--confounders", "age,age"],
+     ["--confounders", "['age'] more than once"]),
+    (["--treatment", "topic", "--outcome", "y", "--mediators", "emo"], ["treatment 'topic'", "expected a binary"]),
+]
+
+
+@pytest.mark.parametrize("extra, needles", TABLE_BAD, ids=[" ".join(e[-2:]) or "none" for e, _ in TABLE_BAD])
+def test_bad_role_flags_are_one_line_errors(capsys, saved, table, extra, needles):
+    source = saved[0] if extra == ["--treatment", "treat"] else table[0]
+    rc, out, err = run(capsys, "estimate", "--data", source, "--estimator", "eb_total", *extra)
+    assert rc == 2 and out == "" and len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def test_unreadable_tables_and_suffixes(capsys, tmp_path):
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("not parquet")
+    odd = tmp_path / "data.xlsx"
+    odd.write_text("x")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    for path, needle in ((bad, "expected a readable parquet file"), (odd, "expected a saved MediationData folder or a "
+                                                                     "file ending in .csv"),
+                         (empty, "expected a readable CSV file, got EmptyDataError")):
+        rc, _, err = run(capsys, "estimate", "--data", path, *ROLES, "--mediators", "emo")
+        assert rc == 2 and needle in err and str(path.name) in err, err
+
+
+def test_sensitivity_with_parametric_points_to_medsens(capsys, table):
+    rc, _, err = run(capsys, "sensitivity", "--data", table[0], *ROLES, "--mediators", "emo", "--estimator",
+                     "parametric")
+    assert rc == 2 and "deconfound medsens" in err
+
+
+def test_medsens_needs_a_unit_when_there_are_several(capsys, table):
+    rc, _, err = run(capsys, "medsens", "--data", table[0], *ROLES, "--mediators", "h*")
+    assert rc == 2 and "--unit: expected one of ['h0', 'h1', 'h2']" in err
+
+
+# ---- docs/getting_started.md: the command-line section runs and agrees with the Python section ----------
+def test_getting_started_cli_commands_run_and_match_python(capsys, tmp_path, monkeypatch):
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "getting_started.md").read_text()
+    python = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    bash = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    commands = [shlex.split(c) for c in "\n".join(bash).replace("\\\n", " ").splitlines() if c.strip()]
+    assert [c[:2] for c in commands] == [["deconfound", "estimate"], ["deconfound", "compare"],
+                                         ["deconfound", "medsens"], ["deconfound", "report"]]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in python[:2]:  # section 1 writes study.csv; section 2 builds `data` from the same frame
+        exec(compile(block, "getting_started", "exec"), namespace)  # noqa: S102 - our own docs
+    capsys.readouterr()
+    for argv in commands:
+        rc, out, err = run(capsys, *argv[1:])
+        assert rc == 0, (argv, err)
+    cli_frame = pd.read_csv(tmp_path / "estimates.csv")
+    lib = get_estimator("parametric", n_sims=1000, random_state=0).fit(namespace["data"]).to_frame()
+    cols = ["estimate", "se", "ci_lower", "ci_upper"]
+    np.testing.assert_allclose(cli_frame[cols].to_numpy(), lib[cols].to_numpy(), rtol=1e-10)
+    assert (tmp_path / "report" / "report.html").stat().st_size > 10_000
+    assert (tmp_path / "medsens.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(pd.read_csv(tmp_path / "compare.csv").estimator) == {"parametric", "weighting"}

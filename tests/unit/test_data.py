@@ -29,14 +29,14 @@ def test_from_frame_mediators_as_column_name(mixed_frame):
     d = frame_data(mixed_frame, mediators="b0")
     assert d.units == ["b0"]
     block = d.mediator("b0")
-    assert block.shape == (12, 1) and block.dtype == np.float32
-    np.testing.assert_array_equal(block[:, 0], mixed_frame["b0"].to_numpy().astype(np.float32))
+    assert block.shape == (12, 1) and block.dtype == np.float64  # tabular data keeps its precision
+    np.testing.assert_array_equal(block[:, 0], mixed_frame["b0"].to_numpy())
 
 
 def test_from_frame_mediators_as_list_is_one_unit(mixed_frame):
     d = frame_data(mixed_frame, mediators=["a0", "a1", "b0"])
     assert d.units == ["M"]
-    np.testing.assert_array_equal(d.mediator("M"), mixed_frame[["a0", "a1", "b0"]].to_numpy().astype(np.float32))
+    np.testing.assert_array_equal(d.mediator("M"), mixed_frame[["a0", "a1", "b0"]].to_numpy())
     assert d.columns_of("M") == ["a0", "a1", "b0"]
     single = frame_data(mixed_frame, mediators=["a1"])
     assert single.units == ["a1"]
@@ -46,7 +46,7 @@ def test_from_frame_mediators_as_dict(mixed_frame):
     d = frame_data(mixed_frame, mediators={"a": ["a0", "a1"], "b": "b0"})
     assert d.units == ["a", "b"]
     assert d.mediator("a").shape == (12, 2) and d.mediator("b").shape == (12, 1)
-    np.testing.assert_array_equal(d.mediator("a")[:, 1], mixed_frame["a1"].to_numpy().astype(np.float32))
+    np.testing.assert_array_equal(d.mediator("a")[:, 1], mixed_frame["a1"].to_numpy())
     np.testing.assert_array_equal(d.t, mixed_frame["toxic"].to_numpy())
     np.testing.assert_array_equal(d.y, mixed_frame["score"].to_numpy())
     np.testing.assert_array_equal(d.ids, mixed_frame.index.to_numpy())
@@ -88,7 +88,7 @@ def test_from_arrays_numeric_and_names():
     d = MediationData.from_arrays(**args)
     assert d.confounder_names == ["x0", "x1"]
     np.testing.assert_array_equal(d.x_design()[0], args["x"])
-    np.testing.assert_array_equal(d.mediator("u"), args["mediators"]["u"].astype(np.float32))
+    np.testing.assert_array_equal(d.mediator("u"), args["mediators"]["u"])
     assert d.t.dtype == np.int8 and d.y.dtype == np.float64
 
 
@@ -294,7 +294,7 @@ def _assert_same(a: MediationData, b: MediationData):
             assert x.tobytes() == y.tobytes(), name
     assert a.units == b.units
     for u in a.units:
-        assert a.mediator(u).dtype == b.mediator(u).dtype == np.float32
+        assert a.mediator(u).dtype == b.mediator(u).dtype == np.dtype(a.dtype)
         assert a.mediator(u).tobytes() == b.mediator(u).tobytes(), u
     assert a.confounder_names == b.confounder_names
     for c in a.confounder_names:
@@ -310,7 +310,7 @@ def _assert_same(a: MediationData, b: MediationData):
 
 def test_save_load_round_trip_exact(tmp_path, mixed_frame):
     df = mixed_frame.copy()
-    df["a0"] = df["a0"] * 1e-39  # float32 subnormals survive bit for bit
+    df["a0"] = df["a0"] * 1e-310  # float64 subnormals survive bit for bit
     df["topic"] = pd.Categorical(df["topic"], categories=["sports", "religion", "politics", "unused"])
     meta = {"source": "unit test", "seed": np.int64(5), "layers": [1, 2], "nested": {"k": 0.1}}
     d = frame_data(df, mediators={"a": ["a0", "a1"], "b": "b0"}, meta=meta)
@@ -382,5 +382,5 @@ def test_save_overwrites_cleanly(tmp_path, sim_small, mixed_frame):
 def test_mediator_beyond_float32_range_named():
     m = np.ones((8, 2))
     m[6, 1] = 1e39  # finite as float64, inf as float32
-    msg = _raises("unit 'u'", MediationData.from_arrays, **arrays(mediators={"u": m}))
+    msg = _raises("unit 'u'", MediationData.from_arrays, **arrays(mediators={"u": m}), dtype="float32")
     assert "float32" in msg and "[6]" in msg

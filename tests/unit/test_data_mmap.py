@@ -26,7 +26,7 @@ def _data(n=60, units=4, d=3, seed=0):
     y = rng.normal(size=n) + t
     x = pd.DataFrame({"topic": topic, "len": rng.normal(size=n)})
     return MediationData.from_arrays(t=t, y=y, mediators=meds, x=x, meta={"source": "test"},
-                                     ids=[f"p{i}" for i in range(n)])
+                                     ids=[f"p{i}" for i in range(n)], dtype="float32")
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def _same(a: MediationData, b: MediationData):
     assert a.x.equals(b.x)
     for u in a.units:
         np.testing.assert_array_equal(a.mediator(u), b.mediator(u))
-        assert a.mediator(u).dtype == b.mediator(u).dtype == np.float32
+        assert a.mediator(u).dtype == b.mediator(u).dtype == np.dtype(a.dtype)
 
 
 def test_lazy_load_equals_eager(saved):
@@ -217,7 +217,8 @@ def test_per_unit_estimation_stays_under_a_memory_budget(tmp_path):
     folder = tmp_path / "big"
     try:
         MediationData.from_arrays(t=t, y=rng.normal(size=n) + 0.3 * t, mediators=blocks,
-                                  x=np.array(["a", "b"])[rng.integers(0, 2, n)].astype(object)).save(folder)
+                                  x=np.array(["a", "b"])[rng.integers(0, 2, n)].astype(object),
+                                  dtype="float32").save(folder)
         del blocks
         budget = 96 << 20
         lazy = _child(folder, True)

@@ -28,21 +28,21 @@ PKG = "deconfound"
 
 LAYERS = {
     "errors": 0, "_validation": 0, "_ebsolver": 0,
-    "data": 1, "simulate": 1, "parallel": 1, "neurons": 1,
+    "data": 1, "_store": 1, "simulate": 1, "parallel": 1, "neurons": 1,
     "graph": 2, "weights": 2, "inference": 2, "folds": 2, "bootstrap": 2,
     "results": 3, "multiplicity": 3,
     "estimators": 4,  # the subpackage estimators/*
     "sensitivity": 5, "refute": 5, "medsens": 5,
     "compare": 6, "report": 6,
-    "cli": 7, "demo": 7, "demo_neurons": 7, "__main__": 7,
+    "cli": 7, "_cli_io": 7, "demo": 7, "demo_neurons": 7, "__main__": 7,
     "lm": "side",  # the subpackage lm/*
 }
 SAME_LAYER = {
     ("_validation", "errors"),
-    ("simulate", "data"), ("neurons", "data"),
+    ("data", "_store"), ("simulate", "data"), ("neurons", "data"),
     ("bootstrap", "inference"), ("bootstrap", "weights"), ("bootstrap", "folds"),
     ("sensitivity", "medsens"),
-    ("cli", "demo"), ("demo", "demo_neurons"), ("__main__", "cli"),
+    ("cli", "demo"), ("cli", "_cli_io"), ("demo", "demo_neurons"), ("__main__", "cli"),
 }
 SUBPACKAGES = {"estimators", "lm"}
 LM_IMPORTERS = {"estimators.patching"}  # lazily only; layer 7 may import lm anywhere

@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 
+from ..data import MediationData
 from ..errors import DataError
 
 _REGISTRY: dict[str, type] = {}
@@ -99,7 +100,11 @@ class MediationEstimator(ABC):
 
 
 def check_units(data, units) -> list[str]:
-    """The list of units to estimate, each checked against ``data``."""
+    """The list of units to estimate, each checked against ``data`` (which must be a MediationData: a DataFrame
+    gets a TypeError saying how to build one, not an AttributeError from inside the estimator)."""
+    if not isinstance(data, MediationData):
+        raise TypeError(f"fit: expected a MediationData, got {type(data).__name__} (build one with "
+                        "MediationData.from_frame(df, treatment=..., outcome=..., mediators=..., confounders=...))")
     if units is None:
         return data.units
     if isinstance(units, str):

@@ -363,8 +363,8 @@ class DMLMediation(MediationEstimator):
         on a Dask cluster. Every seed is fixed from ``random_state`` before dispatch, so the numbers do not
         depend on the backend or on ``n_jobs``.
         """
-        outcome, propensity = self._check(data)
         units = check_units(data, units)
+        outcome, propensity = self._check(data)
         g, adj = resolve(graph, data)
         x_first = data.x_design(adj.first_stage)[0]
         x_second = data.x_design(adj.second_stage)[0]

@@ -570,7 +570,7 @@ def _assemble(out_dir: Path, prompts, ids, units, meta, treatment, topic_x, marg
     mediators = {u: cat(f"med::{u}") for u in units}
     x = topic_x
     data = MediationData.from_arrays(t=t, y=y, mediators=mediators, x=x if len(x.columns) else None,
-                                     meta=meta, ids=ids)
+                                     meta=meta, ids=ids, dtype="float32")  # activations: float32 on purpose
     data.save(out_dir / "data")
     table = pd.DataFrame({"id": ids, "index": np.arange(n), "prompt": prompts, "prompt_score": pscore,
                           "score_source": source, "t": t, "y": y})
