@@ -4,13 +4,14 @@ The structural model, per prompt (topic k, K topics, units u = 0..U-1, each a d-
 
     k ~ Categorical(pi)                          topic
     T ~ Bernoulli(sigmoid(s * a_k))              toxic prompt, more likely on some topics
-    M_u = s * g_{u,k} + T * beta_u + e_u         e_u ~ N(0, I_d)
+    M_u = s * g_{u,k} + T * r * beta_u + e_u     e_u ~ N(0, I_d); r = mediator_strength
     idx = c + theta*T + (1 + kappa*T) * sum_u b_u . M_u + s * delta_k
-    Y = idx + N(0, 1)           (linear)   or   Y = Phi(idx) + N(0, 0.1^2)   (nonlinear)
+    Y = idx + N(0, 1)  (linear),  Y = Phi(idx) + N(0, 0.1^2)  (probit),  Y ~ Bernoulli(Phi(idx))  (binary)
 
 Spurious units have beta_u = 0 and b_u = 0 but load on the topic like T and Y do: no causal path to Y, yet
 correlated with T and Y through the topic. Given the topic, idx is Gaussian, so every E[Y(t, M_u(t'))] is exact:
-a topic-weighted sum of means (linear) or of Phi(mean / sqrt(1 + var)) (nonlinear).
+a topic-weighted sum of means (linear) or of Phi(mean / sqrt(1 + var)) (probit and binary: P(idx + N(0,1) > 0)
+has the same mean as Phi(idx)).
 """
 from __future__ import annotations
 
@@ -44,7 +45,10 @@ class Truth:
         return float(row.value.iloc[0])
 
 
-def _params(n_topics, n_units, dim, n_spurious, topic_strength, interaction, param_seed):
+OUTCOMES = ("linear", "probit", "binary")
+
+
+def _params(n_topics, n_units, dim, n_spurious, topic_strength, interaction, param_seed, mediator_strength=1.0):
     rng = np.random.default_rng(param_seed)
     k = n_topics
     a = np.linspace(-1.2, 1.2, k)[rng.permutation(k)]
@@ -63,7 +67,7 @@ def _params(n_topics, n_units, dim, n_spurious, topic_strength, interaction, par
             gamma[u] = (1.0 * a[:, None] + 0.3 * rng.normal(size=(k, 1))) * direction
         else:
             gamma[u] = 0.5 * rng.normal(size=(k, dim)) / np.sqrt(dim) + 0.5 * a[:, None] * direction
-            beta[u] = (0.6 + 0.2 * (u % 3)) * direction
+            beta[u] = mediator_strength * (0.6 + 0.2 * (u % 3)) * direction
             b[u] = 0.5 * rng.normal(size=dim) / np.sqrt(dim) + 0.4 * direction
     return dict(pi=pi, a=a * topic_strength, delta=delta * topic_strength, gamma=gamma * topic_strength,
                 beta=beta, b=b, c=-0.3, theta=0.5, kappa=float(interaction), spurious=spurious)
@@ -100,7 +104,8 @@ def _truth_frame(p, nonlinear, names) -> pd.DataFrame:
 
 def topic_mediation(n: int, *, n_topics: int = 8, n_units: int = 1, dim: int = 1, interaction: float = 0.0,
                     nonlinear: bool = False, topic_strength: float = 1.0, n_spurious: int | None = None,
-                    coarsen: int | None = None, seed: int = 0, param_seed: int = PARAM_SEED):
+                    coarsen: int | None = None, seed: int = 0, param_seed: int = PARAM_SEED,
+                    mediator_strength: float = 1.0, outcome: str | None = None):
     """Simulate topic-confounded mediation with exact true effects.
 
     Parameters
@@ -110,7 +115,11 @@ def topic_mediation(n: int, *, n_topics: int = 8, n_units: int = 1, dim: int = 1
     n_units, dim : mediator units ``u0..`` of ``dim`` columns each; the last ``n_spurious`` (default
         ``n_units // 2``) are pure topic trackers with zero true NIE.
     interaction : kappa, the T x M interaction in the outcome.
-    nonlinear : outcome mean Phi(idx) instead of idx.
+    nonlinear : outcome mean Phi(idx) instead of idx (the same as ``outcome="probit"``).
+    outcome : ``"linear"``, ``"probit"`` (Phi(idx) plus small noise) or ``"binary"`` (0/1 draws with
+        P(Y=1) = Phi(idx)); the default follows ``nonlinear``.
+    mediator_strength : scales the T -> M path (r above); 3 gives the strong T -> M case in which P(T=1 | M, X)
+        is often outside [0.05, 0.95].
     topic_strength : scales how strongly the topic drives T, M and Y (0 = no confounding).
     coarsen : if set, only ``topic mod coarsen`` is observed (the topic is partly hidden).
     seed : the data draw; ``param_seed`` fixes the structural parameters (the truth), so replications with
@@ -128,13 +137,19 @@ def topic_mediation(n: int, *, n_topics: int = 8, n_units: int = 1, dim: int = 1
     >>> truth.value("u1", "nie", "average")
     0.0
     """
+    outcome = outcome or ("probit" if nonlinear else "linear")
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome: expected one of {OUTCOMES}, got {outcome!r}")
+    if nonlinear and outcome == "linear":
+        raise ValueError("outcome: expected 'probit' or 'binary' with nonlinear=True, got 'linear'")
+    nonlinear = outcome != "linear"
     if n_units < 1 or dim < 1 or n_topics < 1:
         raise ValueError(f"n_units, dim, n_topics: expected >= 1, got {n_units}, {dim}, {n_topics}")
     if n_spurious is not None and not 0 <= n_spurious <= n_units:
         raise ValueError(f"n_spurious: expected a number in [0, n_units={n_units}], got {n_spurious}")
     if coarsen is not None and not 1 <= coarsen <= n_topics:
         raise ValueError(f"coarsen: expected None or a number in [1, n_topics={n_topics}], got {coarsen}")
-    p = _params(n_topics, n_units, dim, n_spurious, topic_strength, interaction, param_seed)
+    p = _params(n_topics, n_units, dim, n_spurious, topic_strength, interaction, param_seed, mediator_strength)
     names = [f"u{u}" for u in range(n_units)]
     rng = np.random.default_rng(seed)
     topic = rng.choice(n_topics, size=n, p=p["pi"])
@@ -144,13 +159,16 @@ def topic_mediation(n: int, *, n_topics: int = 8, n_units: int = 1, dim: int = 1
         m = p["gamma"][u][topic] + t[:, None] * p["beta"][u] + rng.normal(size=(n, dim))
         mediators[name] = m.astype(np.float32)
         idx = idx + (1.0 + p["kappa"] * t) * (m.astype(np.float32).astype(float) @ p["b"][u])
-    y = norm.cdf(idx) + 0.1 * rng.normal(size=n) if nonlinear else idx + rng.normal(size=n)
+    if outcome == "binary":
+        y = (rng.random(n) < norm.cdf(idx)).astype(float)
+    else:
+        y = norm.cdf(idx) + 0.1 * rng.normal(size=n) if nonlinear else idx + rng.normal(size=n)
     observed = topic % coarsen if coarsen else topic
     x = pd.DataFrame({"topic": pd.Categorical([f"t{k}" for k in observed],
                                               categories=[f"t{k}" for k in range(coarsen or n_topics)])})
     meta = {"simulator": "topic_mediation", "seed": seed, "param_seed": param_seed, "n_topics": n_topics,
-            "interaction": interaction, "nonlinear": nonlinear, "topic_strength": topic_strength,
-            "coarsen": coarsen}
+            "interaction": interaction, "nonlinear": nonlinear, "outcome": outcome,
+            "topic_strength": topic_strength, "mediator_strength": mediator_strength, "coarsen": coarsen}
     data = MediationData.from_arrays(t=t, y=y, mediators=mediators, x=x, meta=meta)
     truth = Truth(_truth_frame(p, nonlinear, names), spurious=[names[u] for u in p["spurious"]],
                   causal=[nm for i, nm in enumerate(names) if i not in p["spurious"]], topic=topic, params=p)
