@@ -173,3 +173,87 @@ def topic_mediation(n: int, *, n_topics: int = 8, n_units: int = 1, dim: int = 1
     truth = Truth(_truth_frame(p, nonlinear, names), spurious=[names[u] for u in p["spurious"]],
                   causal=[nm for i, nm in enumerate(names) if i not in p["spurious"]], topic=topic, params=p)
     return data, truth
+
+
+class ToyPatcher:
+    """A stand-in for the language-model ``Patcher`` with a known outcome: g_i(m) = a_i + b.m + c |m|^2.
+
+    It answers what :class:`~deconfound.estimators.patching.PatchingMediation` asks of a patcher (base scores,
+    batched patched scores, gradients for first-order patching), so patching inference can be checked against
+    exact truths without a model. Every unit shares the same g.
+    """
+
+    def __init__(self, m, a, b, c=0.0):
+        self.m, self.a, self.b, self.c = (np.asarray(m, float), np.asarray(a, float), np.asarray(b, float),
+                                          float(c))
+        self.outcome = type("ToyOutcome", (), {"name": "toy"})()
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.a)
+
+    def unit(self, spec):
+        return spec
+
+    def dim(self, unit) -> int:
+        return self.m.shape[1]
+
+    def g(self, prompts, values) -> np.ndarray:
+        values = np.asarray(values, float)
+        return self.a[prompts] + values @ self.b + self.c * (values**2).sum(axis=1)
+
+    def base_scores(self) -> np.ndarray:
+        return self.g(np.arange(self.n_prompts), self.m)
+
+    def evaluate(self, requests, grad: bool = False) -> list:
+        from types import SimpleNamespace
+
+        out = []
+        for unit, prompts, values in requests:
+            prompts = np.asarray(prompts)
+            values = np.broadcast_to(np.asarray(values, float), (len(prompts), self.m.shape[1]))
+            gr = self.b[None, :] + 2 * self.c * values if grad else None
+            out.append(SimpleNamespace(unit=unit, scores=self.g(prompts, values), extras={}, grad=gr))
+        return out
+
+    def describe(self) -> dict:
+        return {"outcome": "toy", "g": "a_i + b.m + c |m|^2", "c": self.c}
+
+
+def toy_patching(n: int, *, n_topics: int = 6, dim: int = 3, c: float = 0.25, shift: float = 0.8,
+                 seed: int = 0, param_seed: int = PARAM_SEED):
+    """Topic-confounded data for patching, with a :class:`ToyPatcher` whose patched outcomes are exact.
+
+    Topic k drives T (P(T=1) = sigmoid(a_k)), the unit's activation M = loc_k + shift * T * 1 + N(0, I_d) and
+    the outcome's intercept a_i = alpha_k + N(0, 0.5^2). With g quadratic (c != 0) the mean patch differs from
+    the exact natural indirect effect; ``truth`` holds both, on the treated (ATT):
+
+    - ``nie_exact``: E[g(M(1)) - g(M(0)) | T=1] = b.s + c (|s|^2 + 2 s.L1), s = shift * 1, L1 = E[loc | T=1];
+    - ``mean_patch``: E[g(M) | T=1] - g(E[M(0) | T=1]) = nie_exact + c (E[|loc|^2 | T=1] - |L1|^2 + d);
+    - ``te``: E[Y(1) - Y(0) | T=1] = nie_exact (there is no direct path), ``nde`` = 0.
+
+    Returns ``(MediationData, ToyPatcher, truth)``; the unit is ``"u"``.
+    """
+    p_rng = np.random.default_rng(param_seed)
+    a_t = np.linspace(-1.2, 1.2, n_topics)[p_rng.permutation(n_topics)]
+    loc = 1.0 * a_t[:, None] + 0.5 * p_rng.normal(size=(n_topics, dim))
+    alpha = 1.5 * a_t
+    b = p_rng.normal(size=dim) / np.sqrt(dim)
+    pi = np.full(n_topics, 1.0 / n_topics)
+    w1 = pi * expit(a_t) / (pi * expit(a_t)).sum()  # topic mix of the treated
+    s = np.full(dim, shift)
+    l1 = w1 @ loc
+    nie = float(b @ s + c * (s @ s + 2 * s @ l1))
+    gap = float(c * (w1 @ (loc**2).sum(1) - l1 @ l1 + dim))
+    rng = np.random.default_rng(seed)
+    topic = rng.choice(n_topics, size=n, p=pi)
+    t = (rng.random(n) < expit(a_t[topic])).astype(np.int8)
+    m = loc[topic] + t[:, None] * s + rng.normal(size=(n, dim))
+    a = alpha[topic] + 0.5 * rng.normal(size=n)
+    patcher = ToyPatcher(m, a, b, c)
+    x = pd.DataFrame({"topic": pd.Categorical([f"t{k}" for k in topic], categories=[f"t{k}" for k in range(n_topics)])})
+    data = MediationData.from_arrays(t=t, y=patcher.base_scores(), mediators={"u": m}, x=x,
+                                     meta={"simulator": "toy_patching", "seed": seed, "c": c})
+    patcher.m = data.mediator("u").astype(float)  # the values the estimator sees (the data may store float32)
+    truth = {"nie_exact": nie, "mean_patch": nie + gap, "te": nie, "nde": 0.0, "population": "att"}
+    return data, patcher, truth
