@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,9 +128,13 @@ def _one(task):
     name, cell, seed, settings = task
     fn = _rows_patching if cell.kind == "patching" else _rows_mediation
     try:
-        return fn(name, cell, seed, settings)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rows = fn(name, cell, seed, settings)
     except Exception as exc:  # a failed fit is a result of the study, not a crash of it
         return [{"estimator": name, "cell": cell.name, "n": cell.n, "seed": seed, "error": f"{type(exc).__name__}: {exc}"}]
+    first = str(caught[0].message) if caught else ""
+    return [{**r, "warned": bool(caught), "warning": first} for r in rows]
 
 
 def run(estimators=None, cells=None, *, reps: int = 200, seed: int = 0, settings=None, backend: str = "local",
@@ -168,7 +173,8 @@ def summarize(rows: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
                         bias_se=float(err.mean() / g.se.mean()) if g.se.mean() > 0 else np.nan,
                         coverage=float(covered.mean()), ci_length=float((g.ci_upper - g.ci_lower).mean()),
                         se_sd=float(g.se.mean() / sd) if sd and sd > 0 else np.nan,
-                        test="size" if null else "power", reject=float((g.p_value < 1 - level).mean())))
+                        test="size" if null else "power", reject=float((g.p_value < 1 - level).mean()),
+                        warned=float(g.warned.mean()) if "warned" in g else 0.0))
     table = pd.DataFrame(out)
     if len(table):
         cov_ok = table.coverage.between(LOW, HIGH)
@@ -197,7 +203,8 @@ def to_markdown(table: pd.DataFrame, fails: pd.DataFrame, *, commit: str, reps: 
              f"true effect is 0 (rows marked `size`). With {reps} replicates the Monte Carlo SE of a coverage of "
              f"0.95 is {np.sqrt(0.95 * 0.05 / max(reps, 1)):.3f}.", "",
              "Columns: `bias_se` is the mean error divided by the mean SE; `se_sd` the mean SE over the Monte Carlo "
-             "SD of the estimates (1 when the SEs are right); `reject` the share of p-values below 0.05.", "",
+             "SD of the estimates (1 when the SEs are right); `reject` the share of p-values below 0.05; `warned` the "
+             "share of fits that warned.", "",
              "## Data-generating processes", ""]
     for name, (sim, note) in DGPS.items():
         lines.append(f"- `{name}`: {note} (`simulate.topic_mediation({', '.join(f'{k}={v!r}' for k, v in sim.items())})`)")
