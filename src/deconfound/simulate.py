@@ -257,3 +257,49 @@ def toy_patching(n: int, *, n_topics: int = 6, dim: int = 3, c: float = 0.25, sh
     patcher.m = data.mediator("u").astype(float)  # the values the estimator sees (the data may store float32)
     truth = {"nie_exact": nie, "mean_patch": nie + gap, "te": nie, "nde": 0.0, "population": "att"}
     return data, patcher, truth
+
+
+def intermediate_confounding(n: int, *, n_topics: int = 3, zm: float = 0.5, seed: int = 0):
+    """Two units in the order of a model's layers: ``z`` (an earlier unit, binary) is affected by T and affects
+    both ``m`` and Y, a treatment-induced mediator-outcome confounder. With topic k:
+
+        T ~ Bernoulli(sigmoid(a_k));  Z ~ Bernoulli(sigmoid(-0.5 + 1.2 T + c_k))
+        M = 0.2 + 0.8 T + 1.0 Z + d_k + N(0, 1);  Y = 0.1 + 0.5 T + 0.7 Z + 0.6 M + zm Z M + f_k + N(0, 1)
+
+    theta(a, a') is the mean outcome under A = a with the mediator drawn from its distribution under a' (given
+    the topic, marginal over Z). ``truth`` holds, on the treated (and with suffix ``_ate`` on everyone):
+    ``nie_treated`` = E[Y(1)] - theta(1, 0) (the patching analogue), ``nie_control`` = theta(0, 1) - E[Y(0)],
+    ``nde_control`` = theta(1, 0) - E[Y(0)], ``te`` = E[Y(1)] - E[Y(0)]. With ``zm`` != 0 the natural and the
+    interventional effects differ.
+    """
+    rng = np.random.default_rng(seed)
+    a_k = np.linspace(-0.8, 0.8, n_topics)
+    c_k = np.linspace(0.6, -0.6, n_topics)
+    d_k = np.linspace(-0.5, 0.5, n_topics)
+    f_k = np.linspace(0.4, -0.4, n_topics)
+    pz = {t: expit(-0.5 + 1.2 * t + c_k) for t in (0, 1)}  # P(Z=1 | T=t, k)
+    em = {t: 0.2 + 0.8 * t + pz[t] + d_k for t in (0, 1)}  # E[M | T=t, k]
+
+    def theta(a, ap):  # Z from its law under a, M from its law under ap, independently
+        return 0.1 + 0.5 * a + 0.7 * pz[a] + 0.6 * em[ap] + zm * pz[a] * em[ap] + f_k
+
+    def natural(a):  # E[Z M | a, k] = P(Z=1 | a, k) E[M | Z=1, a, k]
+        return 0.1 + 0.5 * a + 0.7 * pz[a] + 0.6 * em[a] + zm * pz[a] * (1.2 + 0.8 * a + d_k) + f_k
+
+    w_ate = np.full(n_topics, 1.0 / n_topics)
+    w_att = w_ate * expit(a_k) / (w_ate * expit(a_k)).sum()
+    truth = {}
+    for pop, wk in (("", w_att), ("_ate", w_ate)):
+        truth["nie_treated" + pop] = float(wk @ (natural(1) - theta(1, 0)))
+        truth["nie_control" + pop] = float(wk @ (theta(0, 1) - natural(0)))
+        truth["nde_control" + pop] = float(wk @ (theta(1, 0) - natural(0)))
+        truth["te" + pop] = float(wk @ (natural(1) - natural(0)))
+    k = rng.integers(n_topics, size=n)
+    t = (rng.random(n) < expit(a_k[k])).astype(np.int8)
+    z = (rng.random(n) < expit(-0.5 + 1.2 * t + c_k[k])).astype(float)
+    m = 0.2 + 0.8 * t + z + d_k[k] + rng.normal(size=n)
+    y = 0.1 + 0.5 * t + 0.7 * z + 0.6 * m + zm * z * m + f_k[k] + rng.normal(size=n)
+    x = pd.DataFrame({"topic": pd.Categorical([f"t{j}" for j in k], categories=[f"t{j}" for j in range(n_topics)])})
+    data = MediationData.from_arrays(t=t, y=y, mediators={"z": z[:, None], "m": m[:, None]}, x=x,
+                                     meta={"simulator": "intermediate_confounding", "seed": seed, "zm": zm})
+    return data, truth

@@ -3,7 +3,7 @@ from importlib import import_module
 
 from .base import MediationEstimator, available_estimators, get_estimator, register
 
-_MODULES = ("parametric", "weighting", "dml", "patching", "econml")
+_MODULES = ("parametric", "weighting", "dml", "patching", "econml", "interventional")
 
 
 def _load_all() -> None:
