@@ -506,6 +506,13 @@ def sensitivity_benchmark(result_or_estimator, data, drop=("topic",), *, graph=N
 
 
 # ---- contour plot ---------------------------------------------------------------------------------------
+def contour_levels(z, n: int = 20) -> tuple[np.ndarray, float]:
+    """Colour levels symmetric about 0 (white), whatever the sign of the bounds: the same colour means the same
+    distance from the null on every plot. Returns (levels, vmax)."""
+    vmax = float(np.max(np.abs(z))) or 1.0
+    return np.linspace(-vmax, vmax, n + 1), vmax
+
+
 def sensitivity_plot(source, path, *, unit=None, effect="nie", arm="average", kind="theta", rho=1.0,
                      level=0.95, sides=2, benchmark: BenchmarkResult | None = None, cf_max=None,
                      grid=41, title=None):
@@ -517,7 +524,7 @@ def sensitivity_plot(source, path, *, unit=None, effect="nie", arm="average", ki
     Returns the path.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 - plotting only
-    from matplotlib.colors import TwoSlopeNorm  # noqa: PLC0415
+    from matplotlib.colors import Normalize  # noqa: PLC0415
     from matplotlib.figure import Figure  # noqa: PLC0415
 
     if kind not in ("theta", "ci"):
@@ -553,8 +560,8 @@ def sensitivity_plot(source, path, *, unit=None, effect="nie", arm="average", ki
     fig = Figure(figsize=(6, 5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    norm = TwoSlopeNorm(0.0, z.min(), z.max()) if z.min() < 0 < z.max() else None
-    filled = ax.contourf(axis, axis, z, levels=20, cmap="RdBu" if lower_side else "RdBu_r", norm=norm)
+    levels, vmax = contour_levels(z)
+    filled = ax.contourf(axis, axis, z, levels=levels, cmap="RdBu", norm=Normalize(-vmax, vmax))
     fig.colorbar(filled, ax=ax, label=f"{'lower' if lower_side else 'upper'} bound ({kind})")
     lines = ax.contour(axis, axis, z, levels=8, colors="k", linewidths=0.5)
     ax.clabel(lines, fontsize=7, fmt="%.3g")

@@ -368,3 +368,17 @@ def test_weighting_result_without_pieces_names_the_estimator():
         pytest.skip("the weighting estimator now stores OVB pieces")
     with pytest.raises(ValueError, match=r"'weighting' result without them"):
         sensitivity_analysis(res)
+
+
+def test_contour_colours_are_centred_on_zero_whatever_the_sign():
+    """White is 0 on every plot: all-positive bounds used to span the whole colour map (issue 16)."""
+    from matplotlib.colors import Normalize
+
+    from deconfound.sensitivity import contour_levels
+
+    for z in (np.array([[0.2, 0.5], [0.9, 1.4]]), np.array([[-3.0, -1.0], [0.5, 2.0]])):
+        levels, vmax = contour_levels(z)
+        assert vmax == pytest.approx(np.abs(z).max())
+        assert levels[0] == pytest.approx(-vmax) and levels[-1] == pytest.approx(vmax)
+        assert Normalize(-vmax, vmax)(0.0) == pytest.approx(0.5)
+        assert 0.0 in np.round(levels, 12)
