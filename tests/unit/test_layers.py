@@ -33,7 +33,7 @@ LAYERS = {
     "results": 3, "multiplicity": 3, "identification": 3,
     "estimators": 4,  # the subpackage estimators/*
     "sensitivity": 5, "refute": 5, "medsens": 5,
-    "compare": 6, "report": 6, "coverage": 6,
+    "compare": 6, "report": 6, "coverage": 6, "screening": 6,
     "cli": 7, "demo": 7, "demo_neurons": 7, "__main__": 7,
     "lm": "side",  # the subpackage lm/*
 }
