@@ -102,8 +102,8 @@ def _effects(result, units, effect, arm) -> pd.DataFrame:
 
 
 def screen_and_confirm(data, *, patcher, screen_patcher=None, units=None, graph=None, select=0.1,
-                       n_audit: int = 32, estimator=None, effect: str = "nie", arm: str = "treated",
-                       fdr: float = 0.05, alpha: float = 0.05, random_state=0) -> ScreenConfirm:
+                       n_audit: int = 32, estimator=None, screen_estimator=None, effect: str = "nie",
+                       arm: str = "treated", fdr: float = 0.05, alpha: float = 0.05, random_state=0) -> ScreenConfirm:
     """Screen every unit on one half of the prompts, confirm the selected ones exactly on the other half, and
     audit a random sample of the rest.
 
@@ -116,7 +116,8 @@ def screen_and_confirm(data, *, patcher, screen_patcher=None, units=None, graph=
     select : a float in (0, 1): keep units with screen BH q <= select; an int k: keep the k largest |t|. At least
         one unit is kept.
     n_audit : unselected units patched exactly at random (0 skips the audit).
-    estimator : a patching estimator (default ``get_estimator("patching", random_state=random_state)``).
+    estimator : a patching estimator (default ``get_estimator("patching", random_state=random_state)``);
+        ``screen_estimator`` (default the same) runs the screen.
     fdr, alpha : the FDR of the confirmation's significance, and the per-unit level of the audit.
     """
     est = estimator or get_estimator("patching", random_state=random_state)
@@ -127,7 +128,7 @@ def screen_and_confirm(data, *, patcher, screen_patcher=None, units=None, graph=
         raise ValueError(f"select: expected a q-value threshold in (0, 1) or a number of units >= 1, got {select!r}")
     half = make_folds(data.n, 2, strata=fold_strata(data), random_state=random_state)
     first, second = np.flatnonzero(half == 0), np.flatnonzero(half == 1)
-    screen = est.fit(data.subset(first), graph=graph, units=mapping,
+    screen = (screen_estimator or est).fit(data.subset(first), graph=graph, units=mapping,
                      patcher=PromptSubset(screen_patcher or patcher, first))
     table = _effects(screen, names, effect, arm).add_prefix("screen_").rename(columns={"screen_unit": "unit"})
     table["screen_t"] = table.screen_estimate / table.screen_se
