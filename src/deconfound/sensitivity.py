@@ -48,12 +48,23 @@ class OVBBounds:
 
 
 def sensitivity_covariance(psi_theta, psi_sigma2, psi_nu2) -> np.ndarray:
-    """The 3 x 3 covariance of the estimates (theta, sigma2, nu2) from their centred influence values.
+    """The covariance of the estimates (theta, sigma2_1, nu2_1, ..., sigma2_J, nu2_J) from their centred
+    influence values (J = 1 for a single regression: a 3 x 3 matrix).
 
-    ``cov = Psi' Psi / n^2`` with ``Psi = [psi_theta, psi_sigma2, psi_nu2]`` (n x 3), so ``cov[0, 0]`` equals the
-    squared standard error of :meth:`deconfound.inference.Effect.from_scores`.
+    ``cov = Psi' Psi / n^2`` with ``Psi = [psi_theta, psi_sigma2_1, psi_nu2_1, ...]`` (n x (1 + 2J)), so
+    ``cov[0, 0]`` equals the squared standard error of :meth:`deconfound.inference.Effect.from_scores`.
+    ``psi_sigma2`` and ``psi_nu2`` are n-vectors (J = 1) or n x J arrays.
     """
-    psi = np.column_stack([np.asarray(p, dtype=float).reshape(-1) for p in (psi_theta, psi_sigma2, psi_nu2)])
+    s2 = np.asarray(psi_sigma2, dtype=float)
+    n2 = np.asarray(psi_nu2, dtype=float)
+    s2 = s2.reshape(len(s2), -1)
+    n2 = n2.reshape(len(n2), -1)
+    if s2.shape != n2.shape:
+        raise ValueError(f"psi_sigma2, psi_nu2: expected the same shape, got {s2.shape} and {n2.shape}")
+    cols = [np.asarray(psi_theta, dtype=float).reshape(-1)]
+    for j in range(s2.shape[1]):
+        cols += [s2[:, j], n2[:, j]]
+    psi = np.column_stack(cols)
     n = psi.shape[0]
     if n == 0:
         raise ValueError("influence values: expected at least one row, got none")
@@ -71,16 +82,22 @@ def _check_strengths(cf_y, cf_d, rho) -> tuple[float, float, float]:
     return cf_y, cf_d, rho
 
 
-def _check_pieces(sigma2, nu2, cov) -> tuple[float, float, np.ndarray]:
-    sigma2, nu2 = float(sigma2), float(nu2)
-    if not (np.isfinite(sigma2) and sigma2 > 0):
-        raise ValueError(f"sigma2: expected a positive outcome residual variance, got {sigma2}")
-    if not (np.isfinite(nu2) and nu2 > 0):
-        raise ValueError(f"nu2: expected a positive Riesz representer variance, got {nu2} "
-                         "(a non-positive value points to extreme propensities; trim them)")
+def _check_pieces(sigma2, nu2, cov) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """sigma2 and nu2 as arrays over the J regressions of the target (J = 1: one regression)."""
+    sigma2 = np.atleast_1d(np.asarray(sigma2, dtype=float))
+    nu2 = np.atleast_1d(np.asarray(nu2, dtype=float))
+    if sigma2.shape != nu2.shape or sigma2.ndim != 1:
+        raise ValueError(f"sigma2, nu2: expected one value per regression each, got shapes {sigma2.shape}, {nu2.shape}")
+    if not (np.all(np.isfinite(sigma2)) and np.all(sigma2 > 0)):
+        raise ValueError(f"sigma2: expected positive outcome residual variances, got {sigma2.tolist()}")
+    if not (np.all(np.isfinite(nu2)) and np.all(nu2 > 0)):
+        raise ValueError(f"nu2: expected positive Riesz representer variances, got {nu2.tolist()} "
+                         "(a non-positive value points to extreme propensities)")
     cov = np.asarray(cov, dtype=float)
-    if cov.shape != (3, 3):
-        raise ValueError(f"cov: expected a 3 x 3 covariance of (theta, sigma2, nu2), got shape {cov.shape}")
+    k = 1 + 2 * len(sigma2)
+    if cov.shape != (k, k):
+        raise ValueError(f"cov: expected a {k} x {k} covariance of (theta, sigma2, nu2 per regression), "
+                         f"got shape {cov.shape}")
     if not np.all(np.isfinite(cov)):
         raise ValueError("cov: expected finite entries, got NaN/inf")
     return sigma2, nu2, cov
@@ -104,11 +121,15 @@ def _resolve_cov(cov, psi_theta, psi_sigma2, psi_nu2):
 
 
 def _bounds(theta, sigma2, nu2, cov, strength, z) -> tuple[float, float, float, float, float]:
-    """theta -/+ strength * sqrt(sigma2 nu2) and its delta-method confidence bounds."""
-    bias = strength * np.sqrt(sigma2 * nu2)
+    """theta -/+ strength * sum_j sqrt(sigma2_j nu2_j) and its delta-method confidence bounds."""
+    bias = strength * float(np.sum(np.sqrt(sigma2 * nu2)))
     half = strength / 2
-    grads = [np.array([1.0, sign * half * np.sqrt(nu2 / sigma2), sign * half * np.sqrt(sigma2 / nu2)])
-             for sign in (-1.0, 1.0)]
+    grads = []
+    for sign in (-1.0, 1.0):
+        g = [1.0]
+        for s2, v2 in zip(sigma2, nu2):
+            g += [sign * half * np.sqrt(v2 / s2), sign * half * np.sqrt(s2 / v2)]
+        grads.append(np.array(g))
     sd_lo, sd_hi = (float(np.sqrt(max(g @ cov @ g, 0.0))) for g in grads)
     lo, hi = theta - bias, theta + bias
     return lo, hi, lo - z * sd_lo, hi + z * sd_hi, bias
@@ -120,8 +141,11 @@ def ovb_bounds(theta, sigma2, nu2, *, cov=None, psi_theta=None, psi_sigma2=None,
 
     Parameters
     ----------
-    theta, sigma2, nu2 : the estimate, E[(Y - g)^2] and E[alpha^2].
-    cov : 3 x 3 covariance of the estimates (theta, sigma2, nu2); or give the influence values
+    theta, sigma2, nu2 : the estimate, E[(Y - g)^2] and E[alpha^2]; for a target built from J regressions
+        (a natural indirect effect: the outcome regression on (T, M, X), its nested regression on (T, X), and
+        the regression of the other potential outcome) one value of each per regression; the bias bound is
+        then the sum over regressions of sqrt(sigma2_j nu2_j), times the common strength.
+    cov : covariance of the estimates (theta, sigma2_1, nu2_1, ...); or give the influence values
         ``psi_theta``, ``psi_sigma2``, ``psi_nu2`` (centred, one per row) and it is computed from them.
     cf_y, cf_d, rho : confounder strengths (DoubleML names; EconML ``c_y``, ``c_t``, ``rho``).
     level : confidence level; ``sides=2`` puts (1 - level) / 2 in each tail (EconML), ``sides=1`` puts
@@ -150,7 +174,7 @@ def robustness_value(theta, sigma2, nu2, *, cov=None, psi_theta=None, psi_sigma2
     """The robustness value: the smallest r with cf_y = cf_d = r (rho = 1) whose bound reaches ``null``.
 
     ``kind="theta"`` (RV) bounds theta itself and has the closed form r = (-a^2 + sqrt(a^4 + 4 a^2)) / 2 with
-    a = |theta - null| / sqrt(sigma2 nu2); ``kind="ci"`` (RVa) bounds the CI and is found by Brent's method.
+    a = |theta - null| / sum_j sqrt(sigma2_j nu2_j); ``kind="ci"`` (RVa) bounds the CI and is found by Brent's method.
     It is 0 when the CI (for RVa) already contains ``null``. This is the quantity EconML's ``RV`` finds by
     bisection (which stops when the bound is within 1e-6 of the null).
 
@@ -164,7 +188,7 @@ def robustness_value(theta, sigma2, nu2, *, cov=None, psi_theta=None, psi_sigma2
         raise ValueError(f"kind: expected 'theta' (RV) or 'ci' (RVa), got {kind!r}")
     sigma2, nu2, cov = _check_pieces(sigma2, nu2, _resolve_cov(cov, psi_theta, psi_sigma2, psi_nu2))
     theta, null = float(theta), float(null)
-    scale = np.sqrt(sigma2 * nu2)
+    scale = float(np.sum(np.sqrt(sigma2 * nu2)))
     if kind == "theta":
         a2 = ((theta - null) / scale) ** 2
         # r^2 + a^2 r - a^2 = 0, written without cancellation for small a
@@ -255,7 +279,8 @@ def _pieces(result: MediationResult, unit: str, key, ovb: dict) -> dict:
     if eff.scores is None:
         raise ValueError(f"sensitivity_analysis: expected influence scores on the {key} effect of unit {unit!r} "
                          f"(the CI bound needs them), got a {eff.method!r} effect from {result.estimator!r}")
-    return dict(theta=eff.estimate, sigma2=float(piece["sigma2"]), nu2=float(piece["nu2"]),
+    return dict(theta=eff.estimate, sigma2=np.atleast_1d(np.asarray(piece["sigma2"], float)),
+                nu2=np.atleast_1d(np.asarray(piece["nu2"], float)),
                 cov=sensitivity_covariance(eff.scores, piece["psi_sigma2"], piece["psi_nu2"]))
 
 
@@ -351,45 +376,31 @@ def _graph_without(graph, drop):
 def benchmark_strengths(long: dict, short: dict) -> dict:
     """Implied cf_y, cf_d, rho of the dropped confounders from the long and short fits' pieces.
 
-    ``long`` and ``short`` hold theta, sigma2, nu2. The dropped confounders' gains, relative to the long fit:
+    ``long`` and ``short`` hold theta, sigma2, nu2 (scalars, or one value per regression of the target). The
+    dropped confounders' gains relative to the long fit, per regression j and then the largest over j (a
+    latent confounder as strong as the benchmark in every regression):
 
         g_y = (sigma2_short - sigma2_long) / sigma2_long,   g_d = (nu2_long - nu2_short) / nu2_long,
-        rho = (theta_short - theta_long) / sqrt((sigma2_short - sigma2_long) (nu2_long - nu2_short)),
 
-    and cf_y = g_y, cf_d = g_d / (1 + g_d) (so cf_d / (1 - cf_d) = g_d). A latent confounder adding k times
-    these gains to the long fit then has the bound k |rho| sqrt((sigma2_short - sigma2_long)(nu2_long -
-    nu2_short)) = k |theta_short - theta_long|. ``cf_y`` equals DoubleML's benchmark cf_y; DoubleML reports
-    (nu2_long - nu2_short) / nu2_short as cf_d.
-
-    When the gains are too small to produce the observed shift under the OVB model (|rho| would exceed 1, or
-    a gain is <= 0, which happens for the composite Riesz representers of NIE/NDE), DoubleML clips rho to 1 and
-    its k = 1 bound falls short of the shift the benchmark itself caused. Here the gains are raised instead, by
-    a common factor (or the non-positive one alone), until the bound reproduces the shift; ``calibrated`` says
-    so, and ``gain_y_observed`` / ``gain_d_observed`` keep the raw values.
+    floored at 0, with cf_y = g_y and cf_d = g_d / (1 + g_d) (so cf_d / (1 - cf_d) = g_d). ``rho`` is the
+    observed shift over the k = 1 bound at |rho| = 1, clipped to [-1, 1] as DoubleML does. Nothing is widened
+    to fit: when the OVB model with these gains cannot produce the shift the benchmark itself caused,
+    ``shortfall`` (the part of |theta_short - theta_long| the k = 1 bound leaves out) is positive and says so.
     """
-    s_l, s_s, n_l, n_s = long["sigma2"], short["sigma2"], long["nu2"], short["nu2"]
-    var_g, var_a = max(s_s - s_l, 0.0), max(n_l - n_s, 0.0)
-    delta = short["theta"] - long["theta"]
-    need = delta**2  # the product var_g * var_a that reproduces the shift at |rho| = 1
-    calibrated = var_g * var_a < need
-    if calibrated:
-        if var_g > 0 and var_a > 0:
-            lam = np.sqrt(need / (var_g * var_a))
-            var_g, var_a = lam * var_g, lam * var_a
-        elif var_g > 0:
-            var_a = need / var_g
-        elif var_a > 0:
-            var_g = need / var_a
-        else:
-            scale = abs(delta) / np.sqrt(s_l * n_l)
-            var_g, var_a = scale * s_l, scale * n_l
-    denom = np.sqrt(var_g * var_a)
-    rho = float(np.sign(delta) * min(1.0, abs(delta) / denom)) if denom > 0 else 1.0
-    g_y, g_d = var_g / s_l, var_a / n_l
-    return dict(cf_y=min(g_y, 1 - 1e-12), cf_d=g_d / (1 + g_d), rho=rho, delta_theta=delta,
-                theta_long=long["theta"], theta_short=short["theta"], gain_y=g_y, gain_d=g_d,
-                gain_y_observed=(s_s - s_l) / s_l, gain_d_observed=(n_l - n_s) / n_l, calibrated=bool(calibrated),
-                sigma2_long=s_l, sigma2_short=s_s, nu2_long=n_l, nu2_short=n_s)
+    s_l, s_s = np.atleast_1d(np.asarray(long["sigma2"], float)), np.atleast_1d(np.asarray(short["sigma2"], float))
+    n_l, n_s = np.atleast_1d(np.asarray(long["nu2"], float)), np.atleast_1d(np.asarray(short["nu2"], float))
+    if s_l.shape != s_s.shape or n_l.shape != n_s.shape:
+        raise ValueError(f"benchmark: expected the long and short fits to carry the same regressions, got "
+                         f"{s_l.shape} and {s_s.shape}")
+    g_y = float(np.max(np.maximum((s_s - s_l) / s_l, 0.0)))
+    g_d = float(np.max(np.maximum((n_l - n_s) / n_l, 0.0)))
+    delta = float(short["theta"] - long["theta"])
+    cf_y = min(g_y, 1 - 1e-12)
+    bound1 = np.sqrt(cf_y * g_d) * float(np.sum(np.sqrt(s_l * n_l)))  # the k = 1 bound at |rho| = 1
+    rho = float(np.sign(delta) * min(1.0, abs(delta) / bound1)) if bound1 > 0 else (1.0 if delta >= 0 else -1.0)
+    return dict(cf_y=cf_y, cf_d=g_d / (1 + g_d), rho=rho, delta_theta=delta, theta_long=float(long["theta"]),
+                theta_short=float(short["theta"]), gain_y=g_y, gain_d=g_d, shortfall=max(abs(delta) - bound1, 0.0),
+                sigma2_long=s_l.tolist(), sigma2_short=s_s.tolist(), nu2_long=n_l.tolist(), nu2_short=n_s.tolist())
 
 
 def scaled_strengths(bench: dict, k: float) -> tuple[float, float]:
@@ -424,7 +435,7 @@ class BenchmarkResult:
 
     def summary(self) -> str:
         lines = [f"Benchmark: dropping {self.drop}", self.benchmarks[
-            ["unit", "effect", "arm", "cf_y", "cf_d", "rho", "theta_long", "theta_short", "delta_theta", "calibrated"]
+            ["unit", "effect", "arm", "cf_y", "cf_d", "rho", "theta_long", "theta_short", "delta_theta", "shortfall"]
         ].to_string(index=False, float_format=lambda v: f"{v:.4f}"), ""]
         return "\n".join(lines + self.sentences())
 
@@ -506,6 +517,13 @@ def sensitivity_benchmark(result_or_estimator, data, drop=None, *, graph=None, u
 
 
 # ---- contour plot ---------------------------------------------------------------------------------------
+def contour_levels(z, n: int = 20) -> tuple[np.ndarray, float]:
+    """Colour levels symmetric about 0 (white), whatever the sign of the bounds: the same colour means the same
+    distance from the null on every plot. Returns (levels, vmax)."""
+    vmax = float(np.max(np.abs(z))) or 1.0
+    return np.linspace(-vmax, vmax, n + 1), vmax
+
+
 def sensitivity_plot(source, path, *, unit=None, effect="nie", arm="average", kind="theta", rho=1.0,
                      level=0.95, sides=2, benchmark: BenchmarkResult | None = None, cf_max=None,
                      grid=41, title=None):
@@ -517,7 +535,7 @@ def sensitivity_plot(source, path, *, unit=None, effect="nie", arm="average", ki
     Returns the path.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 - plotting only
-    from matplotlib.colors import TwoSlopeNorm  # noqa: PLC0415
+    from matplotlib.colors import Normalize  # noqa: PLC0415
     from matplotlib.figure import Figure  # noqa: PLC0415
 
     if kind not in ("theta", "ci"):
@@ -553,8 +571,8 @@ def sensitivity_plot(source, path, *, unit=None, effect="nie", arm="average", ki
     fig = Figure(figsize=(6, 5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    norm = TwoSlopeNorm(0.0, z.min(), z.max()) if z.min() < 0 < z.max() else None
-    filled = ax.contourf(axis, axis, z, levels=20, cmap="RdBu" if lower_side else "RdBu_r", norm=norm)
+    levels, vmax = contour_levels(z)
+    filled = ax.contourf(axis, axis, z, levels=levels, cmap="RdBu", norm=Normalize(-vmax, vmax))
     fig.colorbar(filled, ax=ax, label=f"{'lower' if lower_side else 'upper'} bound ({kind})")
     lines = ax.contour(axis, axis, z, levels=8, colors="k", linewidths=0.5)
     ax.clabel(lines, fontsize=7, fmt="%.3g")

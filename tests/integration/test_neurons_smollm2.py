@@ -57,6 +57,21 @@ def test_every_neuron_has_a_row_with_q_values_and_counts(run):
         assert (run / name).exists(), name
 
 
+def test_two_stage_screen_confirm_audit(run):
+    info = json.loads((run / "counts.json").read_text())["two_stage"]
+    assert set(info) == {"adjusted", "unadjusted"}
+    table = pd.read_csv(run / "two_stage.csv")
+    for graph, sub in table.groupby("graph"):
+        assert "error" not in info[graph], info[graph]
+        a, b = info[graph]["halves"]
+        assert a > 0 and b > 0 and abs(a - b) <= 2  # two halves of the prompts, balanced
+        assert len(sub) == 1536 and sub.selected.sum() == info[graph]["selected"] > 0
+        assert not (sub.selected & sub.audited).any()
+        exact = sub[sub.selected | sub.audited]
+        assert np.isfinite(exact.exact_estimate).all() and np.isfinite(exact.exact_se).all()
+        assert info[graph]["audited"] == int(sub.audited.sum())
+
+
 def test_exact_check_and_groups(run):
     check = pd.read_csv(run / "exact_check.csv")
     assert check.unit.nunique() == 16 and set(check.graph) == {"adjusted", "unadjusted"}

@@ -30,10 +30,10 @@ LAYERS = {
     "errors": 0, "_validation": 0, "_ebsolver": 0,
     "data": 1, "_store": 1, "simulate": 1, "parallel": 1, "neurons": 1,
     "graph": 2, "weights": 2, "inference": 2, "folds": 2, "bootstrap": 2,
-    "results": 3, "multiplicity": 3,
+    "results": 3, "multiplicity": 3, "identification": 3,
     "estimators": 4,  # the subpackage estimators/*
     "sensitivity": 5, "refute": 5, "medsens": 5,
-    "compare": 6, "report": 6,
+    "compare": 6, "report": 6, "coverage": 6, "screening": 6,
     "cli": 7, "_cli_io": 7, "demo": 7, "demo_neurons": 7, "__main__": 7,
     "lm": "side",  # the subpackage lm/*
 }

@@ -224,3 +224,32 @@ def test_family_wise_error_with_bootstrap_draws_on_null_units():
         miss += bool(((f.band_lower > 0) | (f.band_upper < 0)).any())
     fwer = miss / reps
     assert fwer <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / reps), fwer
+
+
+@pytest.mark.parametrize("kind", ["scores", "draws"])
+def test_blocked_max_t_equals_the_full_joint_draws(kind):
+    """The band is computed a block of units at a time (memory draws x block, not draws x units, issue 16);
+    the numbers equal the max over the full joint-draw matrix of joint_draws."""
+    from deconfound.inference import Effect
+    from deconfound.multiplicity import _max_abs_t, joint_draws
+    from deconfound.results import MediationResult
+
+    rng = np.random.default_rng(3)
+    n, n_units = 200, 7
+    s = rng.standard_normal((n, n_units)) * rng.uniform(0.5, 2, n_units)
+    if kind == "scores":
+        effs = {f"u{j}": {("nie", "treated"): Effect.from_scores(0.05 * j, s[:, j] - s[:, j].mean())}
+                for j in range(n_units)}
+    else:
+        effs = {f"u{j}": {("nie", "treated"): Effect.from_draws(0.05 * j, 0.05 * j + s[:, j] / 10)}
+                for j in range(n_units)}
+    res = MediationResult("demo", effs, n=n, n_treated=n // 2)
+    units = res.units
+    est = np.array([res.effect(u, "nie", "treated").estimate for u in units])
+    se = np.array([res.effect(u, "nie", "treated").se for u in units])
+    draws, method = joint_draws(res, units, n_draws=300, random_state=1)
+    want = np.max(np.abs(draws - est) / se, axis=1)
+    for chunk in (1, 3, 100):
+        got, m2 = _max_abs_t(res, units, "nie", "treated", est, se, n_draws=300, random_state=1, xi=None, chunk=chunk)
+        assert m2 == method
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)

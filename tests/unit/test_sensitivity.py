@@ -81,7 +81,7 @@ def test_bad_strengths_raise(kwargs, match):
 
 
 def test_bad_pieces_raise():
-    with pytest.raises(ValueError, match="nu2: expected a positive"):
+    with pytest.raises(ValueError, match="nu2: expected positive"):
         ovb_bounds(0.1, 1.0, -0.5, cov=np.zeros((3, 3)))
     with pytest.raises(ValueError, match="sigma2"):
         ovb_bounds(0.1, 0.0, 1.0, cov=np.zeros((3, 3)))
@@ -199,7 +199,7 @@ def test_benchmark_strengths_reproduce_the_shift():
     b = benchmark_strengths(long, short)
     assert b["cf_y"] == pytest.approx(0.4) and b["gain_d"] == pytest.approx(0.4)
     assert b["cf_d"] == pytest.approx(0.4 / 1.4)
-    assert b["rho"] == pytest.approx(0.3 / np.sqrt(0.4 * 2.0)) and not b["calibrated"]
+    assert b["rho"] == pytest.approx(0.3 / np.sqrt(0.4 * 2.0)) and b["shortfall"] == 0.0
     for k in (1, 2, 3):
         cy, cd = scaled_strengths(b, k)
         bound = ovb_bounds(0.5, 1.0, 5.0, cov=np.zeros((3, 3)), cf_y=cy, cf_d=cd, rho=abs(b["rho"]))
@@ -209,15 +209,48 @@ def test_benchmark_strengths_reproduce_the_shift():
             assert cy < 1 and bound.bias < k * 0.3
 
 
-def test_benchmark_calibrates_when_the_riesz_gain_is_not_positive():
+def test_benchmark_does_not_widen_gains_to_fit_the_shift():
+    # nu2 fell when adding the confounder: no Riesz gain, so the OVB model gives a zero bound. The old code
+    # raised the gains until the k = 1 bound reproduced the shift (so "k = 1 covers the truth" held by
+    # construction); now the gains stay as observed and the shortfall is reported.
     long = dict(theta=0.5, sigma2=1.0, nu2=3.0)
-    short = dict(theta=0.9, sigma2=1.2, nu2=3.1)  # nu2 fell when adding the confounder
+    short = dict(theta=0.9, sigma2=1.2, nu2=3.1)
     b = benchmark_strengths(long, short)
-    assert b["calibrated"] and b["gain_d_observed"] < 0 and abs(b["rho"]) == 1.0
+    assert b["gain_d"] == 0.0 and b["cf_d"] == 0.0 and b["cf_y"] == pytest.approx(0.2)
+    assert abs(b["rho"]) == 1.0 and b["shortfall"] == pytest.approx(0.4)
     cy, cd = scaled_strengths(b, 1)
-    assert cy == pytest.approx(0.2)  # the outcome gain is kept
-    bound = ovb_bounds(0.5, 1.0, 3.0, cov=np.zeros((3, 3)), cf_y=cy, cf_d=cd, rho=1.0)
-    assert bound.bias == pytest.approx(0.4, rel=1e-12)
+    assert ovb_bounds(0.5, 1.0, 3.0, cov=np.zeros((3, 3)), cf_y=cy, cf_d=cd, rho=1.0).bias == 0.0
+
+
+def test_benchmark_too_weak_for_its_own_shift_reports_the_shortfall():
+    long = dict(theta=0.0, sigma2=1.0, nu2=1.0)
+    short = dict(theta=1.0, sigma2=1.1, nu2=0.9)  # gains 0.1 and 0.1: the k = 1 bound is 0.1, the shift 1
+    b = benchmark_strengths(long, short)
+    assert b["rho"] == 1.0 and b["shortfall"] == pytest.approx(1.0 - 0.1)
+
+
+def test_multi_regression_bound_sums_the_stages_and_collapses_to_one():
+    """J regressions: bias = strength * sum_j sqrt(sigma2_j nu2_j); J = 1 equals the scalar call; the CI bound
+    uses the delta method on (theta, sigma2_1, nu2_1, sigma2_2, nu2_2), checked by a numerical gradient."""
+    rng = np.random.default_rng(0)
+    psi = rng.normal(size=(500, 5)) * [0.5, 0.2, 0.3, 0.1, 0.4]
+    theta, s2, n2 = 0.7, np.array([2.0, 0.5]), np.array([1.5, 4.0])
+    cf_y, cf_d, rho = 0.1, 0.2, 0.8
+    b = ovb_bounds(theta, s2, n2, psi_theta=psi[:, 0], psi_sigma2=psi[:, [1, 3]], psi_nu2=psi[:, [2, 4]],
+                   cf_y=cf_y, cf_d=cf_d, rho=rho)
+    strength = rho * np.sqrt(cf_y * cf_d / (1 - cf_d))
+    assert b.bias == pytest.approx(strength * (np.sqrt(3.0) + np.sqrt(2.0)), rel=1e-12)
+    cov = psi.T @ psi / 500**2
+    f = lambda v: v[0] + strength * (np.sqrt(v[1] * v[2]) + np.sqrt(v[3] * v[4]))
+    v0, h = np.array([theta, s2[0], n2[0], s2[1], n2[1]]), 1e-6
+    grad = np.array([(f(v0 + h * e) - f(v0 - h * e)) / (2 * h) for e in np.eye(5)])
+    assert b.ci_upper == pytest.approx(f(v0) + 1.959963984540054 * np.sqrt(grad @ cov @ grad), rel=1e-7)
+    one = ovb_bounds(theta, [2.0], [1.5], cov=cov[:3, :3], cf_y=cf_y, cf_d=cf_d, rho=rho)
+    assert one == ovb_bounds(theta, 2.0, 1.5, cov=cov[:3, :3], cf_y=cf_y, cf_d=cf_d, rho=rho)
+    r = robustness_value(theta, s2, n2, cov=np.zeros((5, 5)))
+    assert r / np.sqrt(1 - r) * (np.sqrt(3.0) + np.sqrt(2.0)) == pytest.approx(theta, rel=1e-9)
+    with pytest.raises(ValueError, match="expected a 5 x 5 covariance"):
+        ovb_bounds(theta, s2, n2, cov=np.zeros((3, 3)))
 
 
 class CellAIPW(MediationEstimator):
@@ -355,7 +388,7 @@ def test_benchmark_k1_bound_covers_truth_with_topic_partly_hidden():
     coarse = data.replace(x=pd.DataFrame({"topic": pd.Categorical(rank[truth.topic] // 4)}))
     bench = sensitivity_benchmark(DMLMediation(n_folds=3), coarse, drop=["topic"], ks=(1,))
     bounds = bench.to_frame().set_index(["effect", "arm"])
-    for key in (("te", "average"), ("nie", "average")):
+    for key in (("te", "average"),):
         true = truth.value("u0", *key)
         lo, hi = bench.long.effect("u0", *key).ci
         assert not lo <= true <= hi  # the plain CI misses: the hidden topic part biases the estimate
@@ -372,3 +405,17 @@ def test_weighting_result_without_pieces_names_the_estimator():
         pytest.skip("the weighting estimator now stores OVB pieces")
     with pytest.raises(ValueError, match=r"'weighting' result without them"):
         sensitivity_analysis(res)
+
+
+def test_contour_colours_are_centred_on_zero_whatever_the_sign():
+    """White is 0 on every plot: all-positive bounds used to span the whole colour map (issue 16)."""
+    from matplotlib.colors import Normalize
+
+    from deconfound.sensitivity import contour_levels
+
+    for z in (np.array([[0.2, 0.5], [0.9, 1.4]]), np.array([[-3.0, -1.0], [0.5, 2.0]])):
+        levels, vmax = contour_levels(z)
+        assert vmax == pytest.approx(np.abs(z).max())
+        assert levels[0] == pytest.approx(-vmax) and levels[-1] == pytest.approx(vmax)
+        assert Normalize(-vmax, vmax)(0.0) == pytest.approx(0.5)
+        assert 0.0 in np.round(levels, 12)

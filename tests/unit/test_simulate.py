@@ -122,10 +122,13 @@ def test_sampler_matches_structural_parameters(interaction):
     assert np.all(np.abs(coef - expected) <= 4 * se)
 
 
-def test_sampler_nonlinear_cell_means():
-    """Nonlinear outcome: within topic x arm, mean(Y) = Phi(mean idx / sqrt(1 + var idx))."""
+@pytest.mark.parametrize("outcome", ["probit", "binary"])
+def test_sampler_nonlinear_cell_means(outcome):
+    """Probit and binary outcomes: within topic x arm, mean(Y) = Phi(mean idx / sqrt(1 + var idx))."""
     n = 200_000
-    data, truth = simulate.topic_mediation(n, n_topics=3, n_units=2, dim=1, nonlinear=True, seed=12)
+    data, truth = simulate.topic_mediation(n, n_topics=3, n_units=2, dim=1, outcome=outcome, seed=12)
+    if outcome == "binary":
+        assert set(np.unique(data.y)) == {0.0, 1.0}
     p = truth.params
     var = float((p["b"] ** 2).sum())
     for kk in range(3):
@@ -136,6 +139,17 @@ def test_sampler_nonlinear_cell_means():
             expected = norm.cdf(mean_idx / np.sqrt(1 + var))
             y = data.y[rows]
             assert abs(y.mean() - expected) <= 4 * y.std(ddof=1) / np.sqrt(len(y)), (kk, tt)
+
+
+def test_mediator_strength_scales_the_t_to_m_path_and_keeps_the_truth_exact():
+    """A strong T -> M path (r = 3): the slope of M on T within topic is r times the r = 1 slope, and the
+    analytic truth still matches the independent Monte Carlo."""
+    weak = simulate.topic_mediation(10, n_topics=4, n_units=2, seed=0)[1].params["beta"]
+    _, truth = simulate.topic_mediation(10, n_topics=4, n_units=2, seed=0, mediator_strength=3.0, interaction=0.5)
+    assert np.allclose(truth.params["beta"], 3.0 * weak)
+    mc = _mc_effects(truth.params, nonlinear=False, population="ate", rng=np.random.default_rng(5))
+    for (unit, effect, arm), (est, se) in mc.items():
+        assert abs(est - truth.value(unit, effect, arm)) <= 4 * se + 1e-10, (unit, effect, arm)
 
 
 def test_spurious_units_zero_effect_but_associated():
@@ -208,9 +222,11 @@ def test_coarsen_hides_part_of_the_topic():
     np.testing.assert_array_equal(data.y, full.y)
 
 
-@pytest.mark.parametrize("kw", [dict(n_units=0), dict(dim=0), dict(n_topics=0)])
-def test_bad_arguments(kw):
-    with pytest.raises(ValueError, match="expected >= 1"):
+@pytest.mark.parametrize("kw,msg", [(dict(n_units=0), "expected >= 1"), (dict(dim=0), "expected >= 1"),
+                                    (dict(n_topics=0), "expected >= 1"), (dict(outcome="poisson"), "poisson"),
+                                    (dict(nonlinear=True, outcome="linear"), "nonlinear=True")])
+def test_bad_arguments(kw, msg):
+    with pytest.raises(ValueError, match=msg):
         simulate.topic_mediation(50, **kw)
 
 

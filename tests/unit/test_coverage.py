@@ -1,0 +1,60 @@
+"""The calibration study's bookkeeping, checked on hand-made rows (the statistics live in tests/statistical)."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from deconfound import coverage as cv
+
+
+def _rows(estimates, ses, truth, p):
+    return pd.DataFrame({"estimator": "e", "cell": "c", "n": 10, "seed": range(len(estimates)), "unit": "u",
+                         "effect": "nie", "arm": "treated", "population": "ate", "estimate": estimates,
+                         "se": ses, "ci_lower": np.array(estimates) - 1.96 * np.array(ses),
+                         "ci_upper": np.array(estimates) + 1.96 * np.array(ses), "p_value": p, "truth": truth})
+
+
+def test_summary_counts_coverage_bias_and_rejections_by_hand():
+    rows = _rows([0.0, 1.0, 3.0, -0.5], [1.0, 1.0, 1.0, 1.0], 0.0, [0.9, 0.3, 0.001, 0.6])
+    s = cv.summarize(rows).iloc[0]
+    assert s.reps == 4
+    assert s.coverage == pytest.approx(3 / 4)  # 3.0 +- 1.96 misses 0
+    assert s.bias == pytest.approx(0.875) and s.bias_se == pytest.approx(0.875)
+    assert s.test == "size" and s.reject == pytest.approx(1 / 4)
+    assert s.se_sd == pytest.approx(1.0 / np.std([0.0, 1.0, 3.0, -0.5], ddof=1))
+    assert s.ci_length == pytest.approx(2 * 1.96)
+    assert not s.passes  # coverage 0.75 is outside [0.93, 0.97]
+
+
+def test_power_rows_and_acceptance():
+    rows = _rows([1.0] * 20, [0.5] * 20, 1.0, [0.04] * 20)
+    s = cv.summarize(rows).iloc[0]
+    assert s.test == "power" and s.reject == 1.0
+    assert s.coverage == 1.0 and not s.passes  # over-coverage fails too
+    rows.loc[0, ["ci_lower", "ci_upper"]] = [2.0, 3.0]  # 19/20 = 0.95
+    assert cv.summarize(rows).iloc[0].passes
+
+
+def test_failed_fits_are_counted_not_raised():
+    rows = pd.DataFrame([{"estimator": "e", "cell": "c", "n": 5, "seed": 0, "error": "PositivityError: x"}])
+    f = cv.failures(rows)
+    assert f.failed.tolist() == [1] and "PositivityError" in f.message.iloc[0]
+
+
+def test_run_uses_the_same_data_seed_for_every_estimator_and_writes_markdown(tmp_path):
+    cell = [c for c in cv.grid("ci") if c.name == "linear-n300"]
+    rows = cv.run(["parametric", "eb_total"], cell, reps=2, seed=7, progress=False)
+    assert set(rows.seed) == {7, 8}
+    assert set(rows.estimator) == {"parametric", "eb_total"}
+    again = cv.run(["parametric"], cell, reps=2, seed=7, progress=False)
+    first = rows[rows.estimator == "parametric"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(first, again)  # same seed, same numbers
+    md = cv.to_markdown(cv.summarize(rows), cv.failures(rows), commit="abc", reps=2, seconds=1.0, grid_name="ci")
+    assert "commit `abc`" in md and "### parametric" in md and "[0.93, 0.97]" in md
+
+
+def test_grid_names_and_bad_grid():
+    names = {c.name for c in cv.grid("full")}
+    assert {"linear-n300", "interaction-n10000", "dim50-n2000", "dim576-n2000", "patching-n300"} <= names
+    assert "dim576-n300" not in names
+    with pytest.raises(ValueError, match="expected 'full' or 'ci'"):
+        cv.grid("huge")
