@@ -120,6 +120,8 @@ def check_positivity(data, columns, *, estimand: str = "ate", drop_unsupported: 
         raise PositivityError(f"{what}: expected at least 2 treated and 2 control rows after dropping the topics "
                               f"without overlap, got n1={n1}, n0={n0}")
     out = data.subset(kept)
+    for c in set(bad["variable"]):
+        out.x[c] = out.x[c].cat.remove_unused_categories()
     out.meta["positivity_dropped"] = bad[["variable", "level", "n1", "n0"]].to_dict("records")
     out.meta["positivity_rows_dropped"] = int((~kept).sum())
     return out
