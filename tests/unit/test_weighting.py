@@ -69,7 +69,7 @@ def huber_oracle(data, unit, trim, population="ate"):
 @pytest.mark.parametrize("propensity", ["eb", "logit"])
 @pytest.mark.parametrize("population", ["ate", "att"])
 def test_defaults_match_an_independent_huber_implementation(sim, propensity, population):
-    """The default learner is unpenalized here (n1, n0 >= 10 rows per feature), and nothing is trimmed."""
+    """The default learner is unpenalized here (n1, n0 >= 5 rows per feature), and nothing is trimmed."""
     res = quiet_fit(WeightingMediation(propensity=propensity, population=population), sim)
     assert res.population == population and res.settings["trim"] == 0.0
     for unit in sim.units:
@@ -191,12 +191,12 @@ def test_partial_penalty_leaves_the_confounders_unpenalized(sim):
 
 
 def test_default_learner_penalizes_only_when_rows_are_few():
-    """Unpenalized with >= 10 rows of the smaller arm per feature; else C by cross-validation (finite)."""
+    """Unpenalized with >= 5 rows of the smaller arm per feature; else C by cross-validation (finite)."""
     rng = np.random.default_rng(0)
     n = 200
     topic = rng.integers(0, 3, n)
     t = (rng.random(n) < 0.3 + 0.2 * topic).astype(int)
-    m = rng.normal(size=(n, 12)) + 0.2 * t[:, None]
+    m = rng.normal(size=(n, 30)) + 0.2 * t[:, None]
     data = MediationData.from_arrays(t=t, y=t + 0.2 * m[:, 0] + rng.normal(size=n), mediators={"wide": m,
                                      "narrow": m[:, :1]}, x=pd.DataFrame({"topic": [f"k{v}" for v in topic]}))
     res = quiet_fit(WeightingMediation(), data)

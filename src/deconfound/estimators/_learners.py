@@ -21,7 +21,7 @@ from ..errors import PositivityError
 from ..weights import eb_atc, eb_att
 
 TINY = 1e-12
-EPV = 10           # rows of the smaller arm per feature below which p(M,X) is penalized
+EPV = 5  # rows of the smaller arm per feature below which p(M,X) is penalized (Vittinghoff & McCulloch 2007)
 CV_CS = np.logspace(-4, 4, 10)   # inverse penalties (sum-of-losses scale) tried by cross-validation
 DEFAULT_LEARNER = (f"logistic regression on the standardized [M, X]: unpenalized when the smaller arm has at "
                    f"least {EPV} rows per feature; otherwise an L2 penalty on the mediator columns only (X and the "
@@ -98,7 +98,7 @@ def features(m, xc, pca, f):
     m = np.asarray(m, dtype=float)
     if pca is not None and m.shape[1] > 50:
         rows = np.repeat(np.arange(len(f)), f.astype(np.int64)) if np.any(f != 1) else slice(None)
-        m = PCA(n_components=int(pca), svd_solver="full").fit(m[rows]).transform(m)
+        m = PCA(n_components=int(pca), svd_solver="covariance_eigh").fit(m[rows]).transform(m)
     return np.column_stack([m, xc]) if xc.shape[1] else m
 
 

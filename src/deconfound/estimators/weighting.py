@@ -216,7 +216,7 @@ class WeightingMediation(MediationEstimator):
     propensity : ``"eb"`` (default: p(X) implied by entropy balancing, see the module notes) or ``"logit"``
         (unpenalized logistic regression of T on the confounders).
     mediator_learner : scikit-learn classifier for p(M,X) on the standardized [M, X]; cloned before fitting.
-        Default (None): a logistic regression, unpenalized when the smaller arm has at least 10 rows per
+        Default (None): a logistic regression, unpenalized when the smaller arm has at least 5 rows per
         feature of [M, X]; otherwise with an L2 penalty on the mediator columns only (the confounders and the
         intercept unpenalized, so an irrelevant mediator gives p(M,X) = p(X) rather than a shrunken topic
         model), its C chosen among ``logspace(-4, 4, 10)`` by 5-fold stratified cross-validated deviance
