@@ -74,8 +74,11 @@ def _hajek(a, y, w):
     return float(aw @ y / total) if total > 0 else float("nan")
 
 
-def _kish(a):
-    return float(a.sum() ** 2 / (a**2).sum()) if (a**2).sum() > 0 else 0.0
+def _kish(a, w=None):
+    """Kish ESS (sum a w)^2 / sum a^2 w of weights a on rows with frequency weights w (default 1)."""
+    w = np.ones(len(a)) if w is None else w
+    den = (a**2) @ w
+    return float((a @ w) ** 2 / den) if den > 0 else 0.0
 
 
 def _mu_scores(a, dadh, dgamma, y, mu, keep, px_blocks, pmx_block):
@@ -111,7 +114,7 @@ def _unit(m, bm, t, y, f, h, px_blocks, est, fixed_c, *, analytic: bool):
     kept1, kept0 = float((w * tr).sum()), float((w * ~tr).sum())
     on = w > 0
     separated = bool(on[tr].any() and on[~tr].any() and p[tr & on].min() > p[~tr & on].max())
-    cross_ess = min(_kish(a["y10"] * w), _kish(a["y01"] * w))
+    cross_ess = min(_kish(a[k], w) for k in ("y10", "y01"))
     ok = kept1 >= 2 and kept0 >= 2 and not separated and cross_ess >= MIN_ESS
     if not analytic:
         return _contrasts(mu) if ok else np.full(len(_EFFECTS), np.nan)
@@ -122,7 +125,7 @@ def _unit(m, bm, t, y, f, h, px_blocks, est, fixed_c, *, analytic: bool):
             "pmx_max": float(p.max()), "n_features": int(z.shape[1]), "C": c if c is None else float(c)}
     for k in MU_KEYS:
         ak = a[k] * keep
-        diag[f"ess_{k}"] = _kish(ak)
+        diag[f"ess_{k}"] = _kish(a[k], w)
         diag[f"max_share_{k}"] = float(ak.max() / ak.sum()) if ak.sum() > 0 else float("nan")
     diag["separable"] = bool(max(diag["share_trimmed"], diag["share_extreme"]) > est.warn_share or not ok)
     diag["separated"] = separated
