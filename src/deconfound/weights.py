@@ -15,6 +15,7 @@ import pandas as pd
 from . import _ebsolver as solver
 from ._validation import check_binary, check_finite, check_length
 from .errors import ConvergenceError, DataError, PositivityError
+from .positivity import as_count, level_counts, positivity_message, unsupported
 
 __all__ = [
     "BalanceMatrix", "EBBatchResult", "EBResult", "EBWeights", "balance_matrix", "eb_att", "eb_atc", "eb_ate",
@@ -560,35 +561,15 @@ class EBWeights:
         return "\n".join(lines)
 
 
-def _num(v: float):
-    return int(v) if float(v).is_integer() else round(float(v), 4)
-
-
 def _topic_table(bm: BalanceMatrix, t: np.ndarray, q: np.ndarray, estimand: str):
-    """Per-level counts (n1, n0) and the unsupported levels for the estimand."""
-    recs = []
-    for col, (codes, levels) in bm.topics.items():
-        n1 = np.bincount(codes, weights=q * t, minlength=len(levels))
-        n0 = np.bincount(codes, weights=q * (1 - t), minlength=len(levels))
-        for j, level in enumerate(levels):
-            bad = {"ATT": n1[j] > 0 and n0[j] == 0, "ATC": n0[j] > 0 and n1[j] == 0,
-                   "ATE": (n1[j] > 0) != (n0[j] > 0)}[estimand]
-            recs.append((col, level, "categorical", _num(n1[j]), _num(n0[j]), bool(bad), j))
+    """Per-level counts (n1, n0) and the unsupported levels for the estimand (soft topics: probability sums)."""
+    table = level_counts(bm.topics, t, q, estimand)
     if bm.soft_values is not None:
         s1, s0 = (q * t) @ bm.soft_values, (q * (1 - t)) @ bm.soft_values
-        recs += [(c, c, "soft", _num(a), _num(b), False, -1) for c, a, b in zip(bm.soft, s1, s0)]
-    table = pd.DataFrame(recs, columns=["variable", "level", "kind", "n1", "n0", "unsupported", "code"])
+        soft = pd.DataFrame([(c, c, "soft", as_count(a), as_count(b), False, -1) for c, a, b in zip(bm.soft, s1, s0)],
+                            columns=table.columns)
+        table = pd.concat([table, soft], ignore_index=True) if len(table) else soft
     return table
-
-
-def _positivity_message(bad: pd.DataFrame, estimand: str) -> str:
-    need = {"ATT": "controls for every treated topic", "ATC": "treated rows for every control topic",
-            "ATE": "both arms in every topic"}[estimand]
-    parts = [f"topic '{r.level}'" + ("" if r.variable == "topic" else f" (column '{r.variable}')")
-             + f": n1={r.n1}, n0={r.n0}" for r in bad.itertuples()]
-    return (f"{estimand} entropy balancing needs {need} (expected n1 > 0 and n0 > 0), got {len(parts)} topic(s) "
-            f"without overlap: " + "; ".join(parts) + ". Pass drop_unsupported=True to drop these topics "
-            "(this changes the estimand to the population with overlap)")
 
 
 def _estimand_weights(c, t, estimand, base_weights, moments, tol, max_iter, drop_unsupported) -> EBWeights:
@@ -605,7 +586,7 @@ def _estimand_weights(c, t, estimand, base_weights, moments, tol, max_iter, drop
     kept = np.ones(n, bool)
     if len(bad):
         if not drop_unsupported:
-            raise PositivityError(_positivity_message(bad, estimand))
+            raise PositivityError(positivity_message(bad, estimand))
         for r in bad.itertuples():
             kept &= bm.topics[r.variable][0] != r.code
     topics = topics.assign(dropped=topics["unsupported"] & drop_unsupported).drop(columns=["code", "unsupported"])
@@ -746,14 +727,14 @@ def eb_weights_batch(c, t, counts, *, estimand="ATT", moments=1, tol=1e-8, max_i
         onehot = np.zeros((n, len(levels)))
         onehot[np.arange(n), codes] = 1.0
         n1, n0 = qb @ (onehot * t[:, None]), qb @ (onehot * (1 - t)[:, None])
-        bad = {"ATT": (n1 > 0) & (n0 == 0), "ATC": (n0 > 0) & (n1 == 0), "ATE": (n1 > 0) != (n0 > 0)}[estimand]
+        bad = unsupported(n1, n0, estimand)
         hit = bad.any(axis=1)
         if hit.any() and on_failure == "raise":
             b = int(np.flatnonzero(hit)[0])
-            rows = pd.DataFrame([(col, levels[j], _num(n1[b, j]), _num(n0[b, j])) for j in np.flatnonzero(bad[b])],
+            rows = pd.DataFrame([(col, levels[j], as_count(n1[b, j]), as_count(n0[b, j])) for j in np.flatnonzero(bad[b])],
                                 columns=["variable", "level", "n1", "n0"])
             raise PositivityError(f"replicate {b} ({int(hit.sum())} of {bsz} replicates affected): "
-                                  + _positivity_message(rows, estimand))
+                                  + positivity_message(rows, estimand))
         failed |= hit
     order = np.argsort(t, kind="stable")       # controls first: each arm is a contiguous block of columns
     n0 = int(np.sum(t == 0))

@@ -5,16 +5,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.api as sm
-from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.naive_bayes import GaussianNB
 
 from deconfound.data import MediationData
 from deconfound.errors import PositivityError
 from deconfound.estimators import get_estimator
-from deconfound.estimators import weighting
-from deconfound.estimators.weighting import (EntropyBalancedTotalEffect, WeightingMediation, _design, _eb_odds,
-                                             _logit_newton, _pca_scores, _WeightingStatistic)
+from deconfound.estimators import _learners
+from deconfound.estimators._learners import eb_odds
+from deconfound.estimators.weighting import EntropyBalancedTotalEffect, WeightingMediation, _design, _WeightingStatistic
 from deconfound.simulate import topic_mediation
 
 KEYS = [("te", "average"), ("nie", "treated"), ("nie", "control"), ("nde", "control"), ("nde", "treated")]
@@ -38,9 +37,11 @@ def cell_px(data):
     return share[codes]
 
 
-def huber_oracle(data, unit, trim):
+def huber_oracle(data, unit, trim, population="ate"):
     """Independent re-implementation of causalweight::medweight (normalized weights, trimming on p(M,X)):
-    p(X) by topic cells, p(M,X) by an unpenalized statsmodels Logit on [1, M, one-hot topic]."""
+    p(X) by topic cells, p(M,X) by an unpenalized statsmodels Logit on [1, M, one-hot topic]. For the ATT the
+    densities are reweighted to the treated rows' X: f(m|0,x)/f(m|1,x) on the treated, f(m|1,x)f(x|1) /
+    (f(m|0,x)f(x|0)) on the controls (Bayes' rule in p(X) and p(M,X))."""
     t, y = data.t.astype(float), data.y
     px = cell_px(data)
     onehot = pd.get_dummies(data.x["topic"], drop_first=True).to_numpy(float)
@@ -52,17 +53,37 @@ def huber_oracle(data, unit, trim):
     def mean(w):
         return np.sum(w * y) / np.sum(w)
 
-    y11, y00 = mean(t / px), mean((1 - t) / (1 - px))
-    y10 = mean(t * (1 - pmx) / (pmx * (1 - px)))
-    y01 = mean((1 - t) * pmx / ((1 - pmx) * px))
+    if population == "att":
+        odds = px / (1 - px)
+        y11, y00 = mean(t), mean((1 - t) * odds)
+        y10 = mean(t * (1 - pmx) / pmx * odds)
+        y01 = mean((1 - t) * pmx / (1 - pmx) / odds * odds)
+    else:
+        y11, y00 = mean(t / px), mean((1 - t) / (1 - px))
+        y10 = mean(t * (1 - pmx) / (pmx * (1 - px)))
+        y01 = mean((1 - t) * pmx / ((1 - pmx) * px))
     return {("te", "average"): y11 - y00, ("nie", "treated"): y11 - y10, ("nie", "control"): y01 - y00,
             ("nde", "control"): y10 - y00, ("nde", "treated"): y11 - y01}, int((~keep).sum())
 
 
 @pytest.mark.parametrize("propensity", ["eb", "logit"])
-def test_matches_an_independent_huber_implementation(sim, propensity):
-    learner = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-12, max_iter=1000)
-    res = quiet_fit(WeightingMediation(propensity=propensity, mediator_learner=learner, trim=0.05), sim)
+@pytest.mark.parametrize("population", ["ate", "att"])
+def test_defaults_match_an_independent_huber_implementation(sim, propensity, population):
+    """The default learner is unpenalized here (n1, n0 >= 5 rows per feature), and nothing is trimmed."""
+    res = quiet_fit(WeightingMediation(propensity=propensity, population=population), sim)
+    assert res.population == population and res.settings["trim"] == 0.0
+    for unit in sim.units:
+        truth, trimmed = huber_oracle(sim, unit, 0.0, population)
+        assert trimmed == 0 and res.diagnostics[unit]["n_trimmed"] == 0 and res.diagnostics[unit]["C"] == np.inf
+        for key in KEYS:
+            assert res.effect(unit, *key).estimate == pytest.approx(truth[key], abs=1e-7)
+
+
+def test_explicit_trimming_matches_causalweight_and_is_flagged_as_no_population(sim):
+    with pytest.warns(RuntimeWarning, match="post-treatment mediator"):
+        res = WeightingMediation(trim=0.05).fit(sim)
+    assert res.population == "overlap" and "selected on the mediator" in res.settings["population_note"]
+    assert res.diagnostics["u0"]["n_trimmed"] > 0
     for unit in sim.units:
         truth, trimmed = huber_oracle(sim, unit, 0.05)
         assert res.diagnostics[unit]["n_trimmed"] == trimmed
@@ -72,7 +93,7 @@ def test_matches_an_independent_huber_implementation(sim, propensity):
 
 def test_eb_implied_propensity_is_the_topic_share(sim):
     bm = _design(sim, ["topic"])
-    h, blocks, _ = _eb_odds(bm, sim.t, np.ones(sim.n), blocks=True)
+    h, blocks, _ = eb_odds(bm, sim.t, np.ones(sim.n), blocks=True)
     px = np.where(sim.t == 1, 1 / (1 + h), h / (1 + h))
     np.testing.assert_allclose(px, cell_px(sim), rtol=0, atol=1e-10)
     # the influence of the EB parameters is centred (mean of the estimating equations is zero at the solution)
@@ -88,7 +109,7 @@ def test_eb_implied_weights_balance_soft_topics_to_the_pooled_means():
     data = MediationData.from_arrays(t=t, y=rng.normal(size=n), mediators={"m": rng.normal(size=(n, 1))},
                                      x=pd.DataFrame(probs, columns=["pa", "pb", "pc"]))
     bm = _design(data, ["pa", "pb", "pc"])
-    h, _, _ = _eb_odds(bm, t, np.ones(n), blocks=False)
+    h, _, _ = eb_odds(bm, t, np.ones(n), blocks=False)
     for arm in (0, 1):
         w = (1 + h) * (t == arm)  # 1/p(X) on the treated, 1/(1-p(X)) on the controls
         np.testing.assert_allclose(w @ bm.values / w.sum(), bm.values.mean(axis=0), atol=1e-7)
@@ -106,19 +127,22 @@ def test_effect_identities_hold_for_estimates_and_scores(sim):
             assert abs(e[key].scores.mean()) < 1e-8
         avg = res.effect(u, "nie", "average")
         assert avg.estimate == pytest.approx((e[("nie", "treated")].estimate + e[("nie", "control")].estimate) / 2)
-        assert res.effect(u, "te", "treated") is res.effect(u, "te", "average")
+        assert ("te", "treated") not in res.effects[u] and ("te", "control") not in res.effects[u]
         pots = res.diagnostics[u]["potential_outcomes"]
         assert (pots["y11"] - pots["y10"]).estimate == pytest.approx(e[("nie", "treated")].estimate)
 
 
-@pytest.mark.parametrize("propensity", ["eb", "logit"])
-def test_influence_values_equal_the_empirical_influence_function(propensity, monkeypatch):
+@pytest.mark.parametrize("propensity,population,c", [("eb", "ate", None), ("logit", "ate", None),
+                                                     ("eb", "att", None), ("eb", "ate", 1e3)])
+def test_influence_values_equal_the_empirical_influence_function(propensity, population, c, monkeypatch):
     """The stacked influence function is the derivative of the whole estimator (weights refitted) in the
-    frequency weight of one row: n * d theta / d f_i, by central differences. A negligible penalty (C = 1e4)
-    makes the M-estimator exact (the standardization and a finite penalty are treated as fixed)."""
-    monkeypatch.setattr(weighting, "_cv_c", lambda *args, **kwargs: 1e4)
+    frequency weight of one row: n * d theta / d f_i, by central differences. The default p(M,X) is
+    unpenalized here; c = 1e3 forces the penalized (glum) branch with its C held fixed (a C large enough that
+    the standardization, held fixed by the SE, does not matter)."""
+    if c is not None:
+        monkeypatch.setattr(_learners, "default_c", lambda *args, **kwargs: c)
     data, _ = topic_mediation(300, n_topics=3, n_units=1, seed=8)
-    est = WeightingMediation(propensity=propensity, trim=0.0)
+    est = WeightingMediation(propensity=propensity, population=population)
     res = quiet_fit(est, data)
     stat = _WeightingStatistic(est, ["u0"], ["topic"], {"u0": res.diagnostics["u0"]["C"]})
     keys = [("te", "average"), ("nie", "treated"), ("nie", "control"), ("nde", "control"), ("nde", "treated")]
@@ -149,15 +173,39 @@ def test_analytic_se_agrees_with_the_bootstrap(sim):
 
 def test_partial_penalty_leaves_the_confounders_unpenalized(sim):
     bm = _design(sim, ["topic"])
-    n = sim.n
-    z = np.column_stack([np.ones(n), sim.mediator("u1"), bm.values])
-    t = sim.t.astype(float)
-    free = _logit_newton(z, t, np.ones(n), np.zeros(z.shape[1]))
-    ref = sm.Logit(t, z).fit(disp=0, method="newton", tol=1e-12).params
-    np.testing.assert_allclose(free, ref, atol=1e-7)
-    mask = np.r_[0.0, 1.0, 1.0, np.zeros(bm.values.shape[1])]
-    heavy = _logit_newton(z, t, np.ones(n), mask / 1e-9)  # mediator shrunk to 0: the topic-cell model remains
-    np.testing.assert_allclose(1 / (1 + np.exp(-z @ heavy)), cell_px(sim), atol=1e-6)
+    z = np.column_stack([sim.mediator("u1"), bm.values])
+    t, f = sim.t.astype(int), np.ones(sim.n)
+    zs, zt, mask = _learners.standardize(z, bm.values.shape[1], f)
+    assert mask.tolist() == [0, 1, 1, 0, 0, 0]
+    free, pen = _learners._penalized(zs, t, f, mask, np.inf)
+    ref = sm.Logit(t.astype(float), zt).fit(disp=0, method="newton", tol=1e-12).params
+    np.testing.assert_allclose(free, ref, atol=1e-6)
+    assert not pen.any()
+    heavy, pen = _learners._penalized(zs, t, f, mask, 1e-9)  # mediator shrunk to 0: the topic-cell model remains
+    np.testing.assert_allclose(1 / (1 + np.exp(-zt @ heavy)), cell_px(sim), atol=1e-5)
+    np.testing.assert_allclose(pen, mask / 1e-9)
+    # a moderate penalty: glum's solution satisfies the penalized score equations the SE block uses
+    mid, pen = _learners._penalized(zs, t, f, mask, 0.5)
+    p = 1 / (1 + np.exp(-zt @ mid))
+    np.testing.assert_allclose(zt.T @ (t - p) - pen * mid, 0, atol=1e-6)
+
+
+def test_default_learner_penalizes_only_when_rows_are_few():
+    """Unpenalized with >= 5 rows of the smaller arm per feature; else C by cross-validation (finite)."""
+    rng = np.random.default_rng(0)
+    n = 200
+    topic = rng.integers(0, 3, n)
+    t = (rng.random(n) < 0.3 + 0.2 * topic).astype(int)
+    m = rng.normal(size=(n, 30)) + 0.2 * t[:, None]
+    data = MediationData.from_arrays(t=t, y=t + 0.2 * m[:, 0] + rng.normal(size=n), mediators={"wide": m,
+                                     "narrow": m[:, :1]}, x=pd.DataFrame({"topic": [f"k{v}" for v in topic]}))
+    res = quiet_fit(WeightingMediation(), data)
+    assert res.diagnostics["narrow"]["C"] == np.inf
+    wide = res.diagnostics["wide"]
+    assert np.isfinite(wide["C"]) and np.isclose(wide["C"], _learners.CV_CS, rtol=1e-9).any()
+    assert wide["se"].endswith("(the cross-validated penalty treated as fixed)")
+    again = quiet_fit(WeightingMediation(), data).effect("wide", "nie", "treated")
+    assert again.estimate == res.effect("wide", "nie", "treated").estimate
 
 
 def test_pca_inside_the_estimator():
@@ -169,15 +217,23 @@ def test_pca_inside_the_estimator():
     data = MediationData.from_arrays(t=t, y=t + m[:, :5].sum(1) * 0.1 + rng.normal(size=n), mediators={"m": m},
                                      x=pd.DataFrame({"topic": [f"k{v}" for v in topic]}))
     res = quiet_fit(WeightingMediation(pca=4), data)
-    assert res.diagnostics["m"]["n_features"] == 4 + 2
+    assert res.diagnostics["m"]["n_features"] == 4 + 2 and res.diagnostics["m"]["C"] == np.inf
     assert quiet_fit(WeightingMediation(), data).diagnostics["m"]["n_features"] == 60 + 2
-    scores = _pca_scores(m, 4, np.ones(n))
-    ref = PCA(4).fit_transform(m)
-    np.testing.assert_allclose(np.abs(scores), np.abs(ref), atol=1e-8)
+    # bootstrap counts: the PCA is fitted on the resample (rows repeated by their counts)
+    f = rng.multinomial(n, np.full(n, 1 / n)).astype(float)
+    rows = np.repeat(np.arange(n), f.astype(int))
+    z = _learners.features(m, np.zeros((n, 0)), 4, f)[rows]
+    np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-10)           # centred on the resample
+    cov = np.cov(z.T)
+    np.testing.assert_allclose(cov - np.diag(np.diag(cov)), 0, atol=1e-10)  # uncorrelated on the resample
+    top = np.linalg.eigvalsh(np.cov(m[rows].T))[::-1][:4]
+    np.testing.assert_allclose(np.diag(cov), top, rtol=1e-8)             # the top-4 eigenvalues
 
 
 def test_learner_choice_is_reported(sim):
     data = sim.select_units(["u0"])
+    default = quiet_fit(WeightingMediation(), data)
+    assert default.diagnostics["u0"]["C"] == np.inf and "unpenalized" in default.settings["mediator_learner"]
     lr = quiet_fit(WeightingMediation(mediator_learner=LogisticRegression(C=0.5)), data)
     assert lr.diagnostics["u0"]["se"] == "influence: p(X) and p(M,X) estimated"
     assert lr.diagnostics["u0"]["C"] == 0.5
@@ -202,20 +258,22 @@ def test_near_separable_mediators_are_warned_recorded_and_never_silent():
         res = WeightingMediation().fit(data)
     msgs = [str(w.message) for w in caught]
     near = res.diagnostics["near"]
-    assert near["separable"] and near["share_trimmed"] > 0.1
-    assert near["n_trimmed"] == near["n_trimmed_treated"] + near["n_trimmed_control"]
-    text = (f"unit 'near': p(M,X) is near-separable: {near['n_trimmed']} of {data.n} rows "
-            f"({near['share_trimmed']:.1%}")
+    assert near["separable"] and near["share_extreme"] > 0.1 and near["n_trimmed"] == 0
+    text = (f"unit 'near': p(M,X) is near-separable: {near['share_extreme']:.1%} of the {data.n} rows have p(M,X) "
+            "below 0.01 or above 0.99")
     assert any(m.startswith(text) for m in msgs) and any(m.startswith(text) for m in res.warnings)
-    assert np.isfinite(res.effect("near", "nie", "treated").estimate)
-    # complete separation: every row trimmed, effects NaN, loudly
+    # the cross-world weights of 'near' rest on one or two rows: no number, and a message that says why
+    assert near["ess_y10"] < 10 and near["max_share_y10"] > 0.5
+    assert np.isnan(res.effect("near", "nie", "treated").estimate)
+    assert any(m.startswith("unit 'near': no estimate: a cross-world mean rests on fewer than 10") for m in msgs)
+    # complete separation: effects NaN, loudly
     sep = res.diagnostics["sep"]
-    assert sep["n_kept"] == 0 and sep["separable"] and sep["share_extreme"] > 0.99
+    assert sep["separated"] and sep["separable"] and sep["share_extreme"] > 0.99
     assert np.isnan(res.effect("sep", "nie", "treated").estimate)
     assert np.isnan(res.effect("sep", "te", "average").se)
-    assert any("unit 'sep': no estimate" in m for m in res.warnings)
-    assert not res.diagnostics["ok"]["separable"]
-    assert not any("unit 'ok'" in m and "separable" in m for m in msgs)
+    assert any(m.startswith("unit 'sep': no estimate: p(M,X) separates the arms completely") for m in res.warnings)
+    assert not res.diagnostics["ok"]["separable"] and np.isfinite(res.effect("ok", "nie", "treated").se)
+    assert not any("unit 'ok'" in m for m in msgs)
     assert "Warning: unit 'near'" in res.summary()
 
 
@@ -257,7 +315,7 @@ def test_eb_total_effect_equals_post_stratification(sim, population):
     assert te.estimate == pytest.approx(tau, abs=1e-10)
     assert te.se == pytest.approx(se, rel=1e-8)
     assert res.population == population
-    assert set(res.effects["u1"]) == {("te", "control"), ("te", "treated"), ("te", "average")}
+    assert set(res.effects["u1"]) == {("te", "average")}
     assert "balance" in res.diagnostics["u0"] and res.diagnostics["u0"]["ess_control"] > 0
 
 
@@ -276,7 +334,7 @@ def test_registry_determinism_and_settings(sim):
     assert isinstance(get_estimator("eb_total"), EntropyBalancedTotalEffect)
     a, b = quiet_fit(WeightingMediation(), sim), quiet_fit(WeightingMediation(), sim)
     assert a.to_frame().equals(b.to_frame())
-    assert a.settings["trim"] == 0.05 and a.settings["pca"] is None
+    assert a.settings["trim"] == 0.0 and a.settings["pca"] is None and a.population == "ate"
     assert a.settings["adjusted_for"] == ["topic"]
     assert "balance_att" in a.diagnostics["_weights"]
 
@@ -286,12 +344,17 @@ def test_positivity_and_bad_arguments(sim):
     rng = np.random.default_rng(0)
     data = MediationData.from_arrays(t=t, y=rng.normal(size=24), mediators={"m": rng.normal(size=(24, 1))},
                                      x=pd.DataFrame({"topic": ["a"] * 20 + ["b"] * 4}))
-    with pytest.raises(PositivityError, match=r"topic 'b' \(column 'topic'\): n1=4, n0=0"):
+    with pytest.raises(PositivityError, match=r"ATE weighting mediation needs both arms in every topic \(expected "
+                       r"n1 > 0 and n0 > 0\), got 1 topic\(s\) without overlap: topic 'b': n1=4, n0=0"):
         WeightingMediation().fit(data)
-    with pytest.raises(PositivityError, match="'b'"):
+    with pytest.raises(PositivityError, match="topic 'b': n1=4, n0=0"):
         EntropyBalancedTotalEffect().fit(data)
+    dropped = [{"variable": "topic", "level": "b", "n1": 4, "n0": 0}]
+    for est in (WeightingMediation(drop_unsupported=True), EntropyBalancedTotalEffect(drop_unsupported=True)):
+        res = quiet_fit(est, data)
+        assert res.n == 20 and res.settings["positivity_dropped"] == dropped
     for kw, msg in [({"trim": 0.6}, "trim"), ({"propensity": "x"}, "propensity"), ({"n_boot": -1}, "n_boot"),
-                    ({"level": 1.5}, "level"), ({"pca": 0}, "pca"), ({"mediator_learner": object()}, "predict_proba")]:
+                    ({"level": 1.5}, "level"), ({"pca": 0}, "pca"), ({"population": "atc"}, "population"), ({"mediator_learner": object()}, "predict_proba")]:
         with pytest.raises((ValueError, TypeError), match=msg):
             WeightingMediation(**kw).fit(sim)
     with pytest.raises(ValueError, match="population"):

@@ -32,6 +32,7 @@ from ..folds import data_folds, fold_strata, make_folds
 from ..graph import resolve
 from ..inference import Effect
 from ..parallel import run_tasks
+from ..positivity import check_positivity
 from ..results import MediationResult, add_derived
 from .base import MediationEstimator, check_units, register
 
@@ -293,6 +294,8 @@ class DMLMediation(MediationEstimator):
     normalize : divide each inverse-probability weight by its mean (default True, as causalweight).
     pca : None, or the number of principal components of the mediator block, fitted on the training folds
         only (never on the held-out fold).
+    drop_unsupported : a topic with rows in one arm only raises PositivityError (default); True drops its rows
+        first (:func:`deconfound.positivity.check_positivity`; the dropped topics in ``data.meta``).
     level : CI level.
     random_state : seed of the folds, the nested split and every learner's unset ``random_state``.
 
@@ -330,7 +333,9 @@ class DMLMediation(MediationEstimator):
     """
 
     def __init__(self, *, outcome_learner=None, propensity_learner=None, n_folds: int = 5, trim: float = 0.05,
-                 normalize: bool = True, pca: int | None = None, level: float = 0.95, random_state=0):
+                 normalize: bool = True, pca: int | None = None, level: float = 0.95, random_state=0,
+                 drop_unsupported: bool = False):
+        self.drop_unsupported = drop_unsupported
         self.outcome_learner = outcome_learner
         self.propensity_learner = propensity_learner
         self.n_folds = n_folds
@@ -366,6 +371,7 @@ class DMLMediation(MediationEstimator):
         units = check_units(data, units)
         outcome, propensity = self._check(data)
         g, adj = resolve(graph, data)
+        data = check_positivity(data, adj.union, drop_unsupported=self.drop_unsupported, what="DML mediation")
         x_first = data.x_design(adj.first_stage)[0]
         x_second = data.x_design(adj.second_stage)[0]
         x_total = data.x_design(adj.total)[0]

@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import MissingDependencyError
 from ..graph import resolve
 from ..inference import Effect
+from ..positivity import check_positivity
 from ..results import MediationResult, add_derived
 from .base import MediationEstimator, check_units, register
 from .dml import check_learners, child_seed, default_propensity_learner, seeded_clone
@@ -40,7 +41,8 @@ def _design(data, names) -> np.ndarray:
 class _EconMLBase(MediationEstimator):
     def __init__(self, *, method: str = "dr", model_regression=None, model_propensity=None, n_folds: int = 5,
                  min_propensity: float = 0.05, trimming_threshold=None, c_y: float = 0.05, c_t: float = 0.05,
-                 rho: float = 1.0, level: float = 0.95, random_state=0):
+                 rho: float = 1.0, level: float = 0.95, random_state=0, drop_unsupported: bool = False):
+        self.drop_unsupported = drop_unsupported
         self.method = method
         self.model_regression = model_regression
         self.model_propensity = model_propensity
@@ -144,6 +146,8 @@ class EconMLTotalEffect(_EconMLBase):
         LinearDML divides by no propensity; the count outside the band is still reported.
     trimming_threshold : EconML's Crump-style trimming (None, a float or ``"auto"``), DRLearner only.
     c_y, c_t, rho : confounding strengths for EconML's sensitivity interval (EconML's defaults).
+    drop_unsupported : a topic with rows in one arm only raises PositivityError (default); True drops its rows
+        first (:func:`deconfound.positivity.check_positivity`; the dropped topics in ``data.meta``).
     level, random_state : CI level; seed.
 
     Notes
@@ -171,6 +175,7 @@ class EconMLTotalEffect(_EconMLBase):
         self._check()
         units = check_units(data, units)
         g, adj = resolve(graph, data)
+        data = check_positivity(data, adj.union, drop_unsupported=self.drop_unsupported, what="EconML")
         eff, diag = self._fit_ate(data.y, data.t.astype(int), _design(data, adj.total), 0)
         effects = {u: {("te", a): eff for a in ("average", "treated", "control")} for u in units}
         return self._result(data, g, adj, effects, {u: dict(diag) for u in units}, [])
@@ -205,6 +210,7 @@ class EconMLDifferenceMediation(_EconMLBase):
         self._check()
         units = check_units(data, units)
         g, adj = resolve(graph, data)
+        data = check_positivity(data, adj.union, drop_unsupported=self.drop_unsupported, what="EconML")
         t, y = data.t.astype(int), data.y
         te, te_diag = self._fit_ate(y, t, _design(data, adj.total), 0)
         x_second = data.x_design(adj.second_stage)[0]

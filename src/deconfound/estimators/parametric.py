@@ -32,6 +32,7 @@ from scipy.special import expit, ndtr
 from ..errors import ConvergenceError, DataError
 from ..graph import resolve
 from ..inference import Effect, stratified_counts
+from ..positivity import check_positivity
 from ..results import MediationResult, add_derived
 from .base import MediationEstimator, check_units, register
 
@@ -53,6 +54,8 @@ class ParametricMediation(MediationEstimator):
     method : ``"quasi-bayes"`` (draw coefficients from their asymptotic normal) or ``"bootstrap"``
         (resample rows within treatment arms and refit).
     n_sims : number of draws or bootstrap replicates.
+    drop_unsupported : a topic with rows in one arm only raises PositivityError (default); True drops its rows
+        first (:func:`deconfound.positivity.check_positivity`; the dropped topics in ``data.meta``).
     level : confidence level of the percentile intervals.
     random_state : int seed (each unit gets its own stream derived from the seed and the unit name),
         a numpy Generator, or None.
@@ -76,7 +79,9 @@ class ParametricMediation(MediationEstimator):
     """
 
     def __init__(self, outcome_family: str = "gaussian", interaction: bool = False, method: str = "quasi-bayes",
-                 n_sims: int = 1000, level: float = 0.95, random_state=0, mediator_noise: str = "integrate"):
+                 n_sims: int = 1000, level: float = 0.95, random_state=0, mediator_noise: str = "integrate",
+                 drop_unsupported: bool = False):
+        self.drop_unsupported = drop_unsupported
         self.outcome_family = outcome_family
         self.interaction = interaction
         self.method = method
@@ -103,6 +108,7 @@ class ParametricMediation(MediationEstimator):
         self._check_settings()
         units = check_units(data, units)
         g, adj = resolve(graph, data)
+        data = check_positivity(data, adj.union, drop_unsupported=self.drop_unsupported, what="parametric mediation")
         y = np.asarray(data.y, dtype=float)
         if self.outcome_family != "gaussian":
             levels = np.unique(y)

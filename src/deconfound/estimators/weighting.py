@@ -5,8 +5,14 @@ Huber (2014), as in R ``causalweight::medweight``: with p(X) = P(T=1|X) and p(M,
     E[Y(1, M(1))] = E[Y T / p(X)]                                  E[Y(0, M(0))] = E[Y (1-T) / (1-p(X))]
     E[Y(1, M(0))] = E[Y T (1-p(M,X)) / (p(M,X) (1-p(X)))]          E[Y(0, M(1))] = E[Y (1-T) p(M,X) / ((1-p(M,X)) p(X))]
 
-each computed as a normalized (Hajek) weighted mean. p(X) comes from entropy balancing (default) or a logistic
-regression; p(M,X) from an L2-regularized logistic regression on the standardized [M, X].
+each computed as a normalized (Hajek) weighted mean over all rows: no row is dropped on p(M,X), since M is
+post-treatment and the kept rows would be no population for which the effects are defined. With
+``population="att"`` the four means are averages over the treated rows' X (Hsu, Lai & Lieli style weights):
+
+    E[Y(1, M(1)) | T=1] = E[Y T] / P(T=1)                          E[Y(0, M(0)) | T=1] ~ E[Y (1-T) odds(X)]
+    E[Y(1, M(0)) | T=1] ~ E[Y T odds(X) (1-p(M,X)) / p(M,X)]       E[Y(0, M(1)) | T=1] ~ E[Y (1-T) p(M,X) / (1-p(M,X))]
+
+(~: up to the Hajek normalization), odds(X) = p(X) / (1 - p(X)). The propensity models are in ``_learners.py``.
 
 Entropy balancing as a propensity model. The ATT weights of the controls, w_j (summing to 1), are proportional
 to exp(lambda'c(x_j)): the odds p/(1-p) of a logistic model. Since the odds weights of the controls sum to n1,
@@ -20,232 +26,44 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.base import clone
-from scipy.special import expit
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
 
 from ..bootstrap import bootstrap
 from ..errors import PositivityError
 from ..graph import resolve
 from ..inference import Effect
-from ..results import ARMS, MediationResult, add_derived
-from ..weights import balance_matrix, eb_atc, eb_ate, eb_att, eb_weights_batch
+from ..positivity import check_positivity, level_counts, positivity_message
+from ..results import MediationResult, add_derived
+from ..weights import balance_matrix, eb_ate, eb_att, eb_weights_batch
+from ._learners import DEFAULT_LEARNER, TINY, eb_block, eb_odds, features, fit_pmx, logit_odds, standardize, default_c
 from .base import MediationEstimator, check_units, register
 
 MU_KEYS = ("y11", "y10", "y01", "y00")  # E[Y(1,M(1))], E[Y(1,M(0))], E[Y(0,M(1))], E[Y(0,M(0))]
+MIN_ESS = 10  # below this Kish ESS of a cross-world mean no estimate is returned (no CLT to lean on)
 _EFFECTS = (("te", "average"), ("nie", "treated"), ("nie", "control"), ("nde", "control"), ("nde", "treated"))
-_TINY = 1e-12
 
 
-# ---- p(X) ---------------------------------------------------------------------------------------------------
 def _design(data, cols):
     """Balance functions c(x) of the confounder columns ``cols`` (one-hot topics, soft topics as given)."""
     return balance_matrix(data.x[list(cols)]) if cols else balance_matrix(np.zeros((data.n, 0)))
 
 
-def _check_overlap(bm, t, f, what: str) -> None:
-    """Every topic needs treated and control rows; raise PositivityError naming the topics and counts."""
-    bad = []
-    for col, (codes, levels) in bm.topics.items():
-        n1 = np.bincount(codes, weights=f * t, minlength=len(levels))
-        n0 = np.bincount(codes, weights=f * (1 - t), minlength=len(levels))
-        bad += [f"topic '{lv}' (column '{col}'): n1={n1[j]:g}, n0={n0[j]:g}" for j, lv in enumerate(levels)
-                if (n1[j] > 0) != (n0[j] > 0)]
-    if bad:
-        raise PositivityError(f"{what} needs treated and control rows in every topic (expected n1 > 0 and n0 > 0), "
-                              f"got {len(bad)} topic(s) without overlap: " + "; ".join(bad))
-
-
-def _eb_block(w_design, source, target, h):
-    """Influence of an entropy balancing fit on h = exp(alpha'W) (source rows): (phi (n, p), dh/dalpha (n, p)).
-
-    The fit solves mean(S h W - R W) = 0 (S: source rows, R: target rows), so phi = -g J^{-1} with
-    J = mean(S h W W')."""
-    n = len(h)
-    sh = np.where(source, h, 0.0)
-    g = sh[:, None] * w_design - target[:, None] * w_design
-    jac = (w_design * sh[:, None]).T @ w_design / n
-    phi = -g @ np.linalg.pinv(jac).T
-    return phi, sh[:, None] * w_design
-
-
-def _eb_odds(bm, t, f, *, blocks: bool):
-    """h = odds p/(1-p) on controls (ATT fit) and 1/odds on treated (ATC fit); influence blocks if asked."""
-    tr = t == 1
-    n1, n0 = float(f[tr].sum()), float(f[~tr].sum())
-    h = np.ones(len(t))
-    pos = f > 0
-    info = {}
-    if bm.values.shape[1] == 0:
-        h[~tr], h[tr] = n1 / n0, n0 / n1
-    else:
-        att, atc = eb_att(bm, t, base_weights=f), eb_atc(bm, t, base_weights=f)
-        c, r = ~tr & pos, tr & pos
-        h[c] = n1 * att.weights[c] / f[c]
-        h[r] = n0 * atc.weights[r] / f[r]
-        info = {"att": att, "atc": atc}
-    if (h[pos] <= 0).any():
-        k = int((h[pos] <= 0).sum())
-        raise PositivityError(f"p(X): expected 0 < p(X) < 1, got {k} rows forced to p(X) = 0 or 1 by entropy "
-                              "balancing (a covariate value seen in one arm only)")
-    out = []
-    if blocks:
-        w = np.column_stack([np.ones(len(t)), bm.values])
-        out = [_eb_block(w, ~tr, tr, h), _eb_block(w, tr, ~tr, h)]
-    return h, out, info
-
-
-def _logit_odds(bm, t, f, *, blocks: bool):
-    """The same h from an unpenalized logistic regression of T on c(x) (intercept only without covariates)."""
-    tr = t == 1
-    n = len(t)
-    w = np.column_stack([np.ones(n), bm.values])
-    if bm.values.shape[1] == 0:
-        p = np.full(n, f[tr].sum() / f.sum())
-    else:
-        model = LogisticRegression(C=np.inf, tol=1e-10, max_iter=5000).fit(bm.values, t, sample_weight=f)
-        p = model.predict_proba(bm.values)[:, 1]
-    p = np.clip(p, _TINY, 1 - _TINY)
-    h = np.where(tr, (1 - p) / p, p / (1 - p))
-    out = []
-    if blocks:
-        hess = (w * (p * (1 - p))[:, None]).T @ w / n
-        phi = (w * (t - p)[:, None]) @ np.linalg.pinv(hess).T
-        out = [(phi, np.where(tr, -h, h)[:, None] * w)]
-    return h, out, {}
-
-
-# ---- p(M, X) ------------------------------------------------------------------------------------------------
-def _pca_scores(m, k, f):
-    """Scores on the top-k principal components of the f-weighted covariance (signs fixed: largest loading > 0)."""
-    wts = f / f.sum()
-    mu = wts @ m
-    xc = m - mu
-    cov = (xc * wts[:, None]).T @ xc
-    vals, vecs = np.linalg.eigh(cov)
-    comps = vecs[:, ::-1][:, :k]
-    signs = np.sign(comps[np.abs(comps).argmax(axis=0), np.arange(comps.shape[1])])
-    return xc @ (comps * np.where(signs == 0, 1.0, signs))
-
-
-DEFAULT_CS = np.logspace(-4, 4, 10)
-DEFAULT_LEARNER = ("L2 logistic regression on the standardized [M, X], penalty on the mediator columns only "
-                   "(X unpenalized), C by 5-fold stratified CV of the log loss over logspace(-4, 4, 10)")
-
-
-def _logit_newton(z, t, f, pen, gamma=None, tol=1e-10, max_iter=100):
-    """Minimize sum f (log(1 + e^eta) - t eta) + pen . gamma^2 / 2 by damped Newton (z has the intercept)."""
-    gamma = np.zeros(z.shape[1]) if gamma is None else gamma.copy()
-    total = f.sum()
-
-    def loss(g):
-        eta = z @ g
-        return float(f @ (np.logaddexp(0.0, eta) - t * eta) + 0.5 * pen @ g**2)
-
-    cur = loss(gamma)
-    for _ in range(max_iter):
-        p = expit(z @ gamma)
-        grad = z.T @ (f * (p - t)) + pen * gamma
-        if np.abs(grad).max() < tol * total:
-            break
-        hess = (z * (f * p * (1 - p))[:, None]).T @ z + np.diag(pen)
-        step = np.linalg.lstsq(hess, grad, rcond=None)[0]
-        size = 1.0
-        while size > 1e-10:
-            trial = gamma - size * step
-            new = loss(trial)
-            if new <= cur - 1e-4 * size * (grad @ step) + 1e-12 * abs(cur):
-                gamma, cur = trial, new
-                break
-            size /= 2
-        else:
-            break
-    return gamma
-
-
-def _cv_c(zt, t, f, mask, random_state):
-    """The C of the mediator penalty with the best 5-fold stratified cross-validated log loss."""
-    folds = StratifiedKFold(5, shuffle=True, random_state=random_state).split(zt, t)
-    scores = np.zeros(len(DEFAULT_CS))
-    for train, test in folds:
-        gamma = None
-        for j, c in enumerate(DEFAULT_CS):  # small to large C, warm started
-            gamma = _logit_newton(zt[train], t[train], f[train], mask / c, gamma)
-            eta = zt[test] @ gamma
-            scores[j] -= f[test] @ (np.logaddexp(0.0, eta) - t[test] * eta) / f[test].sum()
-    return float(DEFAULT_CS[int(np.argmax(scores))])
-
-
-def _l2_logistic_c(model):
-    """C of a fitted plain L2 scikit-learn logistic regression with intercept, or None (no IF correction)."""
-    if not isinstance(model, LogisticRegression) or not model.fit_intercept or model.class_weight is not None:
-        return None
-    ratio = getattr(model, "l1_ratio_", getattr(model, "l1_ratio", 0.0))
-    penalty = getattr(model, "penalty", "l2")
-    if np.any(np.ravel(ratio if ratio is not None else 0.0) != 0) or penalty in ("l1", "elasticnet"):
-        return None
-    c = model.C_ if hasattr(model, "C_") else model.C
-    return float(np.ravel(c)[0])
-
-
-def _standardize(z, n_x, f):
-    """(z standardized with f-weighted moments, the same with an intercept column, the penalty mask)."""
-    wts = f / f.sum()
-    mu = wts @ z
-    sd = np.sqrt(wts @ (z - mu) ** 2)
-    zs = (z - mu) / np.where(sd > 1e-12, sd, 1.0)
-    zt = np.column_stack([np.ones(len(z)), zs])
-    mask = np.ones(zt.shape[1])
-    mask[0] = 0.0
-    if n_x:
-        mask[-n_x:] = 0.0
-    return zs, zt, mask
-
-
-def _fit_pmx(z, n_x, t, f, learner, fixed_c, random_state, *, blocks: bool):
-    """p(M,X) by a classifier on the standardized z, whose last ``n_x`` columns are the confounders.
-
-    Returns (p, C, influence block or None). The default learner penalizes the mediator columns only, so that
-    with an irrelevant mediator p(M,X) reduces to the unpenalized p(X) model."""
-    n = len(t)
-    zs, zt, mask = _standardize(z, n_x, f)
-    if learner is None:
-        c = fixed_c if fixed_c is not None else _cv_c(zt, t.astype(float), f, mask, random_state)
-        pen = mask / c
-        gamma = _logit_newton(zt, t.astype(float), f, pen)
-        p = expit(zt @ gamma)
-    else:
-        model = clone(learner)
-        try:
-            model.fit(zs, t, **({} if np.all(f == 1) else {"sample_weight": f}))
-        except TypeError:  # a learner without sample_weight: materialize the frequencies
-            rows = np.repeat(np.arange(n), f.astype(np.int64))
-            model.fit(zs[rows], t[rows])
-        p = model.predict_proba(zs)[:, list(model.classes_).index(1)]
-        c = _l2_logistic_c(model)
-        if c is not None:
-            gamma = np.concatenate([np.ravel(model.intercept_), np.ravel(model.coef_)])
-            pen = np.r_[0.0, np.full(zs.shape[1], 1.0 / c)]
-    block = None
-    if blocks and c is not None:
-        pp = np.clip(p, _TINY, 1 - _TINY)
-        hess = (zt * (pp * (1 - pp))[:, None]).T @ zt / n + np.diag(pen) / n
-        score = zt * (t - p)[:, None] - pen * gamma / n
-        block = (score @ np.linalg.pinv(hess).T, zt)
-    return p, c, block
-
-
 # ---- Huber's weighted means ---------------------------------------------------------------------------------
-def _huber_weights(t, h, p):
-    """Per-row weights of the four means and their derivatives in h and (sign of) gamma."""
+def _huber_weights(t, h, p, pop):
+    """Per-row weights of the four means (population ``pop``) and their derivatives in h and (sign of) gamma.
+
+    h is odds(X) on controls and 1/odds(X) on treated rows; q, o are the same odds of p(M,X)."""
     tr = t == 1
-    p = np.clip(p, _TINY, 1 - _TINY)
+    p = np.clip(p, TINY, 1 - TINY)
     q, o = (1 - p) / p, p / (1 - p)
-    a = {"y11": np.where(tr, 1 + h, 0.0), "y00": np.where(tr, 0.0, 1 + h),
-         "y10": np.where(tr, q * (1 + 1 / h), 0.0), "y01": np.where(tr, 0.0, o * (1 + 1 / h))}
-    dadh = {"y11": tr * 1.0, "y00": (~tr) * 1.0, "y10": np.where(tr, -q / h**2, 0.0),
-            "y01": np.where(tr, 0.0, -o / h**2)}
+    if pop == "att":
+        a = {"y11": tr * 1.0, "y00": np.where(tr, 0.0, h), "y10": np.where(tr, q / h, 0.0), "y01": np.where(tr, 0.0, o)}
+        dadh = {"y11": np.zeros(len(t)), "y00": (~tr) * 1.0, "y10": np.where(tr, -q / h**2, 0.0),
+                "y01": np.zeros(len(t))}
+    else:
+        a = {"y11": np.where(tr, 1 + h, 0.0), "y00": np.where(tr, 0.0, 1 + h),
+             "y10": np.where(tr, q * (1 + 1 / h), 0.0), "y01": np.where(tr, 0.0, o * (1 + 1 / h))}
+        dadh = {"y11": tr * 1.0, "y00": (~tr) * 1.0, "y10": np.where(tr, -q / h**2, 0.0),
+                "y01": np.where(tr, 0.0, -o / h**2)}
     dgamma = {"y11": 0.0, "y00": 0.0, "y10": -1.0, "y01": 1.0}
     return a, dadh, dgamma
 
@@ -256,8 +74,11 @@ def _hajek(a, y, w):
     return float(aw @ y / total) if total > 0 else float("nan")
 
 
-def _kish(a):
-    return float(a.sum() ** 2 / (a**2).sum()) if (a**2).sum() > 0 else 0.0
+def _kish(a, w=None):
+    """Kish ESS (sum a w)^2 / sum a^2 w of weights a on rows with frequency weights w (default 1)."""
+    w = np.ones(len(a)) if w is None else w
+    den = (a**2) @ w
+    return float((a @ w) ** 2 / den) if den > 0 else 0.0
 
 
 def _mu_scores(a, dadh, dgamma, y, mu, keep, px_blocks, pmx_block):
@@ -279,26 +100,22 @@ def _contrasts(mu):
                      mu["y11"] - mu["y01"]])
 
 
-def _features(m, xc, pca, f):
-    m = np.asarray(m, dtype=float)
-    if pca is not None and m.shape[1] > 50:
-        m = _pca_scores(m, int(pca), f)
-    return np.column_stack([m, xc]) if xc.shape[1] else m
-
-
 def _unit(m, bm, t, y, f, h, px_blocks, est, fixed_c, *, analytic: bool):
     """One unit: the four means (and their scores and diagnostics when ``analytic``)."""
-    z = _features(m, bm.values, est.pca, f)
-    p, c, pmx_block = _fit_pmx(z, bm.values.shape[1], t, f, est.mediator_learner, fixed_c, est.random_state,
-                               blocks=analytic)
+    z = features(m, bm.values, est.pca, f)
+    p, c, pmx_block = fit_pmx(z, bm.values.shape[1], t, f, est.mediator_learner, fixed_c, est.random_state,
+                              blocks=analytic)
     trim = float(est.trim)
     keep = ((p >= trim) & (p <= 1 - trim)).astype(float)
-    a, dadh, dgamma = _huber_weights(t, h, p)
+    a, dadh, dgamma = _huber_weights(t, h, p, est.population)
     w = f * keep
     mu = {k: _hajek(a[k], y, w) for k in MU_KEYS}
     tr = t == 1
     kept1, kept0 = float((w * tr).sum()), float((w * ~tr).sum())
-    ok = kept1 >= 2 and kept0 >= 2
+    on = w > 0
+    separated = bool(on[tr].any() and on[~tr].any() and p[tr & on].min() > p[~tr & on].max())
+    cross_ess = min(_kish(a[k], w) for k in ("y10", "y01"))
+    ok = kept1 >= 2 and kept0 >= 2 and not separated and cross_ess >= MIN_ESS
     if not analytic:
         return _contrasts(mu) if ok else np.full(len(_EFFECTS), np.nan)
     out = ~keep.astype(bool)
@@ -306,29 +123,34 @@ def _unit(m, bm, t, y, f, h, px_blocks, est, fixed_c, *, analytic: bool):
             "n_trimmed_control": int((out & ~tr).sum()), "share_trimmed": float(out.mean()),
             "share_extreme": float(np.mean((p < 0.01) | (p > 0.99))), "pmx_min": float(p.min()),
             "pmx_max": float(p.max()), "n_features": int(z.shape[1]), "C": c if c is None else float(c)}
-    diag.update({f"ess_{k}": _kish(a[k] * keep) for k in MU_KEYS})
-    diag["separable"] = bool(diag["share_trimmed"] > est.warn_share or not ok)
+    for k in MU_KEYS:
+        ak = a[k] * keep
+        diag[f"ess_{k}"] = _kish(a[k], w)
+        diag[f"max_share_{k}"] = float(ak.max() / ak.sum()) if ak.sum() > 0 else float("nan")
+    diag["separable"] = bool(max(diag["share_trimmed"], diag["share_extreme"]) > est.warn_share or not ok)
+    diag["separated"] = separated
     if not ok:
         return None, None, diag, c
     scores = {k: _mu_scores(a[k], dadh[k], dgamma[k], y, mu[k], keep, px_blocks, pmx_block) for k in MU_KEYS}
     diag["se"] = ("influence: p(X) and p(M,X) estimated" if pmx_block is not None else
                   "influence: p(X) estimated, p(M,X) treated as known")
+    if c is not None and np.isfinite(c) and est.mediator_learner is None:
+        diag["se"] += " (the cross-validated penalty treated as fixed)"
     return mu, scores, diag, c
+
+
+def _assemble(raw: dict, level: float) -> dict:
+    """One te row, nie/nde per arm, averages and proportions mediated."""
+    out = {("te", "average"): raw["te"], ("nie", "treated"): raw["nie_treated"],
+           ("nie", "control"): raw["nie_control"], ("nde", "control"): raw["nde_control"],
+           ("nde", "treated"): raw["nde_treated"]}
+    return add_derived(out)
 
 
 def _nan_effects(level):
     nan = Effect(float("nan"), float("nan"), (float("nan"), float("nan")), float("nan"), level, method="failed")
-    return {(e, arm): nan for e in ("nie", "nde", "te", "prop_mediated") for arm in ARMS}
-
-
-def _assemble(raw: dict, level: float) -> dict:
-    """te (under every arm, the same Effect), nie/nde per arm, averages and proportions mediated."""
-    out = {("te", "average"): raw["te"], ("nie", "treated"): raw["nie_treated"],
-           ("nie", "control"): raw["nie_control"], ("nde", "control"): raw["nde_control"],
-           ("nde", "treated"): raw["nde_treated"]}
-    out = add_derived(out)
-    out[("te", "treated")] = out[("te", "control")] = out[("te", "average")]
-    return out
+    return {key: nan for key in [("te", "average"), *[(e, arm) for e in ("nie", "nde", "prop_mediated")
+                                                      for arm in ("control", "treated", "average")]]}
 
 
 _NAMES = ("te", "nie_treated", "nie_control", "nde_control", "nde_treated")
@@ -353,8 +175,10 @@ class _WeightingStatistic:
         f = np.asarray(counts, dtype=float)
         bm = _design(data, self.cols)
         t = data.t.astype(int)
-        _check_overlap(bm, t, f, "weighting mediation")
-        h = (_eb_odds if self.est.propensity == "eb" else _logit_odds)(bm, t, f, blocks=False)[0]
+        table = level_counts(bm.topics, t, f, "ate")
+        if table["unsupported"].any():
+            raise PositivityError(positivity_message(table[table["unsupported"]], "ate", "weighting mediation"))
+        h = (eb_odds if self.est.propensity == "eb" else logit_odds)(bm, t, f, blocks=False)[0]
         return self._units(data, bm, f, h)
 
     def batch(self, data, counts):
@@ -395,31 +219,42 @@ class WeightingMediation(MediationEstimator):
     propensity : ``"eb"`` (default: p(X) implied by entropy balancing, see the module notes) or ``"logit"``
         (unpenalized logistic regression of T on the confounders).
     mediator_learner : scikit-learn classifier for p(M,X) on the standardized [M, X]; cloned before fitting.
-        Default (None): a logistic regression with an L2 penalty on the mediator columns only (the
-        confounders and the intercept are unpenalized, so an irrelevant mediator gives p(M,X) = p(X) rather
-        than a shrunken topic model), C chosen among ``logspace(-4, 4, 10)`` by the 5-fold stratified
-        cross-validated log loss (the ``scoring="neg_log_loss"`` rule), folds seeded by ``random_state``.
+        Default (None): a logistic regression, unpenalized when the smaller arm has at least 5 rows per
+        feature of [M, X]; otherwise with an L2 penalty on the mediator columns only (the confounders and the
+        intercept unpenalized, so an irrelevant mediator gives p(M,X) = p(X) rather than a shrunken topic
+        model), its C chosen among ``logspace(-4, 4, 10)`` by 5-fold stratified cross-validated deviance
+        (glum), folds seeded by ``random_state``. ``diagnostics[unit]["C"]`` is ``inf`` when unpenalized.
     pca : None, or the number of principal components of the mediator block used instead of its columns
-        when it has more than 50 (fitted inside the estimator, on the same rows; refitted per replicate).
-    trim : rows with p(M,X) outside [trim, 1 - trim] are dropped from all four means (causalweight's rule,
-        default 0.05). The effects then refer to the kept rows; counts are in the diagnostics.
+        when it has more than 50 (scikit-learn PCA, fitted inside the estimator; refitted per replicate).
+    population : ``"ate"`` (default) or ``"att"``: the four means, and so every effect, averaged over the
+        treated rows' confounder distribution (NIE(treated) = E[Y(1, M(1)) - Y(1, M(0)) | T=1], ...), the
+        population of the patching estimator.
+    trim : 0 (default): no row is dropped. A positive value drops the rows with p(M,X) outside
+        [trim, 1 - trim] (causalweight's rule). M is post-treatment, so the kept rows are selected on an
+        outcome of T: the result's population is then ``"overlap"``, with a warning and a
+        ``settings["population_note"]``; on a linear SEM with a strong T -> M path it moves the NIE by many SEs.
+    drop_unsupported : a topic with rows in one arm only raises PositivityError (default); True drops its
+        rows first (:func:`deconfound.positivity.check_positivity`), recorded in ``settings``.
     n_boot : 0 (default) for influence-function SEs; > 0 for a bootstrap stratified by T that refits p(X)
-        and p(M,X) in every replicate (percentile CIs).
+        and p(M,X) in every replicate (percentile CIs; a cross-validated penalty is kept from the full sample).
     level : CI level.
     random_state : seed of the CV folds and the bootstrap.
-    warn_share : warn (and flag ``separable``) when more than this share of rows is trimmed.
+    warn_share : warn (and flag ``separable``) when more than this share of rows has p(M,X) below 0.01 or
+        above 0.99 (or is trimmed).
 
     Notes
     -----
     Influence-function SEs (``n_boot=0``) account for the estimation of p(X) (entropy balancing or logistic)
-    and, when the mediator learner is a plain L2 logistic regression, of p(M,X), by stacking their estimating
-    equations (the regularization C, the PCA, the standardization and the trimming set are treated as fixed).
-    With any other learner p(M,X) is treated as known; ``diagnostics[unit]["se"]`` says which.
+    and, when the mediator learner is the default or a plain L2 scikit-learn logistic regression, of p(M,X),
+    by stacking their estimating equations (a cross-validated C, the PCA, the standardization and a trimming
+    set are treated as fixed). With any other learner p(M,X) is treated as known; ``diagnostics[unit]["se"]``
+    says which. The weights are Hajek-normalized and never capped: ``max_share_<mean>`` reports the largest
+    normalized weight of each mean and a warning names means with a Kish ESS below max(10, n/100).
 
     ``result.diagnostics[unit]`` holds ``n_kept``, ``n_trimmed`` (and per arm), ``share_trimmed``,
-    ``share_extreme`` (p(M,X) < 0.01 or > 0.99), the p(M,X) range, the Kish ESS of each weighted mean
-    (``ess_y11``, ``ess_y10``, ``ess_y01``, ``ess_y00``), ``separable`` and ``potential_outcomes`` (the four
-    means as Effects). No OVB pieces are stored: the estimator has no outcome model (use ``dml``).
+    ``share_extreme`` (p(M,X) < 0.01 or > 0.99), the p(M,X) range, the Kish ESS and largest weight share of
+    each weighted mean (``ess_y11``, ..., ``max_share_y11``, ...), ``separable`` and ``potential_outcomes``
+    (the four means as Effects). No OVB pieces are stored: the estimator has no outcome model (use ``dml``).
 
     Examples
     --------
@@ -432,12 +267,15 @@ class WeightingMediation(MediationEstimator):
     (True, True)
     """
 
-    def __init__(self, propensity: str = "eb", mediator_learner=None, pca: int | None = None, trim: float = 0.05,
-                 n_boot: int = 0, level: float = 0.95, random_state=0, warn_share: float = 0.10):
+    def __init__(self, propensity: str = "eb", mediator_learner=None, pca: int | None = None,
+                 population: str = "ate", trim: float = 0.0, drop_unsupported: bool = False, n_boot: int = 0,
+                 level: float = 0.95, random_state=0, warn_share: float = 0.10):
         self.propensity = propensity
         self.mediator_learner = mediator_learner
         self.pca = pca
+        self.population = population
         self.trim = trim
+        self.drop_unsupported = drop_unsupported
         self.n_boot = n_boot
         self.level = level
         self.random_state = random_state
@@ -451,6 +289,8 @@ class WeightingMediation(MediationEstimator):
             raise ValueError(f"warn_share: expected a number in (0, 1], got {self.warn_share!r}")
         if self.propensity not in ("eb", "logit"):
             raise ValueError(f"propensity: expected 'eb' or 'logit', got {self.propensity!r}")
+        if self.population not in ("ate", "att"):
+            raise ValueError(f"population: expected 'ate' or 'att', got {self.population!r}")
         if self.pca is not None and (isinstance(self.pca, bool) or not isinstance(self.pca, (int, np.integer))
                                      or self.pca < 1):
             raise ValueError(f"pca: expected None or an int >= 1, got {self.pca!r}")
@@ -465,7 +305,7 @@ class WeightingMediation(MediationEstimator):
         Returns an object with ``__call__(data, counts)``, a vectorized ``batch`` and ``names``
         ``"<unit>:te"``, ``"<unit>:nie_treated"``, ``"<unit>:nie_control"``, ``"<unit>:nde_control"``,
         ``"<unit>:nde_treated"``. p(X) and p(M,X) are refitted for every count vector; the default learner's C
-        is chosen once here, by cross-validation on the full sample, as in ``fit(n_boot>0)``.
+        (inf when unpenalized) is chosen once here, on the full sample, as in ``fit(n_boot>0)``.
         """
         self._check()
         units = check_units(data, units)
@@ -473,10 +313,10 @@ class WeightingMediation(MediationEstimator):
         cols = list(dict.fromkeys(adj.first_stage + adj.second_stage))
         cs = {}
         if self.mediator_learner is None:
-            bm, f = _design(data, cols), np.ones(data.n)
+            bm, f, t = _design(data, cols), np.ones(data.n), data.t.astype(int)
             for u in units:
-                _, zt, mask = _standardize(_features(data.mediator(u), bm.values, self.pca, f), bm.values.shape[1], f)
-                cs[u] = _cv_c(zt, data.t.astype(float), f, mask, self.random_state)
+                zs, _, mask = standardize(features(data.mediator(u), bm.values, self.pca, f), bm.values.shape[1], f)
+                cs[u] = default_c(zs, t, f, mask, self.random_state)
         return _WeightingStatistic(self, units, cols, cs)
 
     def fit(self, data, *, graph=None, units=None, n_jobs=1, backend="local") -> MediationResult:
@@ -485,11 +325,11 @@ class WeightingMediation(MediationEstimator):
         units = check_units(data, units)
         g, adj = resolve(graph, data)
         cols = list(dict.fromkeys(adj.first_stage + adj.second_stage))
+        data = check_positivity(data, cols, drop_unsupported=self.drop_unsupported, what="weighting mediation")
         bm = _design(data, cols)
         t, y = data.t.astype(int), data.y.astype(float)
         f = np.ones(data.n)
-        _check_overlap(bm, t, f, "weighting mediation")
-        odds = _eb_odds if self.propensity == "eb" else _logit_odds
+        odds = eb_odds if self.propensity == "eb" else logit_odds
         h, px_blocks, eb_info = odds(bm, t, f, blocks=True)
         px = np.where(t == 1, 1 / (1 + h), h / (1 + h))
         level = float(self.level)
@@ -533,9 +373,19 @@ class WeightingMediation(MediationEstimator):
         settings = {"propensity": self.propensity, "mediator_learner": repr(self.mediator_learner)
                     if self.mediator_learner is not None else DEFAULT_LEARNER,
                     "pca": self.pca, "trim": float(self.trim), "n_boot": int(self.n_boot),
-                    "adjusted_for": cols, "warn_share": float(self.warn_share)}
+                    "adjusted_for": cols, "warn_share": float(self.warn_share),
+                    "positivity_dropped": data.meta.get("positivity_dropped", [])}
+        pop = self.population
+        if self.trim > 0:
+            pop = "overlap"
+            settings["population_note"] = (f"the rows with p(M,X) in [{self.trim:g}, {1 - self.trim:g}], weighted to "
+                                           f"the {self.population.upper()}: a set selected on the mediator, which "
+                                           "is post-treatment, so not a population of units defined before T")
+            warns.append(f"trim={self.trim:g} drops rows on p(M,X), a function of the post-treatment mediator: "
+                         "the effects refer to a selected set of rows, not to a population (use trim=0)")
+            warnings.warn(warns[-1], RuntimeWarning, stacklevel=2)
         return MediationResult(estimator=self.name, effects=effects, n=data.n, n_treated=data.n_treated,
-                               population="ate", graph=g.name, adjustment=adj.as_dict(), level=level,
+                               population=pop, graph=g.name, adjustment=adj.as_dict(), level=level,
                                random_state=self.random_state, settings=settings, diagnostics=diagnostics,
                                warnings=warns)
 
@@ -543,18 +393,20 @@ class WeightingMediation(MediationEstimator):
 def _unit_warnings(u, diag, n, est) -> list:
     out = []
     if diag["separable"]:
-        out.append(f"unit {u!r}: p(M,X) is near-separable: {diag['n_trimmed']} of {n} rows "
-                   f"({diag['share_trimmed']:.1%}; {diag['n_trimmed_treated']} treated, "
-                   f"{diag['n_trimmed_control']} control) have p(M,X) outside [{est.trim:g}, {1 - est.trim:g}] and "
-                   f"were trimmed; {diag['share_extreme']:.1%} are below 0.01 or above 0.99 (range "
-                   f"{diag['pmx_min']:.3g} to {diag['pmx_max']:.3g}). The effects refer to the kept rows only and "
-                   "may be unstable")
-    elif diag["n_trimmed"]:
-        out.append(f"unit {u!r}: trimmed {diag['n_trimmed']} of {n} rows with p(M,X) outside "
-                   f"[{est.trim:g}, {1 - est.trim:g}]; effects refer to the {diag['n_kept']} kept rows")
+        out.append(f"unit {u!r}: p(M,X) is near-separable: {diag['share_extreme']:.1%} of the {n} rows have "
+                   f"p(M,X) below 0.01 or above 0.99 (range {diag['pmx_min']:.3g} to {diag['pmx_max']:.3g}); the "
+                   "cross-world means rest on few rows and may be unstable")
+    if diag["n_trimmed"]:
+        out.append(f"unit {u!r}: trimmed {diag['n_trimmed']} of {n} rows ({diag['n_trimmed_treated']} treated, "
+                   f"{diag['n_trimmed_control']} control) with p(M,X) outside [{est.trim:g}, {1 - est.trim:g}]; "
+                   f"effects refer to the {diag['n_kept']} kept rows")
     if "se" not in diag:
-        out.append(f"unit {u!r}: no estimate: after trimming, fewer than 2 treated or 2 control rows remain "
-                   "(the mediator separates the arms); effects are NaN")
+        why = ("p(M,X) separates the arms completely (every treated row above every control row)"
+               if diag["separated"] else
+               f"a cross-world mean rests on fewer than {MIN_ESS} effective rows (Kish ESS y10="
+               f"{diag['ess_y10']:.1f}, y01={diag['ess_y01']:.1f}) or fewer than 2 rows of an arm are left")
+        out.append(f"unit {u!r}: no estimate: {why}; the NIE is not identified from these data (no overlap in "
+                   "M given X); effects are NaN")
     else:
         low = {k: diag[f"ess_{k}"] for k in ("y10", "y01") if diag[f"ess_{k}"] < max(10.0, 0.01 * n)}
         if low:
@@ -568,8 +420,9 @@ class EntropyBalancedTotalEffect(MediationEstimator):
     """The total effect of T on Y with entropy balancing weights on the graph's total-effect adjustment set.
 
     ``population="att"`` (default): treated mean minus the EB-weighted control mean (controls balanced to the
-    treated topic means). ``"ate"``: both arms balanced to the pooled means. Only ``te`` rows are reported
-    (the same Effect under every arm); the result's ``population`` says which.
+    treated topic means). ``"ate"``: both arms balanced to the pooled means. One row is reported,
+    ``("te", "average")``; the result's ``population`` says which. A treated topic without controls (ATT), or
+    any topic seen in one arm only (ATE), raises PositivityError unless ``drop_unsupported=True``.
 
     SEs: with ``n_boot=0`` the influence function of the Hajek mean stacked with the estimating equations of
     entropy balancing (so the estimated weights are accounted for; with one-hot topics this is the
@@ -585,8 +438,10 @@ class EntropyBalancedTotalEffect(MediationEstimator):
     True
     """
 
-    def __init__(self, population: str = "att", n_boot: int = 0, level: float = 0.95, random_state=0):
+    def __init__(self, population: str = "att", n_boot: int = 0, level: float = 0.95, random_state=0,
+                 drop_unsupported: bool = False):
         self.population = population
+        self.drop_unsupported = drop_unsupported
         self.n_boot = n_boot
         self.level = level
         self.random_state = random_state
@@ -608,6 +463,8 @@ class EntropyBalancedTotalEffect(MediationEstimator):
         units = check_units(data, units)
         g, adj = resolve(graph, data)
         cols = list(adj.total)
+        data = check_positivity(data, cols, estimand=pop, drop_unsupported=self.drop_unsupported,
+                                what="entropy balancing total effect")
         bm = _design(data, cols)
         t, y = data.t.astype(int), data.y.astype(float)
         level = float(self.level)
@@ -627,11 +484,12 @@ class EntropyBalancedTotalEffect(MediationEstimator):
                          "observed confounders only")
         for msg in warns:
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
-        effects = {u: {("te", arm): te for arm in ARMS} for u in units}
+        effects = {u: {("te", "average"): te} for u in units}
         return MediationResult(estimator=self.name, effects=effects, n=data.n, n_treated=data.n_treated,
                                population=pop, graph=g.name, adjustment=adj.as_dict(), level=level,
                                random_state=self.random_state,
-                               settings={"population": pop, "n_boot": int(self.n_boot), "adjusted_for": cols},
+                               settings={"population": pop, "n_boot": int(self.n_boot), "adjusted_for": cols,
+                                         "positivity_dropped": data.meta.get("positivity_dropped", [])},
                                diagnostics={u: info for u in units}, warnings=warns)
 
 
@@ -647,7 +505,7 @@ def _eb_total(bm, t, y, pop, level):
             h = np.where(tr, 0.0, tr.sum() * fit.weights)
         else:
             fit, h = None, np.where(tr, 0.0, tr.sum() / (~tr).sum())
-        arms = {"y1": (tr * 1.0, []), "y0": (h, [_eb_block(w_design, ~tr, tr, np.where(tr, 0.0, h))])}
+        arms = {"y1": (tr * 1.0, []), "y0": (h, [eb_block(w_design, ~tr, tr, np.where(tr, 0.0, h))])}
     else:
         if bm.values.shape[1]:
             fit = eb_ate(bm, t)
@@ -655,8 +513,8 @@ def _eb_total(bm, t, y, pop, level):
         else:
             fit, h = None, np.where(tr, n / tr.sum(), n / (~tr).sum())
         everyone = np.ones(n, bool)
-        arms = {"y1": (np.where(tr, h, 0.0), [_eb_block(w_design, tr, everyone, np.where(tr, h, 0.0))]),
-                "y0": (np.where(tr, 0.0, h), [_eb_block(w_design, ~tr, everyone, np.where(tr, 0.0, h))])}
+        arms = {"y1": (np.where(tr, h, 0.0), [eb_block(w_design, tr, everyone, np.where(tr, h, 0.0))]),
+                "y0": (np.where(tr, 0.0, h), [eb_block(w_design, ~tr, everyone, np.where(tr, 0.0, h))])}
     pots = {}
     for key, (a, blocks) in arms.items():
         mu = _hajek(a, y, f)

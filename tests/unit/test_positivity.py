@@ -1,0 +1,85 @@
+"""The shared positivity check: one function, one error, one drop_unsupported choice, for every estimator."""
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deconfound.data import MediationData
+from deconfound.errors import PositivityError
+from deconfound.estimators import get_estimator
+from deconfound.positivity import check_positivity, level_counts, unsupported
+
+pytest.importorskip("econml")
+
+COMMON = (r"needs both arms in every topic \(expected n1 > 0 and n0 > 0\), got 1 topic\(s\) without overlap: "
+          r"topic 'z': n1=6, n0=0\. Pass drop_unsupported=True")
+
+
+def make_data(seed=0):
+    """Topics a, b, c with both arms, and z with 6 treated rows and no control."""
+    rng = np.random.default_rng(seed)
+    topic = np.repeat(["a", "b", "c"], 60)
+    t = (rng.random(180) < np.repeat([0.3, 0.5, 0.7], 60)).astype(int)
+    topic, t = np.r_[topic, ["z"] * 6], np.r_[t, np.ones(6, int)]
+    m = 0.8 * t + rng.normal(size=len(t))
+    y = 0.5 * t + 0.7 * m + (topic == "c") + rng.normal(size=len(t))
+    x = pd.DataFrame({"topic": pd.Categorical(topic, categories=["a", "b", "c", "z"])})
+    return MediationData.from_arrays(t=t, y=y, mediators={"u0": m[:, None]}, x=x)
+
+
+def test_counts_and_rules():
+    t = np.array([1, 1, 0, 0, 1, 0])
+    topics = {"topic": (np.array([0, 0, 0, 1, 2, 3]), ("a", "b", "c", "d"))}
+    table = level_counts(topics, t, np.ones(6), "ate")
+    assert table[["level", "n1", "n0"]].values.tolist() == [["a", 2, 1], ["b", 0, 1], ["c", 1, 0], ["d", 0, 1]]
+    assert table["unsupported"].tolist() == [False, True, True, True]
+    n1, n0 = table["n1"].to_numpy(), table["n0"].to_numpy()
+    assert unsupported(n1, n0, "att").tolist() == [False, False, True, False]   # treated without controls
+    assert unsupported(n1, n0, "atc").tolist() == [False, True, False, True]    # controls without treated
+    assert not unsupported(0, 0, "ate")                                          # an empty level is harmless
+    with pytest.raises(ValueError, match="estimand: expected one of 'ate', 'att', 'atc', got 'xyz'"):
+        unsupported(n1, n0, "xyz")
+
+
+def test_check_positivity_raises_names_every_level_and_drops_on_request():
+    data = make_data()
+    with pytest.raises(PositivityError, match="ATE my estimator " + COMMON):
+        check_positivity(data, ["topic"], what="my estimator")
+    assert check_positivity(data, ["topic"], estimand="atc") is data   # z has no controls: fine for the ATC
+    with pytest.raises(PositivityError, match="ATT"):
+        check_positivity(data, ["topic"], estimand="att")
+    kept = check_positivity(data, ["topic"], drop_unsupported=True)
+    assert kept.n == 180 and "z" not in set(kept.x["topic"]) and list(kept.x["topic"].cat.categories) == ["a", "b", "c"]
+    assert kept.meta["positivity_dropped"] == [{"variable": "topic", "level": "z", "n1": 6, "n0": 0}]
+    assert kept.meta["positivity_rows_dropped"] == 6 and "positivity_dropped" not in data.meta
+    assert check_positivity(data, []) is data                          # nothing adjusted for: nothing checked
+    with pytest.raises(ValueError, match=r"columns: expected confounders of the data \['topic'\], got unknown"):
+        check_positivity(data, ["nope"])
+
+
+def test_two_bad_levels_are_both_named():
+    data = make_data()
+    t = data.t.copy()
+    t[data.x["topic"].to_numpy() == "a"] = 0
+    with pytest.raises(PositivityError, match=r"got 2 topic\(s\) without overlap: topic 'a': n1=0, n0=60; "
+                                              r"topic 'z': n1=6, n0=0"):
+        check_positivity(data.replace(t=t), ["topic"])
+
+
+ESTIMATORS = [("parametric", {"n_sims": 200}), ("dml", {"n_folds": 2}), ("econml_te", {"n_folds": 2}),
+              ("weighting", {}), ("eb_total", {"population": "ate"})]
+
+
+@pytest.mark.parametrize("name,kw", ESTIMATORS)
+def test_every_estimator_raises_the_same_error_and_drops_alike(name, kw):
+    data = make_data()
+    with pytest.raises(PositivityError, match=COMMON):
+        get_estimator(name, **kw).fit(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dropped = get_estimator(name, drop_unsupported=True, **kw).fit(data)
+        manual = get_estimator(name, **kw).fit(check_positivity(data, ["topic"], drop_unsupported=True))
+    assert dropped.n == manual.n == 180
+    a, b = dropped.effect("u0", "te", "average"), manual.effect("u0", "te", "average")
+    assert np.isfinite(a.estimate) and a.estimate == b.estimate and a.se == b.se
