@@ -21,7 +21,7 @@ from ._cli_io import CliError, _names, add_data_args, load_data
 from .errors import DeconfoundError
 
 # Names shown in --help; tests check them against the registries (importing those here would slow --help).
-ESTIMATORS = ("parametric", "weighting", "dml", "eb_total", "econml_te", "econml_diff")
+ESTIMATORS = ("parametric", "weighting", "dml", "eb_total", "econml_te", "econml_diff", "interventional")
 MODEL_ESTIMATORS = ("patching",)  # need a language model: only `deconfound demo` runs them
 REFUTERS = ("placebo_treatment", "random_common_cause", "data_subset", "dummy_outcome", "unobserved_confounder",
             "topic_granularity")
