@@ -27,3 +27,8 @@ class ModelSiteError(DeconfoundError, ValueError):
 
 class MissingDependencyError(DeconfoundError, ImportError):
     """An optional package is not installed; the message gives the pip command."""
+
+
+class CalibrationWarning(UserWarning):
+    """The data resemble a cell of the calibration study (docs/coverage.md) where this estimator's default
+    confidence intervals were measured outside [0.93, 0.97]."""

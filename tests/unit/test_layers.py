@@ -27,7 +27,7 @@ SRC = ROOT / "src" / "deconfound"
 PKG = "deconfound"
 
 LAYERS = {
-    "errors": 0, "_validation": 0, "_ebsolver": 0,
+    "errors": 0, "_validation": 0, "_ebsolver": 0, "_calibration": 0,
     "data": 1, "_store": 1, "simulate": 1, "parallel": 1, "neurons": 1,
     "graph": 2, "weights": 2, "positivity": 2, "inference": 2, "folds": 2, "bootstrap": 2,
     "results": 3, "multiplicity": 3, "identification": 3,
@@ -38,7 +38,7 @@ LAYERS = {
     "lm": "side",  # the subpackage lm/*
 }
 SAME_LAYER = {
-    ("_validation", "errors"),
+    ("_validation", "errors"), ("_calibration", "errors"),
     ("data", "_store"), ("simulate", "data"), ("neurons", "data"),
     ("bootstrap", "inference"), ("bootstrap", "weights"), ("weights", "positivity"), ("bootstrap", "folds"),
     ("sensitivity", "medsens"),

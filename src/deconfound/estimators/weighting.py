@@ -31,6 +31,7 @@ from ..bootstrap import bootstrap
 from ..errors import PositivityError
 from ..graph import resolve
 from ..inference import Effect
+from .._calibration import warn_uncalibrated
 from ..positivity import check_positivity, level_counts, positivity_message
 from ..results import MediationResult, add_derived
 from ..weights import balance_matrix, eb_ate, eb_att, eb_weights_batch
@@ -326,6 +327,8 @@ class WeightingMediation(MediationEstimator):
         g, adj = resolve(graph, data)
         cols = list(dict.fromkeys(adj.first_stage + adj.second_stage))
         data = check_positivity(data, cols, drop_unsupported=self.drop_unsupported, what="weighting mediation")
+        if not self.n_boot:
+            warn_uncalibrated("weighting", n=data.n, n_treated=data.n_treated)
         bm = _design(data, cols)
         t, y = data.t.astype(int), data.y.astype(float)
         f = np.ones(data.n)

@@ -1,0 +1,29 @@
+"""Fits on data like a failing cell of the calibration study warn, naming the cell; others stay quiet."""
+import warnings
+
+import pytest
+
+from deconfound import get_estimator, simulate
+from deconfound._calibration import RULES, warn_uncalibrated
+from deconfound.errors import CalibrationWarning
+
+
+def test_weighting_default_warns_below_the_calibrated_size_and_not_with_the_bootstrap():
+    small, _ = simulate.topic_mediation(800, n_topics=4, seed=0)
+    with pytest.warns(CalibrationWarning, match=r"weighting: data like the calibration cell 'n < 2000"):
+        get_estimator("weighting").fit(small)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CalibrationWarning)
+        get_estimator("weighting", n_boot=20).fit(small)  # bootstrap CIs: not the miscalibrated default
+        big, _ = simulate.topic_mediation(2500, n_topics=4, seed=0)
+        get_estimator("weighting").fit(big)
+
+
+def test_every_rule_names_a_registered_estimator_and_returns_its_message():
+    from deconfound import available_estimators
+
+    for rule in RULES:
+        assert rule.estimator in available_estimators()
+    with pytest.warns(CalibrationWarning):
+        msg = warn_uncalibrated("weighting", n=100, n_treated=50)
+    assert "docs/coverage.md" in msg and warn_uncalibrated("parametric", n=100, n_treated=50) is None
