@@ -56,7 +56,7 @@ def _setup(n=600, seed=0):
     beta[MISSED] = 0.6
     base = topic * 0.3 + m @ beta + rng.normal(size=n)
     data = MediationData.from_arrays(t=t, y=base, mediators={f"u{j}": m[:, [j]] for j in range(N_UNITS)},
-                                     x=pd.DataFrame({"topic": topic.astype(str)}))
+                                     x=pd.DataFrame({"topic": [f"t{k}" for k in topic]}))
     stored = np.column_stack([data.mediator(f"u{j}")[:, 0] for j in range(N_UNITS)]).astype(float)
     exact = LinearToy(stored, base, beta)  # the activations the estimator sees
     screen_beta = beta.copy()
