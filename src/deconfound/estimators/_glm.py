@@ -131,11 +131,12 @@ def _glm(w: np.ndarray, y: np.ndarray, family: str, what: str, weights=None, gro
     (statsmodels' ``cov_type="cluster"``; rows are their own clusters when only weights are given).
     """
     import statsmodels.api as sm  # noqa: PLC0415 - statsmodels is slow to import; only needed here
-    from statsmodels.tools.sm_exceptions import PerfectSeparationWarning  # noqa: PLC0415
+    from statsmodels.tools.sm_exceptions import PerfectSeparationWarning, SpecificationWarning  # noqa: PLC0415
 
     link = sm.families.links.Probit() if family == "probit" else sm.families.links.Logit()
     with warnings.catch_warnings():
         warnings.simplefilter("error", PerfectSeparationWarning)
+        warnings.simplefilter("ignore", SpecificationWarning)  # the var_weights sandwich is checked by hand in tests
         try:
             model = sm.GLM(y, w, family=sm.families.Binomial(link=link), var_weights=weights)
             if weights is None and groups is None:

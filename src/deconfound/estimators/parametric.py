@@ -33,6 +33,7 @@ import zlib
 
 import numpy as np
 from scipy import sparse
+from scipy.special import ndtr
 
 from ..errors import DataError
 from ..graph import resolve
@@ -459,7 +460,7 @@ class _Model:
 
     def info(self) -> dict:
         """What rho sensitivity and users need: coefficients, covariances, residual sums of squares, R^2."""
-        return {"outcome_family": self.family, "mediator_family": self.med_family, "interaction": self.interaction,
+        out = {"outcome_family": self.family, "mediator_family": self.med_family, "interaction": self.interaction,
                 "n": self.n, "dim": self.d, "robust": self.robust,
                 "first_stage": self.first_stage, "second_stage": self.second_stage,
                 "mediator_names": self.z_names, "mediator_coef": self.b_med, "mediator_xtx_inv": self.zz_inv,
@@ -467,3 +468,28 @@ class _Model:
                 "mediator_rss": self.med_rss, "mediator_sigma": self.sigma, "mediator_r2": self.med_r2,
                 "outcome_names": self.w_names, "outcome_coef": self.gamma, "outcome_cov": self.out_cov,
                 "outcome_xtx_inv": self.ww_inv, "outcome_rss": self.out_rss, "outcome_r2": self.out_r2}
+        if self.d == 1 and not self.robust:
+            out["rho_parts"] = self._rho_parts()
+        return out
+
+    def _rho_parts(self):
+        """Pieces of Imai rho sensitivity beyond lm/lm (``deconfound.medsens``), for a scalar mediator."""
+        if self.med_family == "probit" and self.family == "gaussian":
+            za = self.z @ self.b_med[:, 0]
+            pdf, cdf = np.exp(-0.5 * za**2) / np.sqrt(2 * np.pi), ndtr(za)
+            lam = np.where(self.m[:, 0] == 1, pdf / cdf, -pdf / (1 - cdf))  # E[e_M | M, T, X]
+            delta = self.ww_inv @ (self.w.T @ lam)
+            fitted = self.w @ delta
+            zt = [self.z.copy(), self.z.copy()]
+            zt[0][:, 1], zt[1][:, 1] = 0.0, 1.0
+            p = [ndtr(z @ self.b_med[:, 0]) for z in zt]
+            dens = [np.exp(-0.5 * (z @ self.b_med[:, 0]) ** 2) / np.sqrt(2 * np.pi) for z in zt]
+            return {"delta": delta, "h2": float(fitted @ fitted) / (self.n - self.w.shape[1]),
+                    "shift": float(np.mean(p[1] - p[0])),
+                    "shift_grad": (dens[1][:, None] * zt[1] - dens[0][:, None] * zt[0]).mean(0),
+                    "latent_r2": float(np.var(za) / (np.var(za) + 1.0))}
+        if self.med_family == "gaussian" and self.family == "probit":
+            eta = self.w @ self.gamma
+            return {"model": self, "resid": (self.m[:, 0] - self.z @ self.b_med[:, 0]) / np.sqrt(self.sigma[0, 0]),
+                    "latent_r2": float(np.var(eta) / (np.var(eta) + 1.0))}
+        return None
