@@ -109,17 +109,23 @@ class ParametricMediation(MediationEstimator):
         if not isinstance(self.interaction, (bool, np.bool_)):
             raise TypeError(f"interaction: expected a bool, got {type(self.interaction).__name__}")
 
-    def fit(self, data, *, graph=None, units=None, cluster=None, weights=None) -> MediationResult:
+    def fit(self, data, *, graph=None, units=None, cluster=None, weights=None, counts=None) -> MediationResult:
         """Fit both models per unit and simulate the effects; see the class docstring.
 
         ``cluster`` and ``weights`` (per-row arrays or confounder column names; default the data's own roles)
         give cluster-robust (CR1) quasi-Bayes draws or a cluster bootstrap, and sampling-weighted fits and
-        averages.
+        averages. ``counts``: an (n_sims, n) matrix of resample counts for ``method="bootstrap"`` (e.g. from
+        :func:`deconfound.bootstrap.draw_counts`), so that separate fits share their resamples.
         """
         self._check_settings()
         units = check_units(data, units)
         cluster, weights = sample_roles(data, cluster, weights)
         groups = None if cluster is None else np.unique(cluster, return_inverse=True)[1].reshape(-1)
+        if counts is not None:
+            counts = np.asarray(counts)
+            if self.method != "bootstrap" or counts.shape != (self.n_sims, data.n):
+                raise ValueError(f"counts: expected method='bootstrap' and shape ({self.n_sims}, {data.n}), got "
+                                 f"method={self.method!r} and shape {counts.shape}")
         g, adj = resolve(graph, data)
         y = np.asarray(data.y, dtype=float)
         if self.outcome_family != "gaussian":
@@ -137,7 +143,7 @@ class ParametricMediation(MediationEstimator):
                            mediator_family=self.mediator_family, weights=weights, groups=groups)
             model.fit()
             rng = _unit_rng(self.random_state, unit)
-            effects[unit], info = self._effects(model, rng)
+            effects[unit], info = self._effects(model, rng, counts)
             diagnostics[unit] = {"parametric": info}
             te = effects[unit][("te", "average")]
             if te.ci[0] <= 0 <= te.ci[1]:
@@ -155,12 +161,12 @@ class ParametricMediation(MediationEstimator):
                                random_state=self.random_state, settings=settings, diagnostics=diagnostics,
                                warnings=notes)
 
-    def _effects(self, model: "_Model", rng: np.random.Generator):
+    def _effects(self, model: "_Model", rng: np.random.Generator, counts=None):
         q_hat = model.means(model.point_params(), None, "integrate", rng)[0]
         if self.method == "quasi-bayes":
             q = model.means(model.quasi_bayes_params(self.n_sims, rng), None, self.mediator_noise, rng)
         else:
-            q = model.bootstrap(self.n_sims, self.mediator_noise, rng)
+            q = model.bootstrap(self.n_sims, self.mediator_noise, rng, counts)
         point, draws = _contrasts(q_hat[None]), _contrasts(q)
         out = {key: Effect.from_draws(float(point[key][0]), draws[key], level=self.level) for key in point}
         return add_derived(out), model.info()
@@ -322,7 +328,7 @@ class _Model:
         h = np.einsum("pd,std->stp", self.b_med, beta) + np.einsum("pq,stq->stp", l_x, zeta)
         return gam, h, v
 
-    def bootstrap(self, n_sims: int, noise: str, rng: np.random.Generator) -> np.ndarray:
+    def bootstrap(self, n_sims: int, noise: str, rng: np.random.Generator, given=None) -> np.ndarray:
         """Q[s, t, t'] for n_sims resamples (within treatment arms; whole clusters with a cluster), refitted."""
         chunk = int(max(1, min(n_sims, _BUDGET // (self.n * max(self.w.shape[1], self.d, 4)))))
         strata = self.t
@@ -332,7 +338,9 @@ class _Model:
         out = []
         for start in range(0, n_sims, chunk):
             size = min(chunk, n_sims - start)
-            if self.groups is None:
+            if given is not None:
+                counts = given[start:start + size].T.astype(float)
+            elif self.groups is None:
                 counts = stratified_counts(self.t, size, rng).T.astype(float)
             else:
                 counts = cluster_counts(self.groups, size, rng, strata=strata).T.astype(float)
