@@ -168,3 +168,24 @@ def test_binary_mediator_quasi_bayes_coverage():
             hits[k] += lo <= truth[k] <= hi
     for k in KEYS:
         assert 0.90 <= hits[k] / reps <= 0.98, (k, hits[k] / reps)
+
+
+def test_parametric_docs_examples_run(tmp_path, monkeypatch):
+    # every python block of docs/parametric.md runs, and prints what its comments say
+    import contextlib
+    import io
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "parametric.md").read_text()
+    monkeypatch.chdir(tmp_path)
+    for block in re.findall(r"```python\n(.*?)```", text, flags=re.S):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            exec(compile(block, "docs/parametric.md", "exec"), {})
+        printed = [line.strip() for line in buf.getvalue().splitlines()]
+        lines = block.splitlines()
+        expected = [s.strip()[2:] for i, s in enumerate(lines)
+                    if s.strip().startswith("# ") and i and lines[i - 1].strip().startswith("print(")]
+        for want in expected:
+            assert want in printed, (want, printed[-5:])
