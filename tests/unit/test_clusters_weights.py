@@ -203,17 +203,18 @@ def test_dml_cluster_se_is_the_cluster_sum_of_its_scores():
 
 
 def test_dml_sampling_weights_weight_the_means():
+    # without trimming or normalization the per-row psi do not depend on the weights (the learners are
+    # unweighted and the folds the same), so the weighted estimate is the weighted mean of the unweighted psi
     data, _ = simulate.topic_mediation(600, seed=2)
     w = np.random.default_rng(0).uniform(0.5, 2.0, data.n)
-    est = DMLMediation(n_folds=3, trim=0.0, random_state=0)
+    est = DMLMediation(n_folds=3, trim=0.0, normalize=False, random_state=0)
     plain, weighted = est.fit(data), est.fit(data, weights=w)
-    pots = plain.diagnostics["u0"]["potential_outcomes"]
-    wpots = weighted.diagnostics["u0"]["potential_outcomes"]
-    # same nuisances (the learners are unweighted); with trim=0 and normalize the Hajek weights are
-    # re-normalized by the weighted means, so compare the untrimmed Y(1, M(1)) term by hand
-    key = "Y(1,M(1))"
-    assert wpots[key].estimate != pytest.approx(pots[key].estimate, rel=1e-6)
-    assert np.isfinite(weighted.effect("u0", "nie").se)
+    for key in ["Y(1,M(1))", "Y(1,M(0))", "Y(0,M(1))", "Y(0,M(0))"]:
+        p, q = plain.diagnostics["u0"]["potential_outcomes"][key], weighted.diagnostics["u0"]["potential_outcomes"][key]
+        psi = p.scores + p.estimate
+        assert q.estimate == pytest.approx(np.average(psi, weights=w), rel=1e-10)
+        np.testing.assert_allclose(q.scores, w / w.mean() * (psi - q.estimate), rtol=1e-9, atol=1e-12)
+    assert weighted.effect("u0", "nie").estimate != pytest.approx(plain.effect("u0", "nie").estimate, rel=1e-4)
 
 
 def test_weighting_cluster_and_weights():
