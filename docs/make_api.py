@@ -38,6 +38,7 @@ MODULES = [
     ("deconfound.compare", "estimators side by side, localization"),
     ("deconfound.sensitivity", "OVB bounds, robustness values, benchmarks"),
     ("deconfound.medsens", "Imai's rho sensitivity"),
+    ("deconfound.joint", "joint mediators"),
     ("deconfound.refute", "refuters"),
     ("deconfound.multiplicity", "simultaneous bands and BH counts"),
     ("deconfound.screening", "screen on one half, confirm on the other, audit"),

@@ -28,7 +28,7 @@ import pandas as pd
 
 from ._validation import check_probability, check_random_state
 from .errors import DataError, DeconfoundError
-from .inference import Effect, stratified_counts
+from .inference import Effect, cluster_counts, stratified_counts
 from .parallel import is_client, n_workers, run_tasks
 
 __all__ = ["BootstrapResult", "EBMeanDifference", "PairedBootstrap", "bootstrap", "draw_counts", "paired_bootstrap",
@@ -61,15 +61,26 @@ def _strata(data, stratify) -> np.ndarray:
     return labels.reshape(-1)
 
 
-def draw_counts(data, n_boot: int, *, stratify=("treatment",), random_state=0) -> np.ndarray:
+def draw_counts(data, n_boot: int, *, stratify=("treatment",), random_state=0, cluster=None) -> np.ndarray:
     """The ``(n_boot, n)`` int32 matrix of resample counts, drawn at once within each stratum.
 
     Each row sums to ``n`` and, within every stratum, to the stratum's size. Same seed, same matrix.
+    With ``cluster`` (one label per row) whole clusters are resampled within the strata (each cluster must
+    lie in one stratum; pass ``stratify=None`` otherwise), and row sums vary with the cluster sizes.
     """
     n_boot = int(n_boot)
     if n_boot < 1:
         raise ValueError(f"n_boot: expected >= 1, got {n_boot}")
-    return stratified_counts(_strata(data, stratify), n_boot, check_random_state(random_state))
+    strata, rng = _strata(data, stratify), check_random_state(random_state)
+    if cluster is None:
+        return stratified_counts(strata, n_boot, rng)
+    cluster = np.asarray(cluster)
+    if cluster.shape != (data.n,):
+        raise DataError(f"cluster: expected one label per row ({data.n}), got shape {cluster.shape}")
+    try:
+        return cluster_counts(cluster, n_boot, rng, strata=strata)
+    except ValueError as exc:
+        raise DataError(f"stratify={stratify!r}: {exc}") from None
 
 
 def resample(data, counts):
@@ -253,7 +264,7 @@ def _names(statistic, k: int, names) -> list:
 
 def bootstrap(statistic, data, *, n_boot: int = 1000, stratify=("treatment",), random_state=0,
               backend: str = "local", level: float = 0.95, n_jobs: int | None = 1, chunk_size: int | None = None,
-              materialize: bool = False, names=None, counts=None) -> BootstrapResult:
+              materialize: bool = False, names=None, counts=None, cluster=None) -> BootstrapResult:
     """Nonparametric bootstrap over prompts (rows), stratified, with the statistic refitted per replicate.
 
     Parameters
@@ -277,6 +288,7 @@ def bootstrap(statistic, data, *, n_boot: int = 1000, stratify=("treatment",), r
     names : names of the statistic's values (default ``statistic.names`` or ``stat0..``).
     counts : a precomputed ``(n_boot, n)`` count matrix (e.g. to pair with an earlier run); overrides
         ``n_boot``, ``stratify`` and ``random_state``.
+    cluster : optional cluster labels (one per row): resample whole clusters (see :func:`draw_counts`).
 
     Returns
     -------
@@ -303,7 +315,7 @@ def bootstrap(statistic, data, *, n_boot: int = 1000, stratify=("treatment",), r
     else:
         raise ValueError(f"backend: expected one of {sorted(_BACKENDS)} or a distributed.Client, got {backend!r}")
     if counts is None:
-        counts = draw_counts(data, n_boot, stratify=stratify, random_state=random_state)
+        counts = draw_counts(data, n_boot, stratify=stratify, random_state=random_state, cluster=cluster)
     else:
         counts = np.asarray(counts)
         if counts.ndim != 2 or counts.shape[1] != data.n or (counts < 0).any():

@@ -32,7 +32,7 @@ LAYERS = {
     "graph": 2, "weights": 2, "positivity": 2, "inference": 2, "folds": 2, "bootstrap": 2,
     "results": 3, "multiplicity": 3, "identification": 3,
     "estimators": 4,  # the subpackage estimators/*
-    "sensitivity": 5, "refute": 5, "medsens": 5,
+    "sensitivity": 5, "refute": 5, "medsens": 5, "joint": 5,
     "compare": 6, "report": 6, "coverage": 6, "screening": 6,
     "cli": 7, "_cli_io": 7, "demo": 7, "demo_neurons": 7, "__main__": 7,
     "lm": "side",  # the subpackage lm/*

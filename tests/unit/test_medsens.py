@@ -143,7 +143,7 @@ def test_unsupported_cases_raise():
     yb = (rng.random(200) < 0.3 + 0.3 * t).astype(float)
     binary = MediationData.from_arrays(t=t, y=yb, mediators={"m": m})
     with pytest.raises(NotImplementedError, match="gaussian"):
-        rho_sensitivity(ParametricMediation(outcome_family="probit", n_sims=10).fit(binary, graph="unadjusted_mediation"))
+        rho_sensitivity(ParametricMediation(outcome_family="logit", n_sims=10).fit(binary, graph="unadjusted_mediation"))
     data1, _ = simulate.topic_mediation(300, seed=1)
     res = ParametricMediation(n_sims=10).fit(data1)
     with pytest.raises(ValueError, match="rho_grid"):
@@ -155,4 +155,89 @@ def test_unsupported_cases_raise():
         rho_sensitivity(res)
     res.diagnostics["u0"] = {}
     with pytest.raises(NotImplementedError, match="ParametricMediation"):
+        rho_sensitivity(res)
+
+
+# ---- the other family pairs of R medsens ------------------------------------------------------------------
+def _bivariate_data(n, seed, rho, *, binary):
+    """The bivariate-normal error model: corr(e_M, e_Y) = rho, with a probit mediator or a probit outcome.
+
+    Returns the data and the true ACME (equal for both arms; no T x M interaction).
+    """
+    from scipy.special import ndtr
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    t = (rng.random(n) < 1 / (1 + np.exp(-x))).astype(int)
+    e = rng.multivariate_normal([0, 0], [[1.0, rho], [rho, 1.0]], size=n)
+    if binary == "mediator":  # probit mediator, lm outcome (sd(e_Y) = 1)
+        m = (0.1 + 0.8 * t + 0.3 * x + e[:, 0] > 0).astype(float)
+        y = 0.2 + 0.3 * t + 0.6 * m + 0.2 * x + e[:, 1]
+        truth = 0.6 * np.mean(ndtr(0.9 + 0.3 * x) - ndtr(0.1 + 0.3 * x))
+    else:  # lm mediator (sd 1), probit outcome
+        m = 0.2 + 0.5 * t + 0.3 * x + e[:, 0]
+        y = (-0.3 + 0.3 * t + 0.5 * m + 0.2 * x + e[:, 1] > 0).astype(float)
+        scale = np.sqrt(1 + 0.5**2)
+        truth = np.mean([ndtr((-0.3 + 0.3 * tt + 0.5 * (0.7 + 0.3 * x) + 0.2 * x) / scale)
+                         - ndtr((-0.3 + 0.3 * tt + 0.5 * (0.2 + 0.3 * x) + 0.2 * x) / scale) for tt in (0, 1)])
+    data = MediationData.from_arrays(t=t, y=y, mediators={"m": m}, x=x[:, None], x_names=["x"])
+    return data, truth
+
+
+@pytest.mark.parametrize("binary", ["mediator", "outcome"])
+def test_other_family_pairs_rho_zero_root_and_truth(binary):
+    data, truth = _bivariate_data(20000, 3, 0.4, binary=binary)
+    est = (ParametricMediation(mediator_family="probit", n_sims=200) if binary == "mediator"
+           else ParametricMediation(outcome_family="probit", n_sims=200))
+    res = est.fit(data)
+    sens = rho_sensitivity(res, rho_grid=[0.0, 0.4], n_sims=300)
+    # rho = 0 reproduces the plain estimate
+    for arm in ("control", "treated"):
+        np.testing.assert_allclose(sens.acme(arm).loc[0.0, "acme"], res.effect("m", "nie", arm).estimate,
+                                   rtol=1e-9)
+    # the true error correlation recovers the true ACME of the simulation; the naive one is biased
+    naive, fixed = sens.acme().loc[0.0], sens.acme().loc[0.4]
+    assert abs(naive.acme - truth) > 5 * naive.se
+    assert abs(fixed.acme - truth) < 3 * fixed.se
+    # the reported root is a zero of ACME(rho)
+    root = sens.rho_zero["average"]
+    at_root = rho_sensitivity(res, rho_grid=[root], n_sims=20).acme().acme.iloc[0]
+    assert abs(at_root) < 1e-8
+    assert 0 < root < 0.99
+
+
+def test_probit_mediator_root_matches_a_direct_search():
+    # the closed-form root equals brentq on the per-rho refit (OLS of Y - rho sigma lambda on W, sigma by the
+    # moment equation solved by fixed-point iteration here)
+    from scipy.optimize import brentq
+    from scipy.special import ndtr
+    from scipy.stats import norm
+
+    data, _ = _bivariate_data(3000, 5, 0.0, binary="mediator")
+    res = ParametricMediation(mediator_family="probit", n_sims=20).fit(data)
+    t, m, y, x = data.t.astype(float), data.mediator("m")[:, 0].astype(float), data.y, data.x["x"].to_numpy()
+    z = np.column_stack([np.ones_like(t), t, x])
+    alpha = sm.GLM(m, z, family=sm.families.Binomial(link=sm.families.links.Probit())).fit().params
+    za = z @ alpha
+    lam = np.where(m == 1, norm.pdf(za) / ndtr(za), -norm.pdf(za) / (1 - ndtr(za)))
+    w = np.column_stack([np.ones_like(t), t, m, x])
+
+    def slope(rho):
+        sigma = np.std(y - w @ np.linalg.lstsq(w, y, rcond=None)[0], ddof=w.shape[1])
+        for _ in range(200):
+            g = np.linalg.lstsq(w, y - rho * sigma * lam, rcond=None)[0]
+            sigma = np.sqrt(np.sum((y - w @ g) ** 2) / (len(y) - w.shape[1]))
+        return g[2]
+
+    direct = brentq(slope, -0.95, 0.95, xtol=1e-12)
+    np.testing.assert_allclose(rho_sensitivity(res, rho_grid=[0.0]).rho_zero["average"], direct, atol=1e-7)
+
+
+def test_unsupported_family_pairs_name_the_families():
+    data, _ = _bivariate_data(600, 1, 0.0, binary="mediator")
+    res = ParametricMediation(mediator_family="logit", n_sims=10).fit(data)
+    with pytest.raises(NotImplementedError, match="mediator_family='logit' and outcome_family='gaussian'"):
+        rho_sensitivity(res)
+    res = ParametricMediation(n_sims=10).fit(data, weights=np.linspace(1, 2, data.n))
+    with pytest.raises(NotImplementedError, match="weights or a cluster"):
         rho_sensitivity(res)

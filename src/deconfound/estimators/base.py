@@ -113,3 +113,40 @@ def check_units(data, units) -> list[str]:
         if u not in data.mediators:
             raise DataError(f"units: expected names from {data.units[:10]}, got {u!r}")
     return list(units)
+
+
+def sample_roles(data, cluster=None, weights=None):
+    """The cluster labels and sampling weights of a fit: ``fit(..., cluster=, weights=)`` given as per-row
+    arrays or confounder column names, else the data's own ``cluster`` / ``weights`` roles (None if absent).
+
+    Returns ``(cluster, weights)``: labels (n,) or None, and positive weights scaled to mean 1, or None.
+    """
+    import numpy as np  # noqa: PLC0415 - keep this module's import light
+
+    out = []
+    for role, value in (("cluster", cluster), ("weights", weights)):
+        if value is None:
+            value = getattr(data, role, None)
+        if isinstance(value, str):
+            if value not in data.x.columns:
+                raise DataError(f"{role}: expected a per-row array or a column of {data.confounder_names}, "
+                                f"got {value!r}")
+            value = data.x[value].to_numpy()
+        if value is not None:
+            value = np.asarray(value)
+            if value.shape != (data.n,):
+                raise DataError(f"{role}: expected one value per row ({data.n}), got shape {value.shape}")
+        out.append(value)
+    cluster, weights = out
+    if cluster is not None and len(np.unique(cluster)) < 2:
+        raise DataError(f"cluster: expected at least 2 clusters, got {len(np.unique(cluster))}")
+    if weights is not None:
+        try:
+            weights = weights.astype(float)
+        except (TypeError, ValueError):
+            raise DataError(f"weights: expected numbers, got dtype {weights.dtype}") from None
+        if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
+            bad = weights[~(np.isfinite(weights) & (weights > 0))][:3].tolist()
+            raise DataError(f"weights: expected finite positive sampling weights, got {bad}")
+        weights = weights / weights.mean()
+    return cluster, weights

@@ -34,7 +34,7 @@ from ..inference import Effect
 from ..parallel import run_tasks
 from ..positivity import check_positivity
 from ..results import MediationResult, add_derived
-from .base import MediationEstimator, check_units, register
+from .base import MediationEstimator, check_units, register, sample_roles
 
 # potential-outcome keys (d, d') for E[Y(d, M(d'))]
 TERMS = ((1, 1), (1, 0), (0, 1), (0, 0))
@@ -107,10 +107,12 @@ def seeded_clone(learner, seed):
     return est
 
 
-def cross_fit_splits(data, n_folds: int, random_state):
-    """``(folds, halves)``: the shared folds and the fixed A/B split used for the nested regression."""
-    folds = data_folds(data, n_folds, random_state=random_state)
-    halves = make_folds(data.n, 2, strata=fold_strata(data), random_state=child_seed(random_state, 1))
+def cross_fit_splits(data, n_folds: int, random_state, cluster=None):
+    """``(folds, halves)``: the shared folds and the fixed A/B split used for the nested regression (whole
+    clusters in one fold and one half when ``cluster`` labels are given)."""
+    folds = data_folds(data, n_folds, random_state=random_state, cluster=cluster)
+    halves = make_folds(data.n, 2, strata=fold_strata(data), random_state=child_seed(random_state, 1),
+                        groups=cluster)
     return folds, halves
 
 
@@ -185,12 +187,12 @@ def unit_nuisances(m, t, y, x_first, x_second, folds, halves, *, outcome, propen
 
 
 # ---- scores ---------------------------------------------------------------------------------------------
-def mediation_scores(t, y, p1x, mux, p1mx, mumx, omega, *, trim: float, normalize: bool):
+def mediation_scores(t, y, p1x, mux, p1mx, mumx, omega, *, trim: float, normalize: bool, sw=None):
     """Scores of the four E[Y(d, M(d'))] on the rows kept by trimming, plus their weights.
 
     Trimming follows causalweight: a row is kept when p_1(X), p_0(X), p_0(M,X) p_1(X) and p_1(M,X) p_0(X)
     are all >= ``trim``. With ``normalize`` every inverse-probability weight is divided by its mean over the
-    kept rows (Hajek form). Returns ``(keep, psi, alpha, nested_w)``: ``psi[(d, d')]`` and ``alpha[(d, d')]``
+    kept rows (Hajek form; weighted by the sampling weights ``sw`` when given). Returns ``(keep, psi, alpha, nested_w)``: ``psi[(d, d')]`` and ``alpha[(d, d')]``
     (the weight on the outcome residual) are arrays over the kept rows.
     """
     px = {1: np.clip(p1x, _EPS, 1 - _EPS), 0: np.clip(1 - p1x, _EPS, 1 - _EPS)}
@@ -199,10 +201,11 @@ def mediation_scores(t, y, p1x, mux, p1mx, mumx, omega, *, trim: float, normaliz
     if trim == 0:
         keep[:] = True
     t, y = t[keep], y[keep]
+    sw = None if sw is None else sw[keep]
     px = {d: v[keep] for d, v in px.items()}
     pmx = {d: v[keep] for d, v in pmx.items()}
     mux, mumx, omega = mux[keep], mumx[keep], omega[keep]
-    norm = (lambda w: w / w.mean() if w.sum() > 0 else w) if normalize else (lambda w: w)
+    norm = (lambda w: w / np.average(w, weights=sw) if w.sum() > 0 else w) if normalize else (lambda w: w)
     psi, alpha, nested_w = {}, {}, {}
     for d in (0, 1):
         is_d, is_other = (t == d).astype(float), (t == 1 - d).astype(float)
@@ -231,19 +234,21 @@ def _ovb(keep, n, alpha, residual):
             "psi_nu2": _full(alpha**2 - nu2, keep, n)}
 
 
-def _unit_effects(t, y, shared, unit_nuis, *, trim, normalize, level):
+def _unit_effects(t, y, shared, unit_nuis, *, trim, normalize, level, cluster=None, weights=None):
     p1x, mux = shared
     p1mx, mumx, omega = unit_nuis
     n = len(t)
-    keep, psi, alpha, _ = mediation_scores(t, y, p1x, mux, p1mx, mumx, omega, trim=trim, normalize=normalize)
+    keep, psi, alpha, _ = mediation_scores(t, y, p1x, mux, p1mx, mumx, omega, trim=trim, normalize=normalize,
+                                           sw=weights)
     tk = t[keep]
     for arm, name in ((1, "treated"), (0, "control")):
         if int((tk == arm).sum()) < 2:
             raise PositivityError(f"trimming at {trim}: expected at least 2 {name} rows (T={arm}) kept, got "
                                   f"{int((tk == arm).sum())} of {int((t == arm).sum())}")
-    means = {key: float(v.mean()) for key, v in psi.items()}
-    terms = {key: Effect.from_scores(means[key], _full(psi[key] - means[key], keep, n), level=level)
-             for key in TERMS}
+    sw = np.ones(int(keep.sum())) if weights is None else weights[keep] / weights[keep].mean()
+    means = {key: float(np.mean(sw * v)) for key, v in psi.items()}  # sampling-weighted means
+    terms = {key: Effect.from_scores(means[key], _full(sw * (psi[key] - means[key]), keep, n), level=level,
+                                     clusters=cluster) for key in TERMS}
     effects = {key: terms[a] - terms[b] for key, (a, b) in CONTRASTS.items()}
     effects = add_derived(effects)
     effects[("te", "treated")] = effects[("te", "control")] = effects[("te", "average")]
@@ -273,7 +278,7 @@ def _fit_unit(m, t, y, x_first, x_second, folds, halves, shared, settings):
                           propensity=settings["propensity"], pca=settings["pca"],
                           random_state=settings["random_state"])
     return _unit_effects(t, y, shared, nuis, trim=settings["trim"], normalize=settings["normalize"],
-                         level=settings["level"])
+                         level=settings["level"], cluster=settings.get("cluster"), weights=settings.get("weights"))
 
 
 # ---- estimator ------------------------------------------------------------------------------------------
@@ -360,8 +365,13 @@ class DMLMediation(MediationEstimator):
             raise ValueError(f"level: expected a number in (0, 1), got {self.level!r}")
         return check_learners(self.outcome_learner, self.propensity_learner)
 
-    def fit(self, data, *, graph=None, units=None, n_jobs=1, backend="local") -> MediationResult:
+    def fit(self, data, *, graph=None, units=None, n_jobs=1, backend="local", cluster=None,
+            weights=None) -> MediationResult:
         """Estimate every unit in ``units`` (default all).
+
+        ``cluster`` (labels per row, or a confounder column name; default the data's own role) puts whole
+        clusters in one fold and makes every SE cluster-robust (scores summed within clusters); sampling
+        ``weights`` weight every mean of the scores (the nuisance learners are fitted unweighted).
 
         Units are independent tasks run by :func:`deconfound.parallel.run_tasks`: ``backend="local"`` uses
         joblib with ``n_jobs`` workers; ``"dask"`` (the active client) or a ``distributed.Client`` runs them
@@ -376,11 +386,13 @@ class DMLMediation(MediationEstimator):
         x_second = data.x_design(adj.second_stage)[0]
         x_total = data.x_design(adj.total)[0]
         t, y = data.t.astype(int), data.y.astype(float)
-        folds, halves = cross_fit_splits(data, int(self.n_folds), self.random_state)
+        cluster, weights = sample_roles(data, cluster, weights)
+        folds, halves = cross_fit_splits(data, int(self.n_folds), self.random_state, cluster)
         shared = shared_nuisances(t, y, x_first, x_total, folds, outcome=outcome, propensity=propensity,
                                   random_state=self.random_state)
         settings = dict(outcome=outcome, propensity=propensity, pca=self.pca, trim=float(self.trim),
-                        normalize=bool(self.normalize), level=float(self.level), random_state=self.random_state)
+                        normalize=bool(self.normalize), level=float(self.level), random_state=self.random_state,
+                        cluster=cluster, weights=weights)
         common = dict(t=t, y=y, x_first=x_first, x_second=x_second, folds=folds, halves=halves, shared=shared,
                       settings=settings)
         if backend == "local" and int(n_jobs) == 1:  # serial: read one unit at a time (lazy, memory-mapped data)

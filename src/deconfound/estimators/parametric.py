@@ -13,6 +13,14 @@ pattern (a topic) share these expectations, so they are computed once per patter
 ``mediator_noise="simulate"`` draws one mediator per row and draw instead, as R `mediation` and statsmodels
 `Mediation` do.
 
+A binary mediator (``mediator_family="logit"`` or ``"probit"``, one 0/1 column) has a GLM mediator model, and
+E[Y(t, M(t'))] is the exact two-term sum p_i(t') E[Y | t, 1, x_i] + (1 - p_i(t')) E[Y | t, 0, x_i] with
+p_i(t') = P(M = 1 | t', x_i); ``"simulate"`` draws M ~ Bernoulli(p_i(t')) instead, as R does.
+
+Sampling weights enter the fits (weighted least squares, weighted GLM) and every average over rows; with
+weights or a cluster the coefficient covariance of the quasi-Bayes draws is the CR1 sandwich (rows are their
+own clusters when only weights are given), and the bootstrap resamples whole clusters.
+
 Quasi-Bayes draws both coefficient vectors from their asymptotic normals (Sigma held at its estimate, as R
 and statsmodels do). Only the projections B (b + t c) of the mediator coefficients enter, and they are drawn
 directly: B_s = B + L_X E_s L_S' with E_s iid N(0, 1) gives B_s beta ~ N(B beta, (beta' Sigma beta) (Z'Z)^-1),
@@ -21,26 +29,25 @@ treatment arms) and refits both models on the same resample, all replicates of a
 """
 from __future__ import annotations
 
-import warnings
 import zlib
 
 import numpy as np
 from scipy import sparse
-from scipy.linalg import solve_triangular
-from scipy.special import expit, ndtr
+from scipy.special import ndtr
 
-from ..errors import ConvergenceError, DataError
+from ..errors import DataError
 from ..graph import resolve
-from ..inference import Effect, stratified_counts
+from ..inference import Effect, cluster_counts, stratified_counts
 from ..positivity import check_positivity
 from ..results import MediationResult, add_derived
-from .base import MediationEstimator, check_units, register
+from ._glm import (_chol, _chol2, _glm, _glm_batch, _gram, _integrated_mean, _inv_link, _logit_normal,  # noqa: F401
+                   _ols, _solve_stack, cluster_sums, cr1_factor, robust_cov)
+from .base import MediationEstimator, check_units, register, sample_roles
 
 FAMILIES = ("gaussian", "logit", "probit")
 METHODS = ("quasi-bayes", "bootstrap")
 NOISE = ("integrate", "simulate")
 _BUDGET = 1 << 22  # elements of one (rows x draws) work array; fixed, so chunking never changes the numbers
-_TABLE_STEP = 0.05  # eta spacing of the logit-normal tables
 
 
 @register("parametric")
@@ -61,6 +68,8 @@ class ParametricMediation(MediationEstimator):
         a numpy Generator, or None.
     mediator_noise : ``"integrate"`` (exact expectation over the mediator noise; default) or ``"simulate"``
         (one simulated mediator per row and draw, as R `mediation` and statsmodels do).
+    mediator_family : ``"gaussian"`` (OLS, any number of columns) or ``"logit"`` / ``"probit"`` (binomial GLM
+        of a single 0/1 mediator column).
 
     Notes
     -----
@@ -80,7 +89,7 @@ class ParametricMediation(MediationEstimator):
 
     def __init__(self, outcome_family: str = "gaussian", interaction: bool = False, method: str = "quasi-bayes",
                  n_sims: int = 1000, level: float = 0.95, random_state=0, mediator_noise: str = "integrate",
-                 drop_unsupported: bool = False):
+                 mediator_family: str = "gaussian", drop_unsupported: bool = False):
         self.drop_unsupported = drop_unsupported
         self.outcome_family = outcome_family
         self.interaction = interaction
@@ -89,9 +98,11 @@ class ParametricMediation(MediationEstimator):
         self.level = level
         self.random_state = random_state
         self.mediator_noise = mediator_noise
+        self.mediator_family = mediator_family
 
     def _check_settings(self) -> None:
         for name, value, allowed in (("outcome_family", self.outcome_family, FAMILIES),
+                                     ("mediator_family", self.mediator_family, FAMILIES),
                                      ("method", self.method, METHODS),
                                      ("mediator_noise", self.mediator_noise, NOISE)):
             if value not in allowed:
@@ -103,10 +114,23 @@ class ParametricMediation(MediationEstimator):
         if not isinstance(self.interaction, (bool, np.bool_)):
             raise TypeError(f"interaction: expected a bool, got {type(self.interaction).__name__}")
 
-    def fit(self, data, *, graph=None, units=None) -> MediationResult:
-        """Fit both models per unit and simulate the effects; see the class docstring."""
+    def fit(self, data, *, graph=None, units=None, cluster=None, weights=None, counts=None) -> MediationResult:
+        """Fit both models per unit and simulate the effects; see the class docstring.
+
+        ``cluster`` and ``weights`` (per-row arrays or confounder column names; default the data's own roles)
+        give cluster-robust (CR1) quasi-Bayes draws or a cluster bootstrap, and sampling-weighted fits and
+        averages. ``counts``: an (n_sims, n) matrix of resample counts for ``method="bootstrap"`` (e.g. from
+        :func:`deconfound.bootstrap.draw_counts`), so that separate fits share their resamples.
+        """
         self._check_settings()
         units = check_units(data, units)
+        cluster, weights = sample_roles(data, cluster, weights)
+        groups = None if cluster is None else np.unique(cluster, return_inverse=True)[1].reshape(-1)
+        if counts is not None:
+            counts = np.asarray(counts)
+            if self.method != "bootstrap" or counts.shape != (self.n_sims, data.n):
+                raise ValueError(f"counts: expected method='bootstrap' and shape ({self.n_sims}, {data.n}), got "
+                                 f"method={self.method!r} and shape {counts.shape}")
         g, adj = resolve(graph, data)
         data = check_positivity(data, adj.union, drop_unsupported=self.drop_unsupported, what="parametric mediation")
         y = np.asarray(data.y, dtype=float)
@@ -118,13 +142,14 @@ class ParametricMediation(MediationEstimator):
                                 f"{' ...' if len(levels) > 6 else ''}")
         x1, names1 = _confounder_design(data, adj.first_stage)
         x2, names2 = _confounder_design(data, adj.second_stage)
-        patterns = _patterns(x1, x2)
+        patterns = _patterns(x1, x2, weights)
         effects, diagnostics, notes = {}, {}, []
         for unit in units:
-            model = _Model(data, unit, x1, names1, x2, names2, self.outcome_family, bool(self.interaction), patterns)
+            model = _Model(data, unit, x1, names1, x2, names2, self.outcome_family, bool(self.interaction), patterns,
+                           mediator_family=self.mediator_family, weights=weights, groups=groups)
             model.fit()
             rng = _unit_rng(self.random_state, unit)
-            effects[unit], info = self._effects(model, rng)
+            effects[unit], info = self._effects(model, rng, counts)
             diagnostics[unit] = {"parametric": info}
             te = effects[unit][("te", "average")]
             if te.ci[0] <= 0 <= te.ci[1]:
@@ -132,7 +157,9 @@ class ParametricMediation(MediationEstimator):
         if not adj.identified:
             notes.insert(0, f"graph {g.name}: effects are not identified (latent {list(adj.latent)}); the models "
                             f"adjust for the observed {list(adj.union)} only")
-        settings = {"outcome_family": self.outcome_family, "interaction": bool(self.interaction),
+        settings = {"outcome_family": self.outcome_family, "mediator_family": self.mediator_family,
+                    "cluster": None if groups is None else int(groups.max()) + 1, "weights": weights is not None,
+                    "interaction": bool(self.interaction),
                     "method": self.method, "n_sims": int(self.n_sims), "mediator_noise": self.mediator_noise,
                     "point_estimate": "plug-in"}
         return MediationResult(estimator="parametric", effects=effects, n=data.n, n_treated=data.n_treated,
@@ -140,12 +167,12 @@ class ParametricMediation(MediationEstimator):
                                random_state=self.random_state, settings=settings, diagnostics=diagnostics,
                                warnings=notes)
 
-    def _effects(self, model: "_Model", rng: np.random.Generator):
-        q_hat = model.potential_means(*model.point_params(), None, "integrate", rng)[0]
+    def _effects(self, model: "_Model", rng: np.random.Generator, counts=None):
+        q_hat = model.means(model.point_params(), None, "integrate", rng)[0]
         if self.method == "quasi-bayes":
-            q = model.potential_means(*model.quasi_bayes_params(self.n_sims, rng), None, self.mediator_noise, rng)
+            q = model.means(model.quasi_bayes_params(self.n_sims, rng), None, self.mediator_noise, rng)
         else:
-            q = model.bootstrap(self.n_sims, self.mediator_noise, rng)
+            q = model.bootstrap(self.n_sims, self.mediator_noise, rng, counts)
         point, draws = _contrasts(q_hat[None]), _contrasts(q)
         out = {key: Effect.from_draws(float(point[key][0]), draws[key], level=self.level) for key in point}
         return add_derived(out), model.info()
@@ -175,9 +202,10 @@ def _confounder_design(data, names) -> tuple[np.ndarray, list[str]]:
     return x[:, keep], [lab for lab, k in zip(labels, keep) if k]
 
 
-def _patterns(x1: np.ndarray, x2: np.ndarray):
+def _patterns(x1: np.ndarray, x2: np.ndarray, weights=None):
     """Distinct covariate rows: rows sharing one (e.g. a topic) share E[Y | t, M(t'), x], so the integrated
-    expectations are computed once per pattern. Returns (x1 rows, x2 rows, share of rows, pattern x row map)."""
+    expectations are computed once per pattern. Returns (x1 rows, x2 rows, (weighted) share of rows,
+    pattern x row map)."""
     n = len(x1)
     xx = np.column_stack([x1, x2])
     if xx.shape[1]:
@@ -185,127 +213,30 @@ def _patterns(x1: np.ndarray, x2: np.ndarray):
     else:
         rows, inv = np.zeros((1, 0)), np.zeros(n, dtype=np.intp)
     inv = inv.reshape(-1)
-    share = np.bincount(inv, minlength=len(rows)) / n
+    share = np.bincount(inv, weights=weights, minlength=len(rows)) / n
     member = sparse.csr_matrix((np.ones(n), (inv, np.arange(n))), shape=(len(rows), n))
     return rows[:, :x1.shape[1]], rows[:, x1.shape[1]:], share, member
-
-
-def _ols(x: np.ndarray, y: np.ndarray, names: list[str], what: str):
-    """OLS: coefficients, (X'X)^-1 and residuals; raises DataError on a rank-deficient design.
-
-    R comes from a QR of X (also the rank check); the coefficients solve the corrected semi-normal equations
-    R'R b = X'y with one refinement step, which is as accurate as a full QR solve and much cheaper.
-    """
-    n, p = x.shape
-    if n <= p:
-        raise DataError(f"{what}: expected more rows than columns, got {n} rows and {p} columns")
-    r = np.linalg.qr(x, mode="r")
-    rel = np.abs(np.diag(r)) / np.maximum(np.linalg.norm(x, axis=0), 1e-300)  # 0 for a dependent column
-    bad = np.flatnonzero(rel <= 1e-8)
-    if len(bad):
-        raise DataError(f"{what}: expected linearly independent columns, got {names[bad[0]]!r} collinear with "
-                        f"the columns before it ({', '.join(map(repr, names[:bad[0]][-4:]))})")
-
-    def solve(rhs):
-        return solve_triangular(r, solve_triangular(r, rhs, trans="T"))
-
-    coef = solve(x.T @ y)
-    coef = coef + solve(x.T @ (y - x @ coef))
-    r_inv = solve_triangular(r, np.eye(p))
-    return coef, r_inv @ r_inv.T, y - x @ coef
-
-
-def _chol(cov: np.ndarray) -> np.ndarray:
-    """A square root L with L L' = cov (Cholesky, or the eigen root for a semi-definite cov)."""
-    try:
-        return np.linalg.cholesky(cov)
-    except np.linalg.LinAlgError:
-        vals, vecs = np.linalg.eigh((cov + cov.T) / 2)
-        return vecs * np.sqrt(np.clip(vals, 0, None))
-
-
-def _chol2(v: np.ndarray):
-    """Lower Cholesky entries (l00, l10, l11) of a stack of 2 x 2 covariances (rank 1 allowed)."""
-    l00 = np.sqrt(np.clip(v[:, 0, 0], 0, None))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        l10 = np.where(l00 > 0, v[:, 1, 0] / l00, 0.0)
-    return l00, l10, np.sqrt(np.clip(v[:, 1, 1] - l10**2, 0, None))
-
-
-def _inv_link(eta: np.ndarray, family: str) -> np.ndarray:
-    return ndtr(eta) if family == "probit" else expit(eta)
-
-
-def _integrated_mean(eta: np.ndarray, var: np.ndarray, family: str) -> np.ndarray:
-    """E[g^-1(eta + e)] with e ~ N(0, var) (var per draw, eta per row and draw).
-
-    Probit: Phi(eta / sqrt(1 + var)), exact. Logit: the trapezoid rule in z = e / sd (:func:`_logit_normal`);
-    with many rows, on a per-draw table over eta read by cubic Hermite interpolation.
-    """
-    if family == "probit":
-        return ndtr(eta / np.sqrt(1.0 + var))
-    sd = np.sqrt(np.clip(var, 0, None)) * np.ones(np.shape(eta)[-1:])
-    eta = np.asarray(eta, dtype=float)
-    if eta.ndim != 2:
-        return _logit_normal(eta, sd)[0]
-    lo, hi = eta.min(0), eta.max(0)
-    size = int(np.ceil(np.max(hi - lo) / _TABLE_STEP)) + 2
-    if 2 * size >= eta.shape[0]:
-        return _logit_normal(eta, sd)[0]
-    # cubic Hermite table: error <= step^4 / 384 * max|F^(4)| < 2.1e-9 at step <= 0.05 (|expit^(4)| <= 0.128)
-    step = np.where(hi > lo, (hi - lo) / (size - 1), 1.0)
-    f, df = _logit_normal(lo + step * np.arange(size)[:, None], sd, derivative=True)
-    pos = (eta - lo) / step
-    k = np.clip(np.floor(pos).astype(np.intp), 0, size - 2)
-    u = pos - k
-    take = lambda a, i: np.take_along_axis(a, i, axis=0)  # noqa: E731
-    u2, u3 = u * u, u * u * u
-    return ((2 * u3 - 3 * u2 + 1) * take(f, k) + (u3 - 2 * u2 + u) * step * take(df, k)
-            + (3 * u2 - 2 * u3) * take(f, k + 1) + (u3 - u2) * step * take(df, k + 1))
-
-
-def _logit_normal(eta: np.ndarray, sd: np.ndarray, derivative: bool = False):
-    """E[expit(eta + sd z)] (and its derivative in eta) by the trapezoid rule in z ~ N(0, 1).
-
-    The rule converges geometrically here: its error is about exp(-2 pi^2 / (sd h)) (expit has poles pi / sd
-    off the real axis), so the step h = min(0.5, 0.7 / sd) keeps it near 1e-12; the grid stops at |z| = 6.7.
-    """
-    h = min(0.5, 0.7 / max(float(np.max(sd, initial=0.0)), 1e-12))
-    k = int(np.ceil(6.7 / h))  # the normal mass beyond 6.7 is 2e-11
-    f = np.zeros(np.shape(eta))
-    df = np.zeros(np.shape(eta)) if derivative else None
-    for z in h * np.arange(-k, k + 1):
-        p = expit(eta + sd * z)
-        w = h * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
-        f += w * p
-        if derivative:
-            df += w * p * (1 - p)
-    return f, df
-
-
-def _solve_stack(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Solve a stack of symmetric systems a[s] x = b[s]; the pseudo-inverse covers a level absent from a resample."""
-    try:
-        return np.linalg.solve(a, b[..., None])[..., 0]
-    except np.linalg.LinAlgError:
-        return np.einsum("sij,sj->si", np.linalg.pinv(a, hermitian=True), b)
-
-
-def _gram(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Stack of weighted Gram matrices x' diag(w[:, s]) x, shape (S, p, p)."""
-    return np.matmul(x.T[None] * w.T[:, None, :], x)
 
 
 class _Model:
     """The two fitted models of one unit, and the maps from parameter draws to E[Y(t, M(t'))]."""
 
-    def __init__(self, data, unit, x1, names1, x2, names2, family, interaction, patterns=None):
+    def __init__(self, data, unit, x1, names1, x2, names2, family, interaction, patterns=None, *,
+                 mediator_family="gaussian", weights=None, groups=None):
         self.unit, self.family, self.interaction = unit, family, interaction
+        self.med_family, self.sw, self.groups = mediator_family, weights, groups
+        self.robust = weights is not None or groups is not None
+        self.row_w = None if weights is None else weights / weights.sum()
         self.m = np.asarray(data.mediator(unit), dtype=float)
         self.t = np.asarray(data.t, dtype=float)
         self.y = np.asarray(data.y, dtype=float)
         self.x1, self.x2 = x1, x2
         self.n, self.d = self.m.shape
+        if mediator_family != "gaussian":
+            levels = np.unique(self.m)
+            if self.d != 1 or not set(levels.tolist()) <= {0.0, 1.0}:
+                raise DataError(f"mediator unit {unit!r}: expected one 0/1 column for the {mediator_family} "
+                                f"mediator family, got {self.d} column(s) with values {levels[:6].tolist()}")
         tn = data.treatment_name
         mcols = list(data.columns_of(unit))
         self.z = np.column_stack([np.ones(self.n), self.t, x1])
@@ -323,28 +254,49 @@ class _Model:
         self.sl_c = slice(2 + d, 2 + 2 * d) if interaction else None
         self.sl_x = slice(self.w.shape[1] - q2, self.w.shape[1])
         self.first_stage, self.second_stage = list(names1), list(names2)
-        patterns = _patterns(x1, x2) if patterns is None else patterns
+        patterns = _patterns(x1, x2, weights) if patterns is None else patterns
         self.x1u, self.x2u, self.pattern_share, self.pattern_of = patterns
 
     # ---- fitting ------------------------------------------------------------------------------
     def fit(self) -> None:
-        self.b_med, self.zz_inv, resid = _ols(self.z, self.m, self.z_names, f"mediator model of unit {self.unit!r}")
         self.p1 = self.z.shape[1]
-        self.med_rss = resid.T @ resid
-        self.sigma = self.med_rss / (self.n - self.p1)
-        self.l_sigma = _chol(self.sigma)
-        centred = self.m - self.m.mean(0)
-        self.med_r2 = 1.0 - np.diag(self.med_rss) / np.einsum("ij,ij->j", centred, centred)
+        what = f"mediator model of unit {self.unit!r}"
+        self.b_med, self.zz_inv, resid = _ols(self.z, self.m, self.z_names, what, self.sw)
+        self.med_rss = self.sigma = self.med_u = None
+        if self.med_family == "gaussian":
+            wr = resid if self.sw is None else resid * self.sw[:, None]
+            self.med_rss = resid.T @ wr
+            self.sigma = self.med_rss / (self.n - self.p1)
+            self.l_sigma = _chol(self.sigma)
+            centred = self.m - np.average(self.m, axis=0, weights=self.sw)
+            total = np.einsum("ij,ij->j", centred, centred if self.sw is None else centred * self.sw[:, None])
+            self.med_r2 = 1.0 - np.diag(self.med_rss) / total
+            self.med_cov = self.sigma[0, 0] * self.zz_inv if self.d == 1 else None  # of a scalar mediator's B
+            if self.robust:  # cluster sums of z_i (w_i r_i)', scaled so that cov(vec B) = B u'u B
+                u = cluster_sums(self.z[:, :, None] * wr[:, None, :], self.groups)
+                self.med_u = u * np.sqrt(cr1_factor(self.n, self.p1, self.groups))
+                if self.d == 1:
+                    self.med_cov = self.zz_inv @ (self.med_u[..., 0].T @ self.med_u[..., 0]) @ self.zz_inv
+        else:
+            self.b_med, self.med_cov = _glm(self.z, self.m[:, 0], self.med_family, what, self.sw, self.groups)
+            self.b_med = self.b_med[:, None]
+            self.med_r2 = None
+        self.l_med = _chol(self.med_cov) if self.med_family != "gaussian" else None
         what = f"outcome model of unit {self.unit!r}"
         self.out_rss = self.out_r2 = self.ww_inv = None
         if self.family == "gaussian":
-            self.gamma, self.ww_inv, resid = _ols(self.w, self.y, self.w_names, what)
-            self.out_rss = float(resid @ resid)
-            self.out_cov = self.ww_inv * self.out_rss / (self.n - self.w.shape[1])
-            self.out_r2 = 1.0 - self.out_rss / float(((self.y - self.y.mean()) ** 2).sum())
+            self.gamma, self.ww_inv, resid = _ols(self.w, self.y, self.w_names, what, self.sw)
+            wr = resid if self.sw is None else resid * self.sw
+            self.out_rss = float(resid @ wr)
+            if self.robust:
+                self.out_cov = robust_cov(self.w, resid, self.ww_inv, self.sw, self.groups)
+            else:
+                self.out_cov = self.ww_inv * self.out_rss / (self.n - self.w.shape[1])
+            ybar = np.average(self.y, weights=self.sw)
+            self.out_r2 = 1.0 - self.out_rss / float(((self.y - ybar) ** 2 * (1 if self.sw is None else self.sw)).sum())
         else:
             _ols(self.w, self.y, self.w_names, what)  # rank check with named columns
-            self.gamma, self.out_cov = _glm(self.w, self.y, self.family, what)
+            self.gamma, self.out_cov = _glm(self.w, self.y, self.family, what, self.sw, self.groups)
         self.l_gamma = _chol(self.out_cov)
 
     def betas(self, gam: np.ndarray) -> np.ndarray:
@@ -355,6 +307,8 @@ class _Model:
 
     def point_params(self):
         gam = self.gamma[None]
+        if self.med_family != "gaussian":
+            return gam, self.b_med[:, 0][None]
         beta = self.betas(gam)
         h = np.einsum("pd,std->stp", self.b_med, beta)
         v = np.einsum("std,de,sue->stu", beta, self.sigma, beta)
@@ -363,9 +317,16 @@ class _Model:
     def quasi_bayes_params(self, n_sims: int, rng: np.random.Generator):
         """Draw outcome coefficients, then the mediator projections B_s (b + t c) given them (see module doc)."""
         gam = self.gamma + rng.standard_normal((n_sims, len(self.gamma))) @ self.l_gamma.T
+        if self.med_family != "gaussian":
+            return gam, self.b_med[:, 0] + rng.standard_normal((n_sims, self.p1)) @ self.l_med.T
         beta = self.betas(gam)
         u = beta @ self.l_sigma  # u_t' u_t' = beta_t' Sigma beta_t'
         v = np.einsum("std,sud->stu", u, u)
+        if self.robust:  # B_s = B + (Z'WZ)^-1 sum_g u_g e_gs: exactly the CR1 covariance of vec B
+            e = rng.standard_normal((n_sims, len(self.med_u)))
+            b_s = self.b_med + np.einsum("pq,sqd->spd", self.zz_inv,
+                                         (e @ self.med_u.reshape(len(self.med_u), -1)).reshape(n_sims, self.p1, -1))
+            return gam, np.einsum("spd,std->stp", b_s, beta), v
         l00, l10, l11 = _chol2(v)
         e = rng.standard_normal((n_sims, self.p1, 2))
         zeta = np.stack([l00[:, None] * e[..., 0], l10[:, None] * e[..., 0] + l11[:, None] * e[..., 1]], axis=1)
@@ -373,13 +334,23 @@ class _Model:
         h = np.einsum("pd,std->stp", self.b_med, beta) + np.einsum("pq,stq->stp", l_x, zeta)
         return gam, h, v
 
-    def bootstrap(self, n_sims: int, noise: str, rng: np.random.Generator) -> np.ndarray:
-        """Q[s, t, t'] for n_sims resamples (within treatment arms), both models refitted on each."""
+    def bootstrap(self, n_sims: int, noise: str, rng: np.random.Generator, given=None) -> np.ndarray:
+        """Q[s, t, t'] for n_sims resamples (within treatment arms; whole clusters with a cluster), refitted."""
         chunk = int(max(1, min(n_sims, _BUDGET // (self.n * max(self.w.shape[1], self.d, 4)))))
+        strata = self.t
+        if self.groups is not None and np.any(np.bincount(self.groups, weights=self.t)
+                                              % np.bincount(self.groups) != 0):
+            strata = None  # clusters hold both arms: resample clusters unstratified
         out = []
         for start in range(0, n_sims, chunk):
-            counts = stratified_counts(self.t, min(chunk, n_sims - start), rng).T.astype(float)
-            out.append(self.resample_means(counts, noise, rng))
+            size = min(chunk, n_sims - start)
+            if given is not None:
+                counts = given[start:start + size].T.astype(float)
+            elif self.groups is None:
+                counts = stratified_counts(self.t, size, rng).T.astype(float)
+            else:
+                counts = cluster_counts(self.groups, size, rng, strata=strata).T.astype(float)
+            out.append(self.resample_means(counts if self.sw is None else counts * self.sw[:, None], noise, rng))
         return np.concatenate(out)
 
     def resample_means(self, counts: np.ndarray, noise: str, rng: np.random.Generator) -> np.ndarray:
@@ -388,6 +359,10 @@ class _Model:
             gam = _solve_stack(_gram(self.w, counts), (counts * self.y[:, None]).T @ self.w)
         else:
             gam = _glm_batch(self.w, self.y, counts, self.gamma, self.family)
+        share = counts / counts.sum(0)
+        if self.med_family != "gaussian":
+            alpha = _glm_batch(self.z, self.m[:, 0], counts, self.b_med[:, 0], self.med_family)
+            return self.binary_means(gam, alpha, share, noise, rng)
         beta = self.betas(gam)
         proj = [self.m @ beta[:, t].T for t in (0, 1)]  # (n, S) each: M_i' beta_t
         zgram = _gram(self.z, counts)
@@ -396,9 +371,50 @@ class _Model:
         v = np.empty((counts.shape[1], 2, 2))
         for t, u in ((0, 0), (0, 1), (1, 1)):
             v[:, t, u] = v[:, u, t] = (resid[t] * resid[u] * counts).sum(0) / (self.n - self.p1)
-        return self.potential_means(gam, h, v, counts / self.n, noise, rng)
+        return self.potential_means(gam, h, v, share, noise, rng)
 
     # ---- effects ------------------------------------------------------------------------------
+    def means(self, params, weights, noise: str, rng: np.random.Generator) -> np.ndarray:
+        """Q[s, t, t'] for the parameter sets of :meth:`point_params` / :meth:`quasi_bayes_params`."""
+        if self.med_family != "gaussian":
+            return self.binary_means(*params, weights, noise, rng)
+        return self.potential_means(*params, weights, noise, rng)
+
+    def _rows(self, weights, noise):
+        """(x1, x2, weights, shared): the rows to average over (patterns when integrating) and their weights."""
+        shared = weights is None  # one weight vector for every draw
+        if noise == "integrate":  # one row per covariate pattern, weighted by its share of the rows
+            return self.x1u, self.x2u, (self.pattern_share[:, None] if shared else self.pattern_of @ weights), shared
+        if shared and self.row_w is not None:
+            weights = self.row_w[:, None]
+        return self.x1, self.x2, weights, shared
+
+    def binary_means(self, gam, alpha, weights, noise: str, rng: np.random.Generator) -> np.ndarray:
+        """Q[s, t, t'] for a binary mediator: sum over m in {0, 1} of P(M = m | t', x) E[Y | t, m, x]."""
+        s = gam.shape[0]
+        x1, x2, weights, shared = self._rows(weights, noise)
+        q = np.empty((s, 2, 2))
+        chunk = max(1, _BUDGET // len(x1))
+        link = (lambda e: e) if self.family == "gaussian" else (lambda e: _inv_link(e, self.family))  # noqa: E731
+        for a in range(0, s, chunk):
+            sl = slice(a, min(s, a + chunk))
+            w = None if weights is None else weights if shared else weights[:, sl]
+            lin_m = x1 @ alpha[sl, 2:].T + alpha[sl, 0]
+            lin_y = x2 @ gam[sl, self.sl_x].T + gam[sl, 0]
+            slope = self.betas(gam[sl])[:, :, 0]  # (cs, 2)
+            for tp in (0, 1):
+                p = _inv_link(lin_m + tp * alpha[sl, 1], self.med_family)
+                if noise == "simulate":
+                    draw = (rng.random(p.shape) < p).astype(float)
+                for t in (0, 1):
+                    base = lin_y + t * gam[sl, 1]
+                    if noise == "simulate":
+                        mean = link(base + slope[:, t] * draw)
+                    else:
+                        mean = p * link(base + slope[:, t]) + (1 - p) * link(base)
+                    q[sl, t, tp] = mean.mean(0) if w is None else (mean * w).sum(0)
+        return q
+
     def potential_means(self, gam, h, v, weights, noise: str, rng: np.random.Generator) -> np.ndarray:
         """Q[s, t, t'] = sum_i w_i E[Y_i(t, M_i(t'))] for S parameter sets.
 
@@ -413,12 +429,7 @@ class _Model:
         gx = gam[:, self.sl_x]
         if self.family == "gaussian":
             return self._gaussian_means(const, h, gx, v, weights, noise, rng)
-        shared = weights is None  # one weight vector for every draw
-        if noise == "integrate":  # one row per covariate pattern, weighted by its share of the rows
-            x1, x2 = self.x1u, self.x2u
-            weights = self.pattern_share[:, None] if shared else self.pattern_of @ weights
-        else:
-            x1, x2 = self.x1, self.x2
+        x1, x2, weights, shared = self._rows(weights, noise)
         q = np.empty((s, 2, 2))
         chunk = max(1, _BUDGET // len(x1))
         for a in range(0, s, chunk):
@@ -442,8 +453,11 @@ class _Model:
 
     def _gaussian_means(self, const, h, gx, v, weights, noise, rng):
         """Identity link: the row average passes through the linear predictor, so only column means enter."""
-        if weights is None:
+        if weights is None and self.row_w is None:
             x1bar, x2bar, sw2 = self.x1.mean(0)[None], self.x2.mean(0)[None], np.full(len(const), 1.0 / self.n)
+        elif weights is None:
+            x1bar, x2bar = (self.row_w @ self.x1)[None], (self.row_w @ self.x2)[None]
+            sw2 = np.full(len(const), float(self.row_w @ self.row_w))
         else:
             x1bar, x2bar, sw2 = weights.T @ self.x1, weights.T @ self.x2, (weights**2).sum(0)
         q = const + np.einsum("sq,sq->s", x2bar, gx)[:, None, None]
@@ -460,54 +474,36 @@ class _Model:
 
     def info(self) -> dict:
         """What rho sensitivity and users need: coefficients, covariances, residual sums of squares, R^2."""
-        return {"outcome_family": self.family, "interaction": self.interaction, "n": self.n, "dim": self.d,
+        out = {"outcome_family": self.family, "mediator_family": self.med_family, "interaction": self.interaction,
+                "n": self.n, "dim": self.d, "robust": self.robust,
                 "first_stage": self.first_stage, "second_stage": self.second_stage,
                 "mediator_names": self.z_names, "mediator_coef": self.b_med, "mediator_xtx_inv": self.zz_inv,
+                "mediator_cov": self.med_cov,
                 "mediator_rss": self.med_rss, "mediator_sigma": self.sigma, "mediator_r2": self.med_r2,
                 "outcome_names": self.w_names, "outcome_coef": self.gamma, "outcome_cov": self.out_cov,
                 "outcome_xtx_inv": self.ww_inv, "outcome_rss": self.out_rss, "outcome_r2": self.out_r2}
+        if self.d == 1 and not self.robust:
+            out["rho_parts"] = self._rho_parts()
+        return out
 
-
-def _glm(w: np.ndarray, y: np.ndarray, family: str, what: str):
-    """Binomial GLM fit with statsmodels; separation or non-convergence raises ConvergenceError."""
-    import statsmodels.api as sm  # noqa: PLC0415 - statsmodels is slow to import; only needed here
-    from statsmodels.tools.sm_exceptions import PerfectSeparationWarning  # noqa: PLC0415
-
-    link = sm.families.links.Probit() if family == "probit" else sm.families.links.Logit()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", PerfectSeparationWarning)
-        try:
-            res = sm.GLM(y, w, family=sm.families.Binomial(link=link)).fit()
-        except PerfectSeparationWarning as exc:
-            raise ConvergenceError(f"{what}: expected a finite {family} MLE, got perfect separation ({exc})") from None
-    if not getattr(res, "converged", True):
-        raise ConvergenceError(f"{what}: expected the {family} IRLS fit to converge, got no convergence")
-    return np.asarray(res.params, dtype=float), np.asarray(res.cov_params(), dtype=float)
-
-
-def _glm_batch(w, y, counts, start, family, max_iter: int = 50, tol: float = 1e-9) -> np.ndarray:
-    """Binomial GLM MLEs for a stack of count-weighted resamples at once (Fisher scoring from ``start``)."""
-    s = counts.shape[1]
-    gam = np.repeat(start[None], s, axis=0)
-    done = np.zeros(s, bool)
-    for _ in range(max_iter):
-        eta = w @ gam.T
-        if family == "probit":
-            mu = np.clip(ndtr(eta), 1e-12, 1 - 1e-12)
-            dmu = np.exp(-0.5 * eta**2) / np.sqrt(2 * np.pi)
-            var = mu * (1 - mu)
-            score_w, info_w = dmu / var, dmu**2 / var
-        else:
-            mu = expit(eta)
-            score_w, info_w = np.ones_like(mu), mu * (1 - mu)
-        score = (counts * score_w * (y[:, None] - mu)).T @ w
-        step = _solve_stack(_gram(w, counts * info_w), score)
-        step[done] = 0.0
-        gam += step
-        done |= np.abs(step).max(1) <= tol * (1.0 + np.abs(gam).max(1))
-        if done.all():
-            return gam
-    bad = np.flatnonzero(~done)
-    raise ConvergenceError(f"bootstrap: expected every {family} outcome refit to converge in {max_iter} "
-                           f"iterations, got {len(bad)} that did not (likely separation in a resample); "
-                           f"use method='quasi-bayes'")
+    def _rho_parts(self):
+        """Pieces of Imai rho sensitivity beyond lm/lm (``deconfound.medsens``), for a scalar mediator."""
+        if self.med_family == "probit" and self.family == "gaussian":
+            za = self.z @ self.b_med[:, 0]
+            pdf, cdf = np.exp(-0.5 * za**2) / np.sqrt(2 * np.pi), ndtr(za)
+            lam = np.where(self.m[:, 0] == 1, pdf / cdf, -pdf / (1 - cdf))  # E[e_M | M, T, X]
+            delta = self.ww_inv @ (self.w.T @ lam)
+            fitted = self.w @ delta
+            zt = [self.z.copy(), self.z.copy()]
+            zt[0][:, 1], zt[1][:, 1] = 0.0, 1.0
+            p = [ndtr(z @ self.b_med[:, 0]) for z in zt]
+            dens = [np.exp(-0.5 * (z @ self.b_med[:, 0]) ** 2) / np.sqrt(2 * np.pi) for z in zt]
+            return {"delta": delta, "h2": float(fitted @ fitted) / (self.n - self.w.shape[1]),
+                    "shift": float(np.mean(p[1] - p[0])),
+                    "shift_grad": (dens[1][:, None] * zt[1] - dens[0][:, None] * zt[0]).mean(0),
+                    "latent_r2": float(np.var(za) / (np.var(za) + 1.0))}
+        if self.med_family == "gaussian" and self.family == "probit":
+            eta = self.w @ self.gamma
+            return {"model": self, "resid": (self.m[:, 0] - self.z @ self.b_med[:, 0]) / np.sqrt(self.sigma[0, 0]),
+                    "latent_r2": float(np.var(eta) / (np.var(eta) + 1.0))}
+        return None

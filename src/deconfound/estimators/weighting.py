@@ -36,7 +36,7 @@ from ..positivity import check_positivity, level_counts, positivity_message
 from ..results import MediationResult, add_derived
 from ..weights import balance_matrix, eb_ate, eb_att, eb_weights_batch
 from ._learners import DEFAULT_LEARNER, TINY, eb_block, eb_odds, features, fit_pmx, logit_odds, standardize, default_c
-from .base import MediationEstimator, check_units, register
+from .base import MediationEstimator, check_units, register, sample_roles
 
 MU_KEYS = ("y11", "y10", "y01", "y00")  # E[Y(1,M(1))], E[Y(1,M(0))], E[Y(0,M(1))], E[Y(0,M(0))]
 MIN_ESS = 10  # below this Kish ESS of a cross-world mean no estimate is returned (no CLT to lean on)
@@ -163,8 +163,8 @@ class _WeightingStatistic:
     p(X) is refitted (entropy balancing with ``base_weights=counts``) once per replicate and shared by the
     units; p(M,X) is refitted per unit with the regularization chosen on the full sample."""
 
-    def __init__(self, est, units, cols, cs):
-        self.est, self.units, self.cols, self.cs = est, list(units), list(cols), dict(cs)
+    def __init__(self, est, units, cols, cs, sw=None):
+        self.est, self.units, self.cols, self.cs, self.sw = est, list(units), list(cols), dict(cs), sw
         self.names = [f"{u}:{nm}" for u in self.units for nm in _NAMES]
 
     def _units(self, data, bm, f, h):
@@ -173,7 +173,7 @@ class _WeightingStatistic:
                                for u in self.units])
 
     def __call__(self, data, counts):
-        f = np.asarray(counts, dtype=float)
+        f = np.asarray(counts, dtype=float) * (1.0 if self.sw is None else self.sw)
         bm = _design(data, self.cols)
         t = data.t.astype(int)
         table = level_counts(bm.topics, t, f, "ate")
@@ -184,7 +184,7 @@ class _WeightingStatistic:
 
     def batch(self, data, counts):
         """All replicates' entropy balancing in one batched solve; p(M,X) per replicate and unit."""
-        counts = np.atleast_2d(counts).astype(float)
+        counts = np.atleast_2d(counts).astype(float) * (1.0 if self.sw is None else self.sw)
         bm = _design(data, self.cols)
         if self.est.propensity != "eb" or bm.values.shape[1] == 0:
             return np.vstack([self(data, row) for row in counts])
@@ -201,6 +201,12 @@ class _WeightingStatistic:
             if np.all(np.isfinite(h)) and np.all(h[pos] > 0):
                 out[b] = self._units(data, bm, f, h)
         return out
+
+
+def _arm_constant(cluster, t) -> bool:
+    """True when every cluster lies in one treatment arm (then the cluster bootstrap stratifies by arm)."""
+    codes = np.unique(cluster, return_inverse=True)[1].reshape(-1)
+    return bool(np.all(np.bincount(codes, weights=t) % np.bincount(codes) == 0))
 
 
 def _check_common(level, n_boot):
@@ -320,10 +326,20 @@ class WeightingMediation(MediationEstimator):
                 cs[u] = default_c(zs, t, f, mask, self.random_state)
         return _WeightingStatistic(self, units, cols, cs)
 
-    def fit(self, data, *, graph=None, units=None, n_jobs=1, backend="local") -> MediationResult:
-        """Estimate every unit in ``units`` (default all). ``n_jobs`` parallelizes bootstrap replicates."""
+    def fit(self, data, *, graph=None, units=None, n_jobs=1, backend="local", cluster=None,
+            weights=None) -> MediationResult:
+        """Estimate every unit in ``units`` (default all). ``n_jobs`` parallelizes bootstrap replicates.
+
+        ``cluster`` (labels per row or a confounder column; default the data's role) makes the influence SEs
+        cluster-robust and the bootstrap resample whole clusters. Sampling ``weights`` weight every fit and
+        mean; their SE needs ``n_boot > 0`` (the bootstrap reweights each resample).
+        """
         self._check()
         units = check_units(data, units)
+        cluster, sw = sample_roles(data, cluster, weights)
+        if sw is not None and not self.n_boot:
+            raise NotImplementedError("weighting with sampling weights: expected n_boot > 0 (bootstrap SE), got "
+                                      "n_boot=0; the influence-function SE is implemented for unweighted rows only")
         g, adj = resolve(graph, data)
         cols = list(dict.fromkeys(adj.first_stage + adj.second_stage))
         data = check_positivity(data, cols, drop_unsupported=self.drop_unsupported, what="weighting mediation")
@@ -331,7 +347,7 @@ class WeightingMediation(MediationEstimator):
             warn_uncalibrated("weighting", n=data.n, n_treated=data.n_treated)
         bm = _design(data, cols)
         t, y = data.t.astype(int), data.y.astype(float)
-        f = np.ones(data.n)
+        f = np.ones(data.n) if sw is None else sw
         odds = eb_odds if self.propensity == "eb" else logit_odds
         h, px_blocks, eb_info = odds(bm, t, f, blocks=True)
         px = np.where(t == 1, 1 / (1 + h), h / (1 + h))
@@ -346,18 +362,19 @@ class WeightingMediation(MediationEstimator):
             if mu is None:
                 effects[u] = _nan_effects(level)
                 continue
-            pots = {k: Effect.from_scores(mu[k], scores[k], level=level) for k in MU_KEYS}
+            pots = {k: Effect.from_scores(mu[k], scores[k], level=level, clusters=cluster) for k in MU_KEYS}
             diag["potential_outcomes"] = pots
             raw = dict(zip(_NAMES, [pots["y11"] - pots["y00"], pots["y11"] - pots["y10"], pots["y01"] - pots["y00"],
                                     pots["y10"] - pots["y00"], pots["y11"] - pots["y01"]]))
             effects[u] = _assemble(raw, level)
         ok = [u for u in units if "potential_outcomes" in diagnostics[u]]
         if self.n_boot and ok:
-            stat = _WeightingStatistic(self, ok, cols, cs)
+            stat = _WeightingStatistic(self, ok, cols, cs, sw)
+            strata = ("treatment",) if cluster is None or _arm_constant(cluster, t) else None
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 boot = bootstrap(stat, data, n_boot=int(self.n_boot), random_state=self.random_state, level=level,
-                                 n_jobs=n_jobs, backend=backend)
+                                 n_jobs=n_jobs, backend=backend, cluster=cluster, stratify=strata)
             warns += [str(w.message) for w in caught]
             for u in ok:
                 draws = boot.effects([f"{u}:{nm}" for nm in _NAMES])
