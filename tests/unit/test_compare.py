@@ -75,11 +75,15 @@ def test_localization_difference_of_a_result_with_itself_is_exactly_zero():
     scores = rng.normal(size=(300, 6))
     scores -= scores.mean(0)
     res = _score_result(rng.normal(size=6), scores)
-    diff = localization_difference(res, res, n_draws=500)
-    assert np.allclose(diff.difference, 0) and np.allclose(diff.ci_lower, 0) and np.allclose(diff.ci_upper, 0)
-    tab = localization(res, n_draws=500)
+    for method in ("debiased", "abs"):
+        diff = localization_difference(res, res, n_draws=500, method=method)
+        assert np.allclose(diff.difference, 0) and np.allclose(diff.ci_lower, 0) and np.allclose(diff.ci_upper, 0)
+    tab = localization(res, n_draws=500, method="abs")
     assert set(tab["index"]) == {"entropy", "gini", "top3_share", "units_for_80", "peak_to_mean"}
     assert (tab.ci_lower <= tab.estimate + 1e-9).all() and (tab.estimate <= tab.ci_upper + 1e-9).all()
+    assert localization(res, n_draws=500)["index"].tolist() == ["concentration", "effective_units", "renyi2_entropy"]
+    with pytest.raises(ValueError, match="method"):
+        localization(res, method="median")
 
 
 def test_localization_difference_detects_spread():
@@ -90,9 +94,67 @@ def test_localization_difference_detects_spread():
     scores -= scores.mean(0)
     even = _score_result(np.ones(8), scores)
     spike = _score_result([3.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1], scores)
-    diff = localization_difference(even, spike, n_draws=1000).set_index("index")
+    diff = localization_difference(even, spike, n_draws=1000, method="abs").set_index("index")
     assert diff.loc["entropy", "difference"] > 0 and diff.loc["entropy", "ci_lower"] > 0
     assert diff.loc["gini", "ci_upper"] < 0
+    deb = localization_difference(even, spike, n_draws=1000).set_index("index")  # the default
+    assert deb.loc["concentration", "ci_upper"] < 0 and deb.loc["renyi2_entropy", "difference"] > 0
+
+
+def test_debiased_moments_are_unbiased_and_exact_without_noise():
+    """Hermite moments: E[a^2 - s^2] = alpha^2, E[a^4 - 6 a^2 s^2 + 3 s^4] = alpha^4 (a ~ N(alpha, s^2))."""
+    from deconfound.compare import _moments, debiased_indices
+
+    alpha, s = np.array([1.0, 0.5, 0.0, -0.3]), np.array([0.2, 0.4, 0.3, 0.1])
+    a = alpha + s * np.random.default_rng(5).standard_normal((200_000, 4))
+    m2, m4 = _moments(a, s**2)
+    assert abs(m2.mean() - (alpha**2).sum()) < 4 * m2.std() / np.sqrt(len(m2))
+    assert abs(m4.mean() - (alpha**4).sum()) < 4 * m4.std() / np.sqrt(len(m4))
+    r = debiased_indices(alpha, np.zeros(4))
+    conc = (alpha**4).sum() / (alpha**2).sum() ** 2
+    assert r["concentration"] == pytest.approx(conc, rel=1e-12)
+    assert r["effective_units"] == pytest.approx(1 / conc) and r["renyi2_entropy"] == pytest.approx(
+        np.log(1 / conc) / np.log(4))
+
+
+def _draws_result(est, draws):
+    effs = {f"u{i}": add_derived({("nie", "treated"): Effect.from_draws(e, draws[:, i])}) for i, e in enumerate(est)}
+    return MediationResult("fake", effs, n=100, n_treated=50)
+
+
+def _curve_pairs(adjusted_truth, n_rep, seed, s=0.07, ratio=1.5, rho=0.9, n_draws=200):
+    """Pairs of noisy curves (unadjusted SE s, adjusted SE ratio * s, correlated rho) with bootstrap-like draws."""
+    rng = np.random.default_rng(seed)
+    truth = np.array([1.0, 0.8, 0.6, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05, 0.0])
+
+    def noise(shape):
+        z1, z2 = rng.standard_normal(shape), rng.standard_normal(shape)
+        return s * z1, ratio * s * (rho * z1 + np.sqrt(1 - rho**2) * z2)
+
+    for _ in range(n_rep):
+        eu, ea = noise(truth.shape)
+        du, da = noise((n_draws, len(truth)))
+        ta = truth if adjusted_truth is None else adjusted_truth(truth)
+        yield _draws_result(ta + ea, ta + ea + da), _draws_result(truth + eu, truth + eu + du)
+
+
+@pytest.mark.slow
+def test_default_localization_test_has_its_size_with_a_noisier_adjusted_curve():
+    """Identical true curves, adjusted SE 1.5x: the default test rejects at most 7% at nominal 5%."""
+    rej = [localization_difference(a, u).set_index("index").loc["concentration"]
+           for a, u in _curve_pairs(None, 300, seed=0)]
+    size = np.mean([r.ci_lower > 0 or r.ci_upper < 0 for r in rej])
+    assert size <= 0.07
+    assert abs(np.mean([r.difference for r in rej])) < 0.01  # no drift toward "spread" (true difference 0)
+
+
+@pytest.mark.slow
+def test_default_localization_test_detects_a_spread_out_adjusted_curve():
+    """Adjusted curve flat (same total |effect|): concentration 0.10 against 0.29; power above 0.8."""
+    flat = lambda t: np.full(len(t), t.sum() / len(t))  # noqa: E731
+    rej = [localization_difference(a, u).set_index("index").loc["concentration"].ci_upper < 0
+           for a, u in _curve_pairs(flat, 100, seed=1)]
+    assert np.mean(rej) > 0.8
 
 
 class _MeanDiff(MediationEstimator):

@@ -103,7 +103,7 @@ def test_eb_mean_matches_post_stratification_and_bootstrap_by_hand():
     assert eff.estimate == pytest.approx(nie0, abs=1e-9)
     assert res.effect("u", "te", "treated").estimate == pytest.approx(te0, abs=1e-9)
     assert res.effect("u", "nde", "control").estimate == pytest.approx(te0 - nie0, abs=1e-9)
-    counts = draw_counts(data, 30, stratify=("treatment", "topic"), random_state=5)
+    counts = draw_counts(data, 30, stratify=("treatment",), random_state=5)
     hand = np.array([nie_te(c) for c in counts])
     np.testing.assert_allclose(eff.draws, hand[:, 0], atol=1e-8)
     np.testing.assert_allclose(res.effect("u", "nde", "control").draws, hand[:, 1] - hand[:, 0], atol=1e-8)
@@ -189,7 +189,7 @@ def test_donor_bootstrap_modes():
     assert not np.allclose(fix.effect("u", "nie", "treated").draws, rep.effect("u", "nie", "treated").draws)
     assert any("donor_bootstrap='fixed'" in w for w in fix.warnings)
     # one patched row per treated prompt present in a replicate (count > 0), plus the full sample
-    counts = draw_counts(data, 25, stratify=("treatment", "topic"), random_state=2)
+    counts = draw_counts(data, 25, stratify=("treatment",), random_state=2)
     assert rep.diagnostics["u"]["patched_rows"] == data.n_treated + int((counts[:, t == 1] > 0).sum())
 
 

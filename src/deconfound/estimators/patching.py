@@ -173,9 +173,13 @@ class PatchingMediation(MediationEstimator):
         (exact, costs n_boot x n_targets patched rows per unit); ``"linear"`` uses a first-order expansion
         of g around the full-sample donor (gradients, differentiable outcomes only); ``"fixed"`` keeps the
         full-sample donor (the CI then omits the donor's sampling error; a warning says so).
-    strata : {"auto", "treatment", "treatment_topic"}
-        Bootstrap strata. ``"auto"``: T x every categorical confounder of the data (whatever the graph,
-        so adjusted and unadjusted fits share resamples), or T alone without one.
+    strata : {"treatment", "treatment_topic", "auto"}
+        Bootstrap strata. ``"treatment"`` (default; ``"auto"`` is the same): resample within each arm, so n1
+        and n0 are fixed but each arm's topic mix varies as it does between samples. ``"treatment_topic"``:
+        within T x every categorical confounder, which holds each arm's topic mix fixed; for the unadjusted
+        graph that mix is the confounding, so its CIs come out too narrow (about half the true SD in a
+        six-topic simulation). Adjusted and unadjusted fits with the same strata, ``n_boot`` and seed share
+        resamples, whatever the graph, which is all :func:`paired_difference` needs.
     conditional : {"auto", "categorical", "soft"}
         How topic_mean / exact condition on the topic: on the joint categorical confounders of the
         adjustment set, or by EB on all its columns targeting each prompt's own values.
@@ -209,7 +213,7 @@ class PatchingMediation(MediationEstimator):
     """
 
     def __init__(self, donors="eb_mean", direction="ablation", n_boot=200, n_donors=None, level=0.95, random_state=0,
-                 donor_bootstrap="repatch", strata="auto", conditional="auto", drop_unsupported=False):
+                 donor_bootstrap="repatch", strata="treatment", conditional="auto", drop_unsupported=False):
         self.donors = donors
         self.direction = direction
         self.n_boot = n_boot
@@ -259,7 +263,7 @@ class PatchingMediation(MediationEstimator):
 
     def _stratify(self, data) -> tuple:
         cats = data.categorical_confounders()
-        if self.strata == "treatment" or (self.strata == "auto" and not cats):
+        if self.strata in ("treatment", "auto"):
             return ("treatment",)
         if not cats:
             raise DataError("strata='treatment_topic': expected a categorical confounder in the data, got none")
@@ -316,7 +320,7 @@ class PatchingMediation(MediationEstimator):
         n_bad = int((~valid[1:]).sum())
         if n_bad > _MAX_INVALID * self.n_boot:
             raise ConvergenceError(f"bootstrap: expected at most {_MAX_INVALID:.0%} of {self.n_boot} replicates with "
-                                   f"infeasible weights, got {n_bad}; use strata='treatment_topic' or coarser topics")
+                                   f"infeasible weights, got {n_bad}; use coarser topics or drop_unsupported=True")
         rng = np.random.default_rng([int(self.random_state), 1])
         per_unit = self._estimate_units(design, units, data, patcher, v, donor_w, valid, rng)
         return self._result(g, adj, data, design, units, per_unit, te, valid, stratify, patcher)
