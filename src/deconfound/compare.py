@@ -257,8 +257,10 @@ class Comparison:
     def agreement(self, *, effect="nie", arm="treated", reference: str | None = None) -> pd.DataFrame:
         """Pairwise differences per unit with CIs (paired through scores/draws when both allow it).
 
-        With ``reference`` (e.g. the interventional patching estimate), only pairs against it, with a
-        ``disagrees`` flag (the difference's CI excludes 0).
+        With ``reference`` (e.g. the interventional patching estimate), only pairs against it, the reference in
+        column ``a``. ``population_a`` / ``population_b`` name each fit's population (ate, att, ...): only pairs
+        with the same population are ``comparable``, and only those get a ``disagrees`` flag (the difference's CI
+        excludes 0); for the others it is None, since two different estimands need not agree.
         """
         keys = list(self.results)
         rows = []
@@ -267,7 +269,8 @@ class Comparison:
                 if reference is not None and reference not in (first[0], second[0]):
                     continue
                 # the reference goes in column a; new names, so the outer loop's key is never overwritten
-                ka, kb = (second, first) if reference is not None and second[0] == reference else (first, second)
+                swap = reference is not None and second[0] == reference and first[0] != reference
+                ka, kb = (second, first) if swap else (first, second)
                 ra, rb = self.results[ka], self.results[kb]
                 for u in [u for u in ra.units if u in rb.units]:
                     try:
@@ -280,10 +283,12 @@ class Comparison:
                     else:  # different resampling schemes: independent normal approximation, flagged
                         se = float(np.hypot(ea.se, eb.se))
                         d = Effect.from_se(ea.estimate - eb.estimate, se, level=self.level)
+                    pa, pb = getattr(ra, "population", None), getattr(rb, "population", None)
                     rows.append({"a": f"{ka[0]}@{ka[1]}", "b": f"{kb[0]}@{kb[1]}", "unit": u, "effect": effect,
-                                 "arm": arm, "difference": d.estimate, "se": d.se, "ci_lower": d.ci[0],
+                                 "arm": arm, "population_a": pa, "population_b": pb, "comparable": pa == pb,
+                                 "difference": d.estimate, "se": d.se, "ci_lower": d.ci[0],
                                  "ci_upper": d.ci[1], "p_value": d.p_value, "paired": paired,
-                                 "disagrees": bool(d.ci[0] > 0 or d.ci[1] < 0)})
+                                 "disagrees": bool(d.ci[0] > 0 or d.ci[1] < 0) if pa == pb else None})
         return pd.DataFrame(rows)
 
     def localization(self, *, effect="nie", arm="treated", **kw) -> pd.DataFrame:
@@ -316,7 +321,7 @@ def _accepts(fn, name: str) -> bool:
 
 def compare_estimators(data, *, estimators, graphs=("topic_mediation", "unadjusted_mediation"), units=None,
                        patcher=None, folds: int | None = None, random_state=0, sensitivity: dict | None = None,
-                       refuters=None, progress: bool = False) -> Comparison:
+                       refuters=None, progress: bool = False, population: str | None = "auto") -> Comparison:
     """Run every estimator under every graph on ``data`` and return a tidy :class:`Comparison`.
 
     ``estimators`` is a list of names or instances, or a dict label -> name/instance. Every estimator that
@@ -324,6 +329,11 @@ def compare_estimators(data, *, estimators, graphs=("topic_mediation", "unadjust
     comparison is paired. ``patcher`` is passed to estimators whose ``fit`` takes one. ``sensitivity`` (a
     dict of ``sensitivity_analysis`` options) adds RV/RVa where the result supports it; ``refuters`` (names in
     ``deconfound.refute``) adds a pass/fail column.
+
+    ``population`` is given to every estimator that takes one. ``"auto"`` (default): ``"att"`` when an
+    interventional estimator runs with ``patcher`` (patching estimates effects on the treated, so the
+    observational fits then estimate the same population), otherwise each estimator keeps its own; None leaves
+    every estimator as it is.
 
     Examples
     --------
@@ -341,6 +351,10 @@ def compare_estimators(data, *, estimators, graphs=("topic_mediation", "unadjust
         estimators = {(e if isinstance(e, str) else getattr(e, "name", type(e).__name__)): e for e in estimators}
     if isinstance(graphs, str):
         graphs = [graphs]
+    if population == "auto":
+        interventional = any(_accepts((get_estimator(e) if isinstance(e, str) else e).fit, "patcher")
+                             for e in estimators.values())
+        population = "att" if patcher is not None and interventional else None
     results, runtimes, frames = {}, {}, []
     from tqdm.auto import tqdm  # noqa: PLC0415
 
@@ -352,6 +366,8 @@ def compare_estimators(data, *, estimators, graphs=("topic_mediation", "unadjust
             inst = get_estimator(est) if isinstance(est, str) else est
             params = inst.get_params() if hasattr(inst, "get_params") else {}
             shared = {"random_state": random_state}
+            if population is not None and not _accepts(inst.fit, "patcher"):
+                shared["population"] = population
             if folds is not None:
                 shared["n_folds"] = folds
             inst.set_params(**{k: v for k, v in shared.items() if k in params})

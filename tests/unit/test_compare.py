@@ -192,3 +192,61 @@ def test_compare_estimators_tidy_and_paired():
         e = ra.effect(row.unit, "nie", "treated")
         # b = 2a exactly, so a - b = -a with the same SE as a
         assert row.difference == pytest.approx(-e.estimate) and row.se == pytest.approx(e.se)
+
+
+def test_agreement_against_a_reference_keeps_every_pair_once():
+    """Regression: the reference's two fits (adjusted, unadjusted) each pair with every other fit, once."""
+    rng = np.random.default_rng(7)
+    scores = rng.normal(size=(200, 3))
+    scores -= scores.mean(0)
+    fits = {}
+    for name, pop in (("patching", "att"), ("weighting", "att"), ("dml", "ate")):
+        for graph, shift in (("topic_mediation", 0.0), ("unadjusted_mediation", 0.5)):
+            res = _score_result(rng.normal(size=3) + shift, scores, name)
+            res.population = pop
+            fits[(name, graph)] = res
+    comp = Comparison(fits, frame=None)
+    agree = comp.agreement(reference="patching")
+    pairs = set(zip(agree.a, agree.b, agree.unit))
+    assert len(pairs) == len(agree) == 3 * (1 + 2 * 4)  # patching adj vs unadj, and each vs the 4 others
+    assert set(agree.a) == {"patching@topic_mediation", "patching@unadjusted_mediation"}
+    for ka in ("patching@topic_mediation", "patching@unadjusted_mediation"):
+        assert len(agree[agree.a == ka]) == 3 * (4 + (ka == "patching@topic_mediation"))
+    row = agree[(agree.a == "patching@topic_mediation") & (agree.b == "weighting@unadjusted_mediation")].iloc[0]
+    ea = fits[("patching", "topic_mediation")].effect(row.unit, "nie", "treated")
+    eb = fits[("weighting", "unadjusted_mediation")].effect(row.unit, "nie", "treated")
+    assert row.difference == pytest.approx(ea.estimate - eb.estimate)
+    # like with like: ATT against ATE is not comparable and gets no disagreement flag
+    assert (agree.comparable == (agree.population_a == agree.population_b)).all()
+    assert agree[~agree.comparable].disagrees.isna().all() and agree[agree.comparable].disagrees.notna().all()
+    assert set(agree[~agree.comparable].b.str.split("@").str[0]) == {"dml"}
+
+
+class _WithPopulation(_MeanDiff):
+    def __init__(self, slope=1.0, random_state=0, population="ate"):
+        super().__init__(slope, random_state)
+        self.population = population
+
+    def fit(self, data, *, graph=None, units=None):
+        res = super().fit(data, graph=graph, units=units)
+        res.population = self.population
+        return res
+
+
+class _Interventional(_MeanDiff):
+    def fit(self, data, *, graph=None, units=None, patcher=None):
+        res = super().fit(data, graph=graph, units=units)
+        res.population = "att"
+        return res
+
+
+def test_compare_estimators_gives_observational_fits_the_patching_population():
+    from deconfound.simulate import topic_mediation
+
+    data, _ = topic_mediation(300, n_units=2, seed=4)
+    ests = {"patching": _Interventional(), "obs": _WithPopulation()}
+    comp = compare_estimators(data, estimators=ests, graphs=["topic_mediation"], patcher=object())
+    assert comp.results[("obs", "topic_mediation")].population == "att"
+    assert comp.agreement(reference="patching").comparable.all()
+    alone = compare_estimators(data, estimators={"obs": _WithPopulation()}, graphs=["topic_mediation"])
+    assert alone.results[("obs", "topic_mediation")].population == "ate"
