@@ -29,7 +29,7 @@ def test_quick_demo_writes_a_report_with_numbers(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "deconfound", "demo", "--quick", "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Normalized entropy" in proc.stdout and "report:" in proc.stdout
+    assert "Concentration of the squared" in proc.stdout and "report:" in proc.stdout
     report = out / "report"
     html = (report / "report.html").read_text()
     parser = _Imgs()

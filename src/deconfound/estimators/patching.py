@@ -10,6 +10,7 @@ related goes through the patcher's methods.
 from __future__ import annotations
 
 import hashlib
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from ..bootstrap import draw_counts
 from ..inference import Effect
 from ..results import MediationResult
 from ..weights import balance_matrix, eb_att, eb_weights_batch, entropy_balance_batch
+from ._patching_checks import MEAN_PATCH, PatchingResult, donor_distance, exact_check
 from .base import MediationEstimator, register
 
 __all__ = ["PatchingMediation", "paired_difference", "resample_key", "DONORS"]
@@ -31,6 +33,8 @@ _BOOT = ("repatch", "linear", "fixed")
 _STRATA = ("auto", "treatment", "treatment_topic")
 _CONDITIONAL = ("auto", "categorical", "soft")
 _MAX_INVALID = 0.1  # largest share of bootstrap replicates allowed to fail (weights infeasible)
+_CHECK_DONORS = 16  # donors sampled per prompt in the exact check of a mean patch
+_PCA_K = 10  # components of the off-distribution distance
 
 
 def resample_key(data, stratify, n_boot, random_state) -> str:
@@ -185,6 +189,18 @@ class PatchingMediation(MediationEstimator):
         adjustment set, or by EB on all its columns targeting each prompt's own values.
     drop_unsupported : bool
         Drop treated topics without control prompts (and their rows) instead of raising PositivityError.
+    exact_check : int
+        Mean donors only: the ``("nie", arm)`` rows then hold the mean-patch contrast
+        g(q) - g(q; do(h = donor mean)) (``settings["estimand"]``), which is the NIE only when g is affine in h.
+        ``exact_check`` treated prompts (sampled by their weight, seeded) are also patched with 16 donors each
+        drawn from their donor distribution and with those donors' mean, and ``diagnostics[unit]["exact_gap"]``
+        (with ``exact_gap_se``) estimates exact NIE minus the reported contrast (exactly 0 for an affine g,
+        unbiased for a quadratic one, second order otherwise). 0 skips the check.
+
+    Every fit also reports, per unit, how far the donor mean lies from the natural activations of the
+    patched prompts (``diagnostics[unit]["donor_distance"]``, a Mahalanobis distance in the first 10 principal
+    components of those activations; ``donor_distance_pct``, its percentile among the prompts' own distances;
+    ``off_distribution``, beyond the 99th percentile).
 
     Examples
     --------
@@ -213,7 +229,8 @@ class PatchingMediation(MediationEstimator):
     """
 
     def __init__(self, donors="eb_mean", direction="ablation", n_boot=200, n_donors=None, level=0.95, random_state=0,
-                 donor_bootstrap="repatch", strata="treatment", conditional="auto", drop_unsupported=False):
+                 donor_bootstrap="repatch", strata="treatment", conditional="auto", drop_unsupported=False,
+                 exact_check=32):
         self.donors = donors
         self.direction = direction
         self.n_boot = n_boot
@@ -224,6 +241,7 @@ class PatchingMediation(MediationEstimator):
         self.strata = strata
         self.conditional = conditional
         self.drop_unsupported = drop_unsupported
+        self.exact_check = exact_check
 
     def _check(self):
         _check_choice(self.donors, DONORS, "donors")
@@ -231,7 +249,8 @@ class PatchingMediation(MediationEstimator):
         _check_choice(self.donor_bootstrap, _BOOT, "donor_bootstrap")
         _check_choice(self.strata, _STRATA, "strata")
         _check_choice(self.conditional, _CONDITIONAL, "conditional")
-        for name, value, low in (("n_boot", self.n_boot, 2), ("n_donors", self.n_donors, 1)):
+        for name, value, low in (("n_boot", self.n_boot, 2), ("n_donors", self.n_donors, 1),
+                                 ("exact_check", self.exact_check, 0)):
             if value is None and name == "n_donors":
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -332,13 +351,16 @@ class PatchingMediation(MediationEstimator):
         boots = np.flatnonzero(valid)[1:] if len(valid) > 1 else np.zeros(0, int)
         out = {}
         pools = {name: data.mediator(name)[design.rows][design.pool].astype(np.float64) for name, _ in units}
+        wu0, m0 = donor_w[0]
+        live0 = np.flatnonzero(v[0] > 0)
+        natural = {name: data.mediator(name)[design.rows][design.targets[live0]].astype(np.float64)
+                   for name, _ in units}
         if design.strategy == "exact":
             for name, unit in units:
                 out[name] = self._exact(design, name, unit, patcher, pools[name], v, donor_w, boots, gt, sign, rng)
+                out[name][1].update(_distance_diag(natural[name], wu0[m0[live0]] @ pools[name]))
             return out
         # mean-type donors: one patched row per target, all units in one engine call for the point estimate
-        wu0, m0 = donor_w[0]
-        live0 = np.flatnonzero(v[0] > 0)
         prompts0 = design.rows[design.targets[live0]]
         reqs = [(unit, prompts0, (wu0[m0[live0]] @ pools[name])) for name, unit in units]
         grad = self.donor_bootstrap == "linear"
@@ -350,6 +372,14 @@ class PatchingMediation(MediationEstimator):
             nie[0] = sign * np.sum(v[0, live0] * (gt[live0] - gp0[live0]))
             diag = {"patched_rows": len(live0), **_extras_summary(ps.extras, patcher)}
             donors0 = wu0[m0] @ pools[name]
+            diag.update(_distance_diag(natural[name], donors0[live0]))
+            if self.exact_check:
+                check = exact_check(patcher, unit, prompts0, v[0, live0] / v[0, live0].sum(), wu0[m0[live0]],
+                                    pools[name], n_check=self.exact_check, n_donors=_CHECK_DONORS,
+                                    sign=sign, rng=np.random.default_rng([int(self.random_state), 2,
+                                                                          zlib.crc32(str(name).encode())]))
+                diag["patched_rows"] += check.pop("patched_rows")
+                diag.update(check)
             if self.donor_bootstrap == "fixed":
                 for b in boots:
                     live = v[b] > 0
@@ -466,8 +496,12 @@ class PatchingMediation(MediationEstimator):
         if flagged:
             warnings.append(f"reweight: {flagged} patched rows have importance-weight ESS/S below "
                             f"{getattr(patcher.outcome, 'min_ess_ratio', 0.1)} (see diagnostics)")
+        off = [name for name, _ in units if diagnostics[name].get("off_distribution")]
+        if off:
+            warnings.append(f"{len(off)} unit(s) patched with a donor mean beyond the 99th percentile of the patched "
+                            f"prompts' own activations (off-distribution): {off[:10]}")
         key = resample_key(data, stratify, self.n_boot, self.random_state)
-        settings = {
+        settings = {"estimand": "NIE" if design.strategy == "exact" else MEAN_PATCH,
             "donors": self.donors, "donors_effective": design.strategy, "direction": self.direction,
             "conditional": design.mode, "n_boot": int(self.n_boot), "n_donors": self.n_donors,
             "donor_bootstrap": self.donor_bootstrap, "stratify": list(stratify), "resample_key": key,
@@ -475,7 +509,7 @@ class PatchingMediation(MediationEstimator):
             "patcher": patcher.describe(), "donor_columns": design.donor_cols, "weight_columns": design.outcome_cols,
         }
         n = int(len(design.rows))
-        return MediationResult(estimator="patching", effects=effects, n=n, n_treated=int(design.t.sum()),
+        return PatchingResult(estimator="patching", effects=effects, n=n, n_treated=int(design.t.sum()),
                                population="att", graph=g.name, adjustment=adj.as_dict(), level=self.level,
                                random_state=self.random_state, settings=settings, diagnostics=diagnostics,
                                warnings=warnings)
@@ -490,6 +524,12 @@ def _extras_summary(extras: dict, patcher) -> dict:
     if "mc_se" in extras and len(extras["mc_se"]):
         out["generate_mc_se_max"] = float(np.nanmax(extras["mc_se"]))
     return out
+
+
+def _distance_diag(natural, donors) -> dict:
+    r = donor_distance(natural, donors, k=_PCA_K)
+    return {"donor_distance": r["distance"], "donor_distance_pct": r["percentile"],
+            "off_distribution": r["off_distribution"]}
 
 
 def paired_difference(adjusted: MediationResult, unadjusted: MediationResult, *, effect="nie", arm=None,
