@@ -77,10 +77,15 @@ class _Steps:
             frame.to_csv(self.out / fname, index=False)
 
 
-def _selector(estimators, main):
-    """The estimator that ranks units on the selection half: DML, else the first observational one."""
-    observational = [k for k, e in estimators.items() if not _takes_patcher(e)]
-    return "dml" if "dml" in observational else (observational[0] if observational else None)
+def _selector(estimators, main, comp, unit, effect, arm):
+    """The estimator that ranks units on the selection half: DML, else the main one, else any other; it must be
+    observational (refitted on a subset of rows without a model) and estimate ``(effect, arm)``."""
+    for name in dict.fromkeys(["dml", main, *estimators]):
+        res = comp.results.get((name, ADJUSTED))
+        if name in estimators and res is not None and not _takes_patcher(estimators[name]) \
+                and (effect, arm) in res.effects.get(unit, {}):
+            return name
+    return None
 
 
 def _takes_patcher(est) -> bool:
@@ -199,7 +204,7 @@ def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool
 
     # units singled out: ranked on one half, estimated and tested on the other
     select_rows, test_rows = split_halves(data, seed)
-    selector = _selector(estimators, main)
+    selector = _selector(estimators, main, comp, units[0], effect, arm)
 
     def select():
         if selector is None:
