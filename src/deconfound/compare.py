@@ -260,7 +260,9 @@ class Comparison:
         With ``reference`` (e.g. the interventional patching estimate), only pairs against it, the reference in
         column ``a``. ``population_a`` / ``population_b`` name each fit's population (ate, att, ...): only pairs
         with the same population are ``comparable``, and only those get a ``disagrees`` flag (the difference's CI
-        excludes 0); for the others it is None, since two different estimands need not agree.
+        excludes 0); for the others it is None, since two different estimands need not agree. ``estimand_a`` /
+        ``estimand_b`` name the effect each fit reports (patching with a mean donor reports a mean-patch
+        contrast, whose gap to the NIE is in that fit's ``diagnostics[unit]["exact_gap"]``).
         """
         keys = list(self.results)
         rows = []
@@ -285,7 +287,9 @@ class Comparison:
                         d = Effect.from_se(ea.estimate - eb.estimate, se, level=self.level)
                     pa, pb = getattr(ra, "population", None), getattr(rb, "population", None)
                     rows.append({"a": f"{ka[0]}@{ka[1]}", "b": f"{kb[0]}@{kb[1]}", "unit": u, "effect": effect,
-                                 "arm": arm, "population_a": pa, "population_b": pb, "comparable": pa == pb,
+                                 "arm": arm, "estimand_a": _estimand(ra, effect),
+                                 "estimand_b": _estimand(rb, effect), "population_a": pa, "population_b": pb,
+                                 "comparable": pa == pb,
                                  "difference": d.estimate, "se": d.se, "ci_lower": d.ci[0],
                                  "ci_upper": d.ci[1], "p_value": d.p_value, "paired": paired,
                                  "disagrees": bool(d.ci[0] > 0 or d.ci[1] < 0) if pa == pb else None})
@@ -301,6 +305,11 @@ class Comparison:
                 continue
             out.append(tab.assign(estimator=est, graph=graph))
         return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
+def _estimand(res, effect) -> str:
+    """The result's name for ``effect`` (patching with a mean donor: the mean-patch contrast)."""
+    return res.settings.get("estimand", "NIE") if effect == "nie" and res.settings else effect.upper()
 
 
 def _pairable(ra, rb, ea, eb) -> bool:

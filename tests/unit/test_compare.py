@@ -220,6 +220,7 @@ def test_agreement_against_a_reference_keeps_every_pair_once():
     assert (agree.comparable == (agree.population_a == agree.population_b)).all()
     assert agree[~agree.comparable].disagrees.isna().all() and agree[agree.comparable].disagrees.notna().all()
     assert set(agree[~agree.comparable].b.str.split("@").str[0]) == {"dml"}
+    assert set(agree.estimand_a) == set(agree.estimand_b) == {"NIE"}
 
 
 class _WithPopulation(_MeanDiff):
@@ -237,6 +238,7 @@ class _Interventional(_MeanDiff):
     def fit(self, data, *, graph=None, units=None, patcher=None):
         res = super().fit(data, graph=graph, units=units)
         res.population = "att"
+        res.settings["estimand"] = "mean-patch contrast"
         return res
 
 
@@ -247,6 +249,8 @@ def test_compare_estimators_gives_observational_fits_the_patching_population():
     ests = {"patching": _Interventional(), "obs": _WithPopulation()}
     comp = compare_estimators(data, estimators=ests, graphs=["topic_mediation"], patcher=object())
     assert comp.results[("obs", "topic_mediation")].population == "att"
-    assert comp.agreement(reference="patching").comparable.all()
+    agree = comp.agreement(reference="patching")
+    assert agree.comparable.all() and set(agree.estimand_a) == {"mean-patch contrast"}
+    assert set(agree.estimand_b) == {"NIE"}
     alone = compare_estimators(data, estimators={"obs": _WithPopulation()}, graphs=["topic_mediation"])
     assert alone.results[("obs", "topic_mediation")].population == "ate"
