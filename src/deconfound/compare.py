@@ -93,7 +93,9 @@ def debiased_indices(estimates, ses, draws=None) -> dict[str, np.ndarray]:
 
     ``draws`` (draws x units, joint draws of the curve) adds the second-order correction of the ratio,
     ``- (3 S4 var(S2) / S2^4 - 2 cov(S2, S4) / S2^3)``, and returns ``linear``: the first-order (delta method)
-    draws of each index, which :func:`localization` and :func:`localization_difference` use for SEs.
+    draws of each index, which :func:`localization` and :func:`localization_difference` use for SEs. The
+    (co)variances of S2 and S4 come from the draws' deviations times unbiased gradients (``2 a`` and
+    ``4 (a^3 - 3 a s^2)``), so the draws' own noise is not counted twice.
 
     Examples
     --------
@@ -109,7 +111,10 @@ def debiased_indices(estimates, ses, draws=None) -> dict[str, np.ndarray]:
     out = {"signal_cv": np.nan}
     lin = None
     if draws is not None and sum2 > 0:
-        d2, d4 = _moments(np.asarray(draws, dtype=float), s2)
+        # first-order draws of S2 and S4, with unbiased gradients (2 a and 4 He3(a) = 4 (a^3 - 3 a s^2)): the
+        # moments of the draws themselves would add the draws' own noise a second time
+        delta = np.asarray(draws, dtype=float) - a
+        d2, d4 = delta @ (2 * a), delta @ (4 * (a**3 - 3 * a * s2))
         cov = np.cov(d2, d4)
         out["signal_cv"] = float(np.sqrt(cov[0, 0]) / sum2)
         conc = conc - (3 * sum4 * cov[0, 0] / sum2**4 - 2 * cov[0, 1] / sum2**3)
