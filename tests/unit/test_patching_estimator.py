@@ -357,6 +357,21 @@ def test_donor_distance_flags_a_donor_far_from_the_natural_activations():
     assert res.diagnostics["u"]["off_distribution"] and any("off-distribution" in w for w in res.warnings)
 
 
+def test_auto_strata_are_the_treatment_unless_a_topic_has_few_controls():
+    data, m, topic, t = toy_data(seed=17, balanced=True)  # 15 controls per topic
+    toy = ToyPatcher(m, np.zeros(data.n), np.ones(3))
+    res = PatchingMediation(n_boot=5).fit(data, patcher=toy)
+    assert res.settings["stratify"] == ["treatment"] and not any("bootstrap strata" in w for w in res.warnings)
+    t = t.copy()
+    t[np.flatnonzero((topic == "a") & (t == 0))[3:]] = 1  # topic a keeps 3 controls
+    sparse = data.replace(t=t)
+    res = PatchingMediation(n_boot=5).fit(sparse, patcher=toy)
+    assert res.settings["stratify"] == ["treatment", "topic"]
+    assert any("bootstrap strata: treatment x topic" in w and "too narrow" in w for w in res.warnings)
+    forced = PatchingMediation(n_boot=5, strata="treatment").fit(sparse, patcher=toy)
+    assert forced.settings["stratify"] == ["treatment"]
+
+
 def _six_topic_data(seed, n=300):
     """Six topics drawn at random, P(T | topic) from 0.3 to 0.7, M shifted by topic and T."""
     rng = np.random.default_rng(seed)

@@ -33,6 +33,7 @@ _BOOT = ("repatch", "linear", "fixed")
 _STRATA = ("auto", "treatment", "treatment_topic")
 _CONDITIONAL = ("auto", "categorical", "soft")
 _MAX_INVALID = 0.1  # largest share of bootstrap replicates allowed to fail (weights infeasible)
+_MIN_CONTROLS = 5  # strata="auto": fewer controls than this in a treated topic -> treatment x topic strata
 _CHECK_DONORS = 16  # donors sampled per prompt in the exact check of a mean patch
 _PCA_K = 10  # components of the off-distribution distance
 
@@ -177,13 +178,16 @@ class PatchingMediation(MediationEstimator):
         (exact, costs n_boot x n_targets patched rows per unit); ``"linear"`` uses a first-order expansion
         of g around the full-sample donor (gradients, differentiable outcomes only); ``"fixed"`` keeps the
         full-sample donor (the CI then omits the donor's sampling error; a warning says so).
-    strata : {"treatment", "treatment_topic", "auto"}
-        Bootstrap strata. ``"treatment"`` (default; ``"auto"`` is the same): resample within each arm, so n1
-        and n0 are fixed but each arm's topic mix varies as it does between samples. ``"treatment_topic"``:
-        within T x every categorical confounder, which holds each arm's topic mix fixed; for the unadjusted
-        graph that mix is the confounding, so its CIs come out too narrow (about half the true SD in a
-        six-topic simulation). Adjusted and unadjusted fits with the same strata, ``n_boot`` and seed share
-        resamples, whatever the graph, which is all :func:`paired_difference` needs.
+    strata : {"auto", "treatment", "treatment_topic"}
+        Bootstrap strata. ``"treatment"``: resample within each arm, so n1 and n0 are fixed but each arm's
+        topic mix varies as it does between samples. ``"treatment_topic"``: within T x every categorical
+        confounder, which holds each arm's topic mix fixed; for the unadjusted graph that mix is the
+        confounding, so its CIs come out too narrow (about half the true SD in a six-topic simulation).
+        ``"auto"`` (default): ``"treatment"``, unless a level of a categorical confounder that has treated
+        prompts has fewer than 5 controls (replicates would often leave it without any); then
+        ``"treatment_topic"``, with a warning that the unadjusted CIs are too narrow. The choice depends on
+        the data only, so adjusted and unadjusted fits with the same ``n_boot`` and seed share resamples,
+        which is all :func:`paired_difference` needs.
     conditional : {"auto", "categorical", "soft"}
         How topic_mean / exact condition on the topic: on the joint categorical confounders of the
         adjustment set, or by EB on all its columns targeting each prompt's own values.
@@ -229,7 +233,7 @@ class PatchingMediation(MediationEstimator):
     """
 
     def __init__(self, donors="eb_mean", direction="ablation", n_boot=200, n_donors=None, level=0.95, random_state=0,
-                 donor_bootstrap="repatch", strata="treatment", conditional="auto", drop_unsupported=False,
+                 donor_bootstrap="repatch", strata="auto", conditional="auto", drop_unsupported=False,
                  exact_check=32):
         self.donors = donors
         self.direction = direction
@@ -282,7 +286,7 @@ class PatchingMediation(MediationEstimator):
 
     def _stratify(self, data) -> tuple:
         cats = data.categorical_confounders()
-        if self.strata in ("treatment", "auto"):
+        if self.strata == "treatment" or (self.strata == "auto" and not _sparse_controls(data, cats)):
             return ("treatment",)
         if not cats:
             raise DataError("strata='treatment_topic': expected a categorical confounder in the data, got none")
@@ -486,6 +490,10 @@ class PatchingMediation(MediationEstimator):
         if self.donor_bootstrap == "fixed" and design.strategy != "exact":
             warnings.append("donor_bootstrap='fixed': the donor is held at its full-sample value, so the CIs omit "
                             "the donor's own sampling error")
+        if self.strata == "auto" and len(stratify) > 1:
+            warnings.append(f"bootstrap strata: treatment x {'/'.join(stratify[1:])} (some treated topics have fewer "
+                            f"than {_MIN_CONTROLS} controls), which fixes each arm's topic mix: CIs of the "
+                            "unadjusted fit and of adjusted-minus-unadjusted differences are too narrow")
         n_bad = int((~valid[1:]).sum())
         if n_bad:
             warnings.append(f"{n_bad} of {self.n_boot} bootstrap replicates had infeasible weights and were dropped")
@@ -524,6 +532,19 @@ def _extras_summary(extras: dict, patcher) -> dict:
     if "mc_se" in extras and len(extras["mc_se"]):
         out["generate_mc_se_max"] = float(np.nanmax(extras["mc_se"]))
     return out
+
+
+def _sparse_controls(data, cats) -> bool:
+    """True when a level (with treated prompts) of a categorical confounder has 1 to _MIN_CONTROLS - 1 controls."""
+    t = np.asarray(data.t).astype(int)
+    for c in cats:
+        codes = data.x[c].cat.codes.to_numpy()
+        ok = codes >= 0
+        n1 = np.bincount(codes[ok & (t == 1)], minlength=codes.max() + 1)
+        n0 = np.bincount(codes[ok & (t == 0)], minlength=codes.max() + 1)
+        if np.any((n1 > 0) & (n0 > 0) & (n0 < _MIN_CONTROLS)):
+            return True
+    return False
 
 
 def _distance_diag(natural, donors) -> dict:
