@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from ._validation import check_random_state
 from .estimators.base import get_estimator
@@ -66,39 +67,148 @@ def joint_draws(result, units, effect="nie", arm="treated", *, n_draws=2000, ran
     return _joint_draws(result, units, effect, arm, n_draws=n_draws, random_state=random_state, xi=xi)[0]
 
 
+LOCALIZATION_METHODS = ("debiased", "abs")
+MAX_SIGNAL_CV = 0.3  # above it, sum(a^2 - s^2) is too noisy for a ratio of moments to mean anything
+
+
+def _moments(a, s2):
+    a2 = a**2
+    return (a2 - s2).sum(axis=-1), (a2**2 - 6 * a2 * s2 + 3 * s2**2).sum(axis=-1)
+
+
+def debiased_indices(estimates, ses, draws=None) -> dict[str, np.ndarray]:
+    """Localization of a curve from noise-corrected squared effects.
+
+    With ``a_u ~ N(alpha_u, s_u^2)``, ``S2 = sum(a^2 - s^2)`` and ``S4 = sum(a^4 - 6 a^2 s^2 + 3 s^4)`` are
+    unbiased for ``sum alpha^2`` and ``sum alpha^4`` (Hermite moments), so none of the returned indices is
+    pushed toward "spread" by a larger SE, unlike indices of ``|a|``:
+
+    * ``concentration`` = S4 / S2^2: the Herfindahl index of the shares ``alpha_u^2 / sum alpha^2`` (1/L when
+      every unit carries the same effect, 1 when one unit carries it all). The tested index.
+    * ``effective_units`` = 1 / concentration, and ``renyi2_entropy`` = log(effective_units) / log(L)
+      (order-2 Renyi entropy of the shares, 1 = spread evenly): descriptive transforms of it.
+    * ``signal_cv``: the coefficient of variation of S2 (NaN without draws). The ratio is reliable when it is
+      small; above ``MAX_SIGNAL_CV`` the curve's total effect is too noisy to say how it is spread, and the
+      indices are NaN.
+
+    ``draws`` (draws x units, joint draws of the curve) adds the second-order correction of the ratio,
+    ``- (3 S4 var(S2) / S2^4 - 2 cov(S2, S4) / S2^3)``, and returns ``linear``: the first-order (delta method)
+    draws of each index, which :func:`localization` and :func:`localization_difference` use for SEs. The
+    (co)variances of S2 and S4 come from the draws' deviations times unbiased gradients (``2 a`` and
+    ``4 (a^3 - 3 a s^2)``), so the draws' own noise is not counted twice.
+
+    Examples
+    --------
+    >>> r = debiased_indices([1.0, 1.0, 1.0, 1.0], [0.0] * 4)
+    >>> round(float(r["concentration"]), 6), round(float(r["effective_units"]), 6)
+    (0.25, 4.0)
+    """
+    a = np.asarray(estimates, dtype=float)
+    s2 = np.asarray(ses, dtype=float) ** 2
+    n_units = a.shape[-1]
+    sum2, sum4 = _moments(a, s2)
+    conc = sum4 / sum2**2 if sum2 > 0 else np.nan
+    out = {"signal_cv": np.nan}
+    lin = None
+    if draws is not None and sum2 > 0:
+        # first-order draws of S2 and S4, with unbiased gradients (2 a and 4 He3(a) = 4 (a^3 - 3 a s^2)): the
+        # moments of the draws themselves would add the draws' own noise a second time
+        delta = np.asarray(draws, dtype=float) - a
+        d2, d4 = delta @ (2 * a), delta @ (4 * (a**3 - 3 * a * s2))
+        cov = np.cov(d2, d4)
+        out["signal_cv"] = float(np.sqrt(cov[0, 0]) / sum2)
+        conc = conc - (3 * sum4 * cov[0, 0] / sum2**4 - 2 * cov[0, 1] / sum2**3)
+        lin = conc + (d4 - d4.mean()) / sum2**2 - 2 * sum4 * (d2 - d2.mean()) / sum2**3
+        if out["signal_cv"] > MAX_SIGNAL_CV:
+            conc, lin = np.nan, np.full_like(lin, np.nan)
+    log_l = np.log(n_units) if n_units > 1 else np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        point = {"concentration": conc, "effective_units": 1.0 / conc, "renyi2_entropy": -np.log(conc) / log_l}
+    out.update({k: float(v) for k, v in point.items()})
+    if lin is not None:  # first order: d(1/c) = -dc / c^2, d(-log c / log L) = -dc / (c log L)
+        out["linear"] = {"concentration": lin, "effective_units": point["effective_units"] - (lin - conc) / conc**2,
+                         "renyi2_entropy": point["renyi2_entropy"] - (lin - conc) / (conc * log_l)}
+    return out
+
+
+def _check_method(method):
+    if method not in LOCALIZATION_METHODS:
+        raise ValueError(f"method: expected one of {list(LOCALIZATION_METHODS)}, got {method!r}")
+
+
+def _curve_indices(result, units, effect, arm, draws, method, top_k):
+    """(point indices, draw indices) of one result's curve under ``method``."""
+    effs = [result.effect(u, effect, arm) for u in units]
+    est = np.array([e.estimate for e in effs])
+    if method == "abs":
+        return localization_indices(est, top_k=top_k), localization_matrix(draws, top_k=top_k), np.nan
+    se = np.array([e.se for e in effs])
+    if not np.isfinite(se).all():
+        bad = [u for u, v in zip(units, se) if not np.isfinite(v)]
+        raise ValueError(f"localization (debiased): expected a finite SE for every unit, got none for {bad}")
+    r = debiased_indices(est, se, draws)
+    point = {k: r[k] for k in ("concentration", "effective_units", "renyi2_entropy")}
+    return point, r.get("linear", {k: np.full(len(draws), np.nan) for k in point}), r["signal_cv"]
+
+
+def _wald(estimate, draws, level):
+    """Normal CI and p-value centred on ``estimate`` with the SD of the draws (NaN draws dropped)."""
+    d = np.asarray(draws, float)
+    d = d[np.isfinite(d)]
+    se = float(np.std(d, ddof=1)) if len(d) > 1 else float("nan")
+    z = stats.norm.ppf(0.5 + level / 2)
+    p = float(2 * stats.norm.sf(abs(estimate) / se)) if se > 0 else float("nan")
+    return estimate - z * se, estimate + z * se, se, p
+
+
 def localization(result, *, effect="nie", arm="treated", units=None, level=0.95, n_draws=2000, random_state=0,
-                 xi=None, top_k: int = 3) -> pd.DataFrame:
-    """Localization indices of one result's per-unit curve, each with a bootstrap CI.
+                 xi=None, top_k: int = 3, method: str = "debiased") -> pd.DataFrame:
+    """Localization indices of one result's per-unit curve, each with a CI.
+
+    ``method="debiased"`` (default): :func:`debiased_indices`, with normal CIs centred on the estimate and the
+    SD of the indices over joint draws of the curve. ``method="abs"``: the indices of ``|estimate|`` of
+    :func:`localization_indices` with percentile CIs; they grow toward "spread" as the SEs grow, so do not
+    compare them between curves of unequal precision.
 
     Examples
     --------
     >>> from deconfound import get_estimator, simulate
     >>> data, truth = simulate.topic_mediation(800, n_units=3, seed=1)   # u2 only tracks the topic
     >>> res = get_estimator("weighting", random_state=0).fit(data)
-    >>> loc = localization(res, effect="nie", arm="average").set_index("index")
-    >>> print(loc.index.tolist())
-    ['entropy', 'gini', 'top3_share', 'units_for_80', 'peak_to_mean']
+    >>> print(localization(res, effect="nie", arm="average")["index"].tolist())
+    ['concentration', 'effective_units', 'renyi2_entropy']
+    >>> loc = localization(res, effect="nie", arm="average", method="abs").set_index("index")
     >>> bool(loc.loc["entropy", "ci_lower"] <= loc.loc["entropy", "estimate"] <= loc.loc["entropy", "ci_upper"])
     True
     """
+    _check_method(method)
     units = list(units or result.units)
-    point = localization_indices([result.effect(u, effect, arm).estimate for u in units], top_k=top_k)
-    draws = localization_matrix(joint_draws(result, units, effect, arm, n_draws=n_draws, random_state=random_state,
-                                            xi=xi), top_k=top_k)
+    draws = joint_draws(result, units, effect, arm, n_draws=n_draws, random_state=random_state, xi=xi)
+    point, dr, cv = _curve_indices(result, units, effect, arm, draws, method, top_k)
     a = (1 - level) / 2
-    rows = [{"index": k, "estimate": v, "ci_lower": float(np.nanquantile(draws[k], a)),
-             "ci_upper": float(np.nanquantile(draws[k], 1 - a)), "se": float(np.nanstd(draws[k], ddof=1))}
-            for k, v in point.items()]
+    rows = []
+    for k, v in point.items():
+        if method == "abs":
+            lo, hi = np.nanquantile(dr[k], [a, 1 - a])
+            se = float(np.nanstd(dr[k], ddof=1))
+        else:
+            lo, hi, se, _ = _wald(v, dr[k], level)
+        rows.append({"index": k, "estimate": v, "ci_lower": float(lo), "ci_upper": float(hi), "se": se,
+                     "method": method, "signal_cv": cv})
     return pd.DataFrame(rows)
 
 
 def localization_difference(adjusted, unadjusted, *, effect="nie", arm="treated", units=None, level=0.95,
-                            n_draws=2000, random_state=0, top_k: int = 3) -> pd.DataFrame:
-    """Adjusted minus unadjusted localization indices, with a paired bootstrap CI.
+                            n_draws=2000, random_state=0, top_k: int = 3, method: str = "debiased") -> pd.DataFrame:
+    """Adjusted minus unadjusted localization indices, with a paired CI and p-value.
 
     Both results must come from the same rows (and, for bootstrap draws, the same resamples); scores share one
-    multiplier per row. A CI below 0 for entropy (above 0 for gini/peak) would mean *more* localized after
-    adjustment; "less localized after adjustment" means entropy difference > 0 with its CI above 0.
+    multiplier per row. ``method="debiased"`` (default) compares :func:`debiased_indices`: the test of equal
+    localization is the ``concentration`` row (normal CI and p-value from the SD of the paired differences
+    over the draws); "less localized after adjustment" means its difference is below 0 with the CI below 0.
+    Its size stays at the nominal level when the adjusted curve is noisier than the unadjusted one.
+    ``method="abs"`` gives the indices of ``|estimate|`` with percentile CIs (entropy difference > 0 means
+    less localized), which are biased toward "less localized" for the noisier curve.
 
     Examples
     --------
@@ -107,26 +217,32 @@ def localization_difference(adjusted, unadjusted, *, effect="nie", arm="treated"
     >>> est = get_estimator("weighting", random_state=0)
     >>> adj, raw = est.fit(data), est.fit(data, graph="unadjusted_mediation")
     >>> diff = localization_difference(adj, raw, effect="nie", arm="average").set_index("index")
-    >>> bool(diff.loc["entropy", "ci_upper"] < 0)    # concentrated on u0, u1 once u2 drops out
+    >>> bool(diff.loc["concentration", "ci_lower"] > 0)    # concentrated on u0, u1 once u2 drops out
     True
     """
+    _check_method(method)
     units = list(units or adjusted.units)
     first = adjusted.effect(units[0], effect, arm)
     xi = None
     if first.scores is not None:
         xi = check_random_state(random_state).standard_normal((n_draws, len(first.scores)))
-    da = localization_matrix(joint_draws(adjusted, units, effect, arm, xi=xi, n_draws=n_draws), top_k=top_k)
-    du = localization_matrix(joint_draws(unadjusted, units, effect, arm, xi=xi, n_draws=n_draws), top_k=top_k)
-    pa = localization_indices([adjusted.effect(u, effect, arm).estimate for u in units], top_k=top_k)
-    pu = localization_indices([unadjusted.effect(u, effect, arm).estimate for u in units], top_k=top_k)
+    pa, da, cva = _curve_indices(adjusted, units, effect, arm,
+                            joint_draws(adjusted, units, effect, arm, xi=xi, n_draws=n_draws), method, top_k)
+    pu, du, cvu = _curve_indices(unadjusted, units, effect, arm,
+                            joint_draws(unadjusted, units, effect, arm, xi=xi, n_draws=n_draws), method, top_k)
     a = (1 - level) / 2
     rows = []
     for k in pa:
         d = da[k] - du[k]
-        lo, hi = np.nanquantile(d, [a, 1 - a])
-        rows.append({"index": k, "adjusted": pa[k], "unadjusted": pu[k], "difference": pa[k] - pu[k],
-                     "ci_lower": float(lo), "ci_upper": float(hi),
-                     "p_value": draw_p_value(d)})
+        if method == "abs":
+            lo, hi = np.nanquantile(d, [a, 1 - a])
+            p = draw_p_value(d)
+            se = float(np.nanstd(d, ddof=1))
+        else:
+            lo, hi, se, p = _wald(pa[k] - pu[k], d, level)
+        rows.append({"index": k, "adjusted": pa[k], "unadjusted": pu[k], "difference": pa[k] - pu[k], "se": se,
+                     "ci_lower": float(lo), "ci_upper": float(hi), "p_value": p, "method": method,
+                     "signal_cv_adjusted": cva, "signal_cv_unadjusted": cvu})
     return pd.DataFrame(rows)
 
 
@@ -146,17 +262,22 @@ class Comparison:
     def agreement(self, *, effect="nie", arm="treated", reference: str | None = None) -> pd.DataFrame:
         """Pairwise differences per unit with CIs (paired through scores/draws when both allow it).
 
-        With ``reference`` (e.g. the interventional patching estimate), only pairs against it, with a
-        ``disagrees`` flag (the difference's CI excludes 0).
+        With ``reference`` (e.g. the interventional patching estimate), only pairs against it, the reference in
+        column ``a``. ``population_a`` / ``population_b`` name each fit's population (ate, att, ...): only pairs
+        with the same population are ``comparable``, and only those get a ``disagrees`` flag (the difference's CI
+        excludes 0); for the others it is None, since two different estimands need not agree. ``estimand_a`` /
+        ``estimand_b`` name the effect each fit reports (patching with a mean donor reports a mean-patch
+        contrast, whose gap to the NIE is in that fit's ``diagnostics[unit]["exact_gap"]``).
         """
         keys = list(self.results)
         rows = []
-        for i, ka in enumerate(keys):
-            for kb in keys[i + 1:]:
-                if reference is not None and reference not in (ka[0], kb[0]):
+        for i, first in enumerate(keys):
+            for second in keys[i + 1:]:
+                if reference is not None and reference not in (first[0], second[0]):
                     continue
-                if reference is not None and kb[0] == reference:
-                    ka, kb = kb, ka
+                # the reference goes in column a; new names, so the outer loop's key is never overwritten
+                swap = reference is not None and second[0] == reference and first[0] != reference
+                ka, kb = (second, first) if swap else (first, second)
                 ra, rb = self.results[ka], self.results[kb]
                 for u in [u for u in ra.units if u in rb.units]:
                     try:
@@ -169,10 +290,14 @@ class Comparison:
                     else:  # different resampling schemes: independent normal approximation, flagged
                         se = float(np.hypot(ea.se, eb.se))
                         d = Effect.from_se(ea.estimate - eb.estimate, se, level=self.level)
+                    pa, pb = getattr(ra, "population", None), getattr(rb, "population", None)
                     rows.append({"a": f"{ka[0]}@{ka[1]}", "b": f"{kb[0]}@{kb[1]}", "unit": u, "effect": effect,
-                                 "arm": arm, "difference": d.estimate, "se": d.se, "ci_lower": d.ci[0],
+                                 "arm": arm, "estimand_a": _estimand(ra, effect),
+                                 "estimand_b": _estimand(rb, effect), "population_a": pa, "population_b": pb,
+                                 "comparable": pa == pb,
+                                 "difference": d.estimate, "se": d.se, "ci_lower": d.ci[0],
                                  "ci_upper": d.ci[1], "p_value": d.p_value, "paired": paired,
-                                 "disagrees": bool(d.ci[0] > 0 or d.ci[1] < 0)})
+                                 "disagrees": bool(d.ci[0] > 0 or d.ci[1] < 0) if pa == pb else None})
         return pd.DataFrame(rows)
 
     def localization(self, *, effect="nie", arm="treated", **kw) -> pd.DataFrame:
@@ -185,6 +310,11 @@ class Comparison:
                 continue
             out.append(tab.assign(estimator=est, graph=graph))
         return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
+def _estimand(res, effect) -> str:
+    """The result's name for ``effect`` (patching with a mean donor: the mean-patch contrast)."""
+    return res.settings.get("estimand", "NIE") if effect == "nie" and res.settings else effect.upper()
 
 
 def _pairable(ra, rb, ea, eb) -> bool:
@@ -205,7 +335,7 @@ def _accepts(fn, name: str) -> bool:
 
 def compare_estimators(data, *, estimators, graphs=("topic_mediation", "unadjusted_mediation"), units=None,
                        patcher=None, folds: int | None = None, random_state=0, sensitivity: dict | None = None,
-                       refuters=None, progress: bool | None = False) -> Comparison:
+                       refuters=None, progress: bool | None = False, population: str | None = "auto") -> Comparison:
     """Run every estimator under every graph on ``data`` and return a tidy :class:`Comparison`.
 
     ``estimators`` is a list of names or instances, or a dict label -> name/instance. Every estimator that
@@ -214,6 +344,11 @@ def compare_estimators(data, *, estimators, graphs=("topic_mediation", "unadjust
     dict of ``sensitivity_analysis`` options) adds RV/RVa where the result supports it; ``refuters`` (names in
     ``deconfound.refute``) adds a pass/fail column. ``progress``: a tqdm bar (True), none (False), or one only
     on a terminal (None).
+
+    ``population`` is given to every estimator that takes one. ``"auto"`` (default): ``"att"`` when an
+    interventional estimator runs with ``patcher`` (patching estimates effects on the treated, so the
+    observational fits then estimate the same population), otherwise each estimator keeps its own; None leaves
+    every estimator as it is.
 
     Examples
     --------
@@ -231,6 +366,10 @@ def compare_estimators(data, *, estimators, graphs=("topic_mediation", "unadjust
         estimators = {(e if isinstance(e, str) else getattr(e, "name", type(e).__name__)): e for e in estimators}
     if isinstance(graphs, str):
         graphs = [graphs]
+    if population == "auto":
+        interventional = any(_accepts((get_estimator(e) if isinstance(e, str) else e).fit, "patcher")
+                             for e in estimators.values())
+        population = "att" if patcher is not None and interventional else None
     results, runtimes, frames = {}, {}, []
     from tqdm.auto import tqdm  # noqa: PLC0415
 
@@ -242,6 +381,8 @@ def compare_estimators(data, *, estimators, graphs=("topic_mediation", "unadjust
             inst = get_estimator(est) if isinstance(est, str) else est
             params = inst.get_params() if hasattr(inst, "get_params") else {}
             shared = {"random_state": random_state}
+            if population is not None and not _accepts(inst.fit, "patcher"):
+                shared["population"] = population
             if folds is not None:
                 shared["n_folds"] = folds
             inst.set_params(**{k: v for k, v in shared.items() if k in params})

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import report as rp
-from .compare import compare_estimators, localization, localization_difference
+from .compare import MAX_SIGNAL_CV, compare_estimators, localization, localization_difference
 from .data import overlap_rows
 from .estimators import get_estimator
 
@@ -39,12 +39,89 @@ def _balance(data, columns):
     return eb_att(data.x[list(columns)], data.t, drop_unsupported=True)
 
 
+def split_halves(data, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of two disjoint random halves, each arm split in two (the same ``seed``, the same halves):
+    the first selects units, the second estimates and tests them."""
+    rng = np.random.default_rng([int(seed), 7])
+    first = []
+    for arm in (0, 1):
+        rows = rng.permutation(np.flatnonzero(np.asarray(data.t) == arm))
+        first.append(rows[: len(rows) // 2])
+    select = np.sort(np.concatenate(first))
+    return select, np.setdiff1d(np.arange(data.n), select)
+
+
+class ReportStepError(RuntimeError):
+    """A step of :func:`analyse_and_report` failed; what was computed before it has been written."""
+
+
+class _Steps:
+    """Runs the report's steps; on a failure writes the report and tables so far, then names the step."""
+
+    def __init__(self, rep, out):
+        self.rep, self.out, self.tables = rep, out, {}
+
+    def run(self, name, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            self.rep.sections = [sec for sec in self.rep.sections if sec[0] != "figure" or sec[2][0].exists()]
+            self.rep.text("Report incomplete", f"Step '{name}' failed: {type(exc).__name__}: {exc}")
+            self.rep.write(self.out)
+            self.save()
+            raise ReportStepError(f"analyse_and_report: step {name!r} failed ({type(exc).__name__}: {exc}); the "
+                                  f"report and the tables computed before it are in {self.out}") from exc
+
+    def save(self):
+        for fname, frame in self.tables.items():
+            frame.to_csv(self.out / fname, index=False)
+
+
+def _selector(estimators, main, comp, unit, effect, arm):
+    """The estimator that ranks units on the selection half: DML, else the main one, else any other; it must be
+    observational (refitted on a subset of rows without a model) and estimate ``(effect, arm)``."""
+    for name in dict.fromkeys(["dml", main, *estimators]):
+        res = comp.results.get((name, ADJUSTED))
+        if name in estimators and res is not None and not _takes_patcher(estimators[name]) \
+                and (effect, arm) in res.effects.get(unit, {}):
+            return name
+    return None
+
+
+def _takes_patcher(est) -> bool:
+    import inspect
+
+    try:
+        return "patcher" in inspect.signature(est.fit).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _patching_checks(res, units) -> pd.DataFrame | None:
+    """Per unit: the gap of the mean patch to the exact NIE and the donor's distance (patching only)."""
+    rows = []
+    for u in units:
+        d = res.diagnostics.get(u, {}) if isinstance(res.diagnostics, dict) else {}
+        if "donor_distance" not in d:
+            return None
+        rows.append({"unit": u, "estimate": res.effect(u, "nie", "treated").estimate,
+                     "exact_gap": d.get("exact_gap", np.nan), "exact_gap_se": d.get("exact_gap_se", np.nan),
+                     "donor_distance": d["donor_distance"], "donor_distance_pct": d["donor_distance_pct"],
+                     "off_distribution": d["off_distribution"]})
+    return pd.DataFrame(rows)
+
+
 def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool = False, patcher=None,
                        main: str | None = None, provenance: dict | None = None, effect_arm=("nie", "treated"),
                        refute_units: int = 3, refuters=None, units=None, title: str | None = None) -> dict:
     """Estimate with every estimator under the adjusted and unadjusted graph, then write the report.
 
+    Units singled out for the forest plot, the sensitivity contour and the refuters are ranked on one random
+    half of the rows (:func:`split_halves`, by ``seed``) and estimated and tested on the other, so their
+    p-values are not those of the units that happened to look largest. Every step is named: if one fails, the
+    report and tables computed before it are written and a :class:`ReportStepError` names the step.
     ``title`` defaults to a question worded from the data's roles (:func:`report_title`).
+
     Returns a dict with the report paths, the comparison, the localization difference and summary lines.
     """
     out = Path(out)
@@ -59,102 +136,159 @@ def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool
         estimators = {e: get_estimator(e) for e in estimators}
     main = main or ("patching" if "patching" in estimators else next(iter(estimators)))
     units = list(units or data.units)
+    rep = rp.Report(title or "")
+    steps = _Steps(rep, out)
     _say(f"estimating {len(estimators)} estimators x 2 graphs on {len(units)} units, n={data.n}")
-    comp = compare_estimators(data, estimators=estimators, graphs=[ADJUSTED, UNADJUSTED], patcher=patcher,
-                              units=units, random_state=seed, sensitivity={}, progress=None)  # a bar on a terminal only
+    comp = steps.run("estimation", compare_estimators, data, estimators=estimators, graphs=[ADJUSTED, UNADJUSTED],
+                     patcher=patcher, units=units, random_state=seed, sensitivity={}, progress=None)  # a bar on a terminal only
+    steps.tables["estimates.csv"] = comp.frame
     adj, unadj = comp.results[(main, ADJUSTED)], comp.results[(main, UNADJUSTED)]
-    what = adjusted_names(data, adj.adjustment)
-    rep = rp.Report(title or report_title(data, adj.adjustment))
+    adjusted_for = adjusted_names(data, adj.adjustment)
+    rep.title = title or report_title(data, adj.adjustment)
+    estimand = adj.settings.get("estimand", "NIE") if effect == "nie" else effect.upper()
 
-    # curves, adjusted vs unadjusted, for every estimator
-    for (name, graph), res in comp.results.items():
-        if graph != ADJUSTED:
-            continue
-        other = comp.results.get((name, UNADJUSTED))
-        try:
-            curves = {f"{what}-adjusted": _curve(res, units, effect, arm)}
-            if other is not None:
-                curves["unadjusted"] = _curve(other, units, effect, arm)
-        except KeyError:
-            continue
-        path = rp.plot_effect_curves(curves, figs / f"curve_{name}.png",
-                                     title=f"{name}: {effect.upper()} ({arm}) per unit", ylabel=effect.upper())
-        rep.figure(f"Per-unit {effect.upper()} curve: {name}", path,
-                   f"Adjusted for {what} vs unadjusted, with pointwise CIs.")
+    def curves():
+        for (name, graph), res in comp.results.items():
+            if graph != ADJUSTED:
+                continue
+            other = comp.results.get((name, UNADJUSTED))
+            try:
+                frames = {f"{adjusted_for}-adjusted": _curve(res, units, effect, arm)}
+                if other is not None:
+                    frames["unadjusted"] = _curve(other, units, effect, arm)
+            except KeyError:
+                continue
+            what = res.settings.get("estimand", "NIE") if effect == "nie" else effect.upper()
+            what = effect.upper() if what == "NIE" else what
+            path = rp.plot_effect_curves(frames, figs / f"curve_{name}.png",
+                                         title=f"{name}: {what} ({arm}) per unit", ylabel=what)
+            rep.figure(f"Per-unit {what} curve: {name}", path,
+                       f"Adjusted for {adjusted_for} vs unadjusted, with pointwise CIs.")
 
-    # localization
+    steps.run("effect curves", curves)
+
     n_draws = 500 if quick else 2000
-    loc_rows = []
-    for label, res in (("adjusted", adj), ("unadjusted", unadj)):
-        loc_rows.append(localization(res, effect=effect, arm=arm, n_draws=n_draws, random_state=seed)
-                        .assign(curve=f"{main} {label}"))
-    loc = pd.concat(loc_rows, ignore_index=True)
-    diff = localization_difference(adj, unadj, effect=effect, arm=arm, n_draws=n_draws, random_state=seed)
-    rep.figure("Localization indices", rp.plot_localization(loc, figs / "localization.png"),
-               "Higher entropy and lower Gini mean the effect is spread over more units.")
-    rep.table("Localization: adjusted minus unadjusted (paired bootstrap)", diff)
 
-    # balance
-    bal = _balance(data, adj.adjustment.get("first_stage", ()))
-    if bal is not None:
+    def localize():
+        loc = pd.concat([localization(res, effect=effect, arm=arm, n_draws=n_draws, random_state=seed)
+                         .assign(curve=f"{main} {name}") for name, res in (("adjusted", adj), ("unadjusted", unadj))],
+                        ignore_index=True)
+        diff = localization_difference(adj, unadj, effect=effect, arm=arm, n_draws=n_draws, random_state=seed)
+        steps.tables["localization_difference.csv"] = diff
+        rep.table("Localization: adjusted minus unadjusted (paired; concentration is the test)", diff)
+        rep.figure("Localization indices", rp.plot_localization(loc, figs / "localization.png"),
+                   "Indices of the noise-corrected squared effects (est^2 - se^2): concentration is the Herfindahl "
+                   "index of the units' shares (lower = more spread); effective units = 1 / concentration.")
+        return diff
+
+    diff = steps.run("localization", localize)
+
+    def balance():
+        bal = _balance(data, adj.adjustment.get("first_stage", ()))
+        if bal is None:
+            return
         table = bal.balance_table().reset_index()
         ess = float(bal.diagnostics["ess"].iloc[0]) if "ess" in bal.diagnostics else None
-        rep.figure(f"Balance of {what} before/after entropy balancing",
+        rep.figure("Topic balance before/after entropy balancing",
                    rp.plot_balance(table, figs / "balance.png", ess=ess),
-                   f"Absolute standardized mean differences of {what} (controls vs treated).")
+                   "Absolute standardized mean differences of the topic indicators (controls vs treated).")
         rep.table("Weight diagnostics", bal.diagnostics.reset_index())
         if len(bal.dropped):
             rep.table("Topics dropped for lack of overlap", bal.dropped)
 
-    # forest plot for the unit the unadjusted main estimator ranks first
-    top = max(units, key=lambda u: abs(unadj.effect(u, effect, arm).estimate))
-    forest = comp.frame[(comp.frame.unit == top) & (comp.frame.effect == effect) & (comp.frame.arm == arm)]
-    forest = forest.assign(label=forest.estimator + " / " + forest.graph.str.replace("_mediation", ""))
-    if len(forest):
-        rep.figure(f"Estimators compared on unit {top}", rp.plot_forest(forest, figs / "forest.png"),
-                   f"{effect.upper()} ({arm}) with CIs, every estimator under both graphs.")
+    steps.run("balance", balance)
+
+    checks = _patching_checks(adj, units) if adj.estimator == "patching" else None
+    if checks is not None:
+        steps.tables["patching_checks.csv"] = checks
+        rep.table(f"Patching checks ({main}, topic-adjusted): gap of the {estimand} to the exact NIE "
+                  "(exact check on a subsample of treated prompts) and donor distance (Mahalanobis, 10 principal "
+                  "components of the patched prompts' activations; off_distribution = beyond their 99th "
+                  "percentile)", checks)
+
+    # units singled out: ranked on one half, estimated and tested on the other
+    select_rows, test_rows = split_halves(data, seed)
+    selector = _selector(estimators, main, comp, units[0], effect, arm)
+
+    def select():
+        if selector is None:
+            return sorted(units, key=lambda u: -abs(unadj.effect(u, effect, arm).estimate)), None
+        fit = estimators[selector].fit(data.subset(select_rows), graph=ADJUSTED, units=units)
+        ranked = sorted(units, key=lambda u: -abs(fit.effect(u, effect, arm).estimate))
+        held = estimators[selector].fit(data.subset(test_rows), graph=ADJUSTED, units=ranked[:max(refute_units, 1)])
+        return ranked, held
+
+    ranked, held = steps.run("unit selection", select)
+    top = ranked[0]
+    split_text = (f"Units singled out below (forest plot, sensitivity contour, refutation) were ranked by "
+                  f"|{effect.upper()}| of the {selector} fit on a random half of the rows (seed {seed}, "
+                  f"n={len(select_rows)}); their {selector} estimates, p-values, sensitivity and refutations "
+                  f"use only the other half (n={len(test_rows)}). The forest plot shows every estimator on all "
+                  "rows, so it includes the selection half." if selector else
+                  "No observational estimator to rank units on a separate half: the units singled out below were "
+                  "ranked on the same data that estimates them, so their p-values are not selection-adjusted.")
+    rep.text("Selection of units", split_text)
+    if held is not None:
+        rep.table(f"Selected units, estimated on the held-out half ({selector})", held.to_frame())
+
+    def forest():
+        f = comp.frame[(comp.frame.unit == top) & (comp.frame.effect == effect) & (comp.frame.arm == arm)]
+        f = f.assign(label=f.estimator + " / " + f.graph.str.replace("_mediation", ""))
+        if len(f):
+            rep.figure(f"Estimators compared on unit {top}", rp.plot_forest(f, figs / "forest.png"),
+                       f"{effect.upper()} ({arm}) with CIs, every estimator under both graphs (all rows).")
+
+    steps.run("forest plot", forest)
     rep.table("All estimates", comp.frame.drop(columns=["refutation_passed"], errors="ignore"))
     # patching on the model's own outcome is the interventional reference for the observational estimators
     ref = "patching" if "patching" in estimators else None
-    agree = comp.agreement(effect=effect, arm=arm, reference=ref)
+    agree = steps.run("agreement", comp.agreement, effect=effect, arm=arm, reference=ref)
     if len(agree):
-        title = ("Agreement with the interventional (patching) estimate on the same outcome" if ref
-                 else "Pairwise agreement")
+        title = (f"Agreement with the interventional (patching, {estimand}) estimate on the same outcome; only "
+                 "rows of the same population are comparable" if ref else "Pairwise agreement")
         rep.table(title, agree)
-        agree.to_csv(out / "agreement.csv", index=False)
+        steps.tables["agreement.csv"] = agree
 
-    # sensitivity and refutation on the DML fit, when present
     sens_text = None
-    if ("dml", ADJUSTED) in comp.results:
-        from . import refute, sensitivity
+    if held is not None and selector == "dml":
+        sens_text = steps.run("sensitivity", _sensitivity, rep, held, figs, top, effect, arm)
+        refute_on = ranked[:refute_units]
+        if refute_on:  # refute_units=0 skips the refutation
+            from . import refute
 
-        dml = comp.results[("dml", ADJUSTED)]
-        sens = sensitivity.sensitivity_analysis(dml)
-        rep.table("Sensitivity to an unobserved confounder (cf_y = cf_d = 0.03, rho = 1)", sens.to_frame())
-        try:
-            path = sensitivity.sensitivity_plot(dml, figs / "sensitivity.png", unit=top, effect=effect, arm=arm)
-            rep.figure(f"Sensitivity contour, unit {top}", path, "Bound on the effect over (cf_y, cf_d).")
-        except (TypeError, ValueError, KeyError) as exc:
-            rep.text("Sensitivity contour", f"not drawn: {exc}")
-        sens_text = sens.summary()
-        ranked = sorted(units, key=lambda u: -abs(dml.effect(u, effect, arm).estimate))[:refute_units]
-        if ranked:  # refute_units=0 skips the refutation
-            _say(f"refuting the DML fit on {ranked} with {refuters or 'every refuter'}")
-            table = refute.refute_all(estimators["dml"], data.select_units(ranked), graph=ADJUSTED,
-                                      refuters=refuters, random_state=seed, original=dml)
-            rep.table(f"Refutation tests (DML, top {len(ranked)} units)", table)
+            _say(f"refuting the DML fit on {refute_on} (held-out half) with {refuters or 'every refuter'}")
+            table = steps.run("refutation", refute.refute_all, estimators["dml"],
+                              data.subset(test_rows).select_units(refute_on), graph=ADJUSTED, refuters=refuters,
+                              random_state=seed, original=held)  # held covers exactly refute_on
+            rep.table(f"Refutation tests (DML, top {len(refute_on)} units, held-out half)", table)
 
     meta = {"data": data.meta, "seed": seed, "estimators": {k: repr(v) for k, v in estimators.items()},
+            "selection": {"selector": selector, "select_rows": len(select_rows), "test_rows": len(test_rows)},
             **(provenance or {})}
     rep.table("Provenance", rp.provenance_table(meta), floatfmt=None)
-    lines = summary_lines(adj, unadj, diff, units, effect=effect, arm=arm, main=main, adjusted_for=what)
-    rep.sections.insert(0, ("text", "Summary", "\n\n".join(lines)))
-    paths = rep.write(out)
-    comp.frame.to_csv(out / "estimates.csv", index=False)
-    diff.to_csv(out / "localization_difference.csv", index=False)
+    lines = summary_lines(adj, unadj, diff, units, effect=effect, arm=arm, main=main, estimand=estimand,
+                          adjusted_for=adjusted_for)
+    rep.sections.insert(0, ("text", "Summary", "\n\n".join(lines + [split_text])))
+    paths = steps.run("writing the report", rep.write, out)
+    steps.save()
     if sens_text:
         (out / "sensitivity.txt").write_text(sens_text)
-    return {**paths, "comparison": comp, "localization": diff, "summary": lines}
+    return {**paths, "comparison": comp, "localization": diff, "summary": lines, "selected": ranked,
+            "split": (select_rows, test_rows)}
+
+
+def _sensitivity(rep, fit, figs, top, effect, arm):
+    from . import sensitivity
+
+    sens = sensitivity.sensitivity_analysis(fit)
+    rep.table("Sensitivity to an unobserved confounder (cf_y = cf_d = 0.03, rho = 1; held-out half)",
+              sens.to_frame())
+    try:
+        path = sensitivity.sensitivity_plot(fit, figs / "sensitivity.png", unit=top, effect=effect, arm=arm)
+        rep.figure(f"Sensitivity contour, unit {top} (held-out half)", path, "Bound on the effect over (cf_y, cf_d).")
+    except (TypeError, ValueError, KeyError) as exc:
+        rep.text("Sensitivity contour", f"not drawn: {exc}")
+    return sens.summary()
 
 
 def report_title(data, adjustment: dict | None = None) -> str:
@@ -178,20 +312,30 @@ def adjusted_names(data, adjustment: dict | None = None) -> str:
     return ", ".join(cols or data.confounder_names) or "the confounders"
 
 
-def summary_lines(adj, unadj, diff, units, *, effect, arm, main, adjusted_for="topic") -> list[str]:
+def summary_lines(adj, unadj, diff, units, *, effect, arm, main, estimand="NIE", adjusted_for="topic") -> list[str]:
     d = diff.set_index("index")
-    ent = d.loc["entropy"]
-    verdict = (f"less localized after adjusting for {adjusted_for}" if ent.ci_lower > 0 else
-               f"more localized after adjusting for {adjusted_for}" if ent.ci_upper < 0 else
+    conc = d.loc["concentration"]
+    verdict = (f"less localized after adjusting for {adjusted_for}" if conc.ci_upper < 0 else
+               f"more localized after adjusting for {adjusted_for}" if conc.ci_lower > 0 else
                "no significant change in localization")
+    name = effect.upper() if estimand == "NIE" else estimand
     rank = lambda res: sorted(units, key=lambda u: -abs(res.effect(u, effect, arm).estimate))[:5]
     fmt = lambda res: ", ".join(f"{u} ({res.effect(u, effect, arm).estimate:+.3g})" for u in rank(res))
-    return [f"Estimator: {main}; effect {effect.upper()} ({arm}); {len(units)} units; n={adj.n} "
-            f"({adj.n_treated} treated).",
-            f"Normalized entropy of |{effect.upper()}|: adjusted {ent.adjusted:.3f}, unadjusted {ent.unadjusted:.3f}; "
-            f"difference {ent.difference:+.3f} (95% CI {ent.ci_lower:+.3f} to {ent.ci_upper:+.3f}): {verdict}.",
-            f"Gini: adjusted {d.loc['gini'].adjusted:.3f}, unadjusted {d.loc['gini'].unadjusted:.3f} "
-            f"(difference CI {d.loc['gini'].ci_lower:+.3f} to {d.loc['gini'].ci_upper:+.3f}).",
+    ent = d.loc["renyi2_entropy"]
+    head = f"Estimator: {main}; effect {name} ({arm}); {len(units)} units; n={adj.n} ({adj.n_treated} treated)."
+    if not np.isfinite(conc.difference):
+        loc = [f"Concentration of the squared {name} not estimated: the curves' total squared effect is too noisy "
+               f"(coefficient of variation adjusted {conc.signal_cv_adjusted:.2f}, unadjusted "
+               f"{conc.signal_cv_unadjusted:.2f}; a ratio needs it below {MAX_SIGNAL_CV}), so localization is "
+               "not compared."]
+    else:
+        loc = [f"Concentration of the squared {name} (noise-corrected): adjusted {conc.adjusted:.3f}, unadjusted "
+               f"{conc.unadjusted:.3f}; difference {conc.difference:+.3f} (95% CI {conc.ci_lower:+.3f} to "
+               f"{conc.ci_upper:+.3f}, p = {conc.p_value:.3g}): {verdict}.",
+               f"Effective number of units: adjusted {d.loc['effective_units'].adjusted:.2f}, unadjusted "
+               f"{d.loc['effective_units'].unadjusted:.2f}; normalized Renyi-2 entropy {ent.adjusted:.3f} vs "
+               f"{ent.unadjusted:.3f}."]
+    return [head, *loc,
             f"Top units before adjustment: {fmt(unadj)}",
             f"Top units after adjustment:  {fmt(adj)}"]
 
@@ -354,8 +498,8 @@ def run_llm(*, out="demo_out", quick: bool = False, n_prompts: int | None = None
                                "outcome_secondary": "mean Jigsaw BiLSTM 'toxic' score of sampled continuations",
                                "patcher": patcher.describe()}}
     result = analyse_and_report(data_mass, out=out / "report", estimators=estimators, seed=seed, quick=quick,
-                                patcher=patcher, main="patching", provenance=provenance, units=units, title=LM_TITLE,
-                                refute_units=1 if quick else 2,
+                                patcher=patcher, main="patching", provenance=provenance, units=units,
+                                refute_units=1 if quick else 2, title=LM_TITLE,
                                 refuters=["placebo_treatment", "dummy_outcome"] if quick else None)
     print("\n".join(result["summary"]))
     _say("observational estimators on the continuation toxicity (mean Jigsaw BiLSTM score of the samples)")

@@ -52,7 +52,8 @@ def plot_forest(frame: pd.DataFrame, path, *, title="Estimators compared") -> Pa
     f = frame.reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(f) + 1.2))
     y = np.arange(len(f))[::-1]
-    ax.errorbar(f.estimate, y, xerr=[f.estimate - f.ci_lower, f.ci_upper - f.estimate], fmt="o", capsize=3)
+    ax.hlines(y, f.ci_lower, f.ci_upper, lw=1.2)  # the interval as it is: it need not contain the estimate
+    ax.plot(f.estimate, y, "o")
     ax.set_yticks(y, f.label, fontsize=8)
     ax.axvline(0, color="k", lw=0.7)
     ax.set_title(title)
@@ -87,8 +88,8 @@ def plot_localization(frame: pd.DataFrame, path, *, title="Localization indices"
     for ax, idx in zip(axes, indices):
         sub = frame[frame["index"] == idx].set_index("curve").reindex(curves)
         x = np.arange(len(curves))
-        ax.errorbar(x, sub.estimate, yerr=[sub.estimate - sub.ci_lower, sub.ci_upper - sub.estimate], fmt="o",
-                    capsize=3)
+        ax.vlines(x, sub.ci_lower, sub.ci_upper, lw=1.2)  # a percentile CI need not contain its estimate
+        ax.plot(x, sub.estimate, "o")
         ax.set_xticks(x, curves, rotation=30, ha="right", fontsize=7)
         ax.set_title(idx, fontsize=9)
     fig.suptitle(title)

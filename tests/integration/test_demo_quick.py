@@ -29,7 +29,7 @@ def test_quick_demo_writes_a_report_with_numbers(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "deconfound", "demo", "--quick", "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Normalized entropy" in proc.stdout and "report:" in proc.stdout
+    assert "Concentration of the squared" in proc.stdout and "report:" in proc.stdout
     report = out / "report"
     html = (report / "report.html").read_text()
     parser = _Imgs()
@@ -41,5 +41,7 @@ def test_quick_demo_writes_a_report_with_numbers(tmp_path):
     nie = est[(est.effect == "nie") & (est.arm == "treated")]
     assert len(nie) == 4 * 2 * 10 and np.isfinite(nie.estimate).mean() > 0.9
     loc = pd.read_csv(report / "localization_difference.csv")
-    assert np.isfinite(loc[["adjusted", "unadjusted", "ci_lower", "ci_upper"]].to_numpy()).all()
+    conc = loc.set_index("index").loc["concentration"]
+    assert np.isfinite(conc[["adjusted", "unadjusted", "ci_lower", "ci_upper"]].to_numpy(float)).all() or max(
+        conc.signal_cv_adjusted, conc.signal_cv_unadjusted) > 0.3  # too noisy to compare: NaN, and said why
     assert (report / "sensitivity.txt").read_text().strip()

@@ -118,7 +118,9 @@ def test_sections_and_tables_hold_numbers(doc, report_dir):
     assert "adjusting for topic change where the effect of &#x27;T&#x27; on &#x27;Y&#x27; is mediated" in title
     assert "toxicity" not in title.lower()
     summary = " ".join(t for h, t in doc.paragraphs if h == "Summary")
-    assert re.search(r"Normalized entropy .* adjusted \d\.\d{3}, unadjusted \d\.\d{3}", summary), summary
+    assert re.search(r"Concentration .* adjusted \d\.\d{3}, unadjusted \d\.\d{3}", summary) or re.search(
+        r"Concentration .* not estimated: .* adjusted \d\.\d{2}, unadjusted \d\.\d{2}", summary), summary
+    assert "random half of the rows" in summary  # units singled out are selected on one half, tested on the other
     for heading, rows in doc.tables.items():
         assert len(rows) >= 2, heading  # a header and at least one row
         assert all(len(r) == len(rows[0]) for r in rows), heading
@@ -139,7 +141,7 @@ def test_sections_and_tables_hold_numbers(doc, report_dir):
         column("Sensitivity to an unobserved", "theta_upper"))
     assert theta and all(lo < th < up for lo, th, up in zip(lower, theta, upper))
     diff = column("Localization: adjusted minus unadjusted", "index")
-    assert "entropy" in diff and "gini" in diff
+    assert "concentration" in diff and "renyi2_entropy" in diff
 
 
 def _chromium() -> str | None:

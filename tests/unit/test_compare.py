@@ -75,11 +75,15 @@ def test_localization_difference_of_a_result_with_itself_is_exactly_zero():
     scores = rng.normal(size=(300, 6))
     scores -= scores.mean(0)
     res = _score_result(rng.normal(size=6), scores)
-    diff = localization_difference(res, res, n_draws=500)
-    assert np.allclose(diff.difference, 0) and np.allclose(diff.ci_lower, 0) and np.allclose(diff.ci_upper, 0)
-    tab = localization(res, n_draws=500)
+    for method in ("debiased", "abs"):
+        diff = localization_difference(res, res, n_draws=500, method=method)
+        assert np.allclose(diff.difference, 0) and np.allclose(diff.ci_lower, 0) and np.allclose(diff.ci_upper, 0)
+    tab = localization(res, n_draws=500, method="abs")
     assert set(tab["index"]) == {"entropy", "gini", "top3_share", "units_for_80", "peak_to_mean"}
     assert (tab.ci_lower <= tab.estimate + 1e-9).all() and (tab.estimate <= tab.ci_upper + 1e-9).all()
+    assert localization(res, n_draws=500)["index"].tolist() == ["concentration", "effective_units", "renyi2_entropy"]
+    with pytest.raises(ValueError, match="method"):
+        localization(res, method="median")
 
 
 def test_localization_difference_detects_spread():
@@ -90,9 +94,67 @@ def test_localization_difference_detects_spread():
     scores -= scores.mean(0)
     even = _score_result(np.ones(8), scores)
     spike = _score_result([3.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1], scores)
-    diff = localization_difference(even, spike, n_draws=1000).set_index("index")
+    diff = localization_difference(even, spike, n_draws=1000, method="abs").set_index("index")
     assert diff.loc["entropy", "difference"] > 0 and diff.loc["entropy", "ci_lower"] > 0
     assert diff.loc["gini", "ci_upper"] < 0
+    deb = localization_difference(even, spike, n_draws=1000).set_index("index")  # the default
+    assert deb.loc["concentration", "ci_upper"] < 0 and deb.loc["renyi2_entropy", "difference"] > 0
+
+
+def test_debiased_moments_are_unbiased_and_exact_without_noise():
+    """Hermite moments: E[a^2 - s^2] = alpha^2, E[a^4 - 6 a^2 s^2 + 3 s^4] = alpha^4 (a ~ N(alpha, s^2))."""
+    from deconfound.compare import _moments, debiased_indices
+
+    alpha, s = np.array([1.0, 0.5, 0.0, -0.3]), np.array([0.2, 0.4, 0.3, 0.1])
+    a = alpha + s * np.random.default_rng(5).standard_normal((200_000, 4))
+    m2, m4 = _moments(a, s**2)
+    assert abs(m2.mean() - (alpha**2).sum()) < 4 * m2.std() / np.sqrt(len(m2))
+    assert abs(m4.mean() - (alpha**4).sum()) < 4 * m4.std() / np.sqrt(len(m4))
+    r = debiased_indices(alpha, np.zeros(4))
+    conc = (alpha**4).sum() / (alpha**2).sum() ** 2
+    assert r["concentration"] == pytest.approx(conc, rel=1e-12)
+    assert r["effective_units"] == pytest.approx(1 / conc) and r["renyi2_entropy"] == pytest.approx(
+        np.log(1 / conc) / np.log(4))
+
+
+def _draws_result(est, draws):
+    effs = {f"u{i}": add_derived({("nie", "treated"): Effect.from_draws(e, draws[:, i])}) for i, e in enumerate(est)}
+    return MediationResult("fake", effs, n=100, n_treated=50)
+
+
+def _curve_pairs(adjusted_truth, n_rep, seed, s=0.07, ratio=1.5, rho=0.9, n_draws=200):
+    """Pairs of noisy curves (unadjusted SE s, adjusted SE ratio * s, correlated rho) with bootstrap-like draws."""
+    rng = np.random.default_rng(seed)
+    truth = np.array([1.0, 0.8, 0.6, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05, 0.0])
+
+    def noise(shape):
+        z1, z2 = rng.standard_normal(shape), rng.standard_normal(shape)
+        return s * z1, ratio * s * (rho * z1 + np.sqrt(1 - rho**2) * z2)
+
+    for _ in range(n_rep):
+        eu, ea = noise(truth.shape)
+        du, da = noise((n_draws, len(truth)))
+        ta = truth if adjusted_truth is None else adjusted_truth(truth)
+        yield _draws_result(ta + ea, ta + ea + da), _draws_result(truth + eu, truth + eu + du)
+
+
+@pytest.mark.slow
+def test_default_localization_test_has_its_size_with_a_noisier_adjusted_curve():
+    """Identical true curves, adjusted SE 1.5x: the default test rejects at most 7% at nominal 5%."""
+    rej = [localization_difference(a, u).set_index("index").loc["concentration"]
+           for a, u in _curve_pairs(None, 300, seed=0)]
+    size = np.mean([r.ci_lower > 0 or r.ci_upper < 0 for r in rej])
+    assert size <= 0.07
+    assert abs(np.mean([r.difference for r in rej])) < 0.01  # no drift toward "spread" (true difference 0)
+
+
+@pytest.mark.slow
+def test_default_localization_test_detects_a_spread_out_adjusted_curve():
+    """Adjusted curve flat (same total |effect|): concentration 0.10 against 0.29; power above 0.8."""
+    flat = lambda t: np.full(len(t), t.sum() / len(t))  # noqa: E731
+    rej = [localization_difference(a, u).set_index("index").loc["concentration"].ci_upper < 0
+           for a, u in _curve_pairs(flat, 100, seed=1)]
+    assert np.mean(rej) > 0.8
 
 
 class _MeanDiff(MediationEstimator):
@@ -130,3 +192,65 @@ def test_compare_estimators_tidy_and_paired():
         e = ra.effect(row.unit, "nie", "treated")
         # b = 2a exactly, so a - b = -a with the same SE as a
         assert row.difference == pytest.approx(-e.estimate) and row.se == pytest.approx(e.se)
+
+
+def test_agreement_against_a_reference_keeps_every_pair_once():
+    """Regression: the reference's two fits (adjusted, unadjusted) each pair with every other fit, once."""
+    rng = np.random.default_rng(7)
+    scores = rng.normal(size=(200, 3))
+    scores -= scores.mean(0)
+    fits = {}
+    for name, pop in (("patching", "att"), ("weighting", "att"), ("dml", "ate")):
+        for graph, shift in (("topic_mediation", 0.0), ("unadjusted_mediation", 0.5)):
+            res = _score_result(rng.normal(size=3) + shift, scores, name)
+            res.population = pop
+            fits[(name, graph)] = res
+    comp = Comparison(fits, frame=None)
+    agree = comp.agreement(reference="patching")
+    pairs = set(zip(agree.a, agree.b, agree.unit))
+    assert len(pairs) == len(agree) == 3 * (1 + 2 * 4)  # patching adj vs unadj, and each vs the 4 others
+    assert set(agree.a) == {"patching@topic_mediation", "patching@unadjusted_mediation"}
+    for ka in ("patching@topic_mediation", "patching@unadjusted_mediation"):
+        assert len(agree[agree.a == ka]) == 3 * (4 + (ka == "patching@topic_mediation"))
+    row = agree[(agree.a == "patching@topic_mediation") & (agree.b == "weighting@unadjusted_mediation")].iloc[0]
+    ea = fits[("patching", "topic_mediation")].effect(row.unit, "nie", "treated")
+    eb = fits[("weighting", "unadjusted_mediation")].effect(row.unit, "nie", "treated")
+    assert row.difference == pytest.approx(ea.estimate - eb.estimate)
+    # like with like: ATT against ATE is not comparable and gets no disagreement flag
+    assert (agree.comparable == (agree.population_a == agree.population_b)).all()
+    assert agree[~agree.comparable].disagrees.isna().all() and agree[agree.comparable].disagrees.notna().all()
+    assert set(agree[~agree.comparable].b.str.split("@").str[0]) == {"dml"}
+    assert set(agree.estimand_a) == set(agree.estimand_b) == {"NIE"}
+
+
+class _WithPopulation(_MeanDiff):
+    def __init__(self, slope=1.0, random_state=0, population="ate"):
+        super().__init__(slope, random_state)
+        self.population = population
+
+    def fit(self, data, *, graph=None, units=None):
+        res = super().fit(data, graph=graph, units=units)
+        res.population = self.population
+        return res
+
+
+class _Interventional(_MeanDiff):
+    def fit(self, data, *, graph=None, units=None, patcher=None):
+        res = super().fit(data, graph=graph, units=units)
+        res.population = "att"
+        res.settings["estimand"] = "mean-patch contrast"
+        return res
+
+
+def test_compare_estimators_gives_observational_fits_the_patching_population():
+    from deconfound.simulate import topic_mediation
+
+    data, _ = topic_mediation(300, n_units=2, seed=4)
+    ests = {"patching": _Interventional(), "obs": _WithPopulation()}
+    comp = compare_estimators(data, estimators=ests, graphs=["topic_mediation"], patcher=object())
+    assert comp.results[("obs", "topic_mediation")].population == "att"
+    agree = comp.agreement(reference="patching")
+    assert agree.comparable.all() and set(agree.estimand_a) == {"mean-patch contrast"}
+    assert set(agree.estimand_b) == {"NIE"}
+    alone = compare_estimators(data, estimators={"obs": _WithPopulation()}, graphs=["topic_mediation"])
+    assert alone.results[("obs", "topic_mediation")].population == "ate"

@@ -103,7 +103,7 @@ def test_eb_mean_matches_post_stratification_and_bootstrap_by_hand():
     assert eff.estimate == pytest.approx(nie0, abs=1e-9)
     assert res.effect("u", "te", "treated").estimate == pytest.approx(te0, abs=1e-9)
     assert res.effect("u", "nde", "control").estimate == pytest.approx(te0 - nie0, abs=1e-9)
-    counts = draw_counts(data, 30, stratify=("treatment", "topic"), random_state=5)
+    counts = draw_counts(data, 30, stratify=("treatment",), random_state=5)
     hand = np.array([nie_te(c) for c in counts])
     np.testing.assert_allclose(eff.draws, hand[:, 0], atol=1e-8)
     np.testing.assert_allclose(res.effect("u", "nde", "control").draws, hand[:, 1] - hand[:, 0], atol=1e-8)
@@ -188,9 +188,10 @@ def test_donor_bootstrap_modes():
                                atol=1e-9)  # first order is exact for an affine g
     assert not np.allclose(fix.effect("u", "nie", "treated").draws, rep.effect("u", "nie", "treated").draws)
     assert any("donor_bootstrap='fixed'" in w for w in fix.warnings)
-    # one patched row per treated prompt present in a replicate (count > 0), plus the full sample
-    counts = draw_counts(data, 25, stratify=("treatment", "topic"), random_state=2)
-    assert rep.diagnostics["u"]["patched_rows"] == data.n_treated + int((counts[:, t == 1] > 0).sum())
+    # one patched row per treated prompt present in a replicate (count > 0), plus the full sample and the
+    # exact check (32 prompts x (16 donors + their mean))
+    counts = draw_counts(data, 25, stratify=("treatment",), random_state=2)
+    assert rep.diagnostics["u"]["patched_rows"] == data.n_treated + int((counts[:, t == 1] > 0).sum()) + 32 * 17
 
 
 def test_positivity_raises_unless_dropped():
@@ -301,3 +302,101 @@ def test_tiny_model_adjusted_vs_unadjusted():
                     probs = lm.model(**enc).logits[0, -1].softmax(-1)
                 hand.append(g[i] - probs[ids].sum().item())
             assert a == pytest.approx(np.mean(hand), abs=1e-5)
+
+
+def test_mean_patch_is_named_and_its_gap_to_the_exact_nie_is_checked():
+    """Affine g: no gap. Quadratic g = c |m|^2: exact NIE - mean patch = -c trace Var_w(donors) (EB weights)."""
+    data, m, topic, t = toy_data(seed=15, n=150)
+    affine = ToyPatcher(m, np.zeros(data.n), np.array([1.0, -0.5, 0.2]))
+    res = PatchingMediation(n_boot=10, random_state=3).fit(data, patcher=affine)
+    d = res.diagnostics["u"]
+    assert d["exact_gap"] == pytest.approx(0.0, abs=1e-9) and d["exact_gap_se"] == pytest.approx(0.0, abs=1e-9)
+    assert d["exact_check_prompts"] == 32
+    assert res.settings["estimand"] == "mean-patch contrast"
+    frame = res.to_frame()
+    assert (frame[frame.effect == "nie"].estimand == "mean-patch contrast").all()
+    assert "mean-patch contrast" in res.summary() and "exact_gap" in res.summary()
+    exact = PatchingMediation(donors="exact", n_boot=10).fit(data, patcher=affine)
+    assert exact.settings["estimand"] == "NIE" and "exact_gap" not in exact.diagnostics["u"]
+
+    c = 0.4
+    quad = ToyPatcher(m, np.zeros(data.n), np.zeros(3), c=c)
+    res = PatchingMediation(n_boot=10, random_state=3, exact_check=200).fit(data, patcher=quad)
+    w = post_strat(topic, t)[t == 0]
+    pool = m[t == 0]
+    mu = w @ pool
+    closed = -c * (w @ ((pool - mu) ** 2)).sum()
+    d = res.diagnostics["u"]
+    assert d["exact_gap_se"] > 0 and abs(d["exact_gap"] - closed) < 3 * d["exact_gap_se"]
+    again = PatchingMediation(n_boot=10, random_state=3, exact_check=200).fit(data, patcher=quad)
+    assert again.diagnostics["u"]["exact_gap"] == d["exact_gap"]  # seeded
+    none = PatchingMediation(n_boot=10, exact_check=0).fit(data, patcher=quad)
+    assert "exact_gap" not in none.diagnostics["u"]
+
+
+def test_donor_distance_flags_a_donor_far_from_the_natural_activations():
+    from deconfound.estimators._patching_checks import donor_distance
+
+    rng = np.random.default_rng(0)
+    cov = np.diag([4.0, 1.0, 0.25, 0.25, 0.1])
+    x = rng.multivariate_normal(np.ones(5), cov, size=300)
+    near = donor_distance(x, x.mean(0), k=3)
+    assert not near["off_distribution"] and near["percentile"] < 5 and near["components"] == 3
+    far = x.mean(0) + 10 * np.sqrt(np.diag(cov))[1] * np.eye(5)[1]  # 10 SD along the second axis
+    flagged = donor_distance(x, far, k=3)
+    assert flagged["off_distribution"] and flagged["percentile"] == 100.0
+    assert flagged["distance"] == pytest.approx(10.0, rel=0.15)
+    # in a fit: the patched prompts' own activations against the donor mean, per unit
+    data, m, _, t = toy_data(seed=16)
+    toy = ToyPatcher(m, np.zeros(data.n), np.ones(3))
+    d = PatchingMediation(n_boot=5).fit(data, patcher=toy).diagnostics["u"]
+    assert {"donor_distance", "donor_distance_pct", "off_distribution"} <= set(d) and not d["off_distribution"]
+    shifted = data.replace(mediators={"u": np.where(t[:, None] == 0, m + 50.0, m)})
+    res = PatchingMediation(n_boot=5).fit(shifted, patcher=ToyPatcher(shifted.mediator("u"), np.zeros(data.n),
+                                                                      np.ones(3)))
+    assert res.diagnostics["u"]["off_distribution"] and any("off-distribution" in w for w in res.warnings)
+
+
+def test_auto_strata_are_the_treatment_unless_a_topic_has_few_controls():
+    data, m, topic, t = toy_data(seed=17, balanced=True)  # 15 controls per topic
+    toy = ToyPatcher(m, np.zeros(data.n), np.ones(3))
+    res = PatchingMediation(n_boot=5).fit(data, patcher=toy)
+    assert res.settings["stratify"] == ["treatment"] and not any("bootstrap strata" in w for w in res.warnings)
+    t = t.copy()
+    t[np.flatnonzero((topic == "a") & (t == 0))[3:]] = 1  # topic a keeps 3 controls
+    sparse = data.replace(t=t)
+    res = PatchingMediation(n_boot=5).fit(sparse, patcher=toy)
+    assert res.settings["stratify"] == ["treatment", "topic"]
+    assert any("bootstrap strata: treatment x topic" in w and "too narrow" in w for w in res.warnings)
+    forced = PatchingMediation(n_boot=5, strata="treatment").fit(sparse, patcher=toy)
+    assert forced.settings["stratify"] == ["treatment"]
+
+
+def _six_topic_data(seed, n=300):
+    """Six topics drawn at random, P(T | topic) from 0.3 to 0.7, M shifted by topic and T."""
+    rng = np.random.default_rng(seed)
+    topic = rng.integers(0, 6, n)
+    t = (rng.random(n) < np.linspace(0.3, 0.7, 6)[topic]).astype(int)
+    m = np.linspace(-1.5, 1.5, 6)[topic][:, None] + 0.5 * t[:, None] + rng.normal(size=(n, 2))
+    data = MediationData.from_arrays(t=t, y=np.zeros(n), mediators={"u": m},
+                                     x=pd.DataFrame({"topic": np.array(list("abcdef"))[topic]}))
+    return data, data.mediator("u").astype(float)
+
+
+@pytest.mark.slow
+def test_default_bootstrap_se_matches_the_monte_carlo_sd():
+    """Affine-plus-quadratic g, topic-confounded: RMS bootstrap SE / MC SD in [0.85, 1.15] over 200 data sets
+    for the unadjusted NIE, the adjusted NIE and their paired difference (topic strata gave ~0.5)."""
+    rows = []
+    for r in range(200):
+        data, m = _six_topic_data(r)
+        toy = ToyPatcher(m, np.zeros(data.n), np.array([0.5, 0.3]), c=0.2)
+        est = PatchingMediation(n_boot=40, random_state=r, exact_check=0)  # the default strata
+        adj, un = est.fit(data, patcher=toy), est.fit(data, graph="unadjusted_mediation", patcher=toy)
+        d = paired_difference(adj, un).iloc[0]
+        ea, eu = adj.effect("u", "nie", "treated"), un.effect("u", "nie", "treated")
+        rows.append([eu.estimate, eu.se, ea.estimate, ea.se, d["difference"], d["se"]])
+    a = np.array(rows)
+    for k, name in enumerate(["unadjusted", "adjusted", "difference"]):
+        ratio = np.sqrt(np.mean(a[:, 2 * k + 1] ** 2)) / np.std(a[:, 2 * k], ddof=1)
+        assert 0.85 <= ratio <= 1.15, (name, ratio)

@@ -57,3 +57,84 @@ def test_missing_figure_is_a_clear_error(tmp_path):
     rep = report.Report("x").figure("gone", tmp_path / "nope.png")
     with pytest.raises(FileNotFoundError, match="nope.png"):
         rep.write(tmp_path)
+
+
+def test_intervals_that_miss_their_estimate_are_drawn(tmp_path):
+    """Regression: a percentile CI need not contain its estimate; errorbar's yerr refused negative lengths."""
+    frame = pd.DataFrame({"index": ["concentration"] * 2, "curve": ["adj", "unadj"], "estimate": [0.5, 0.2],
+                          "ci_lower": [0.6, 0.1], "ci_upper": [0.9, 0.3]})
+    assert report.plot_localization(frame, tmp_path / "loc.png").read_bytes()[:4] == b"\x89PNG"
+    forest = pd.DataFrame({"label": ["a", "b"], "estimate": [1.0, 0.0], "ci_lower": [1.2, -0.1], "ci_upper": [2, 0.1]})
+    assert report.plot_forest(forest, tmp_path / "forest.png").exists()
+
+
+class _MeanDiff:
+    """Observational toy: NIE(treated) = mean difference of the mediator's first column, with scores."""
+
+    name = "meandiff"
+
+    def __init__(self, random_state=0):
+        self.random_state = random_state
+
+    def get_params(self):
+        return {"random_state": self.random_state}
+
+    def set_params(self, **p):
+        self.random_state = p.get("random_state", self.random_state)
+        return self
+
+    def fit(self, data, *, graph=None, units=None):
+        from deconfound.inference import Effect
+        from deconfound.results import MediationResult, add_derived
+
+        t = data.t.astype(bool)
+        effs = {}
+        for u in units or data.units:
+            m = data.mediator(u)[:, 0].astype(float)
+            s = np.where(t, (m - m[t].mean()) / t.mean(), -(m - m[~t].mean()) / (1 - t.mean()))
+            effs[u] = add_derived({("nie", "treated"): Effect.from_scores(m[t].mean() - m[~t].mean(), s)})
+        return MediationResult("meandiff", effs, n=data.n, n_treated=int(t.sum()), graph=str(graph),
+                               adjustment={"first_stage": ["topic"] if graph == "topic_mediation" else []})
+
+
+def _sim(n=400):
+    from deconfound.simulate import topic_mediation
+
+    return topic_mediation(n, n_units=4, n_topics=3, seed=3)[0]
+
+
+def test_units_are_selected_on_one_half_and_tested_on_the_other(tmp_path):
+    from deconfound.demo import analyse_and_report, split_halves
+
+    data = _sim()
+    sel, test = split_halves(data, seed=5)
+    assert len(np.intersect1d(sel, test)) == 0 and len(sel) + len(test) == data.n
+    for arm in (0, 1):  # each arm split in half
+        assert abs((data.t[sel] == arm).sum() - (data.t[test] == arm).sum()) <= 1
+    again = split_halves(data, seed=5)
+    assert np.array_equal(again[0], sel) and np.array_equal(again[1], test)
+    assert not np.array_equal(split_halves(data, seed=6)[0], sel)
+    out = analyse_and_report(data, out=tmp_path, estimators={"md": _MeanDiff()}, seed=5, quick=True,
+                             refute_units=0)
+    assert np.array_equal(out["split"][0], sel) and np.array_equal(out["split"][1], test)
+    # the ranking is that of the selection half, not of all rows
+    fit = _MeanDiff().fit(data.subset(sel), graph="topic_mediation")
+    assert out["selected"] == sorted(data.units, key=lambda u: -abs(fit.effect(u, "nie", "treated").estimate))
+    md = out["md"].read_text()
+    assert f"random half of the rows (seed 5, n={len(sel)})" in md and "Selected units, estimated on the held-out half" in md
+
+
+def test_a_failing_step_keeps_the_finished_work_and_names_the_step(tmp_path, monkeypatch):
+    from deconfound import demo
+
+    def broken(*args, **kwargs):
+        raise ValueError("'yerr' must not contain negative values")
+
+    monkeypatch.setattr(demo.rp, "plot_localization", broken)
+    with pytest.raises(demo.ReportStepError, match="step 'localization' failed .*yerr"):
+        demo.analyse_and_report(_sim(), out=tmp_path, estimators={"md": _MeanDiff()}, quick=True, refute_units=0)
+    est = pd.read_csv(tmp_path / "estimates.csv")  # the estimation finished before the failure
+    assert set(est.estimator) == {"md"} and np.isfinite(est.estimate).all()
+    md = (tmp_path / "report.md").read_text()
+    assert "Per-unit NIE curve: md" in md and "Step 'localization' failed" in md
+    assert (tmp_path / "localization_difference.csv").exists()  # computed before the plot that failed

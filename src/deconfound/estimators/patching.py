@@ -10,6 +10,7 @@ related goes through the patcher's methods.
 from __future__ import annotations
 
 import hashlib
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from ..bootstrap import draw_counts
 from ..inference import Effect
 from ..results import MediationResult
 from ..weights import balance_matrix, eb_att, eb_weights_batch, entropy_balance_batch
+from ._patching_checks import MEAN_PATCH, PatchingResult, donor_distance, exact_check
 from .base import MediationEstimator, register
 
 __all__ = ["PatchingMediation", "paired_difference", "resample_key", "DONORS"]
@@ -31,6 +33,9 @@ _BOOT = ("repatch", "linear", "fixed")
 _STRATA = ("auto", "treatment", "treatment_topic")
 _CONDITIONAL = ("auto", "categorical", "soft")
 _MAX_INVALID = 0.1  # largest share of bootstrap replicates allowed to fail (weights infeasible)
+_MIN_CONTROLS = 5  # strata="auto": fewer controls than this in a treated topic -> treatment x topic strata
+_CHECK_DONORS = 16  # donors sampled per prompt in the exact check of a mean patch
+_PCA_K = 10  # components of the off-distribution distance
 
 
 def resample_key(data, stratify, n_boot, random_state) -> str:
@@ -174,13 +179,32 @@ class PatchingMediation(MediationEstimator):
         of g around the full-sample donor (gradients, differentiable outcomes only); ``"fixed"`` keeps the
         full-sample donor (the CI then omits the donor's sampling error; a warning says so).
     strata : {"auto", "treatment", "treatment_topic"}
-        Bootstrap strata. ``"auto"``: T x every categorical confounder of the data (whatever the graph,
-        so adjusted and unadjusted fits share resamples), or T alone without one.
+        Bootstrap strata. ``"treatment"``: resample within each arm, so n1 and n0 are fixed but each arm's
+        topic mix varies as it does between samples. ``"treatment_topic"``: within T x every categorical
+        confounder, which holds each arm's topic mix fixed; for the unadjusted graph that mix is the
+        confounding, so its CIs come out too narrow (about half the true SD in a six-topic simulation).
+        ``"auto"`` (default): ``"treatment"``, unless a level of a categorical confounder that has treated
+        prompts has fewer than 5 controls (replicates would often leave it without any); then
+        ``"treatment_topic"``, with a warning that the unadjusted CIs are too narrow. The choice depends on
+        the data only, so adjusted and unadjusted fits with the same ``n_boot`` and seed share resamples,
+        which is all :func:`paired_difference` needs.
     conditional : {"auto", "categorical", "soft"}
         How topic_mean / exact condition on the topic: on the joint categorical confounders of the
         adjustment set, or by EB on all its columns targeting each prompt's own values.
     drop_unsupported : bool
         Drop treated topics without control prompts (and their rows) instead of raising PositivityError.
+    exact_check : int
+        Mean donors only: the ``("nie", arm)`` rows then hold the mean-patch contrast
+        g(q) - g(q; do(h = donor mean)) (``settings["estimand"]``), which is the NIE only when g is affine in h.
+        ``exact_check`` treated prompts (sampled by their weight, seeded) are also patched with 16 donors each
+        drawn from their donor distribution and with those donors' mean, and ``diagnostics[unit]["exact_gap"]``
+        (with ``exact_gap_se``) estimates exact NIE minus the reported contrast (exactly 0 for an affine g,
+        unbiased for a quadratic one, second order otherwise). 0 skips the check.
+
+    Every fit also reports, per unit, how far the donor mean lies from the natural activations of the
+    patched prompts (``diagnostics[unit]["donor_distance"]``, a Mahalanobis distance in the first 10 principal
+    components of those activations; ``donor_distance_pct``, its percentile among the prompts' own distances;
+    ``off_distribution``, beyond the 99th percentile).
 
     Examples
     --------
@@ -209,7 +233,8 @@ class PatchingMediation(MediationEstimator):
     """
 
     def __init__(self, donors="eb_mean", direction="ablation", n_boot=200, n_donors=None, level=0.95, random_state=0,
-                 donor_bootstrap="repatch", strata="auto", conditional="auto", drop_unsupported=False):
+                 donor_bootstrap="repatch", strata="auto", conditional="auto", drop_unsupported=False,
+                 exact_check=32):
         self.donors = donors
         self.direction = direction
         self.n_boot = n_boot
@@ -220,6 +245,7 @@ class PatchingMediation(MediationEstimator):
         self.strata = strata
         self.conditional = conditional
         self.drop_unsupported = drop_unsupported
+        self.exact_check = exact_check
 
     def _check(self):
         _check_choice(self.donors, DONORS, "donors")
@@ -227,7 +253,8 @@ class PatchingMediation(MediationEstimator):
         _check_choice(self.donor_bootstrap, _BOOT, "donor_bootstrap")
         _check_choice(self.strata, _STRATA, "strata")
         _check_choice(self.conditional, _CONDITIONAL, "conditional")
-        for name, value, low in (("n_boot", self.n_boot, 2), ("n_donors", self.n_donors, 1)):
+        for name, value, low in (("n_boot", self.n_boot, 2), ("n_donors", self.n_donors, 1),
+                                 ("exact_check", self.exact_check, 0)):
             if value is None and name == "n_donors":
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -259,7 +286,7 @@ class PatchingMediation(MediationEstimator):
 
     def _stratify(self, data) -> tuple:
         cats = data.categorical_confounders()
-        if self.strata == "treatment" or (self.strata == "auto" and not cats):
+        if self.strata == "treatment" or (self.strata == "auto" and not _sparse_controls(data, cats)):
             return ("treatment",)
         if not cats:
             raise DataError("strata='treatment_topic': expected a categorical confounder in the data, got none")
@@ -316,7 +343,7 @@ class PatchingMediation(MediationEstimator):
         n_bad = int((~valid[1:]).sum())
         if n_bad > _MAX_INVALID * self.n_boot:
             raise ConvergenceError(f"bootstrap: expected at most {_MAX_INVALID:.0%} of {self.n_boot} replicates with "
-                                   f"infeasible weights, got {n_bad}; use strata='treatment_topic' or coarser topics")
+                                   f"infeasible weights, got {n_bad}; use coarser topics or drop_unsupported=True")
         rng = np.random.default_rng([int(self.random_state), 1])
         per_unit = self._estimate_units(design, units, data, patcher, v, donor_w, valid, rng)
         return self._result(g, adj, data, design, units, per_unit, te, valid, stratify, patcher)
@@ -328,13 +355,16 @@ class PatchingMediation(MediationEstimator):
         boots = np.flatnonzero(valid)[1:] if len(valid) > 1 else np.zeros(0, int)
         out = {}
         pools = {name: data.mediator(name)[design.rows][design.pool].astype(np.float64) for name, _ in units}
+        wu0, m0 = donor_w[0]
+        live0 = np.flatnonzero(v[0] > 0)
+        natural = {name: data.mediator(name)[design.rows][design.targets[live0]].astype(np.float64)
+                   for name, _ in units}
         if design.strategy == "exact":
             for name, unit in units:
                 out[name] = self._exact(design, name, unit, patcher, pools[name], v, donor_w, boots, gt, sign, rng)
+                out[name][1].update(_distance_diag(natural[name], wu0[m0[live0]] @ pools[name]))
             return out
         # mean-type donors: one patched row per target, all units in one engine call for the point estimate
-        wu0, m0 = donor_w[0]
-        live0 = np.flatnonzero(v[0] > 0)
         prompts0 = design.rows[design.targets[live0]]
         reqs = [(unit, prompts0, (wu0[m0[live0]] @ pools[name])) for name, unit in units]
         grad = self.donor_bootstrap == "linear"
@@ -346,6 +376,14 @@ class PatchingMediation(MediationEstimator):
             nie[0] = sign * np.sum(v[0, live0] * (gt[live0] - gp0[live0]))
             diag = {"patched_rows": len(live0), **_extras_summary(ps.extras, patcher)}
             donors0 = wu0[m0] @ pools[name]
+            diag.update(_distance_diag(natural[name], donors0[live0]))
+            if self.exact_check:
+                check = exact_check(patcher, unit, prompts0, v[0, live0] / v[0, live0].sum(), wu0[m0[live0]],
+                                    pools[name], n_check=self.exact_check, n_donors=_CHECK_DONORS,
+                                    sign=sign, rng=np.random.default_rng([int(self.random_state), 2,
+                                                                          zlib.crc32(str(name).encode())]))
+                diag["patched_rows"] += check.pop("patched_rows")
+                diag.update(check)
             if self.donor_bootstrap == "fixed":
                 for b in boots:
                     live = v[b] > 0
@@ -452,6 +490,10 @@ class PatchingMediation(MediationEstimator):
         if self.donor_bootstrap == "fixed" and design.strategy != "exact":
             warnings.append("donor_bootstrap='fixed': the donor is held at its full-sample value, so the CIs omit "
                             "the donor's own sampling error")
+        if self.strata == "auto" and len(stratify) > 1:
+            warnings.append(f"bootstrap strata: treatment x {'/'.join(stratify[1:])} (some treated topics have fewer "
+                            f"than {_MIN_CONTROLS} controls), which fixes each arm's topic mix: CIs of the "
+                            "unadjusted fit and of adjusted-minus-unadjusted differences are too narrow")
         n_bad = int((~valid[1:]).sum())
         if n_bad:
             warnings.append(f"{n_bad} of {self.n_boot} bootstrap replicates had infeasible weights and were dropped")
@@ -462,8 +504,12 @@ class PatchingMediation(MediationEstimator):
         if flagged:
             warnings.append(f"reweight: {flagged} patched rows have importance-weight ESS/S below "
                             f"{getattr(patcher.outcome, 'min_ess_ratio', 0.1)} (see diagnostics)")
+        off = [name for name, _ in units if diagnostics[name].get("off_distribution")]
+        if off:
+            warnings.append(f"{len(off)} unit(s) patched with a donor mean beyond the 99th percentile of the patched "
+                            f"prompts' own activations (off-distribution): {off[:10]}")
         key = resample_key(data, stratify, self.n_boot, self.random_state)
-        settings = {
+        settings = {"estimand": "NIE" if design.strategy == "exact" else MEAN_PATCH,
             "donors": self.donors, "donors_effective": design.strategy, "direction": self.direction,
             "conditional": design.mode, "n_boot": int(self.n_boot), "n_donors": self.n_donors,
             "donor_bootstrap": self.donor_bootstrap, "stratify": list(stratify), "resample_key": key,
@@ -471,7 +517,7 @@ class PatchingMediation(MediationEstimator):
             "patcher": patcher.describe(), "donor_columns": design.donor_cols, "weight_columns": design.outcome_cols,
         }
         n = int(len(design.rows))
-        return MediationResult(estimator="patching", effects=effects, n=n, n_treated=int(design.t.sum()),
+        return PatchingResult(estimator="patching", effects=effects, n=n, n_treated=int(design.t.sum()),
                                population="att", graph=g.name, adjustment=adj.as_dict(), level=self.level,
                                random_state=self.random_state, settings=settings, diagnostics=diagnostics,
                                warnings=warnings)
@@ -486,6 +532,25 @@ def _extras_summary(extras: dict, patcher) -> dict:
     if "mc_se" in extras and len(extras["mc_se"]):
         out["generate_mc_se_max"] = float(np.nanmax(extras["mc_se"]))
     return out
+
+
+def _sparse_controls(data, cats) -> bool:
+    """True when a level (with treated prompts) of a categorical confounder has 1 to _MIN_CONTROLS - 1 controls."""
+    t = np.asarray(data.t).astype(int)
+    for c in cats:
+        codes = data.x[c].cat.codes.to_numpy()
+        ok = codes >= 0
+        n1 = np.bincount(codes[ok & (t == 1)], minlength=codes.max() + 1)
+        n0 = np.bincount(codes[ok & (t == 0)], minlength=codes.max() + 1)
+        if np.any((n1 > 0) & (n0 > 0) & (n0 < _MIN_CONTROLS)):
+            return True
+    return False
+
+
+def _distance_diag(natural, donors) -> dict:
+    r = donor_distance(natural, donors, k=_PCA_K)
+    return {"donor_distance": r["distance"], "donor_distance_pct": r["percentile"],
+            "off_distribution": r["off_distribution"]}
 
 
 def paired_difference(adjusted: MediationResult, unadjusted: MediationResult, *, effect="nie", arm=None,
