@@ -27,3 +27,16 @@ def test_every_rule_names_a_registered_estimator_and_returns_its_message():
     with pytest.warns(CalibrationWarning):
         msg = warn_uncalibrated("weighting", n=100, n_treated=50)
     assert "docs/coverage.md" in msg and warn_uncalibrated("parametric", n=100, n_treated=50) is None
+
+
+def test_parametric_warns_when_the_data_show_an_interaction_it_leaves_out():
+    data, _ = simulate.topic_mediation(2000, n_topics=4, n_units=1, n_spurious=0, interaction=0.5,
+                                       mediator_strength=3.0, seed=0)
+    with pytest.warns(CalibrationWarning, match=r"T x M interaction the default model leaves out"):
+        res = get_estimator("parametric", n_sims=100).fit(data)
+    assert any("interaction=True" in w for w in res.warnings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CalibrationWarning)
+        get_estimator("parametric", n_sims=100, interaction=True).fit(data)
+        plain, _ = simulate.topic_mediation(2000, n_topics=4, n_units=1, n_spurious=0, seed=0)
+        get_estimator("parametric", n_sims=100).fit(plain)  # no interaction in the data: quiet

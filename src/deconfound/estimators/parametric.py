@@ -29,13 +29,16 @@ treatment arms) and refits both models on the same resample, all replicates of a
 """
 from __future__ import annotations
 
+import warnings
+
 import zlib
 
 import numpy as np
+from scipy import stats
 from scipy import sparse
 from scipy.special import ndtr
 
-from ..errors import DataError
+from ..errors import CalibrationWarning, DataError
 from ..graph import resolve
 from ..inference import Effect, cluster_counts, stratified_counts
 from ..positivity import check_positivity
@@ -148,6 +151,11 @@ class ParametricMediation(MediationEstimator):
             model = _Model(data, unit, x1, names1, x2, names2, self.outcome_family, bool(self.interaction), patterns,
                            mediator_family=self.mediator_family, weights=weights, groups=groups)
             model.fit()
+            if not self.interaction:
+                note = _interaction_note(model)
+                if note:
+                    warnings.warn(note, CalibrationWarning, stacklevel=2)
+                    notes.append(note)
             rng = _unit_rng(self.random_state, unit)
             effects[unit], info = self._effects(model, rng, counts)
             diagnostics[unit] = {"parametric": info}
@@ -216,6 +224,28 @@ def _patterns(x1: np.ndarray, x2: np.ndarray, weights=None):
     share = np.bincount(inv, weights=weights, minlength=len(rows)) / n
     member = sparse.csr_matrix((np.ones(n), (inv, np.arange(n))), shape=(len(rows), n))
     return rows[:, :x1.shape[1]], rows[:, x1.shape[1]:], share, member
+
+
+def _interaction_note(model: "_Model", alpha: float = 0.01) -> str | None:
+    """A note when a gaussian outcome fitted without T x M terms rejects their omission (F test at ``alpha``):
+    the default model then gives wrong ACMEs in both arms (the interaction cell of docs/coverage.md)."""
+    if model.family != "gaussian" or model.robust:
+        return None
+    extra = model.t[:, None] * model.m
+    w1 = np.column_stack([model.w, extra])
+    coef, *_ = np.linalg.lstsq(w1, model.y, rcond=None)
+    rss1 = float(((model.y - w1 @ coef) ** 2).sum())
+    df1 = model.n - np.linalg.matrix_rank(w1)
+    k = np.linalg.matrix_rank(w1) - np.linalg.matrix_rank(model.w)
+    if k <= 0 or df1 <= 0 or rss1 <= 0:
+        return None
+    f = (model.out_rss - rss1) / k / (rss1 / df1)
+    p = float(stats.f.sf(f, k, df1))
+    if p >= alpha:
+        return None
+    return (f"parametric: unit {model.unit!r}'s outcome shows a T x M interaction the default model leaves out "
+            f"(F = {f:.3g}, p = {p:.2g}); its ACMEs are then biased in both arms (see the interaction cell of "
+            "docs/coverage.md): refit with interaction=True")
 
 
 class _Model:
