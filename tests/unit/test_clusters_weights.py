@@ -164,15 +164,7 @@ def test_roles_from_columns_and_data_attributes_and_bad_input():
     assert by_name.effect("m", "nie").se == pytest.approx(est.fit(with_col, cluster=g).effect("m", "nie").se,
                                                          rel=1e-12)
 
-    class WithRoles:  # what MediationData will offer: data.cluster / data.weights
-        def __init__(self, base, cluster):
-            self.__dict__.update(base.__dict__)
-            self._base, self.cluster, self.weights = base, cluster, None
-
-        def __getattr__(self, name):
-            return getattr(self._base, name)
-
-    by_role = est.fit(WithRoles(data, g))
+    by_role = est.fit(data.replace(cluster=g))  # the data's own cluster role
     assert by_role.effect("m", "nie").se == pytest.approx(by_array.effect("m", "nie").se, rel=1e-12)
     with pytest.raises(DataError, match="weights: expected finite positive"):
         est.fit(data, weights=np.r_[-1.0, np.ones(data.n - 1)])
