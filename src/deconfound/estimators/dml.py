@@ -30,18 +30,13 @@ from sklearn.preprocessing import StandardScaler
 from ..errors import DataError, PositivityError
 from ..folds import data_folds, fold_strata, make_folds
 from ..graph import resolve
-from ..inference import Effect
 from ..parallel import run_tasks
-from ..results import MediationResult, add_derived
+from ..results import MediationResult
 from .base import MediationEstimator, check_units, register
+from .dml_scores import CONTRASTS, TERMS, aggregate_unit, overlap_rows, unit_effects  # noqa: F401 - re-exported
 
-# potential-outcome keys (d, d') for E[Y(d, M(d'))]
-TERMS = ((1, 1), (1, 0), (0, 1), (0, 0))
-# effect, arm -> (minuend term, subtrahend term)
-CONTRASTS = {("te", "average"): ((1, 1), (0, 0)), ("nie", "treated"): ((1, 1), (1, 0)),
-             ("nie", "control"): ((0, 1), (0, 0)), ("nde", "treated"): ((1, 1), (0, 1)),
-             ("nde", "control"): ((1, 0), (0, 0))}
-_EPS = 1e-12
+POPULATIONS = ("ate", "att")
+N_REP, TRIM, CLIP = 1, 0.0, 0.01  # defaults: see DMLMediation's docstring
 
 
 # ---- learners -------------------------------------------------------------------------------------------
@@ -183,96 +178,16 @@ def unit_nuisances(m, t, y, x_first, x_second, folds, halves, *, outcome, propen
     return p1mx, mumx, omega
 
 
-# ---- scores ---------------------------------------------------------------------------------------------
-def mediation_scores(t, y, p1x, mux, p1mx, mumx, omega, *, trim: float, normalize: bool):
-    """Scores of the four E[Y(d, M(d'))] on the rows kept by trimming, plus their weights.
-
-    Trimming follows causalweight: a row is kept when p_1(X), p_0(X), p_0(M,X) p_1(X) and p_1(M,X) p_0(X)
-    are all >= ``trim``. With ``normalize`` every inverse-probability weight is divided by its mean over the
-    kept rows (Hajek form). Returns ``(keep, psi, alpha, nested_w)``: ``psi[(d, d')]`` and ``alpha[(d, d')]``
-    (the weight on the outcome residual) are arrays over the kept rows.
-    """
-    px = {1: np.clip(p1x, _EPS, 1 - _EPS), 0: np.clip(1 - p1x, _EPS, 1 - _EPS)}
-    pmx = {1: np.clip(p1mx, _EPS, 1 - _EPS), 0: np.clip(1 - p1mx, _EPS, 1 - _EPS)}
-    keep = ((px[1] >= trim) & (px[0] >= trim) & (pmx[0] * px[1] >= trim) & (pmx[1] * px[0] >= trim))
-    if trim == 0:
-        keep[:] = True
-    t, y = t[keep], y[keep]
-    px = {d: v[keep] for d, v in px.items()}
-    pmx = {d: v[keep] for d, v in pmx.items()}
-    mux, mumx, omega = mux[keep], mumx[keep], omega[keep]
-    norm = (lambda w: w / w.mean() if w.sum() > 0 else w) if normalize else (lambda w: w)
-    psi, alpha, nested_w = {}, {}, {}
-    for d in (0, 1):
-        is_d, is_other = (t == d).astype(float), (t == 1 - d).astype(float)
-        w = norm(is_d / px[d])
-        psi[(d, d)] = w * (y - mux[:, d]) + mux[:, d]
-        alpha[(d, d)] = w
-        w1 = norm(is_d * pmx[1 - d] / (pmx[d] * px[1 - d]))
-        w2 = norm(is_other / px[1 - d])
-        psi[(d, 1 - d)] = w1 * (y - mumx[:, d]) + w2 * (mumx[:, d] - omega[:, d]) + omega[:, d]
-        alpha[(d, 1 - d)] = w1
-        nested_w[(d, 1 - d)] = w2
-    return keep, psi, alpha, nested_w
-
-
-def _full(values, keep, n):
-    """Scores over the kept rows -> a length-n influence vector (zeros on trimmed rows, scaled by n/n_kept)."""
-    out = np.zeros(n)
-    out[keep] = values * (n / keep.sum())
-    return out
-
-
-def _ovb(keep, n, alpha, residual):
-    """The OVB pieces {sigma2, nu2, psi_sigma2, psi_nu2} of one target (see DMLMediation's docstring)."""
-    sigma2, nu2 = float(np.mean(residual**2)), float(np.mean(alpha**2))
-    return {"sigma2": sigma2, "nu2": nu2, "psi_sigma2": _full(residual**2 - sigma2, keep, n),
-            "psi_nu2": _full(alpha**2 - nu2, keep, n)}
-
-
-def _unit_effects(t, y, shared, unit_nuis, *, trim, normalize, level):
-    p1x, mux = shared
-    p1mx, mumx, omega = unit_nuis
-    n = len(t)
-    keep, psi, alpha, _ = mediation_scores(t, y, p1x, mux, p1mx, mumx, omega, trim=trim, normalize=normalize)
-    tk = t[keep]
-    for arm, name in ((1, "treated"), (0, "control")):
-        if int((tk == arm).sum()) < 2:
-            raise PositivityError(f"trimming at {trim}: expected at least 2 {name} rows (T={arm}) kept, got "
-                                  f"{int((tk == arm).sum())} of {int((t == arm).sum())}")
-    means = {key: float(v.mean()) for key, v in psi.items()}
-    terms = {key: Effect.from_scores(means[key], _full(psi[key] - means[key], keep, n), level=level)
-             for key in TERMS}
-    effects = {key: terms[a] - terms[b] for key, (a, b) in CONTRASTS.items()}
-    effects = add_derived(effects)
-    effects[("te", "treated")] = effects[("te", "control")] = effects[("te", "average")]
-    # OVB pieces: TE on the short residual Y - mu(D,X); NIE/NDE on the long residual Y - mu(D,M,X)
-    yk = y[keep]
-    short = yk - np.where(tk == 1, mux[keep, 1], mux[keep, 0])
-    long = yk - np.where(tk == 1, mumx[keep, 1], mumx[keep, 0])
-    ovb = {}
-    for key, (a, b) in CONTRASTS.items():
-        ovb[key] = _ovb(keep, n, alpha[a] - alpha[b], short if key[0] == "te" else long)
-    for kind in ("nie", "nde"):
-        (a1, b1), (a0, b0) = CONTRASTS[(kind, "treated")], CONTRASTS[(kind, "control")]
-        avg = 0.5 * (alpha[a1] - alpha[b1] + alpha[a0] - alpha[b0])
-        ovb[(kind, "average")] = _ovb(keep, n, avg, long)
-    ovb[("te", "treated")] = ovb[("te", "control")] = ovb[("te", "average")]
-    px_out = int(((p1x <= trim) | (p1x >= 1 - trim)).sum())
-    pmx_out = int(((p1mx <= trim) | (p1mx >= 1 - trim)).sum())
-    diag = {"n_kept": int(keep.sum()), "n_trimmed": int(n - keep.sum()), "trim": float(trim),
-            "px_outside_trim": px_out, "pmx_outside_trim": pmx_out,
-            "pmx_range": (float(p1mx.min()), float(p1mx.max())), "px_range": (float(p1x.min()), float(p1x.max())),
-            "potential_outcomes": {f"Y({a},M({b}))": terms[(a, b)] for a, b in TERMS}, "ovb": ovb}
-    return effects, diag
-
-
-def _fit_unit(m, t, y, x_first, x_second, folds, halves, shared, settings):
-    nuis = unit_nuisances(m, t, y, x_first, x_second, folds, halves, outcome=settings["outcome"],
-                          propensity=settings["propensity"], pca=settings["pca"],
-                          random_state=settings["random_state"])
-    return _unit_effects(t, y, shared, nuis, trim=settings["trim"], normalize=settings["normalize"],
-                         level=settings["level"])
+def _fit_unit(m, t, y, x_first, x_second, keep, splits, settings):
+    """One unit's effects: nuisances and scores on every sample split, then their aggregation."""
+    per_rep = []
+    for folds, halves, shared, seed in splits:
+        nuis = unit_nuisances(m, t, y, x_first, x_second, folds, halves, outcome=settings["outcome"],
+                              propensity=settings["propensity"], pca=settings["pca"], random_state=seed)
+        per_rep.append(unit_effects(t, y, keep, shared, nuis, clip=settings["clip"],
+                                    normalize=settings["normalize"], population=settings["population"],
+                                    level=settings["level"]))
+    return aggregate_unit(per_rep, settings["level"])
 
 
 # ---- estimator ------------------------------------------------------------------------------------------
@@ -329,25 +244,34 @@ class DMLMediation(MediationEstimator):
     True
     """
 
-    def __init__(self, *, outcome_learner=None, propensity_learner=None, n_folds: int = 5, trim: float = 0.05,
-                 normalize: bool = True, pca: int | None = None, level: float = 0.95, random_state=0):
+    def __init__(self, *, outcome_learner=None, propensity_learner=None, n_folds: int = 5, n_rep: int = N_REP,
+                 trim: float = TRIM, clip: float = CLIP, normalize: bool = True, population: str = "ate",
+                 pca: int | None = None, level: float = 0.95, random_state=0):
         self.outcome_learner = outcome_learner
         self.propensity_learner = propensity_learner
         self.n_folds = n_folds
+        self.n_rep = n_rep
         self.trim = trim
+        self.clip = clip
         self.normalize = normalize
+        self.population = population
         self.pca = pca
         self.level = level
         self.random_state = random_state
 
     def _check(self, data):
-        if isinstance(self.n_folds, bool) or not isinstance(self.n_folds, (int, np.integer)) or self.n_folds < 2:
-            raise ValueError(f"n_folds: expected an int >= 2, got {self.n_folds!r}")
+        for name in ("n_folds", "n_rep"):
+            value, low = getattr(self, name), 2 if name == "n_folds" else 1
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
         if self.n_folds > data.n // 2:
             raise DataError(f"n_folds: expected at most n/2 = {data.n // 2} folds for {data.n} rows, "
                             f"got {self.n_folds}")
-        if not 0 <= float(self.trim) < 0.5:
-            raise ValueError(f"trim: expected a number in [0, 0.5), got {self.trim!r}")
+        for name in ("trim", "clip"):
+            if not 0 <= float(getattr(self, name)) < 0.5:
+                raise ValueError(f"{name}: expected a number in [0, 0.5), got {getattr(self, name)!r}")
+        if self.population not in POPULATIONS:
+            raise ValueError(f"population: expected one of {POPULATIONS}, got {self.population!r}")
         if self.pca is not None and (isinstance(self.pca, bool) or not isinstance(self.pca, (int, np.integer))
                                      or self.pca < 1):
             raise ValueError(f"pca: expected None or an int >= 1, got {self.pca!r}")
@@ -370,29 +294,46 @@ class DMLMediation(MediationEstimator):
         x_second = data.x_design(adj.second_stage)[0]
         x_total = data.x_design(adj.total)[0]
         t, y = data.t.astype(int), data.y.astype(float)
-        folds, halves = cross_fit_splits(data, int(self.n_folds), self.random_state)
-        shared = shared_nuisances(t, y, x_first, x_total, folds, outcome=outcome, propensity=propensity,
-                                  random_state=self.random_state)
-        settings = dict(outcome=outcome, propensity=propensity, pca=self.pca, trim=float(self.trim),
-                        normalize=bool(self.normalize), level=float(self.level), random_state=self.random_state)
-        common = dict(t=t, y=y, x_first=x_first, x_second=x_second, folds=folds, halves=halves, shared=shared,
-                      settings=settings)
+        splits = []
+        for r in range(int(self.n_rep)):  # split 0 uses random_state itself: n_rep=1 is plain cross-fitting
+            seed = self.random_state if r == 0 else child_seed(self.random_state, 9, r)
+            folds, halves = cross_fit_splits(data, int(self.n_folds), seed)
+            shared = shared_nuisances(t, y, x_first, x_total, folds, outcome=outcome, propensity=propensity,
+                                      random_state=seed)
+            splits.append((folds, halves, shared, seed))
+        keep = overlap_rows(splits[0][2][0], float(self.trim))  # chosen once, on the first split's p(X)
+        settings = dict(outcome=outcome, propensity=propensity, pca=self.pca, clip=float(self.clip),
+                        normalize=bool(self.normalize), population=self.population, level=float(self.level))
+        common = dict(t=t, y=y, x_first=x_first, x_second=x_second, keep=keep, splits=splits, settings=settings)
         if backend == "local" and int(n_jobs) == 1:  # serial: read one unit at a time (lazy, memory-mapped data)
             out = [_fit_unit(data.mediator(u), **common) for u in units]
         else:
             out = run_tasks(_fit_unit, [data.mediator(u) for u in units], backend=backend, n_jobs=n_jobs,
                             shared=common)
+        n_trimmed = int((~keep).sum())
         effects, diagnostics, warns = {}, {}, []
         for u, (eff, diag) in zip(units, out):
-            effects[u], diagnostics[u] = eff, diag
-            if diag["n_trimmed"]:
-                warns.append(f"unit {u!r}: trimmed {diag['n_trimmed']} of {data.n} rows (propensity or product "
-                             f"< {self.trim}); effects refer to the {diag['n_kept']} kept rows")
+            effects[u] = eff
+            diagnostics[u] = {"n_kept": int(keep.sum()), "n_trimmed": n_trimmed, "trim": float(self.trim),
+                              "clip": float(self.clip), "n_rep": int(self.n_rep), **diag}
+            if diag["n_clipped"]:
+                warns.append(f"unit {u!r}: p(M,X) of {diag['n_clipped']} of {int(keep.sum())} rows was outside "
+                             f"[{self.clip:g}, {1 - self.clip:g}] and clipped to it in the weights")
+        settings = self.get_params()
+        population = self.population
+        if n_trimmed:
+            population = "overlap"
+            who = "treated rows" if self.population == "att" else "rows"
+            settings["population_note"] = (
+                f"{who} with {self.trim:g} <= p(X) <= {1 - self.trim:g} (out-of-fold p(X) of the first split): "
+                f"{n_trimmed} of {data.n} rows dropped on the pre-treatment propensity")
+            warns.append(f"trimmed {n_trimmed} of {data.n} rows with p(X) outside [{self.trim:g}, "
+                         f"{1 - self.trim:g}]; effects refer to the overlap population of the "
+                         f"{int(keep.sum())} kept rows")
         if not adj.identified:
             warns.append(f"graph {g.name}: effects not identified (latent {list(adj.latent)}); adjusted for the "
                          "observed confounders only")
         return MediationResult(
-            estimator=self.name, effects=effects, n=data.n, n_treated=data.n_treated, population="ate",
+            estimator=self.name, effects=effects, n=data.n, n_treated=data.n_treated, population=population,
             graph=g.name, adjustment=adj.as_dict(), level=float(self.level), random_state=self.random_state,
-            settings=self.get_params(),
-            diagnostics=diagnostics, warnings=warns)
+            settings=settings, diagnostics=diagnostics, warnings=warns)
