@@ -35,14 +35,14 @@ def linear1(linear):
     return data, truth, DMLMediation(n_rep=1).fit(data)
 
 
-def strong_tm(n, seed, beta=1.2, kappa=1.0, theta=0.5, b=0.5):
+def strong_tm(n, seed, beta=1.0, kappa=1.0, theta=0.5, b=0.5):
     """Linear SEM with a strong T -> M path and a T x M interaction; its closed-form truth per population.
 
     topic k uniform on 4 levels with a_k = (-1, -0.3, 0.3, 1); T ~ Bernoulli(expit(a_k));
     M = 0.5 a_k + beta T + e; Y = theta T + 0.8 a_k + (b + kappa T) M + u (e, u standard normal). Then
     E[Y(d, M(d')) | pop] = theta d + 0.8 E[a] + (b + kappa d)(0.5 E[a] + beta d'), E over the topic's
     distribution in the population (uniform for the ATE, proportional to expit(a_k) for the ATT).
-    With beta = 1.2, causalweight's trimming rule at 0.05 drops about a sixth of the rows.
+    With beta = 1, causalweight's trimming rule at 0.05 drops about 8% of the rows.
     """
     a, pi = np.array([-1.0, -0.3, 0.3, 1.0]), np.full(4, 0.25)
     rng = np.random.default_rng(seed)
