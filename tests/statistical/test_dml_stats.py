@@ -64,10 +64,11 @@ def test_default_coverage_n800():
 
 
 def test_default_coverage_n2000():
-    """Defaults at n = 2000: REPS_2000 replications. Measured: MEASURED_2000.
+    """Defaults at n = 2000, 20 replications (seeds 7000-7019; 150 s of CPU on a loaded 2-core machine).
 
-    Band: every effect >= 0.80 and the mean over the seven effects in [0.88, 1.0] (Monte Carlo SD of one
-    effect's coverage over 20 draws: 0.049)."""
+    Measured: TE 0.95, NIE(treated) 0.90, NIE(control) 0.95, NDE(treated) 0.95, NDE(control) 1.00,
+    NIE(average) 1.00, NDE(average) 1.00; mean 0.964. Band: every effect >= 0.80 and the mean over the seven
+    effects in [0.88, 1.0] (Monte Carlo SD of one effect's coverage over 20 draws: 0.049)."""
     coverage = _coverage(2000, 20, 7000)
     assert min(coverage.values()) >= 0.80, coverage
     assert 0.88 <= np.mean(list(coverage.values())) <= 1.0, coverage
