@@ -54,10 +54,11 @@ def _coverage(n, reps, seed0):
 
 
 def test_default_coverage_n800():
-    """Defaults at n = 800: REPS_800 replications. Measured: MEASURED_800.
+    """Defaults at n = 800, 40 replications (seeds 5000-5039; 270 s of CPU on a loaded 2-core machine).
 
-    Band: every effect >= 0.85 and the mean over the seven effects in [0.90, 0.99] (one effect's coverage
-    over 40 draws has a Monte Carlo SD of 0.034 at 0.95)."""
+    Measured: TE 0.975, NIE(treated) 0.925, NIE(control) 0.925, NDE(treated) 0.95, NDE(control) 0.975,
+    NIE(average) 0.925, NDE(average) 0.95; mean 0.946. Band: every effect >= 0.85 and the mean over the seven
+    effects in [0.90, 0.99] (one effect's coverage over 40 draws has a Monte Carlo SD of 0.034 at 0.95)."""
     coverage = _coverage(800, 40, 5000)
     assert min(coverage.values()) >= 0.85, coverage
     assert 0.90 <= np.mean(list(coverage.values())) <= 0.99, coverage
