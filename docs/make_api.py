@@ -30,6 +30,7 @@ MODULES = [
     ("deconfound.estimators.parametric", "Imai-Keele-Tingley parametric mediation"),
     ("deconfound.estimators.weighting", "Huber's inverse-probability weighting"),
     ("deconfound.estimators.dml", "multiply robust, cross-fitted mediation"),
+    ("deconfound.estimators.dml_scores", "DML scores for the ATE and the ATT, and the repeated-split aggregation"),
     ("deconfound.estimators.econml", "EconML comparison variants"),
     ("deconfound.estimators.patching", "interventional activation patching"),
     ("deconfound.estimators.interventional", "interventional effects with earlier layers as confounders"),

@@ -148,7 +148,7 @@ def _te_row(res, **kw):
 
 
 def test_dml_te_bound_equals_drlearner_with_matched_nuisances(fitted):
-    # Same folds, cell-mean nuisances (fully grown trees on one-hot topics), no trimming, no normalization:
+    # Same folds (one split), cell-mean nuisances (fully grown trees on one-hot topics), no trimming, no normalization:
     # theta and sigma2 coincide to rounding. nu2 differs only in its estimator: ours is mean(alpha^2), EconML's
     # mean(2 (1/p1 + 1/p0) - alpha^2); both estimate E[1/p1 + 1/p0], and with cell propensities fitted on the
     # other folds they differ by well under 1%. Tolerance on the bounds: 0.02 SE of the TE.
@@ -156,7 +156,7 @@ def test_dml_te_bound_equals_drlearner_with_matched_nuisances(fitted):
 
     data, _, _ = fitted
     dml = _dml().DMLMediation(outcome_learner=DecisionTreeRegressor(), propensity_learner=DecisionTreeClassifier(),
-                              n_folds=3, trim=0.0, normalize=False, random_state=0)
+                              n_folds=3, n_rep=1, trim=0.0, normalize=False, random_state=0)
     res = dml.fit(data)
     folds = data_folds(data, 3, random_state=0)  # the folds DMLMediation cross-fits on
     est = _fit_drlearner(data, [(np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in range(3)])

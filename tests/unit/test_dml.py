@@ -5,9 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from joblib import parallel_config
+from scipy.special import expit
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.svm import LinearSVC
 
+from deconfound.data import MediationData
 from deconfound.errors import DataError
 from deconfound.estimators import get_estimator
 from deconfound.estimators import dml as dml_mod
@@ -26,9 +28,44 @@ def linear():
     return data, truth, DMLMediation().fit(data)
 
 
+@pytest.fixture(scope="module")
+def linear1(linear):
+    """The same data with one sample split: exact identities and the OVB contract."""
+    data, truth, _ = linear
+    return data, truth, DMLMediation(n_rep=1).fit(data)
+
+
+def strong_tm(n, seed, beta=1.0, kappa=1.0, theta=0.5, b=0.5):
+    """Linear SEM with a strong T -> M path and a T x M interaction; its closed-form truth per population.
+
+    topic k uniform on 4 levels with a_k = (-1, -0.3, 0.3, 1); T ~ Bernoulli(expit(a_k));
+    M = 0.5 a_k + beta T + e; Y = theta T + 0.8 a_k + (b + kappa T) M + u (e, u standard normal). Then
+    E[Y(d, M(d')) | pop] = theta d + 0.8 E[a] + (b + kappa d)(0.5 E[a] + beta d'), E over the topic's
+    distribution in the population (uniform for the ATE, proportional to expit(a_k) for the ATT).
+    With beta = 1, causalweight's trimming rule at 0.05 drops about 8% of the rows.
+    """
+    a, pi = np.array([-1.0, -0.3, 0.3, 1.0]), np.full(4, 0.25)
+    rng = np.random.default_rng(seed)
+    k = rng.choice(4, size=n, p=pi)
+    t = (rng.random(n) < expit(a[k])).astype(int)
+    m = 0.5 * a[k] + beta * t + rng.normal(size=n)
+    y = theta * t + 0.8 * a[k] + (b + kappa * t) * m + rng.normal(size=n)
+    x = pd.DataFrame({"topic": pd.Categorical([f"t{j}" for j in k], categories=[f"t{j}" for j in range(4)])})
+    data = MediationData.from_arrays(t=t, y=y, mediators={"u0": m[:, None]}, x=x)
+    truth = {}
+    for pop, w in (("ate", pi), ("att", pi * expit(a) / (pi * expit(a)).sum())):
+        def q(d, dp):
+            return theta * d + 0.8 * (w @ a) + (b + kappa * d) * (0.5 * (w @ a) + beta * dp)
+        truth[pop] = {("nie", "treated"): q(1, 1) - q(1, 0), ("nie", "control"): q(0, 1) - q(0, 0),
+                      ("nde", "treated"): q(1, 1) - q(0, 1), ("nde", "control"): q(1, 0) - q(0, 0),
+                      ("te", "average"): q(1, 1) - q(0, 0)}
+    return data, truth
+
+
 # ---- an independent re-implementation (causalweight medDML's formulas, written out) -------------------------
-def manual_dml(data, unit, *, n_folds, random_state, trim, normalize):
-    """Plain loops over folds with LinearRegression / LogisticRegression, then causalweight's sums."""
+def manual_dml(data, unit, *, n_folds, random_state, trim, clip, normalize):
+    """Plain loops over folds with LinearRegression / LogisticRegression, then causalweight's sums on the rows
+    with trim <= p(X) <= 1 - trim, with p(M,X) clipped to [clip, 1 - clip]."""
     folds, halves = cross_fit_splits(data, n_folds, random_state)
     t, y, n = data.t.astype(int), data.y, data.n
     x = pd.get_dummies(data.x["topic"], drop_first=True).to_numpy(float)
@@ -45,8 +82,9 @@ def manual_dml(data, unit, *, n_folds, random_state, trim, normalize):
             cols[f"m{d}mx"][te] = fit_m.predict(xm[te])
             other = b & (t == 1 - d)
             cols[f"om{d}"][te] = LinearRegression().fit(x[other], fit_m.predict(xm[other])).predict(x[te])
-    p1, p0, q1, q0 = cols["px"], 1 - cols["px"], cols["pmx"], 1 - cols["pmx"]
-    keep = (q0 * p1 >= trim) & (p1 >= trim) & (p0 >= trim) & (q1 * p0 >= trim)
+    q = np.clip(cols["pmx"], clip, 1 - clip)
+    p1, p0, q1, q0 = cols["px"], 1 - cols["px"], q, 1 - q
+    keep = (p1 >= trim) & (p0 >= trim)
     c = {key: v[keep] for key, v in cols.items()}
     t, y, nk = t[keep], y[keep], int(keep.sum())
     p1, p0, q1, q0 = p1[keep], p0[keep], q1[keep], q0[keep]
@@ -67,37 +105,57 @@ def manual_dml(data, unit, *, n_folds, random_state, trim, normalize):
     return out, int(n - keep.sum())
 
 
-@pytest.mark.parametrize("normalize", [True, False])
-def test_matches_independent_reimplementation(normalize):
+@pytest.mark.parametrize("normalize,trim,clip", [(True, 0.0, 0.01), (False, 0.0, 0.05), (True, 0.25, 0.01)])
+def test_matches_independent_reimplementation(normalize, trim, clip):
     data, _ = topic_mediation(800, n_units=2, dim=2, n_topics=3, seed=5)
     res = DMLMediation(outcome_learner=LinearRegression(), propensity_learner=LogisticRegression(),
-                       n_folds=4, trim=0.05, normalize=normalize, random_state=3).fit(data)
+                       n_folds=4, n_rep=1, trim=trim, clip=clip, normalize=normalize, random_state=3).fit(data)
     for unit in data.units:
-        oracle, trimmed = manual_dml(data, unit, n_folds=4, random_state=3, trim=0.05, normalize=normalize)
-        assert res.diagnostics[unit]["n_trimmed"] == trimmed
+        oracle, trimmed = manual_dml(data, unit, n_folds=4, random_state=3, trim=trim, clip=clip,
+                                     normalize=normalize)
+        assert res.diagnostics[unit]["n_trimmed"] == trimmed and (trim == 0) == (trimmed == 0)
         for key, (est, se) in oracle.items():
             eff = res.effect(unit, *key)
             assert eff.estimate == pytest.approx(est, rel=1e-9, abs=1e-12)
             assert eff.se == pytest.approx(se, rel=1e-9)
 
 
-def test_trimming_drops_rows_and_reports_counts():
+def test_trim_selects_on_pre_treatment_px_only():
+    """trim drops rows on the out-of-fold p(X) only; the result is an overlap population and says which rows.
+    A mediator that reveals T (p(M,X) near 0/1) changes no row's membership: only its clip count."""
     data, _ = topic_mediation(1500, n_topics=4, topic_strength=3.0, seed=2)
     res = DMLMediation(**CHEAP, trim=0.1).fit(data)
     diag = res.diagnostics["u0"]
-    _, trimmed = manual_dml(data, "u0", n_folds=5, random_state=0, trim=0.1, normalize=True)
-    assert trimmed > 0  # the manual version uses other learners: the exact counts come from our own nuisances
     folds, _ = cross_fit_splits(data, 5, 0)
     x = data.x_design()[0]
     p1x, _ = shared_nuisances(data.t.astype(int), data.y, x, x, folds, outcome=Ridge(alpha=1.0),
                               propensity=LogisticRegression(C=1.0), random_state=0)
-    assert diag["px_outside_trim"] == int(((p1x <= 0.1) | (p1x >= 0.9)).sum()) > 0
-    assert diag["n_trimmed"] > 0 and diag["n_kept"] + diag["n_trimmed"] == data.n
-    assert any("trimmed" in w for w in res.warnings)
-    # effect scores have length n with zeros on the trimmed rows
+    outside = int(((p1x < 0.1) | (p1x > 0.9)).sum())
+    assert diag["n_trimmed"] == outside > 0 and diag["n_kept"] + diag["n_trimmed"] == data.n
+    assert res.population == "overlap" and "0.1 <= p(X) <= 0.9" in res.settings["population_note"]
+    assert any("overlap population" in w for w in res.warnings)
     scores = res.effect("u0", "nie", "treated").scores
-    assert len(scores) == data.n and (scores == 0).sum() >= diag["n_trimmed"]
-    assert DMLMediation(**CHEAP, trim=0.0).fit(data).diagnostics["u0"]["n_trimmed"] == 0
+    assert len(scores) == data.n and (scores == 0).sum() >= outside
+    revealing = MediationData.from_arrays(t=data.t, y=data.y, x=data.x,
+                                          mediators={"u0": 6.0 * data.t[:, None] + data.mediator("u0")})
+    other = DMLMediation(**CHEAP, trim=0.1).fit(revealing).diagnostics["u0"]
+    assert other["n_trimmed"] == outside and other["n_clipped"] > diag["n_clipped"] + 100
+    plain = DMLMediation(**CHEAP).fit(data)
+    assert plain.diagnostics["u0"]["n_trimmed"] == 0 and plain.population == "ate"
+    assert "population_note" not in plain.settings
+
+
+def test_clip_count_reported():
+    data, _ = topic_mediation(1000, n_topics=4, seed=3)
+    res = DMLMediation(**CHEAP, clip=0.2, n_rep=1).fit(data)
+    folds, halves = cross_fit_splits(data, 5, 0)
+    x = data.x_design()[0]
+    p1mx, _, _ = dml_mod.unit_nuisances(data.mediator("u0"), data.t.astype(int), data.y, x, x, folds, halves,
+                                        outcome=Ridge(alpha=1.0), propensity=LogisticRegression(C=1.0), pca=None,
+                                        random_state=0)
+    clipped = int(((p1mx < 0.2) | (p1mx > 0.8)).sum())
+    assert res.diagnostics["u0"]["n_clipped"] == clipped > 0
+    assert any(f"p(M,X) of {clipped} of 1000 rows" in w for w in res.warnings)
 
 
 def test_bias_within_3se_linear(linear):
@@ -108,8 +166,8 @@ def test_bias_within_3se_linear(linear):
             assert abs(eff.estimate - tv) <= 3 * eff.se, (unit, key, eff, tv)
 
 
-def test_identities_hold_exactly(linear):
-    _, _, res = linear
+def test_identities_hold_exactly(linear1):
+    _, _, res = linear1
     e = res.effects["u0"]
     te = e[("te", "average")]
     for a, b in ((("nie", "treated"), ("nde", "control")), (("nie", "control"), ("nde", "treated"))):
@@ -118,7 +176,7 @@ def test_identities_hold_exactly(linear):
         np.testing.assert_allclose(total.scores, te.scores, atol=1e-12)
     assert (te - e[("nie", "average")]).estimate == pytest.approx(e[("nde", "average")].estimate, abs=1e-12)
     assert e[("prop_mediated", "average")].estimate == pytest.approx(e[("nie", "average")].estimate / te.estimate)
-    assert e[("te", "treated")] is te and e[("te", "control")] is te
+    assert [k for k in e if k[0] == "te"] == [("te", "average")]  # one total-effect row
     pos = res.diagnostics["u0"]["potential_outcomes"]
     assert (pos["Y(1,M(1))"] - pos["Y(1,M(0))"]).estimate == pytest.approx(e[("nie", "treated")].estimate)
 
@@ -191,10 +249,10 @@ def test_high_dimensional_mediator_576():
     assert abs(eff.estimate - truth.value("u0", "te")) <= 3 * eff.se
 
 
-def test_ovb_pieces_follow_the_contract(linear):
-    data, _, res = linear
+def test_ovb_pieces_follow_the_contract(linear1):
+    data, _, res = linear1
     ovb = res.diagnostics["u0"]["ovb"]
-    assert set(ovb) == {(e, a) for e in ("te", "nie", "nde") for a in ("treated", "control", "average")}
+    assert set(ovb) == {("te", "average")} | {(e, a) for e in ("nie", "nde") for a in ("treated", "control", "average")}
     for piece in ovb.values():
         assert piece["sigma2"] > 0 and piece["nu2"] > 0
         assert piece["psi_sigma2"].shape == piece["psi_nu2"].shape == (data.n,)
@@ -206,14 +264,12 @@ def test_ovb_pieces_follow_the_contract(linear):
     outcome, propensity = dml_mod.check_learners(None, None)
     t = data.t.astype(int)
     p1x, mux = shared_nuisances(t, data.y, x, x, folds, outcome=outcome, propensity=propensity, random_state=0)
-    keep = np.ones(data.n, bool)
-    keep[res.effect("u0", "te").scores == 0] = False  # trimmed rows (a kept row with score exactly 0 is improbable)
-    w1, w0 = (t / p1x)[keep], ((1 - t) / (1 - p1x))[keep]
+    w1, w0 = t / p1x, (1 - t) / (1 - p1x)
     alpha = w1 / w1.mean() - w0 / w0.mean()
-    resid = (data.y - np.where(t == 1, mux[:, 1], mux[:, 0]))[keep]
+    resid = data.y - np.where(t == 1, mux[:, 1], mux[:, 0])
     assert ovb[("te", "average")]["sigma2"] == pytest.approx(np.mean(resid**2), rel=1e-9)
     assert ovb[("te", "average")]["nu2"] == pytest.approx(np.mean(alpha**2), rel=1e-9)
-    assert est.get_params()["trim"] == 0.05
+    assert est.get_params()["trim"] == 0.0 and res.diagnostics["u0"]["n_trimmed"] == 0
     sens = pytest.importorskip("deconfound.sensitivity")
     out = sens.sensitivity_analysis(res, cf_y=0.0, cf_d=0.0).to_frame()
     row = out[(out.unit == "u0") & (out.effect == "nie") & (out.arm == "treated")].iloc[0]
@@ -229,7 +285,9 @@ def test_bad_inputs():
         DMLMediation(propensity_learner=Ridge()).fit(data)
     with pytest.raises(TypeError, match="outcome_learner"):
         DMLMediation(outcome_learner="ridge").fit(data)
-    for kwargs, pattern in [({"trim": 0.5}, "trim"), ({"trim": -0.1}, "trim"), ({"n_folds": 1}, "n_folds"),
+    for kwargs, pattern in [({"trim": 0.5}, "trim"), ({"trim": -0.1}, "trim"), ({"clip": 0.5}, "clip"),
+                            ({"n_rep": 0}, "n_rep"), ({"n_rep": 2.0}, "n_rep"), ({"population": "atc"}, "population"),
+                            ({"n_folds": 1}, "n_folds"),
                             ({"n_folds": 2.5}, "n_folds"), ({"pca": 0}, "pca"), ({"level": 1.0}, "level")]:
         with pytest.raises(ValueError, match=pattern):
             DMLMediation(**kwargs).fit(data)
@@ -270,3 +328,76 @@ def test_agrees_with_other_estimators_on_linear_case(linear, module):
     for key in [("te", "average"), ("nie", "average"), ("nde", "average")]:
         a, b = res.effect("u0", *key), other.effect("u0", *key)
         assert abs(a.estimate - b.estimate) <= 2 * max(a.se, b.se), (module, key, a, b)
+
+
+# ---- defaults on a strong T -> M path with a T x M interaction ---------------------------------------------
+def test_default_recovers_strong_mediator_with_interaction():
+    """The default estimator keeps every row (no selection on M) and recovers every effect within 3 SE.
+
+    causalweight's rule (drop rows with p_d(M,X) p_d'(X) < 0.05) would select on the post-treatment M here."""
+    data, truth = strong_tm(5000, seed=7)
+    res = DMLMediation().fit(data)
+    diag = res.diagnostics["u0"]
+    assert diag["n_trimmed"] == 0 and res.population == "ate"
+    lo, hi = diag["pmx_range"]
+    assert lo < 0.05 or hi > 0.95  # the case the old rule trimmed
+    for key, tv in truth["ate"].items():
+        eff = res.effect("u0", *key)
+        assert abs(eff.estimate - tv) <= 3 * eff.se, (key, eff, tv)
+
+
+# ---- repeated cross-fitting ---------------------------------------------------------------------------------
+def test_repeated_crossfitting_matches_hand_aggregation():
+    """Split r is the one-split fit seeded by child_seed(random_state, 9, r) (split 0: random_state); the
+    result is the median of the splits with se = sqrt(median(se_r^2 + (theta_r - theta)^2))."""
+    data, _ = topic_mediation(600, n_units=2, n_topics=3, seed=12)
+    res = DMLMediation(**CHEAP, n_rep=3, random_state=5).fit(data)
+    seeds = [5, dml_mod.child_seed(5, 9, 1), dml_mod.child_seed(5, 9, 2)]
+    singles = [DMLMediation(**CHEAP, n_rep=1, random_state=s).fit(data) for s in seeds]
+    for unit in data.units:
+        split = res.diagnostics[unit]["split"]
+        for key, eff in res.effects[unit].items():
+            est = np.array([s.effect(unit, *key).estimate for s in singles])
+            se = np.array([s.effect(unit, *key).se for s in singles])
+            np.testing.assert_allclose(split[key]["estimates"], est, rtol=0, atol=1e-12)
+            theta = np.median(est)
+            assert eff.estimate == pytest.approx(theta, abs=1e-12)
+            assert eff.se == pytest.approx(np.sqrt(np.median(se**2 + (est - theta) ** 2)), abs=1e-12)
+            assert np.sqrt(np.mean(eff.scores**2) / data.n) == pytest.approx(eff.se, rel=1e-12)
+            assert split[key]["min"] == est.min() and split[key]["max"] == est.max()
+            assert split[key]["sd"] == pytest.approx(est.std(ddof=1), abs=1e-15)
+    one = DMLMediation(**CHEAP, n_rep=1, random_state=5).fit(data)
+    assert one.effect("u0", "nie").estimate == singles[0].effect("u0", "nie").estimate
+    assert "split" not in one.diagnostics["u0"]
+
+
+# ---- ATT ----------------------------------------------------------------------------------------------------
+def test_att_matches_simulation_truth():
+    data, truth = topic_mediation(5000, n_topics=4, interaction=1.0, seed=13)
+    res = DMLMediation(population="att").fit(data)
+    assert res.population == "att"
+    ate = DMLMediation().fit(data)
+    for key in PRIMARY:
+        eff, tv = res.effect("u0", *key), truth.value("u0", *key, population="att")
+        assert abs(eff.estimate - tv) <= 3 * eff.se, (key, eff, tv)
+    # the NDE differs between the populations here (topic mix of the treated): the two are not the same numbers
+    att_nde, ate_nde = (truth.value("u0", "nde", "control", population=p) for p in ("att", "ate"))
+    assert abs(att_nde - ate_nde) > 0.05
+    assert res.effect("u0", "nde", "control").estimate != ate.effect("u0", "nde", "control").estimate
+
+
+def test_att_scores_closed_forms():
+    """E[Y(1, M(1)) | T=1] is the treated mean exactly; its score is the influence function of a ratio
+    of means, (D (Y - theta)) / P(T=1); the ATT TE's score includes the estimation of P(T=1)."""
+    data, _ = topic_mediation(800, n_topics=3, seed=14)
+    res = DMLMediation(**CHEAP, n_rep=1, population="att").fit(data)
+    y1 = res.diagnostics["u0"]["potential_outcomes"]["Y(1,M(1))"]
+    t, y = data.t.astype(float), data.y
+    mean1 = y[t == 1].mean()
+    assert y1.estimate == pytest.approx(mean1, rel=1e-12)
+    np.testing.assert_allclose(y1.scores, t * (y - mean1) / t.mean(), atol=1e-10)
+    te = res.effect("u0", "te")
+    assert abs(te.scores.mean()) < 1e-10
+    y0 = res.diagnostics["u0"]["potential_outcomes"]["Y(0,M(0))"]
+    assert te.estimate == pytest.approx(mean1 - y0.estimate, abs=1e-12)
+    assert [k for k in res.effects["u0"] if k[0] == "te"] == [("te", "average")]

@@ -33,7 +33,8 @@ def test_te_agrees_with_dml_and_truth(linear):
         te, ref = res.effect("u0", "te"), dml.effect("u0", "te")
         assert abs(te.estimate - ref.estimate) <= 2 * ref.se, (method, te, ref)
         assert abs(te.estimate - truth.value("u0", "te")) <= 3 * te.se
-        assert res.effect("u1", "te") is res.effect("u0", "te", "treated")  # one TE for every unit and arm
+        assert res.effect("u1", "te") is res.effect("u0", "te")  # one TE for every unit
+        assert list(res.effects["u0"]) == [("te", "average")] and res.population == "ate"
 
 
 def test_dr_scores_reproduce_econml_inference(linear):
@@ -84,6 +85,7 @@ def test_difference_method_valid_without_interaction(linear):
         assert (e[("nie", "average")] + e[("nde", "average")]).estimate == pytest.approx(e[("te", "average")].estimate)
         assert e[("nie", "average")].scores is not None  # SE from the difference of the two DR score vectors
         assert set(res.diagnostics[unit]) >= {"te", "cde", "te_robustness_value", "cde_robustness_value"}
+        assert [k for k in e if k[0] == "te"] == [("te", "average")]
 
 
 def test_difference_method_biased_with_interaction(interaction):
@@ -106,6 +108,16 @@ def test_bad_inputs():
                             ({"min_propensity": 0.5}, "min_propensity"), ({"n_folds": 1}, "n_folds")]:
         with pytest.raises(ValueError, match=pattern):
             EconMLDifferenceMediation(**kwargs).fit(data)
+
+
+def test_att_population_not_implemented():
+    """EconML has no ATT for these models: a clear error naming the population, never the ATE relabelled."""
+    data, _ = topic_mediation(300, n_topics=3, seed=0)
+    for cls in (EconMLTotalEffect, EconMLDifferenceMediation):
+        with pytest.raises(NotImplementedError, match="population='att'.*DMLMediation"):
+            cls(population="att").fit(data)
+    with pytest.raises(ValueError, match="population"):
+        EconMLTotalEffect(population="atc").fit(data)
 
 
 def test_registered_and_reconstructible():

@@ -41,7 +41,8 @@ def _design(data, names) -> np.ndarray:
 class _EconMLBase(MediationEstimator):
     def __init__(self, *, method: str = "dr", model_regression=None, model_propensity=None, n_folds: int = 5,
                  min_propensity: float = 0.05, trimming_threshold=None, c_y: float = 0.05, c_t: float = 0.05,
-                 rho: float = 1.0, level: float = 0.95, random_state=0, drop_unsupported: bool = False):
+                 rho: float = 1.0, population: str = "ate", level: float = 0.95, random_state=0,
+                 drop_unsupported: bool = False):
         self.drop_unsupported = drop_unsupported
         self.method = method
         self.model_regression = model_regression
@@ -52,6 +53,7 @@ class _EconMLBase(MediationEstimator):
         self.c_y = c_y
         self.c_t = c_t
         self.rho = rho
+        self.population = population
         self.level = level
         self.random_state = random_state
 
@@ -64,6 +66,14 @@ class _EconMLBase(MediationEstimator):
             raise ValueError(f"n_folds: expected an int >= 2, got {self.n_folds!r}")
         if not 0 < float(self.level) < 1:
             raise ValueError(f"level: expected a number in (0, 1), got {self.level!r}")
+        if self.population == "att":
+            raise NotImplementedError(
+                f"{type(self).__name__}: population='att' is not available: EconML's DRLearner and LinearDML "
+                "with a constant final model estimate the ATE only (their effect_inference on the treated rows "
+                "returns the same constant), and neither has an ATT method; use "
+                "DMLMediation(population='att') for the ATT versions of TE, NIE and NDE")
+        if self.population != "ate":
+            raise ValueError(f"population: expected 'ate' or 'att', got {self.population!r}")
         prop = default_propensity_learner(legacy_attributes=True, cv=None) if self.model_propensity is None \
             else self.model_propensity
         return check_learners(self.model_regression, prop)
@@ -146,6 +156,8 @@ class EconMLTotalEffect(_EconMLBase):
         LinearDML divides by no propensity; the count outside the band is still reported.
     trimming_threshold : EconML's Crump-style trimming (None, a float or ``"auto"``), DRLearner only.
     c_y, c_t, rho : confounding strengths for EconML's sensitivity interval (EconML's defaults).
+    population : ``"ate"`` (default). ``"att"`` raises NotImplementedError: EconML has no ATT for these
+        models (use :class:`~deconfound.estimators.dml.DMLMediation` with ``population="att"``).
     drop_unsupported : a topic with rows in one arm only raises PositivityError (default); True drops its rows
         first (:func:`deconfound.positivity.check_positivity`; the dropped topics in ``data.meta``).
     level, random_state : CI level; seed.
@@ -153,7 +165,7 @@ class EconMLTotalEffect(_EconMLBase):
     Notes
     -----
     The TE does not depend on the unit: it is estimated once and the same Effect is reported for every unit,
-    under arms average/treated/control. With DRLearner (no trimming) the Effect keeps the pseudo-outcome
+    as the one total-effect row ``("te", "average")``. With DRLearner (no trimming) the Effect keeps the pseudo-outcome
     scores, so its SE equals EconML's ``stderr_mean`` and it can be differenced with other score-based
     Effects on the same rows. ``diagnostics[unit]`` holds ``n_outside_clip``, ``propensity_range``,
     ``robustness_value`` and ``econml`` (``sensitivity_summary`` as text, ``sensitivity_interval_theta`` /
@@ -177,7 +189,7 @@ class EconMLTotalEffect(_EconMLBase):
         g, adj = resolve(graph, data)
         data = check_positivity(data, adj.union, drop_unsupported=self.drop_unsupported, what="EconML")
         eff, diag = self._fit_ate(data.y, data.t.astype(int), _design(data, adj.total), 0)
-        effects = {u: {("te", a): eff for a in ("average", "treated", "control")} for u in units}
+        effects = {u: {("te", "average"): eff} for u in units}
         return self._result(data, g, adj, effects, {u: dict(diag) for u in units}, [])
 
 
@@ -193,8 +205,8 @@ class EconMLDifferenceMediation(_EconMLBase):
     Valid only without a T x M interaction (and with a model in which the CDE does not depend on m): then
     CDE = NDE and TE - CDE = NIE. With an interaction the CDE averages the direct effect over the mixed
     mediator distribution of both arms, so TE - CDE is neither NIE(treated), NIE(control) nor their mean: it is
-    biased. Use :class:`~deconfound.estimators.dml.DMLMediation` then. Effects: te (all arms), and nie/nde
-    under arm "average" only. Parameters as :class:`EconMLTotalEffect`.
+    biased. Use :class:`~deconfound.estimators.dml.DMLMediation` then. Effects: te, and nie/nde under arm
+    "average" only (population "ate"; "att" raises NotImplementedError). Parameters as :class:`EconMLTotalEffect`.
 
     Examples
     --------
@@ -224,8 +236,7 @@ class EconMLDifferenceMediation(_EconMLBase):
                 se = float(np.hypot(te.se, cde.se))
                 nie = Effect.from_se(te.estimate - cde.estimate, se, level=self.level)
                 warns.append(f"unit {u!r}: NIE SE combines the TE and CDE SEs as if independent (no scores)")
-            effs = {("te", a): te for a in ("average", "treated", "control")}
-            effs.update({("nie", "average"): nie, ("nde", "average"): cde})
+            effs = {("te", "average"): te, ("nie", "average"): nie, ("nde", "average"): cde}
             effects[u] = add_derived(effs)
             diagnostics[u] = {"te": te_diag, "cde": cde_diag, "te_robustness_value": te_diag["robustness_value"],
                               "cde_robustness_value": cde_diag["robustness_value"]}

@@ -1,0 +1,168 @@
+"""Scores of DMLMediation for the ATE and ATT populations, and the aggregation of repeated cross-fitting.
+
+For D = d, d' = 1 - d and the nuisances of :mod:`deconfound.estimators.dml`, E[Y(d, M(d')) | population] is
+``mean(psi)`` with
+
+    psi = g * b + sum_j a_j r_j,    centred score = psi - theta * g,
+
+where b is omega(d,X) (d' != d) or mu(d,X) (d' = d), the residuals r_j are Y - mu(d,M,X) and
+mu(d,M,X) - omega(d,X) (or Y - mu(d,X)), and the weights a_j are, for the ATE (g = 1),
+
+    a_1 = 1{D=d} p_d'(M,X) / (p_d(M,X) p_d'(X)),   a_2 = 1{D=d'} / p_d'(X)   (a_1 = 1{D=d} / p_d(X) if d' = d)
+
+For the ATT, E[Y(d, M(d')) | T=1] = E[D b(X) + p_1(X) A(O)] / P(T=1), where A is the ATE correction
+sum_j a_j r_j; so g = D / P(T=1) and every weight is p_1(X) a_j / P(T=1). The term ``- theta * g`` of the
+centred score is the estimation of P(T=1) (it has mean zero by construction). With ``normalize`` every weight
+is divided by its mean (Hajek form; each has expectation 1 in both populations).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import PositivityError
+from ..inference import Effect
+from ..results import add_derived
+
+# potential-outcome keys (d, d') for E[Y(d, M(d'))]
+TERMS = ((1, 1), (1, 0), (0, 1), (0, 0))
+# effect, arm -> (minuend term, subtrahend term)
+CONTRASTS = {("te", "average"): ((1, 1), (0, 0)), ("nie", "treated"): ((1, 1), (1, 0)),
+             ("nie", "control"): ((0, 1), (0, 0)), ("nde", "treated"): ((1, 1), (0, 1)),
+             ("nde", "control"): ((1, 0), (0, 0))}
+EPS = 1e-12
+
+
+def overlap_rows(p1x, trim: float) -> np.ndarray:
+    """Rows kept by trimming on the pre-treatment propensity only: trim <= p_1(X) <= 1 - trim."""
+    p1x = np.asarray(p1x, dtype=float)
+    if trim <= 0:
+        return np.ones(len(p1x), dtype=bool)
+    return (p1x >= trim) & (p1x <= 1 - trim)
+
+
+def term_scores(t, y, p1x, mux, p1mx, mumx, omega, *, clip: float, normalize: bool, population: str, sw=None):
+    """The four E[Y(d, M(d'))] on the given rows: ``{(d, d'): (theta, centred score, a_1)}`` and the count
+    of rows whose p_1(M,X) was clipped to [clip, 1 - clip]. Sampling weights ``sw`` (mean 1 over the rows)
+    weight every mean; the centred scores then carry them (``sw * (psi - theta * g)``)."""
+    sw = np.ones(len(t)) if sw is None else np.asarray(sw, dtype=float) / np.mean(sw)
+    p1 = np.clip(p1x, EPS, 1 - EPS)
+    px = {1: p1, 0: 1 - p1}
+    cap = max(float(clip), EPS)
+    q1 = np.clip(p1mx, cap, 1 - cap)
+    pmx = {1: q1, 0: 1 - q1}
+    n_clipped = int(((p1mx < clip) | (p1mx > 1 - clip)).sum()) if clip > 0 else 0
+    if population == "att":
+        share = float(np.mean(sw * t))
+        lead, tilt = t / share, p1 / share
+    else:
+        lead, tilt = np.ones(len(t)), np.ones(len(t))
+
+    def weight(w):
+        w = tilt * w
+        return w / np.mean(sw * w) if (normalize and w.sum() > 0) else w
+
+    out = {}
+    for d in (0, 1):
+        is_d, is_other = (t == d).astype(float), (t == 1 - d).astype(float)
+        a1 = weight(is_d / px[d])
+        psi = lead * mux[:, d] + a1 * (y - mux[:, d])
+        theta = float(np.mean(sw * psi))
+        out[(d, d)] = (theta, sw * (psi - theta * lead), a1)
+        a1 = weight(is_d * pmx[1 - d] / (pmx[d] * px[1 - d]))
+        a2 = weight(is_other / px[1 - d])
+        psi = lead * omega[:, d] + a1 * (y - mumx[:, d]) + a2 * (mumx[:, d] - omega[:, d])
+        theta = float(np.mean(sw * psi))
+        out[(d, 1 - d)] = (theta, sw * (psi - theta * lead), a1)
+    return out, n_clipped
+
+
+def _full(values, keep):
+    """Values over the kept rows -> a length-n vector (zeros on trimmed rows, scaled by n / n_kept), so that
+    ``Effect.from_scores`` on it gives var / n_kept."""
+    n = len(keep)
+    out = np.zeros(n)
+    out[keep] = values * (n / keep.sum())
+    return out
+
+
+def _ovb(keep, alpha, residual):
+    """The OVB pieces {sigma2, nu2, psi_sigma2, psi_nu2} of one target (see DMLMediation's docstring)."""
+    sigma2, nu2 = float(np.mean(residual**2)), float(np.mean(alpha**2))
+    return {"sigma2": sigma2, "nu2": nu2, "psi_sigma2": _full(residual**2 - sigma2, keep),
+            "psi_nu2": _full(alpha**2 - nu2, keep)}
+
+
+def unit_effects(t, y, keep, shared, unit_nuis, *, clip, normalize, population, level, cluster=None, weights=None):
+    """Effects, OVB pieces and diagnostics of one unit on one sample split."""
+    p1x, mux = shared
+    p1mx, mumx, omega = unit_nuis
+    tk, yk = t[keep], y[keep]
+    for arm, name in ((1, "treated"), (0, "control")):
+        if int((tk == arm).sum()) < 2:
+            raise PositivityError(f"expected at least 2 {name} rows (T={arm}) with overlap, got "
+                                  f"{int((tk == arm).sum())} of {int((t == arm).sum())}")
+    terms, n_clipped = term_scores(tk, yk, p1x[keep], mux[keep], p1mx[keep], mumx[keep], omega[keep], clip=clip,
+                                   normalize=normalize, population=population,
+                                   sw=None if weights is None else weights[keep])
+    pos = {key: Effect.from_scores(terms[key][0], _full(terms[key][1], keep), level=level, clusters=cluster)
+           for key in TERMS}
+    effects = add_derived({key: pos[a] - pos[b] for key, (a, b) in CONTRASTS.items()})
+    # OVB pieces: TE on the short residual Y - mu(D,X); NIE/NDE on the long residual Y - mu(D,M,X)
+    short = yk - np.where(tk == 1, mux[keep, 1], mux[keep, 0])
+    long = yk - np.where(tk == 1, mumx[keep, 1], mumx[keep, 0])
+    alpha = {key: terms[key][2] for key in TERMS}
+    ovb = {key: _ovb(keep, alpha[a] - alpha[b], short if key[0] == "te" else long)
+           for key, (a, b) in CONTRASTS.items()}
+    for kind in ("nie", "nde"):
+        (a1, b1), (a0, b0) = CONTRASTS[(kind, "treated")], CONTRASTS[(kind, "control")]
+        ovb[(kind, "average")] = _ovb(keep, 0.5 * (alpha[a1] - alpha[b1] + alpha[a0] - alpha[b0]), long)
+    diag = {"n_clipped": n_clipped, "pmx_range": (float(p1mx.min()), float(p1mx.max())),
+            "px_range": (float(p1x.min()), float(p1x.max())),
+            "potential_outcomes": {f"Y({a},M({b}))": pos[(a, b)] for a, b in TERMS}, "ovb": ovb}
+    return effects, diag
+
+
+# ---- repeated cross-fitting -----------------------------------------------------------------------------
+def aggregate(reps: list, level: float) -> Effect:
+    """One Effect from the same effect on ``R`` sample splits (Chernozhukov et al. 2018, as DoubleML):
+
+        theta = median_r theta_r,    se = sqrt(median_r(se_r^2 + (theta_r - theta)^2)).
+
+    Its per-row scores are the mean of the splits' scores, rescaled so that ``Effect.from_scores`` returns
+    exactly this SE; sums and differences with other Effects then carry the split variance approximately.
+    """
+    est = np.array([e.estimate for e in reps])
+    se = np.array([e.se for e in reps])
+    theta = float(np.median(est))
+    agg_se = float(np.sqrt(np.median(se**2 + (est - theta) ** 2)))
+    scores = np.mean([e.scores for e in reps], axis=0)
+    base = float(np.sqrt(np.mean(scores**2) / len(scores)))
+    if base > 0:
+        scores = scores * (agg_se / base)
+    return Effect._normal(theta, agg_se, level, scores=scores, method="influence")
+
+
+def aggregate_unit(per_rep: list, level: float):
+    """Effects and diagnostics of one unit from its per-split ``(effects, diag)``; the split spread is in
+    ``diag["split"]``: per (effect, arm) the per-split estimates and SEs and their min / max / sd."""
+    if len(per_rep) == 1:
+        return per_rep[0]
+    effects = {key: aggregate([eff[key] for eff, _ in per_rep], level) for key in per_rep[0][0]}
+    first = per_rep[0][1]
+    diag = dict(first)
+    diag["potential_outcomes"] = {k: aggregate([d["potential_outcomes"][k] for _, d in per_rep], level)
+                                  for k in first["potential_outcomes"]}
+    diag["ovb"] = {key: {"sigma2": float(np.median([d["ovb"][key]["sigma2"] for _, d in per_rep])),
+                         "nu2": float(np.median([d["ovb"][key]["nu2"] for _, d in per_rep])),
+                         "psi_sigma2": np.mean([d["ovb"][key]["psi_sigma2"] for _, d in per_rep], axis=0),
+                         "psi_nu2": np.mean([d["ovb"][key]["psi_nu2"] for _, d in per_rep], axis=0)}
+                   for key in first["ovb"]}
+    diag["n_clipped"] = int(np.median([d["n_clipped"] for _, d in per_rep]))
+    split = {}
+    for key in effects:
+        est = np.array([eff[key].estimate for eff, _ in per_rep])
+        split[key] = {"estimates": est, "ses": np.array([eff[key].se for eff, _ in per_rep]),
+                      "min": float(est.min()), "max": float(est.max()), "sd": float(est.std(ddof=1))}
+    diag["split"] = split
+    diag["n_clipped_per_split"] = [d["n_clipped"] for _, d in per_rep]
+    return effects, diag
