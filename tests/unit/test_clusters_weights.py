@@ -185,12 +185,12 @@ def test_cluster_bootstrap_runs_and_widens():
 # ---- score-based estimators ----------------------------------------------------------------------------
 def test_dml_cluster_se_is_the_cluster_sum_of_its_scores():
     data, g = clustered_data(seed=8)
-    res = DMLMediation(n_folds=3, random_state=0).fit(data, cluster=g)
+    res = DMLMediation(n_folds=3, n_rep=1, random_state=0).fit(data, cluster=g)  # one split: exact identity
     for key in [("nie", "treated"), ("te", "average"), ("nde", "control")]:
         eff = res.effect("m", *key)
         sums = np.bincount(g, weights=eff.scores)
         assert eff.se == pytest.approx(np.sqrt(60 / 59 * np.sum(sums**2)) / data.n, rel=1e-10)
-    ones = DMLMediation(n_folds=3, random_state=0).fit(data, cluster=g, weights=np.ones(data.n))
+    ones = DMLMediation(n_folds=3, n_rep=1, random_state=0).fit(data, cluster=g, weights=np.ones(data.n))
     assert ones.effect("m", "nie").estimate == pytest.approx(res.effect("m", "nie").estimate, rel=1e-12)
 
 
@@ -199,7 +199,7 @@ def test_dml_sampling_weights_weight_the_means():
     # unweighted and the folds the same), so the weighted estimate is the weighted mean of the unweighted psi
     data, _ = simulate.topic_mediation(600, seed=2)
     w = np.random.default_rng(0).uniform(0.5, 2.0, data.n)
-    est = DMLMediation(n_folds=3, trim=0.0, normalize=False, random_state=0)
+    est = DMLMediation(n_folds=3, n_rep=1, trim=0.0, normalize=False, random_state=0)
     plain, weighted = est.fit(data), est.fit(data, weights=w)
     for key in ["Y(1,M(1))", "Y(1,M(0))", "Y(0,M(1))", "Y(0,M(0))"]:
         p, q = plain.diagnostics["u0"]["potential_outcomes"][key], weighted.diagnostics["u0"]["potential_outcomes"][key]

@@ -214,8 +214,9 @@ def test_shared_nuisances_fitted_once(monkeypatch):
     calls = []
     real = dml_mod.shared_nuisances
     monkeypatch.setattr(dml_mod, "shared_nuisances", lambda *a, **k: calls.append(1) or real(*a, **k))
-    DMLMediation(**CHEAP).fit(data)
-    assert len(calls) == 1
+    est = DMLMediation(**CHEAP)
+    est.fit(data)
+    assert len(calls) == est.n_rep  # once per sample split, not once per unit (4 units here)
 
 
 def test_pca_fitted_on_training_folds_only(monkeypatch):
@@ -228,7 +229,7 @@ def test_pca_fitted_on_training_folds_only(monkeypatch):
             return super().fit(X, y)
 
     monkeypatch.setattr(dml_mod, "PCA", SpyPCA)
-    res = DMLMediation(**CHEAP, pca=5, n_folds=4).fit(data)
+    res = DMLMediation(**CHEAP, pca=5, n_folds=4, n_rep=1).fit(data)  # one split: the PCA fits of its 4 folds
     folds, _ = cross_fit_splits(data, 4, 0)
     m = data.mediator("u0").astype(float)
     assert len(seen) == 4
