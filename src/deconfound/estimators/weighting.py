@@ -31,7 +31,7 @@ from ..bootstrap import bootstrap
 from ..errors import PositivityError
 from ..graph import resolve
 from ..inference import Effect
-from ..positivity import check_positivity, level_counts, positivity_message
+from ..positivity import check_positivity, level_counts, outside_population, population_note, positivity_message
 from ..results import MediationResult, add_derived
 from ..weights import balance_matrix, eb_ate, eb_att, eb_weights_batch
 from ._learners import DEFAULT_LEARNER, TINY, eb_block, eb_odds, features, fit_pmx, logit_odds, standardize, default_c
@@ -233,8 +233,11 @@ class WeightingMediation(MediationEstimator):
         [trim, 1 - trim] (causalweight's rule). M is post-treatment, so the kept rows are selected on an
         outcome of T: the result's population is then ``"overlap"``, with a warning and a
         ``settings["population_note"]``; on a linear SEM with a strong T -> M path it moves the NIE by many SEs.
-    drop_unsupported : a topic with rows in one arm only raises PositivityError (default); True drops its
-        rows first (:func:`deconfound.positivity.check_positivity`), recorded in ``settings``.
+    drop_unsupported : a topic without the rows the population needs (both arms for the ATE, controls for a
+        treated topic for the ATT) raises PositivityError (default); True drops its rows first
+        (:func:`deconfound.positivity.check_positivity`), recorded in ``settings``; the result's population is
+        then ``"overlap"``, named in ``settings["population_note"]``. With ``population="att"`` a topic with
+        controls only is outside the population (weight 0) and its rows are left out (``settings["outside_population"]``).
     n_boot : 0 (default) for influence-function SEs; > 0 for a bootstrap stratified by T that refits p(X)
         and p(M,X) in every replicate (percentile CIs; a cross-validated penalty is kept from the full sample).
     level : CI level.
@@ -325,7 +328,9 @@ class WeightingMediation(MediationEstimator):
         units = check_units(data, units)
         g, adj = resolve(graph, data)
         cols = list(dict.fromkeys(adj.first_stage + adj.second_stage))
-        data = check_positivity(data, cols, drop_unsupported=self.drop_unsupported, what="weighting mediation")
+        data = check_positivity(data, cols, estimand=self.population, drop_unsupported=self.drop_unsupported,
+                                what="weighting mediation")
+        data = outside_population(data, cols, self.population)  # ATT: control-only topics weigh 0
         bm = _design(data, cols)
         t, y = data.t.astype(int), data.y.astype(float)
         f = np.ones(data.n)
@@ -374,8 +379,11 @@ class WeightingMediation(MediationEstimator):
                     if self.mediator_learner is not None else DEFAULT_LEARNER,
                     "pca": self.pca, "trim": float(self.trim), "n_boot": int(self.n_boot),
                     "adjusted_for": cols, "warn_share": float(self.warn_share),
-                    "positivity_dropped": data.meta.get("positivity_dropped", [])}
-        pop = self.population
+                    "positivity_dropped": data.meta.get("positivity_dropped", []),
+                    "outside_population": data.meta.get("outside_population", [])}
+        pop, note = self.population, population_note(data, self.population)
+        if note:
+            pop, settings["population_note"] = "overlap", note
         if self.trim > 0:
             pop = "overlap"
             settings["population_note"] = (f"the rows with p(M,X) in [{self.trim:g}, {1 - self.trim:g}], weighted to "
@@ -485,11 +493,14 @@ class EntropyBalancedTotalEffect(MediationEstimator):
         for msg in warns:
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
         effects = {u: {("te", "average"): te} for u in units}
+        settings = {"population": pop, "n_boot": int(self.n_boot), "adjusted_for": cols,
+                    "positivity_dropped": data.meta.get("positivity_dropped", [])}
+        note = population_note(data, pop)
+        if note:
+            settings["population_note"] = note
         return MediationResult(estimator=self.name, effects=effects, n=data.n, n_treated=data.n_treated,
-                               population=pop, graph=g.name, adjustment=adj.as_dict(), level=level,
-                               random_state=self.random_state,
-                               settings={"population": pop, "n_boot": int(self.n_boot), "adjusted_for": cols,
-                                         "positivity_dropped": data.meta.get("positivity_dropped", [])},
+                               population="overlap" if note else pop, graph=g.name, adjustment=adj.as_dict(),
+                               level=level, random_state=self.random_state, settings=settings,
                                diagnostics={u: info for u in units}, warnings=warns)
 
 
