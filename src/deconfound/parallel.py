@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import MissingDependencyError
 
-__all__ = ["get_client", "is_client", "n_workers", "resolve_backend", "run_tasks", "task_seeds"]
+__all__ = ["get_client", "is_client", "n_workers", "progress_iter", "resolve_backend", "run_tasks", "task_seeds"]
 
 BACKENDS = ("local", "dask", "auto")
 
@@ -101,6 +101,27 @@ def task_seeds(random_state, n_tasks: int) -> list:
     seq = random_state if isinstance(random_state, np.random.SeedSequence) else np.random.SeedSequence(
         int(random_state))
     return [int(child.generate_state(1)[0]) for child in seq.spawn(int(n_tasks))]
+
+
+def progress_iter(iterable, desc: str, progress=None, total: int | None = None):
+    """``iterable`` with a tqdm progress bar: ``progress=True`` always, ``False`` never, ``None`` (the default
+    of every long loop) only when stderr is a terminal, so piped and logged runs stay quiet (tqdm's
+    ``disable=None``). With ``None`` a loop of one item gets no bar. Items are passed through unchanged.
+
+    Examples
+    --------
+    >>> list(progress_iter(range(3), "units", progress=False))
+    [0, 1, 2]
+    """
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"progress: expected True, False or None (only on a terminal), got {progress!r}")
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    if progress is False or (progress is None and total is not None and total <= 1):
+        return iterable
+    from tqdm.auto import tqdm  # noqa: PLC0415 - tqdm only for a bar
+
+    return tqdm(iterable, desc=desc, total=total, disable=None if progress is None else False)
 
 
 def _apply(task, seed, *, fn, with_seed, **shared):

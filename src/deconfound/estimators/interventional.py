@@ -36,6 +36,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from ..folds import data_folds
 from ..graph import resolve
 from ..inference import Effect
+from ..parallel import progress_iter
 from ..positivity import check_positivity, outside_population, population_note
 from ..results import MediationResult, add_derived
 from .base import MediationEstimator, check_units, register
@@ -201,7 +202,9 @@ class InterventionalMediation(MediationEstimator):
             return names
         raise ValueError(f"intermediate: expected 'previous', a dict unit -> units, or None, got {self.intermediate!r}")
 
-    def fit(self, data, *, graph=None, units=None) -> MediationResult:
+    def fit(self, data, *, graph=None, units=None, progress=None) -> MediationResult:
+        """Estimate every unit in ``units`` (default all); ``progress``: a bar over the units (True), none
+        (False), or one only on a terminal (None)."""
         self._check()
         _, adj = resolve(graph, data)
         units = check_units(data, units)
@@ -217,7 +220,7 @@ class InterventionalMediation(MediationEstimator):
         t, y = data.t.astype(int), np.asarray(data.y, dtype=float)
         folds = data_folds(data, self.n_folds, random_state=self.random_state)
         effects, diagnostics = {}, {}
-        for unit in units:
+        for unit in progress_iter(units, "interventional: units", progress):
             earlier = self._earlier(data, unit)
             z = z_levels([data.mediator(u) for u in earlier], self.z_bins, self.random_state) if earlier \
                 else np.zeros(data.n, dtype=int)

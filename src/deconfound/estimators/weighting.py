@@ -31,6 +31,7 @@ from ..bootstrap import bootstrap
 from ..errors import PositivityError
 from ..graph import resolve
 from ..inference import Effect
+from ..parallel import progress_iter
 from ..positivity import check_positivity, level_counts, outside_population, population_note, positivity_message
 from ..results import MediationResult, add_derived
 from ..weights import balance_matrix, eb_ate, eb_att, eb_weights_batch
@@ -322,8 +323,9 @@ class WeightingMediation(MediationEstimator):
                 cs[u] = default_c(zs, t, f, mask, self.random_state)
         return _WeightingStatistic(self, units, cols, cs)
 
-    def fit(self, data, *, graph=None, units=None, n_jobs=1, backend="local") -> MediationResult:
-        """Estimate every unit in ``units`` (default all). ``n_jobs`` parallelizes bootstrap replicates."""
+    def fit(self, data, *, graph=None, units=None, n_jobs=1, backend="local", progress=None) -> MediationResult:
+        """Estimate every unit in ``units`` (default all). ``n_jobs`` parallelizes bootstrap replicates.
+        ``progress``: a bar over the units (True), none (False), or one only on a terminal (None)."""
         self._check()
         units = check_units(data, units)
         g, adj = resolve(graph, data)
@@ -339,7 +341,7 @@ class WeightingMediation(MediationEstimator):
         px = np.where(t == 1, 1 / (1 + h), h / (1 + h))
         level = float(self.level)
         effects, diagnostics, warns, cs = {}, {}, [], {}
-        for u in units:
+        for u in progress_iter(units, "weighting: units", progress):
             mu, scores, diag, c = _unit(data.mediator(u), bm, t, y, f, h, px_blocks, self, None, analytic=True)
             cs[u] = c if self.mediator_learner is None else None
             diag.update(px_min=float(px.min()), px_max=float(px.max()))
