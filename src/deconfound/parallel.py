@@ -128,7 +128,8 @@ def _apply(task, seed, *, fn, with_seed, **shared):
     return fn(task, random_state=seed, **shared) if with_seed else fn(task, **shared)
 
 
-def run_tasks(fn, tasks, *, backend="local", n_jobs=1, shared=None, random_state=None) -> list:
+def run_tasks(fn, tasks, *, backend="local", n_jobs=1, shared=None, random_state=None, progress=False,
+              desc: str = "tasks") -> list:
     """``[fn(task, **shared) for task in tasks]`` on a backend, results in task order.
 
     Parameters
@@ -141,6 +142,8 @@ def run_tasks(fn, tasks, *, backend="local", n_jobs=1, shared=None, random_state
     shared : keyword arguments passed unchanged to every call. On Dask they are scattered to the workers
         once (broadcast) instead of travelling with each task.
     random_state : if not None, each call also gets ``random_state=task_seeds(random_state, n)[i]``.
+    progress, desc : a bar named ``desc`` over the finished tasks (:func:`progress_iter`: True, False (the
+        default here), or None for one only on a terminal); local backends only.
 
     Returns
     -------
@@ -165,10 +168,13 @@ def run_tasks(fn, tasks, *, backend="local", n_jobs=1, shared=None, random_state
     if kind == "dask":
         return _run_dask(client, call, tasks, seeds, shared)
     if len(tasks) == 1 or n_jobs in (None, 1):
-        return [call(task, seed, **shared) for task, seed in zip(tasks, seeds)]
+        pairs = progress_iter(list(zip(tasks, seeds)), desc, progress)
+        return [call(task, seed, **shared) for task, seed in pairs]
     from joblib import Parallel, delayed  # noqa: PLC0415 - joblib only when parallel
 
-    return Parallel(n_jobs=n_jobs)(delayed(call)(task, seed, **shared) for task, seed in zip(tasks, seeds))
+    done = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(call)(task, seed, **shared)
+                                                          for task, seed in zip(tasks, seeds))
+    return list(progress_iter(done, desc, progress, total=len(tasks)))
 
 
 def _run_dask(client, call, tasks, seeds, shared) -> list:

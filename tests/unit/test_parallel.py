@@ -151,3 +151,13 @@ def test_progress_iter_shows_a_bar_on_a_terminal_only(monkeypatch):
     assert list(progress_iter(iter(items), "units", progress=True)) == items and "units" in forced.getvalue()
     with pytest.raises(TypeError, match="progress: expected True, False or None"):
         progress_iter(items, "units", progress="yes")
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_run_tasks_progress_counts_finished_tasks(monkeypatch, n_jobs):
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert run_tasks(pow, [1, 2, 3], shared={"exp": 2}, n_jobs=n_jobs) == [1, 4, 9]
+    assert term.getvalue() == ""                                          # off by default
+    assert run_tasks(pow, [1, 2, 3], shared={"exp": 2}, n_jobs=n_jobs, progress=None, desc="units") == [1, 4, 9]
+    assert "units" in term.getvalue() and "3/3" in term.getvalue()
