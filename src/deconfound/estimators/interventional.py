@@ -33,6 +33,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
+from .._validation import refuse_roles
 from ..folds import data_folds
 from ..graph import resolve
 from ..inference import Effect
@@ -208,10 +209,7 @@ class InterventionalMediation(MediationEstimator):
         self._check()
         _, adj = resolve(graph, data)
         units = check_units(data, units)
-        if data.cluster is not None or data.weights is not None:
-            role = "cluster" if data.cluster is not None else "weights"
-            raise NotImplementedError(f"interventional: expected data without a {role} role, got one; its SEs "
-                                      "would ignore it (use parametric, dml or weighting)")
+        refuse_roles(data, "interventional")
         data = check_positivity(data, list(adj.union), estimand=self.population,
                                 drop_unsupported=self.drop_unsupported, what="interventional mediation")
         data = outside_population(data, list(adj.union), self.population)

@@ -27,6 +27,7 @@ import warnings
 
 import numpy as np
 
+from .._validation import refuse_roles
 from ..bootstrap import bootstrap
 from ..errors import PositivityError
 from ..graph import resolve
@@ -471,6 +472,7 @@ class EntropyBalancedTotalEffect(MediationEstimator):
         if pop not in ("att", "ate"):
             raise ValueError(f"population: expected 'att' or 'ate', got {self.population!r}")
         units = check_units(data, units)
+        refuse_roles(data, "eb_total", "weighting, dml or parametric")
         g, adj = resolve(graph, data)
         cols = list(adj.total)
         data = check_positivity(data, cols, estimand=pop, drop_unsupported=self.drop_unsupported,
