@@ -34,6 +34,7 @@ MODULES = [
     ("deconfound.estimators.econml", "EconML comparison variants"),
     ("deconfound.estimators.patching", "interventional activation patching"),
     ("deconfound.estimators.interventional", "interventional effects with earlier layers as confounders"),
+    ("deconfound.positivity", "the shared positivity check"),
     ("deconfound.results", "MediationResult"),
     ("deconfound.inference", "Effect and inference helpers"),
     ("deconfound.compare", "estimators side by side, localization"),

@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import MissingDependencyError
 
-__all__ = ["get_client", "is_client", "n_workers", "resolve_backend", "run_tasks", "task_seeds"]
+__all__ = ["get_client", "is_client", "n_workers", "progress_iter", "resolve_backend", "run_tasks", "task_seeds"]
 
 BACKENDS = ("local", "dask", "auto")
 
@@ -103,11 +103,33 @@ def task_seeds(random_state, n_tasks: int) -> list:
     return [int(child.generate_state(1)[0]) for child in seq.spawn(int(n_tasks))]
 
 
+def progress_iter(iterable, desc: str, progress=None, total: int | None = None):
+    """``iterable`` with a tqdm progress bar: ``progress=True`` always, ``False`` never, ``None`` (the default
+    of every long loop) only when stderr is a terminal, so piped and logged runs stay quiet (tqdm's
+    ``disable=None``). With ``None`` a loop of one item gets no bar. Items are passed through unchanged.
+
+    Examples
+    --------
+    >>> list(progress_iter(range(3), "units", progress=False))
+    [0, 1, 2]
+    """
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"progress: expected True, False or None (only on a terminal), got {progress!r}")
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    if progress is False or (progress is None and total is not None and total <= 1):
+        return iterable
+    from tqdm.auto import tqdm  # noqa: PLC0415 - tqdm only for a bar
+
+    return tqdm(iterable, desc=desc, total=total, disable=None if progress is None else False)
+
+
 def _apply(task, seed, *, fn, with_seed, **shared):
     return fn(task, random_state=seed, **shared) if with_seed else fn(task, **shared)
 
 
-def run_tasks(fn, tasks, *, backend="local", n_jobs=1, shared=None, random_state=None) -> list:
+def run_tasks(fn, tasks, *, backend="local", n_jobs=1, shared=None, random_state=None, progress=False,
+              desc: str = "tasks") -> list:
     """``[fn(task, **shared) for task in tasks]`` on a backend, results in task order.
 
     Parameters
@@ -120,6 +142,8 @@ def run_tasks(fn, tasks, *, backend="local", n_jobs=1, shared=None, random_state
     shared : keyword arguments passed unchanged to every call. On Dask they are scattered to the workers
         once (broadcast) instead of travelling with each task.
     random_state : if not None, each call also gets ``random_state=task_seeds(random_state, n)[i]``.
+    progress, desc : a bar named ``desc`` over the finished tasks (:func:`progress_iter`: True, False (the
+        default here), or None for one only on a terminal); local backends only.
 
     Returns
     -------
@@ -144,10 +168,13 @@ def run_tasks(fn, tasks, *, backend="local", n_jobs=1, shared=None, random_state
     if kind == "dask":
         return _run_dask(client, call, tasks, seeds, shared)
     if len(tasks) == 1 or n_jobs in (None, 1):
-        return [call(task, seed, **shared) for task, seed in zip(tasks, seeds)]
+        pairs = progress_iter(list(zip(tasks, seeds)), desc, progress)
+        return [call(task, seed, **shared) for task, seed in pairs]
     from joblib import Parallel, delayed  # noqa: PLC0415 - joblib only when parallel
 
-    return Parallel(n_jobs=n_jobs)(delayed(call)(task, seed, **shared) for task, seed in zip(tasks, seeds))
+    done = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(call)(task, seed, **shared)
+                                                          for task, seed in zip(tasks, seeds))
+    return list(progress_iter(done, desc, progress, total=len(tasks)))
 
 
 def _run_dask(client, call, tasks, seeds, shared) -> list:

@@ -11,7 +11,8 @@ import pandas as pd
 
 from .errors import DataError, PositivityError
 
-__all__ = ["check_positivity", "level_counts", "positivity_message", "unsupported"]
+__all__ = ["check_positivity", "level_counts", "outside_population", "population_note", "positivity_message",
+           "unsupported"]
 
 _NEED = {"ATT": "controls for every treated topic", "ATC": "treated rows for every control topic",
          "ATE": "both arms in every topic"}
@@ -125,3 +126,43 @@ def check_positivity(data, columns, *, estimand: str = "ate", drop_unsupported: 
     out.meta["positivity_dropped"] = bad[["variable", "level", "n1", "n0"]].to_dict("records")
     out.meta["positivity_rows_dropped"] = int((~kept).sum())
     return out
+
+
+def outside_population(data, columns, estimand: str):
+    """``data`` without the rows of categorical levels that carry no weight for ``estimand``.
+
+    For the ATT a level with controls and no treated row lies outside the treated population: p(X) = 0 there,
+    so its rows get weight 0 in every ATT mean (in the limit the fit reaches), and dropping them gives the same
+    effects without a separated propensity model. Symmetrically for the ATC; the ATE keeps every row. The
+    dropped levels go in ``meta["outside_population"]`` (variable, level, n1, n0).
+    """
+    key = _estimand(estimand)
+    cats = [c for c in dict.fromkeys(columns) if c in data.x.columns and isinstance(data.x[c].dtype, pd.CategoricalDtype)]
+    if key == "ATE" or not cats:
+        return data
+    t = np.asarray(data.t, dtype=float)
+    kept, out_levels = np.ones(len(t), bool), []
+    for c in cats:
+        codes, levels = data.x[c].cat.codes.to_numpy().astype(np.int64), data.x[c].cat.categories
+        n1 = np.bincount(codes, weights=t, minlength=len(levels))
+        n0 = np.bincount(codes, weights=1 - t, minlength=len(levels))
+        empty_arm = (n1 == 0) & (n0 > 0) if key == "ATT" else (n0 == 0) & (n1 > 0)
+        for j in np.flatnonzero(empty_arm):
+            kept &= codes != j
+            out_levels.append({"variable": c, "level": levels[j], "n1": as_count(n1[j]), "n0": as_count(n0[j])})
+    if not out_levels:
+        return data
+    out = data.subset(np.flatnonzero(kept))
+    for c in {r["variable"] for r in out_levels}:
+        out.x[c] = out.x[c].cat.remove_unused_categories()
+    out.meta["outside_population"] = out_levels
+    return out
+
+
+def population_note(data, estimand: str) -> str | None:
+    """The overlap population a fit on ``data`` refers to after ``drop_unsupported`` dropped levels, else None."""
+    dropped = data.meta.get("positivity_dropped") or []
+    if not dropped:
+        return None
+    names = ", ".join(f"{r['variable']}={r['level']!r}" for r in dropped)
+    return f"{_estimand(estimand)} over the confounder levels with overlap; dropped {names}"

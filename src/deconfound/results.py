@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import textwrap
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -211,9 +212,11 @@ class MediationResult:
         lines = ["=" * width, f"{'Causal mediation analysis':^{width}}", "=" * width]
         pending = None  # two short header fields per line; a long one gets a line of its own
         for key, value in self._header():
-            if len(value) > 24:
+            if len(value) > 24:  # a line of its own, wrapped under its value's column
                 lines.extend([pending.rstrip()] if pending else [])
-                lines.append(f"{key + ':':<14}{value}")
+                wrapped = textwrap.wrap(value, width - 14, break_on_hyphens=False) or [value]
+                lines.append(f"{key + ':':<14}{wrapped[0]}")
+                lines.extend(" " * 14 + part for part in wrapped[1:])
                 pending = None
             elif pending is None:
                 pending = f"{key + ':':<14}{value:<25}"

@@ -53,6 +53,13 @@ def test_examples_run(doc, tmp_path, monkeypatch):
         printed = buf.getvalue().splitlines()
         for pattern in _expected(block):
             assert _matches(pattern, printed), f"{doc} block {i}: expected output {pattern!r}, got {printed[:20]}"
+    if doc == "docs/getting_started.md":  # the summary the text shows is the one the code prints, line by line
+        shown = re.search(r"```text\n(=+\n\s*Causal mediation analysis.*?)```", text, flags=re.S)
+        assert shown, f"{doc}: expected a text block with the whole summary header, got none"
+        shown = shown.group(1)
+        real = [line.rstrip() for line in namespace["res"].summary().splitlines()]
+        for line in shown.splitlines():
+            assert line.rstrip() in real, f"{doc}: the shown summary line {line!r} is not printed"
     # the claims the prose makes about the example's numbers
     spurious, adjusted, naive = {"README.md": ("u1", "adjusted", "naive"),
                                  "docs/getting_started.md": ("layer_b", "res", "naive")}[doc]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from deconfound.errors import MissingDependencyError
-from deconfound.parallel import is_client, n_workers, resolve_backend, run_tasks, task_seeds
+from deconfound.parallel import is_client, n_workers, progress_iter, resolve_backend, run_tasks, task_seeds
 
 
 def _draw(size, *, random_state, scale=1.0):
@@ -126,3 +126,38 @@ def test_a_client_object_is_used_with_shared_values_broadcast_once():
         np.testing.assert_array_equal(x, 2.0 * np.random.default_rng(s).standard_normal(2))
     # one broadcast per shared value (wrapped in a one-item list), one scatter of all tasks
     assert client.scattered == [(1, True), (3, False)]
+
+
+class _Terminal(__import__("io").StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_iter_shows_a_bar_on_a_terminal_only(monkeypatch):
+    items = ["u0", "u1", "u2"]
+    assert progress_iter(items, "units", progress=False) is items            # never: the iterable itself
+    piped = __import__("io").StringIO()
+    monkeypatch.setattr(sys, "stderr", piped)
+    assert list(progress_iter(items, "units")) == items and piped.getvalue() == ""   # default, piped: quiet
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert list(progress_iter(items, "units")) == items                      # default, terminal: a bar
+    assert "units" in term.getvalue() and "3/3" in term.getvalue()
+    single = _Terminal()
+    monkeypatch.setattr(sys, "stderr", single)
+    assert list(progress_iter(["u0"], "units")) == ["u0"] and single.getvalue() == ""   # one unit: no bar
+    forced = __import__("io").StringIO()
+    monkeypatch.setattr(sys, "stderr", forced)
+    assert list(progress_iter(iter(items), "units", progress=True)) == items and "units" in forced.getvalue()
+    with pytest.raises(TypeError, match="progress: expected True, False or None"):
+        progress_iter(items, "units", progress="yes")
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_run_tasks_progress_counts_finished_tasks(monkeypatch, n_jobs):
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert run_tasks(pow, [1, 2, 3], shared={"exp": 2}, n_jobs=n_jobs) == [1, 4, 9]
+    assert term.getvalue() == ""                                          # off by default
+    assert run_tasks(pow, [1, 2, 3], shared={"exp": 2}, n_jobs=n_jobs, progress=None, desc="units") == [1, 4, 9]
+    assert "units" in term.getvalue() and "3/3" in term.getvalue()

@@ -68,7 +68,8 @@ def test_two_bad_levels_are_both_named():
 
 
 ESTIMATORS = [("parametric", {"n_sims": 200}), ("dml", {"n_folds": 2}), ("econml_te", {"n_folds": 2}),
-              ("weighting", {}), ("eb_total", {"population": "ate"})]
+              ("weighting", {}), ("eb_total", {"population": "ate"}),
+              ("interventional", {"population": "ate", "n_folds": 2})]
 
 
 @pytest.mark.parametrize("name,kw", ESTIMATORS)
@@ -83,3 +84,37 @@ def test_every_estimator_raises_the_same_error_and_drops_alike(name, kw):
     assert dropped.n == manual.n == 180
     a, b = dropped.effect("u0", "te", "average"), manual.effect("u0", "te", "average")
     assert np.isfinite(a.estimate) and a.estimate == b.estimate and a.se == b.se
+
+
+@pytest.mark.parametrize("name,kw", [("weighting", {}), ("eb_total", {"population": "ate"}),
+                                     ("interventional", {"population": "ate", "n_folds": 2})])
+def test_dropping_topics_makes_an_overlap_population(name, kw):
+    """drop_unsupported changes the estimand: the result must not still call itself the ATE."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = get_estimator(name, drop_unsupported=True, **kw).fit(make_data())
+    assert res.population == "overlap"
+    assert res.settings["population_note"] == "ATE over the confounder levels with overlap; dropped topic='z'"
+    assert "Population:   OVERLAP (ATE over the confounder levels with overlap" in res.summary()
+    assert set(res.to_frame()["population"]) == {"overlap"}
+
+
+@pytest.mark.parametrize("name,kw", [("weighting", {"population": "att"}),
+                                     ("interventional", {"population": "att", "n_folds": 2})])
+def test_att_needs_controls_only_in_treated_topics(name, kw):
+    """A topic with controls only is outside the treated population: no PositivityError for the ATT, and the
+    effects equal those of a fit without its rows (they weigh 0)."""
+    data = make_data()
+    t = data.t.copy()
+    t[data.x["topic"].to_numpy() == "z"] = 0          # z: 6 controls, no treated row
+    data = data.replace(t=t)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = get_estimator(name, **kw).fit(data)
+        manual = get_estimator(name, **kw).fit(data.subset(data.x["topic"].to_numpy() != "z"))
+    assert res.population == "att" and res.n == manual.n == 180
+    assert res.settings["outside_population"] == [{"variable": "topic", "level": "z", "n1": 0, "n0": 6}]
+    for key in [("nie", "treated"), ("nde", "control"), ("te", "average")]:
+        a, b = res.effect("u0", *key), manual.effect("u0", *key)
+        assert np.isfinite(a.estimate) and a.estimate == pytest.approx(b.estimate, abs=1e-12)
+        assert a.se == pytest.approx(b.se, abs=1e-12)

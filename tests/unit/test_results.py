@@ -307,3 +307,19 @@ def test_patching_fit_prints_one_att_total_effect():
     assert float(rows[0].split()[2]) == pytest.approx(te.estimate, abs=1e-4)  # 5 digits of the largest (1.33)
     f = res.to_frame()
     assert len(f[f.effect == "te"]) == 1 and (f.population == "att").all()
+
+
+def test_long_header_values_wrap_within_the_width(rng):
+    """A long model description (weighting's default learner) stays inside the 78-character table."""
+    res = _result(rng, units=("u0",))
+    words = [f"word{i}" for i in range(40)]
+    res.settings = {"families": {"mediator": " ".join(words)}}
+    text = res.summary()
+    assert max(len(line) for line in text.splitlines()) <= 78
+    models = text[text.index("Models:"):text.index("Estimand:")].split()
+    assert models == ["Models:", "mediator", *words]                     # every word, in order
+    from deconfound.estimators.weighting import WeightingMediation
+    from deconfound.simulate import topic_mediation
+    data, _ = topic_mediation(400, n_topics=3, seed=0)
+    assert max(len(line) for line in WeightingMediation().fit(data).summary().splitlines()
+               if not line.startswith(("Diagnostics:", "Warning:"))) <= 78

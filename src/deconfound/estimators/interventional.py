@@ -33,9 +33,12 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
+from .._validation import refuse_roles
 from ..folds import data_folds
 from ..graph import resolve
 from ..inference import Effect
+from ..parallel import progress_iter
+from ..positivity import check_positivity, outside_population, population_note
 from ..results import MediationResult, add_derived
 from .base import MediationEstimator, check_units, register
 
@@ -155,6 +158,8 @@ class InterventionalMediation(MediationEstimator):
     n_components : the mediator's principal components kept when its block is wider.
     n_folds : cross-fitting folds (the shared folds of :func:`deconfound.folds.data_folds`).
     population : ``"att"`` (default, patching's population) or ``"ate"``.
+    drop_unsupported : a topic without the rows the population needs raises PositivityError (default); True
+        drops its rows (:func:`deconfound.positivity.check_positivity`) and the population is ``"overlap"``.
 
     Examples
     --------
@@ -167,12 +172,13 @@ class InterventionalMediation(MediationEstimator):
     """
 
     def __init__(self, *, intermediate="previous", z_bins: int = 3, n_components: int = 5, n_folds: int = 5,
-                 population: str = "att", level: float = 0.95, random_state=0):
+                 population: str = "att", drop_unsupported: bool = False, level: float = 0.95, random_state=0):
         self.intermediate = intermediate
         self.z_bins = z_bins
         self.n_components = n_components
         self.n_folds = n_folds
         self.population = population
+        self.drop_unsupported = drop_unsupported
         self.level = level
         self.random_state = random_state
 
@@ -197,16 +203,22 @@ class InterventionalMediation(MediationEstimator):
             return names
         raise ValueError(f"intermediate: expected 'previous', a dict unit -> units, or None, got {self.intermediate!r}")
 
-    def fit(self, data, *, graph=None, units=None) -> MediationResult:
+    def fit(self, data, *, graph=None, units=None, progress=None) -> MediationResult:
+        """Estimate every unit in ``units`` (default all); ``progress``: a bar over the units (True), none
+        (False), or one only on a terminal (None)."""
         self._check()
         _, adj = resolve(graph, data)
         units = check_units(data, units)
+        refuse_roles(data, "interventional")
+        data = check_positivity(data, list(adj.union), estimand=self.population,
+                                drop_unsupported=self.drop_unsupported, what="interventional mediation")
+        data = outside_population(data, list(adj.union), self.population)
         w, _ = data.x_design(list(adj.union))
         w = np.column_stack([w, np.ones(data.n)]) if w.shape[1] == 0 else w
         t, y = data.t.astype(int), np.asarray(data.y, dtype=float)
         folds = data_folds(data, self.n_folds, random_state=self.random_state)
         effects, diagnostics = {}, {}
-        for unit in units:
+        for unit in progress_iter(units, "interventional: units", progress):
             earlier = self._earlier(data, unit)
             z = z_levels([data.mediator(u) for u in earlier], self.z_bins, self.random_state) if earlier \
                 else np.zeros(data.n, dtype=int)
@@ -214,13 +226,18 @@ class InterventionalMediation(MediationEstimator):
             m = reduce_block(data.mediator(unit), self.n_components, self.random_state)
             effects[unit], diagnostics[unit] = self._unit(t, y, z, m, w, folds, k)
             diagnostics[unit]["intermediate"] = earlier
+        note = population_note(data, self.population)
+        settings = {**self.get_params(), "method": "cross-fitted one-step", "n_folds": self.n_folds,
+                    "estimand": "interventional effects (Z = earlier units)",
+                    "positivity_dropped": data.meta.get("positivity_dropped", []),
+                    "outside_population": data.meta.get("outside_population", [])}
+        if note:
+            settings["population_note"] = note
         return MediationResult(
-            "interventional", effects, n=data.n, n_treated=data.n_treated, population=self.population,
+            "interventional", effects, n=data.n, n_treated=data.n_treated,
+            population="overlap" if note else self.population,
             graph=getattr(graph, "name", graph) or "topic_mediation", adjustment=adj.as_dict(), level=self.level,
-            random_state=self.random_state,
-            settings={**self.get_params(), "method": "cross-fitted one-step", "n_folds": self.n_folds,
-                      "estimand": "interventional effects (Z = earlier units)"},
-            diagnostics=diagnostics)
+            random_state=self.random_state, settings=settings, diagnostics=diagnostics)
 
     def _unit(self, t, y, z, m, w, folds, k):
         n = len(t)

@@ -27,12 +27,14 @@ import warnings
 
 import numpy as np
 
+from .._validation import refuse_roles
 from ..bootstrap import bootstrap
 from ..errors import PositivityError
 from ..graph import resolve
 from ..inference import Effect
 from .._calibration import warn_uncalibrated
-from ..positivity import check_positivity, level_counts, positivity_message
+from ..parallel import progress_iter
+from ..positivity import check_positivity, level_counts, outside_population, population_note, positivity_message
 from ..results import MediationResult, add_derived
 from ..weights import balance_matrix, eb_ate, eb_att, eb_weights_batch
 from ._learners import DEFAULT_LEARNER, TINY, eb_block, eb_odds, features, fit_pmx, logit_odds, standardize, default_c
@@ -240,8 +242,11 @@ class WeightingMediation(MediationEstimator):
         [trim, 1 - trim] (causalweight's rule). M is post-treatment, so the kept rows are selected on an
         outcome of T: the result's population is then ``"overlap"``, with a warning and a
         ``settings["population_note"]``; on a linear SEM with a strong T -> M path it moves the NIE by many SEs.
-    drop_unsupported : a topic with rows in one arm only raises PositivityError (default); True drops its
-        rows first (:func:`deconfound.positivity.check_positivity`), recorded in ``settings``.
+    drop_unsupported : a topic without the rows the population needs (both arms for the ATE, controls for a
+        treated topic for the ATT) raises PositivityError (default); True drops its rows first
+        (:func:`deconfound.positivity.check_positivity`), recorded in ``settings``; the result's population is
+        then ``"overlap"``, named in ``settings["population_note"]``. With ``population="att"`` a topic with
+        controls only is outside the population (weight 0) and its rows are left out (``settings["outside_population"]``).
     n_boot : 0 (default) for influence-function SEs; > 0 for a bootstrap stratified by T that refits p(X)
         and p(M,X) in every replicate (percentile CIs; a cross-validated penalty is kept from the full sample).
     level : CI level.
@@ -327,12 +332,13 @@ class WeightingMediation(MediationEstimator):
         return _WeightingStatistic(self, units, cols, cs)
 
     def fit(self, data, *, graph=None, units=None, n_jobs=1, backend="local", cluster=None,
-            weights=None) -> MediationResult:
+            weights=None, progress=None) -> MediationResult:
         """Estimate every unit in ``units`` (default all). ``n_jobs`` parallelizes bootstrap replicates.
 
         ``cluster`` (labels per row or a confounder column; default the data's role) makes the influence SEs
         cluster-robust and the bootstrap resample whole clusters. Sampling ``weights`` weight every fit and
-        mean; their SE needs ``n_boot > 0`` (the bootstrap reweights each resample).
+        mean; their SE needs ``n_boot > 0`` (the bootstrap reweights each resample). ``progress``: a bar over
+        the units (True), none (False), or one only on a terminal (None).
         """
         self._check()
         units = check_units(data, units)
@@ -342,7 +348,9 @@ class WeightingMediation(MediationEstimator):
                                       "n_boot=0; the influence-function SE is implemented for unweighted rows only")
         g, adj = resolve(graph, data)
         cols = list(dict.fromkeys(adj.first_stage + adj.second_stage))
-        data = check_positivity(data, cols, drop_unsupported=self.drop_unsupported, what="weighting mediation")
+        data = check_positivity(data, cols, estimand=self.population, drop_unsupported=self.drop_unsupported,
+                                what="weighting mediation")
+        data = outside_population(data, cols, self.population)  # ATT: control-only topics weigh 0
         if not self.n_boot:
             warn_uncalibrated("weighting", n=data.n, n_treated=data.n_treated)
         bm = _design(data, cols)
@@ -353,7 +361,7 @@ class WeightingMediation(MediationEstimator):
         px = np.where(t == 1, 1 / (1 + h), h / (1 + h))
         level = float(self.level)
         effects, diagnostics, warns, cs = {}, {}, [], {}
-        for u in units:
+        for u in progress_iter(units, "weighting: units", progress):
             mu, scores, diag, c = _unit(data.mediator(u), bm, t, y, f, h, px_blocks, self, None, analytic=True)
             cs[u] = c if self.mediator_learner is None else None
             diag.update(px_min=float(px.min()), px_max=float(px.max()))
@@ -394,8 +402,11 @@ class WeightingMediation(MediationEstimator):
                     if self.mediator_learner is not None else DEFAULT_LEARNER,
                     "pca": self.pca, "trim": float(self.trim), "n_boot": int(self.n_boot),
                     "adjusted_for": cols, "warn_share": float(self.warn_share),
-                    "positivity_dropped": data.meta.get("positivity_dropped", [])}
-        pop = self.population
+                    "positivity_dropped": data.meta.get("positivity_dropped", []),
+                    "outside_population": data.meta.get("outside_population", [])}
+        pop, note = self.population, population_note(data, self.population)
+        if note:
+            pop, settings["population_note"] = "overlap", note
         if self.trim > 0:
             pop = "overlap"
             settings["population_note"] = (f"the rows with p(M,X) in [{self.trim:g}, {1 - self.trim:g}], weighted to "
@@ -481,6 +492,7 @@ class EntropyBalancedTotalEffect(MediationEstimator):
         if pop not in ("att", "ate"):
             raise ValueError(f"population: expected 'att' or 'ate', got {self.population!r}")
         units = check_units(data, units)
+        refuse_roles(data, "eb_total", "weighting, dml or parametric")
         g, adj = resolve(graph, data)
         cols = list(adj.total)
         data = check_positivity(data, cols, estimand=pop, drop_unsupported=self.drop_unsupported,
@@ -505,11 +517,14 @@ class EntropyBalancedTotalEffect(MediationEstimator):
         for msg in warns:
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
         effects = {u: {("te", "average"): te} for u in units}
+        settings = {"population": pop, "n_boot": int(self.n_boot), "adjusted_for": cols,
+                    "positivity_dropped": data.meta.get("positivity_dropped", [])}
+        note = population_note(data, pop)
+        if note:
+            settings["population_note"] = note
         return MediationResult(estimator=self.name, effects=effects, n=data.n, n_treated=data.n_treated,
-                               population=pop, graph=g.name, adjustment=adj.as_dict(), level=level,
-                               random_state=self.random_state,
-                               settings={"population": pop, "n_boot": int(self.n_boot), "adjusted_for": cols,
-                                         "positivity_dropped": data.meta.get("positivity_dropped", [])},
+                               population="overlap" if note else pop, graph=g.name, adjustment=adj.as_dict(),
+                               level=level, random_state=self.random_state, settings=settings,
                                diagnostics={u: info for u in units}, warnings=warns)
 
 
