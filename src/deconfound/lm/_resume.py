@@ -53,6 +53,13 @@ def layer_inputs(model, out: list):
             h.remove()
 
 
+def empty_cache(model):
+    """An empty transformers DynamicCache for ``model`` (a batch whose prompts are all one token long)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
+
+
 def _rows(obj, n: int, total: int):
     """``obj`` with every batch-first tensor (dim >= 2, first axis ``total``) cut to its first ``n`` rows."""
     torch = require_torch()

@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import DataError, ModelSiteError
 from ._torch import require_torch, set_threads
 from .extract import eos_ids, forward_kwargs, sample_tokens, sample_uniforms
-from ._resume import layer_inputs, resumed, row_state, start_layers
+from ._resume import decoder_layers, empty_cache, layer_inputs, resumed, row_state, start_counts, start_layers
 from .hooks import _register
 from .models import LoadedModel, as_loaded
 from .outcomes import OUTCOMES, Generate, NextTokenMass, Reweight, as_outcome
@@ -50,8 +50,7 @@ _UNIT = re.compile(r"^(?P<site>[^\[\]]+?)\s*(?:\[(?P<coords>[\d,\s]*)\])?$")
 _LAYER = re.compile(r"^L?(?P<layer>\d+)$")
 
 
-# ------------------------------------------------------------------------------------------------
-# Units
+# ---- units -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -143,8 +142,7 @@ class PatchScores:
     grad: np.ndarray | None = None
 
 
-# ------------------------------------------------------------------------------------------------
-# The engine
+# ---- the engine ----------------------------------------------------------------------------------
 
 
 def _looks_like_prompts(obj) -> bool:
@@ -231,6 +229,7 @@ class Patcher:
         self._cache_kw, _ = forward_kwargs(model)
         self.pad_id = tok.pad_token_id
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self._n_layers = len(decoder_layers(model))
         self._device = self.lm.device
         self._last = torch.as_tensor([x[-1] for x in self.tokens], dtype=torch.long)
         self._plen = np.asarray([len(x) - 1 for x in self.tokens])
@@ -250,8 +249,7 @@ class Patcher:
 
     def unit(self, spec) -> PatchUnit:
         """Resolve a unit spec (see :func:`as_unit`) and check it against the model."""
-        unit = as_unit(spec, self.site)
-        self._bind(unit)
+        self._bind(unit := as_unit(spec, self.site))
         return unit
 
     def dim(self, spec) -> int:
@@ -317,9 +315,10 @@ class Patcher:
                 self._where[i] = (gid, row)
             start = stop
 
-    def _gather(self, pidx):
+    def _gather(self, pidx, rows_per_layer=None):
         """The batch's prefix cache (left-padded with zeros), its attention mask, prefix lengths and the
-        batch's cache groups ``[(batch rows, group rows, group)]``."""
+        batch's cache groups ``[(batch rows, group rows, group)]``. With ``rows_per_layer``, layer j's cache
+        holds only the batch's first ``rows_per_layer[j]`` rows."""
         torch = require_torch()
         from transformers import DynamicCache
 
@@ -338,23 +337,25 @@ class Patcher:
         layers = []
         ref = parts[0][2][1]
         for li in range(len(ref)):
+            n = len(pidx) if rows_per_layer is None else int(rows_per_layer[li])
             kv = []
             for which in (0, 1):
                 if len(parts) == 1:  # one group: all prefixes have the batch's width
-                    kv.append(parts[0][2][1][li][which].index_select(0, parts[0][1])[:, :, :width])
+                    kv.append(parts[0][2][1][li][which].index_select(0, parts[0][1][:n])[:, :, :width])
                     continue
                 shape = list(ref[li][which].shape)
-                shape[0], shape[2] = len(pidx), width
+                shape[0], shape[2] = n, width
                 full = torch.zeros(shape, dtype=ref[li][which].dtype, device=dev)
                 for sel, rows, (length, group_kv, _, _) in parts:
-                    if length:
-                        full[sel, :, width - length:] = group_kv[li][which].index_select(0, rows)[:, :, :length]
+                    use = sel < n
+                    if length and bool(use.any()):
+                        full[sel[use], :, width - length:] = group_kv[li][which].index_select(0, rows[use])[:, :, :length]
                 kv.append(full)
             layers.append(tuple(kv))
         return DynamicCache(layers, config=self.lm.model.config), mask, plen, parts
 
     # ---- forward passes --------------------------------------------------------------------
-    def _last_tokens(self, pidx):
+    def _last_tokens(self, pidx):  # noqa: D102
         return self._last[np.asarray(pidx)][:, None].to(self._device)
 
     def _install(self, groups, capture=None):
@@ -395,17 +396,16 @@ class Patcher:
         torch = require_torch()
         pidx = np.asarray(pidx)
         self._ensure_prefix(pidx)
-        cache, pmask, plen, parts = self._gather(pidx)
         r, k = tokens.shape
+        starts = start_layers(groups, r) if (self.resume and capture is None and k == 1) else None
+        # resumed: layer j's prefix keys only for the rows started there, unless the cache is kept
+        keep = None if starts is None or keep_cache else np.maximum(start_counts(starts, self._n_layers), 1)
+        cache, pmask, plen, parts = self._gather(pidx, keep)
         mask = torch.cat([pmask, torch.ones((r, k), dtype=pmask.dtype, device=pmask.device)], dim=1)
         pos = plen[:, None] + torch.arange(k, device=plen.device)[None, :]
-        starts = start_layers(groups, r) if (self.resume and capture is None and k == 1) else None
         entry = contextlib.nullcontext()
         if starts is not None:
-            if cache is None:
-                from transformers import DynamicCache
-
-                cache = DynamicCache(config=self.lm.model.config)
+            cache = empty_cache(self.lm.model) if cache is None else cache
             resid, last_kv = row_state(parts, r, keep_cache)
             entry = resumed(self.lm.model, starts, resid, cache, last_kv)
         kwargs = {} if cache is None else {self._cache_kw: cache}
