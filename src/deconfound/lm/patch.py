@@ -3,7 +3,7 @@
 A :class:`Patcher` holds a model, a list of prompts and an outcome strategy. It overwrites a unit's
 activation at the last prompt token and returns the outcome score of each patched prompt.
 
-Speed comes from two facts:
+Speed comes from three facts:
 
 - Patching the last prompt token changes nothing at earlier positions. Each prompt's prefix (all tokens
   but the last) is run once and its key/value cache is kept. A patched variant then runs only the last
@@ -13,17 +13,8 @@ Speed comes from two facts:
 - Many variants share one forward pass. Rows of a batch come from different prompts, units (layers) and
   donor values; each hooked module edits only its own rows. Prefix caches are left-padded and masked out.
 
-Outcome strategies (objects with one interface, in :mod:`deconfound.lm.outcomes`, looked up by name in
-:data:`OUTCOMES`):
-
-``"next_token_mass"`` (:class:`NextTokenMass`)
-    Probability mass on a toxic token set at the next position. Deterministic, and the fast default.
-``"reweight"`` (:class:`Reweight`)
-    Expected scorer toxicity of S stored unpatched continuations under the patch, by self-normalised
-    importance weights p_patched(c|q) / p(c|q) (teacher forced). Reports the importance-weight ESS.
-``"generate"`` (:class:`Generate`)
-    New continuations sampled under the patch with common random numbers (the uniforms of the
-    unpatched run, seeded as in :mod:`deconfound.lm.extract`), then scored.
+Outcome strategies (``"next_token_mass"``, the deterministic default; ``"reweight"``; ``"generate"``) live in
+:mod:`deconfound.lm.outcomes`. :meth:`Patcher.random_copy` gives the same analysis on a random model.
 """
 from __future__ import annotations
 
@@ -37,6 +28,7 @@ import numpy as np
 from ..errors import DataError, ModelSiteError
 from ._torch import require_torch, set_threads
 from .extract import eos_ids, forward_kwargs, sample_tokens, sample_uniforms
+from ._null import fresh_outcome
 from ._resume import decoder_layers, empty_cache, layer_inputs, resumed, row_state, start_counts, start_layers
 from .hooks import _register
 from .models import LoadedModel, as_loaded
@@ -262,6 +254,14 @@ class Patcher:
         """Settings for provenance (model, outcome, position)."""
         return {"model_id": self.lm.model_id, "model_fingerprint": self.lm.fingerprint, "n_prompts": self.n_prompts,
                 "position": "last prompt token", **self.outcome.describe()}
+
+    def random_copy(self, seed: int = 0) -> "Patcher":
+        """The same prompts and outcome on a randomly initialised model of the same architecture and config
+        (:func:`deconfound.lm._null.random_model`): the null model of the refuters."""
+        from ._null import random_model
+
+        return Patcher(random_model(self.lm, seed), self.prompts, site=self.site, outcome=fresh_outcome(self.outcome),
+                       batch_size=self.batch_size, cache_prompts=self.cache_prompts, ids=self.ids, resume=self.resume)
 
     def _bind(self, unit: PatchUnit):
         if unit not in self._bound:
