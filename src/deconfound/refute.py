@@ -150,10 +150,13 @@ class PatcherRows:
     def activations(self, units, prompts=None):
         return self.parent.activations(units, self.rows if prompts is None else self.rows[np.asarray(prompts)])
 
+    def _values(self, unit, prompts, values):  # the values patched into the parent's prompts
+        return values
+
     def evaluate(self, requests, grad=False):
         reqs = [(r.unit, r.prompts, r.values) if hasattr(r, "values") else r for r in requests]
-        return self.parent.evaluate([(u, self.rows[np.asarray(p, dtype=np.int64)], v) for u, p, v in reqs],
-                                    grad=grad)
+        reqs = [(u, self.rows[np.asarray(p, dtype=np.int64)], v) for u, p, v in reqs]
+        return self.parent.evaluate([(u, p, self._values(u, p, v)) for u, p, v in reqs], grad=grad)
 
 
 def _keys(original: MediationResult, unit: str, new_results) -> list:
@@ -479,29 +482,20 @@ def random_model(estimator, data, *, graph=None, random_state=0, units=None, ori
                             {"seed": random_state, "model": null.describe().get("model_id")}, None, alpha)
 
 
-class _RandomShifts:
+class _RandomShifts(PatcherRows):
     """Patcher view: every patched value v for prompt i becomes h_i + |v - h_i| r with r a random unit vector
     (h_i the prompt's own activation), so a patch moves the unit as far as the donor would, in a random
     direction."""
 
     def __init__(self, parent, own: dict, rng):
-        self.parent, self.own, self.rng = parent, own, rng
-        self.ids, self.outcome = getattr(parent, "ids", None), parent.outcome
-        self.n_prompts = parent.n_prompts
-        self.unit, self.dim, self.describe, self.base_scores = (parent.unit, parent.dim, parent.describe,
-                                                                parent.base_scores)
+        super().__init__(parent, np.arange(parent.n_prompts))
+        self.own, self.rng = own, rng
 
-    def evaluate(self, requests, grad=False):
-        out = []
-        for r in requests:
-            unit, prompts, values = (r.unit, r.prompts, r.values) if hasattr(r, "values") else r
-            prompts = np.asarray(prompts, dtype=np.int64)
-            h = self.own[str(getattr(unit, "name", unit))][prompts]
-            shift = np.linalg.norm(np.broadcast_to(values, h.shape) - h, axis=1, keepdims=True)
-            r_dir = self.rng.normal(size=h.shape)
-            r_dir /= np.linalg.norm(r_dir, axis=1, keepdims=True)
-            out.append((unit, prompts, h + shift * r_dir))
-        return self.parent.evaluate(out, grad=grad)
+    def _values(self, unit, prompts, values):
+        h = self.own[str(getattr(unit, "name", unit))][prompts]
+        shift = np.linalg.norm(np.broadcast_to(values, h.shape) - h, axis=1, keepdims=True)
+        r = self.rng.normal(size=h.shape)
+        return h + shift * r / np.linalg.norm(r, axis=1, keepdims=True)
 
 
 def random_directions(estimator, data, *, graph=None, random_state=0, units=None, original=None, alpha=0.05,

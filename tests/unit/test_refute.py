@@ -347,3 +347,32 @@ def test_random_model_refuter_compares_with_the_random_copy(toy):
     assert f.loc[("nie", "treated"), "passed"]  # the trained slope's effect is not in the random model
     same = refute.random_model(patching(), data, patcher=NullToy(m, a, b=np.zeros(3)), random_state=4)
     assert not same.frame.set_index(["effect", "arm"]).loc[("nie", "treated"), "passed"]
+
+
+@pytest.mark.lm
+def test_random_model_on_the_tiny_model_reextracts_with_a_seeded_random_copy():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import torch
+
+    from deconfound import MediationData
+    from deconfound.lm.models import TINY_TEXT, tiny_model
+    from deconfound.lm.patch import NextTokenMass, Patcher
+
+    lm = tiny_model("llama", seed=2, n_layers=2)
+    prompts = TINY_TEXT.strip().splitlines()[:16]
+    patcher = Patcher(lm, prompts, outcome=NextTokenMass(lm.tokenizer.convert_tokens_to_ids(["stupid", "hate"])))
+    t = np.array([1] * 6 + [0] * 2 + [1] * 2 + [0] * 6)
+    data = MediationData.from_arrays(t=t, y=patcher.base_scores(), mediators=patcher.activations(["mlp_out.L1"]),
+                                     x=pd.DataFrame({"topic": ["a"] * 8 + ["b"] * 8}))
+    state = torch.random.get_rng_state()
+    one, two = patcher.random_copy(5), patcher.random_copy(5)
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert one.lm.model_id == "tiny-llama-seed2-random5" and type(one.lm.model) is type(lm.model)
+    np.testing.assert_array_equal(one.base_scores(), two.base_scores())
+    assert np.abs(one.base_scores() - patcher.base_scores()).max() > 1e-6
+    res = refute.random_model(patching(), data, patcher=patcher, random_state=5)
+    acts = one.activations(["mlp_out.L1"])
+    direct = patching().fit(data.replace(mediators=acts, y=one.base_scores()), patcher=one)
+    row = res.to_frame().set_index(["effect", "arm"]).loc[("nie", "treated")]
+    assert row.new_estimate == pytest.approx(direct.effect("mlp_out.L1", "nie", "treated").estimate, abs=1e-9)
