@@ -342,7 +342,8 @@ def data_subset(estimator, data, *, graph=None, random_state=0, units=None, orig
     details = pd.DataFrame([dict(subset=i, unit=u, effect=k[0], arm=k[1], estimate=r.effects[u][k].estimate,
                                  se=r.effects[u][k].se)
                             for i, r in enumerate(news) for u in orig.units for k in _keys(orig, u, [r])])
-    return _build("data_subset", "subset", orig, news, alpha, {"fraction": fraction, "n_subsets": int(n_subsets)},
+    opts = {"fraction": fraction, "n_subsets": int(n_subsets), "fraction_used": f}
+    return _build("data_subset", "subset", orig, news, alpha, opts,
                   fraction=f, details=details)
 
 
@@ -464,7 +465,7 @@ def random_model(estimator, data, *, graph=None, random_state=0, units=None, ori
         raise TypeError("patcher: expected a Patcher with random_copy(seed) (deconfound.lm.patch.Patcher), got "
                         f"{type(patcher).__name__}")
     orig = _original(estimator, data, graph, units, original, patcher)
-    specs = _unit_specs(data, orig.units if units is None else units)
+    specs = _unit_specs(data, units)
     null = patcher.random_copy(random_state)
     acts = null.activations(list(specs.values()))
     mediators = {name: np.asarray(a, dtype=np.float32) for name, a in zip(specs, acts.values())}
@@ -514,7 +515,7 @@ def random_directions(estimator, data, *, graph=None, random_state=0, units=None
         raise ValueError(f"n_draws: expected an int >= 1, got {n_draws}")
     rng = check_random_state(random_state)
     orig = _original(estimator, data, graph, units, original, patcher)
-    specs = _unit_specs(data, orig.units if units is None else units)
+    specs = _unit_specs(data, units)
     own = {str(getattr(patcher.unit(spec), "name", spec)): data.mediator(name).astype(float)
            for name, spec in specs.items()}
     est = _point_estimator(estimator)

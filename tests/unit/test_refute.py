@@ -376,3 +376,25 @@ def test_random_model_on_the_tiny_model_reextracts_with_a_seeded_random_copy():
     direct = patching().fit(data.replace(mediators=acts, y=one.base_scores()), patcher=one)
     row = res.to_frame().set_index(["effect", "arm"]).loc[("nie", "treated")]
     assert row.new_estimate == pytest.approx(direct.effect("mlp_out.L1", "nie", "treated").estimate, abs=1e-9)
+
+
+@pytest.mark.lm
+def test_demo_report_has_the_null_model_checks_of_the_patching_fit(tmp_path):
+    pytest.importorskip("transformers")
+    from deconfound import MediationData
+    from deconfound.demo import analyse_and_report
+    from deconfound.lm.models import TINY_TEXT, tiny_model
+    from deconfound.lm.patch import NextTokenMass, Patcher
+
+    lm = tiny_model("llama", seed=2, n_layers=2)
+    prompts = TINY_TEXT.strip().splitlines()[:20]
+    patcher = Patcher(lm, prompts, outcome=NextTokenMass(lm.tokenizer.convert_tokens_to_ids(["stupid", "hate"])))
+    t = np.array([1, 1, 1, 1, 0, 1, 1, 0, 0, 1] + [0, 0, 1, 0, 0, 0, 1, 0, 1, 0])
+    data = MediationData.from_arrays(t=t, y=patcher.base_scores(),
+                                     mediators=patcher.activations(["mlp_out.L0", "mlp_out.L1"]),
+                                     x=pd.DataFrame({"topic": ["a"] * 10 + ["b"] * 10}))
+    out = analyse_and_report(data, out=tmp_path, estimators={"patching": PatchingMediation(n_boot=20)},
+                             patcher=patcher, quick=True, refute_units=1)
+    text = "".join(p.read_text() for p in tmp_path.glob("*.md"))
+    assert "Null-model checks (patching, top 1 units)" in text and "random_directions" in text
+    assert "random_model" in text and out["summary"]
