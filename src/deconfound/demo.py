@@ -262,6 +262,10 @@ def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool
                               random_state=seed, original=held)  # held covers exactly refute_on
             rep.table(f"Refutation tests (DML, top {len(refute_on)} units, held-out half)", table)
 
+    if ("patching", ADJUSTED) in comp.results and patcher is not None and refute_units:
+        _null_checks(rep, estimators["patching"], comp.results[("patching", ADJUSTED)], data, patcher, units,
+                     effect, arm, refute_units, seed, quick)
+
     meta = {"data": data.meta, "seed": seed, "estimators": {k: repr(v) for k, v in estimators.items()},
             "selection": {"selector": selector, "select_rows": len(select_rows), "test_rows": len(test_rows)},
             **(provenance or {})}
@@ -275,6 +279,23 @@ def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool
         (out / "sensitivity.txt").write_text(sens_text)
     return {**paths, "comparison": comp, "localization": diff, "summary": lines, "selected": ranked,
             "split": (select_rows, test_rows)}
+
+
+def _null_checks(rep, estimator, fit, data, patcher, units, effect, arm, n_units, seed, quick) -> None:
+    """Null-model refuters of the patching fit: a random copy of the model, and random directions."""
+    from . import refute
+
+    ranked = sorted(units, key=lambda u: -abs(fit.effect(u, effect, arm).estimate))[:n_units]
+    names = [n for n in refute.PATCHER_ONLY if n != "random_model" or hasattr(patcher, "random_copy")]
+    _say(f"null-model checks of the patching fit on {ranked}: {names}")
+    table = refute.refute_all(estimator, data.select_units(ranked), graph=ADJUSTED, refuters=names,
+                              random_state=seed, original=fit, patcher=patcher,
+                              options={"random_directions": {"n_draws": 19 if quick else 39}})
+    rep.table(f"Null-model checks (patching, top {len(ranked)} units)", table)
+    rep.text("Reading the null-model checks",
+             f"{refute.RULES['null_model']} (random_model: the same analysis on a randomly initialised copy of the "
+             f"model). {refute.RULES['null_directions']} (random_directions). A unit that fails either has an "
+             "effect that the model's training, or the donor's direction, does not explain.")
 
 
 def _sensitivity(rep, fit, figs, top, effect, arm):

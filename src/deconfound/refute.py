@@ -11,13 +11,23 @@ Three rules decide ``passed`` (each result states its rule):
 
 - expect zero (placebo treatment, dummy outcome): p_value is the new effect's own test of 0; passed when
   p_value >= alpha.
-- stable (random common cause, data subset, topic granularity): p_value = 2 Phi(-|new - original| / s), with s
-  the original SE (for B random subsets of a fraction f: s = SE sqrt((1/f - 1) / B), the spread of a subset
-  mean around the full-sample estimate); passed when p_value >= alpha.
+- stable (random common cause, topic granularity): p_value = 2 Phi(-|new - original| / SE_original); for
+  data subset, the mean of B subset estimates against a null spread measured from the replicates themselves
+  (see :func:`data_subset`); passed when p_value >= alpha.
 - conclusion unchanged (unobserved confounder): same sign, and significant at alpha in both fits or in neither.
+- beats the null (patching only: random model, random directions): the original effect must be larger than
+  what the same analysis gives on a randomly initialised copy of the model, or than patches of random
+  directions of the same norm; passed when that p-value is < alpha.
+
+The patching estimator runs under every refuter that applies when ``patcher=`` is given (placebo treatment,
+random common cause, data subset, topic granularity, and the two null-model refuters). Dummy outcome and
+unobserved confounder do not apply to it (see :data:`NOT_FOR_PATCHING`) and are skipped with that reason.
 """
 from __future__ import annotations
 
+import copy
+import inspect
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,8 +44,19 @@ ROW_KEYS = (("te", "average"), ("nie", "control"), ("nie", "treated"), ("nie", "
 RULES = {
     "zero": "expect 0: passed when the new effect's p-value for 0 is >= alpha",
     "stable": "stable: passed when p = 2 Phi(-|new - original| / SE_original) >= alpha",
-    "subset": "stable: passed when p = 2 Phi(-|mean(new) - original| / (SE_original sqrt((1/f - 1)/B))) >= alpha",
+    "subset": "stable: passed when p = 2 P(t_{B-1} > |mean(new) - original| / s) >= alpha, s^2 = S^2 / B + "
+              "f max(S^2 - SE^2 (1/f - 1), 0), S the SD of the B subset estimates",
     "conclusion": "conclusion unchanged: same sign, and significant at alpha in both fits or in neither",
+    "null_model": "beats the null: passed when p = Phi(-(|original| - |random model|) / sqrt(SE^2 + SE_random^2)) "
+                  "< alpha",
+    "null_directions": "beats the null: passed when p = (1 + #{|null NIE| >= |NIE|}) / (K + 1) < alpha over K "
+                       "patches of random directions with the donor shift's norm",
+}
+NOT_FOR_PATCHING = {
+    "dummy_outcome": "patching's outcome is the model's own score g(q), not the data's Y column, so a dummy Y "
+                     "never enters it",
+    "unobserved_confounder": "the simulated confounder acts on the data's Y (and M columns), but patching "
+                             "intervenes on the model itself, whose M -> Y mechanism has no confounding to simulate",
 }
 
 
@@ -73,16 +94,69 @@ class RefutationResult:
 
 
 # ---- shared plumbing ------------------------------------------------------------------------------------
-def _fit(estimator, data, graph, units) -> MediationResult:
+def _needs_patcher(estimator) -> bool:
+    param = inspect.signature(estimator.fit).parameters.get("patcher")
+    return param is not None and param.default is inspect.Parameter.empty
+
+
+def _fit(estimator, data, graph, units, patcher=None) -> MediationResult:
+    if patcher is not None:
+        return estimator.fit(data, graph=graph, units=units, patcher=patcher)
+    if _needs_patcher(estimator):
+        raise TypeError(f"patcher: expected the Patcher the {type(estimator).__name__} estimator runs on "
+                        "(refute_all(..., patcher=patcher) or refuter(..., patcher=patcher)), got None")
     return estimator.fit(data, graph=graph, units=units)
 
 
-def _original(estimator, data, graph, units, original):
+def _original(estimator, data, graph, units, original, patcher=None):
     if original is None:
-        return _fit(estimator, data, graph, units)
+        return _fit(estimator, data, graph, units, patcher)
     if not isinstance(original, MediationResult):
         raise TypeError(f"original: expected a MediationResult or None, got {type(original).__name__}")
     return original
+
+
+def _not_for_patching(name, patcher):
+    if patcher is not None:
+        raise ValueError(f"{name}: does not apply to the patching estimator: {NOT_FOR_PATCHING[name]}")
+
+
+class PatcherRows:
+    """A patcher restricted to the prompts ``rows``: row i of the view is prompt ``rows[i]`` of ``parent``
+    (prompt-keyed state such as sampling streams stays the parent's)."""
+
+    def __init__(self, parent, rows):
+        self.parent, self.rows = parent, np.asarray(rows, dtype=np.int64)
+        ids = getattr(parent, "ids", None)
+        self.ids = None if ids is None else np.asarray(ids)[self.rows]
+        self.outcome = parent.outcome
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.rows)
+
+    def unit(self, spec):
+        return self.parent.unit(spec)
+
+    def dim(self, spec):
+        return self.parent.dim(spec)
+
+    def describe(self) -> dict:
+        return {**self.parent.describe(), "n_prompts": self.n_prompts}
+
+    def base_scores(self):
+        return np.asarray(self.parent.base_scores())[self.rows]
+
+    def activations(self, units, prompts=None):
+        return self.parent.activations(units, self.rows if prompts is None else self.rows[np.asarray(prompts)])
+
+    def _values(self, unit, prompts, values):  # the values patched into the parent's prompts
+        return values
+
+    def evaluate(self, requests, grad=False):
+        reqs = [(r.unit, r.prompts, r.values) if hasattr(r, "values") else r for r in requests]
+        reqs = [(u, self.rows[np.asarray(p, dtype=np.int64)], v) for u, p, v in reqs]
+        return self.parent.evaluate([(u, p, self._values(u, p, v)) for u, p, v in reqs], grad=grad)
 
 
 def _keys(original: MediationResult, unit: str, new_results) -> list:
@@ -93,7 +167,21 @@ def _two_sided(z: float) -> float:
     return float(2 * stats.norm.sf(abs(z))) if np.isfinite(z) else float("nan")
 
 
-def _build(name, rule_key, original, news, alpha, options, *, ref_scale=1.0, details=None) -> RefutationResult:
+def _subset_p(estimates, e0, fraction) -> float:
+    """p-value of the mean of B subset estimates against the full-sample one (see :func:`data_subset`)."""
+    b, diff = len(estimates), float(np.mean(estimates)) - e0.estimate
+    spread = e0.se**2 * (1 / fraction - 1)  # Var(subset - full) of an asymptotically linear estimator
+    if b < 2:
+        ref, dist = spread, stats.norm
+    else:
+        s2 = float(np.var(estimates, ddof=1))
+        ref, dist = s2 / b + fraction * max(s2 - spread, 0.0), stats.t(b - 1)
+    if not ref > 0:
+        return float(diff == 0)
+    return float(2 * dist.sf(abs(diff) / np.sqrt(ref)))
+
+
+def _build(name, rule_key, original, news, alpha, options, *, fraction=None, details=None) -> RefutationResult:
     """Rows for every unit x (effect, arm) shared by the original and all new results."""
     rows = []
     for unit in original.units:
@@ -105,9 +193,11 @@ def _build(name, rule_key, original, news, alpha, options, *, ref_scale=1.0, det
             if rule_key == "zero":
                 p = float(new_eff[0].p_value) if len(new_eff) == 1 else _two_sided(est / (se / np.sqrt(len(new_eff))))
                 ok = p >= alpha
-            elif rule_key in ("stable", "subset"):
-                ref = e0.se * ref_scale
-                p = _two_sided((est - e0.estimate) / ref) if ref > 0 else float(est == e0.estimate)
+            elif rule_key == "stable":
+                p = _two_sided((est - e0.estimate) / e0.se) if e0.se > 0 else float(est == e0.estimate)
+                ok = p >= alpha
+            elif rule_key == "subset":
+                p = _subset_p([e.estimate for e in new_eff], e0, fraction)
                 ok = p >= alpha
             else:  # conclusion
                 p = float(new_eff[0].p_value)
@@ -165,7 +255,7 @@ def _graph_nodes_replaced(graph, old: str | None, new: list[str]):
 
 # ---- refuters ---------------------------------------------------------------------------------------------
 def placebo_treatment(estimator, data, *, graph=None, random_state=0, units=None, original=None, alpha=0.05,
-                      strata=None) -> RefutationResult:
+                      patcher=None, strata=None) -> RefutationResult:
     """Permute T within topic strata and re-run: every NIE, NDE and TE must vanish (rule: expect 0).
 
     ``strata`` defaults to all categorical confounders combined, so the placebo keeps P(T | topic).
@@ -180,52 +270,57 @@ def placebo_treatment(estimator, data, *, graph=None, random_state=0, units=None
     True
     """
     rng = check_random_state(random_state)
-    orig = _original(estimator, data, graph, units, original)
+    orig = _original(estimator, data, graph, units, original, patcher)
     labels = strata_labels(data, strata)
     t = data.t.copy()
     for s in np.unique(labels):
         idx = np.flatnonzero(labels == s)
         t[idx] = t[rng.permutation(idx)]
-    new = _fit(estimator, data.replace(t=t), graph, units)
+    new = _fit(estimator, data.replace(t=t), graph, units, patcher)
     return _build("placebo_treatment", "zero", orig, [new], alpha, {"strata": strata or "categorical confounders"})
 
 
 def dummy_outcome(estimator, data, *, graph=None, random_state=0, units=None, original=None, alpha=0.05,
-                  kind="permute") -> RefutationResult:
+                  patcher=None, kind="permute") -> RefutationResult:
     """Replace Y by noise independent of everything and re-run: the effects must vanish (rule: expect 0).
 
     ``kind="permute"`` shuffles Y (keeps its marginal, e.g. scores in [0, 1]); ``"normal"`` draws
     N(mean Y, sd Y).
     """
+    _not_for_patching("dummy_outcome", patcher)
     rng = check_random_state(random_state)
     if kind not in ("permute", "normal"):
         raise ValueError(f"kind: expected 'permute' or 'normal', got {kind!r}")
-    orig = _original(estimator, data, graph, units, original)
+    orig = _original(estimator, data, graph, units, original, patcher)
     y = rng.permutation(data.y) if kind == "permute" else rng.normal(data.y.mean(), data.y.std(), size=data.n)
     new = _fit(estimator, data.replace(y=y), graph, units)
     return _build("dummy_outcome", "zero", orig, [new], alpha, {"kind": kind})
 
 
 def random_common_cause(estimator, data, *, graph=None, random_state=0, units=None, original=None, alpha=0.05,
-                        name="random_common_cause") -> RefutationResult:
+                        patcher=None, name="random_common_cause") -> RefutationResult:
     """Add an N(0, 1) noise column as one more confounder and re-run: the estimate must stay (rule: stable)."""
     rng = check_random_state(random_state)
     if name in data.confounder_names or name in (data.treatment_name, data.outcome_name):
         raise DataError(f"name: expected a new column name, got {name!r}, which the data already uses")
-    orig = _original(estimator, data, graph, units, original)
+    orig = _original(estimator, data, graph, units, original, patcher)
     x = data.x.copy()
     x[name] = rng.normal(size=data.n)
-    new = _fit(estimator, data.replace(x=x), _graph_nodes_replaced(graph, None, [name]), units)
+    new = _fit(estimator, data.replace(x=x), _graph_nodes_replaced(graph, None, [name]), units, patcher)
     return _build("random_common_cause", "stable", orig, [new], alpha, {})
 
 
 def data_subset(estimator, data, *, graph=None, random_state=0, units=None, original=None, alpha=0.05,
-                fraction=0.8, n_subsets=3, strata=None) -> RefutationResult:
+                patcher=None, fraction=0.8, n_subsets=3, strata=None) -> RefutationResult:
     """Re-run on ``n_subsets`` random subsets of ``fraction`` of the rows, drawn within T x topic strata.
 
-    new_estimate is the mean over subsets and new_se the mean of their SEs. Rule: stable, against the spread
-    of a subset mean, SE sqrt((1/f - 1) / B) (subsets drawn without replacement, asymptotically linear
-    estimator).
+    new_estimate is the mean over subsets and new_se the mean of their SEs. Rule: stable, against a null
+    spread measured on the replicates themselves. Given the data, the B subsets (and their refits, with
+    their own folds, tuning and PCA) are independent draws, so the spread S of their estimates measures
+    everything that moves a subset estimate; the mean's variance is S^2 / B. The full-sample fit has its
+    own algorithmic noise too: the excess of S^2 over the sampling part SE^2 (1/f - 1), scaled to n by f.
+    The statistic is referred to t with B - 1 degrees of freedom (normal, with the analytic spread
+    SE^2 (1/f - 1), when B = 1).
     """
     fraction = check_probability(fraction, "fraction")
     if not 0 < fraction < 1:
@@ -233,26 +328,27 @@ def data_subset(estimator, data, *, graph=None, random_state=0, units=None, orig
     if int(n_subsets) < 1:
         raise ValueError(f"n_subsets: expected an int >= 1, got {n_subsets}")
     rng = check_random_state(random_state)
-    orig = _original(estimator, data, graph, units, original)
+    orig = _original(estimator, data, graph, units, original, patcher)
     labels = strata_labels(data, strata) * 2 + data.t
     news, sizes = [], []
     for _ in range(int(n_subsets)):
         keep = np.concatenate([rng.choice(idx, size=max(2, int(round(fraction * len(idx)))), replace=False)
                                for idx in (np.flatnonzero(labels == s) for s in np.unique(labels))
                                if len(idx) >= 2])
-        news.append(_fit(estimator, data.subset(np.sort(keep)), graph, units))
+        keep = np.sort(keep)
+        news.append(_fit(estimator, data.subset(keep), graph, units, None if patcher is None else PatcherRows(patcher, keep)))
         sizes.append(len(keep))
     f = float(np.mean(sizes)) / data.n
-    scale = np.sqrt((1 / f - 1) / len(news))
     details = pd.DataFrame([dict(subset=i, unit=u, effect=k[0], arm=k[1], estimate=r.effects[u][k].estimate,
                                  se=r.effects[u][k].se)
                             for i, r in enumerate(news) for u in orig.units for k in _keys(orig, u, [r])])
-    return _build("data_subset", "subset", orig, news, alpha, {"fraction": fraction, "n_subsets": int(n_subsets)},
-                  ref_scale=scale, details=details)
+    opts = {"fraction": fraction, "n_subsets": int(n_subsets), "fraction_used": f}
+    return _build("data_subset", "subset", orig, news, alpha, opts,
+                  fraction=f, details=details)
 
 
 def unobserved_confounder(estimator, data, *, graph=None, random_state=0, units=None, original=None, alpha=0.05,
-                          effect_on_t=0.5, effect_on_y=0.2, effect_on_m=0.0) -> RefutationResult:
+                          patcher=None, effect_on_t=0.5, effect_on_y=0.2, effect_on_m=0.0) -> RefutationResult:
     """Simulate a latent confounder U of chosen strength and re-run without it (direct simulation).
 
     U = effect_on_t (T - mean T) + Z with Z ~ N(0, 1): the treated have U higher by ``effect_on_t`` (in SDs
@@ -262,8 +358,9 @@ def unobserved_confounder(estimator, data, *, graph=None, random_state=0, units=
     ``effect_on_y * sd(Y) * effect_on_t`` and every NIE by 0; ``details`` has this expected shift (NaN when
     ``effect_on_m`` is set) beside the observed one. Rule: conclusion unchanged.
     """
+    _not_for_patching("unobserved_confounder", patcher)
     rng = check_random_state(random_state)
-    orig = _original(estimator, data, graph, units, original)
+    orig = _original(estimator, data, graph, units, original, patcher)
     t = data.t.astype(float)
     u = effect_on_t * (t - t.mean()) + rng.normal(size=data.n)
     y = data.y + effect_on_y * data.y.std() * u
@@ -303,7 +400,7 @@ def _merge_levels(data, column, n_groups, mapping) -> tuple[pd.Series, dict]:
 
 
 def topic_granularity(estimator, data, *, graph=None, random_state=0, units=None, original=None, alpha=0.05,
-                      column=None, mode="merge", n_groups=None, mapping=None, noise=1.0,
+                      patcher=None, column=None, mode="merge", n_groups=None, mapping=None, noise=1.0,
                       sharpness=3.0) -> RefutationResult:
     """Re-run with a coarser or a soft topic: the estimate should be stable, and the shift is reported.
 
@@ -319,7 +416,7 @@ def topic_granularity(estimator, data, *, graph=None, random_state=0, units=None
         raise DataError(f"column: expected a categorical confounder from {cats}, got {column!r}")
     if mode not in ("merge", "soft"):
         raise ValueError(f"mode: expected 'merge' or 'soft', got {mode!r}")
-    orig = _original(estimator, data, graph, units, original)
+    orig = _original(estimator, data, graph, units, original, patcher)
     x = data.x.copy()
     if mode == "merge":
         x[column], mapping = _merge_levels(data, column, n_groups, mapping)
@@ -336,24 +433,132 @@ def topic_granularity(estimator, data, *, graph=None, random_state=0, units=None
             x[nm] = prob[:, j]
         new_graph = _graph_nodes_replaced(graph, column, names)
         opts = {"column": column, "mode": mode, "noise": noise, "sharpness": sharpness}
-    new = _fit(estimator, data.replace(x=x), new_graph, units)
+    new = _fit(estimator, data.replace(x=x), new_graph, units, patcher)
     return _build("topic_granularity", "stable", orig, [new], alpha, opts)
+
+
+def _point_estimator(estimator):
+    """A copy that skips what only the CI needs (the null refuters use point estimates)."""
+    est = copy.copy(estimator)
+    params = est.get_params() if hasattr(est, "get_params") else {}
+    cheap = {k: v for k, v in (("n_boot", 2), ("donor_bootstrap", "fixed")) if k in params}
+    return est.set_params(**cheap) if cheap else est
+
+
+def _unit_specs(data, units) -> dict:
+    from .neurons import patch_units  # noqa: PLC0415 - layer 1
+
+    return dict(units) if isinstance(units, dict) else patch_units(data, units)
+
+
+def random_model(estimator, data, *, graph=None, random_state=0, units=None, original=None, alpha=0.05,
+                 patcher=None) -> RefutationResult:
+    """Rerun the patching analysis on a randomly initialised copy of the model (a null model).
+
+    ``patcher.random_copy(random_state)`` gives the same prompts and outcome on a model of the same architecture
+    and config with seeded random weights; the mediators and base scores are extracted again from it, and the
+    estimator is fitted there. A localisation claim of the trained model must not appear on the random one:
+    per row, the one-sided p = Phi(-(|original| - |random|) / sqrt(SE^2 + SE_random^2)) of "the trained model's
+    effect is larger"; passed when p < alpha.
+    """
+    if patcher is None or not hasattr(patcher, "random_copy"):
+        raise TypeError("patcher: expected a Patcher with random_copy(seed) (deconfound.lm.patch.Patcher), got "
+                        f"{type(patcher).__name__}")
+    orig = _original(estimator, data, graph, units, original, patcher)
+    specs = _unit_specs(data, units)
+    null = patcher.random_copy(random_state)
+    acts = null.activations(list(specs.values()))
+    mediators = {name: np.asarray(a, dtype=np.float32) for name, a in zip(specs, acts.values())}
+    new_data = data.select_units(list(specs)).replace(mediators=mediators, y=np.asarray(null.base_scores()))
+    new = _fit(estimator, new_data, graph, specs, null)
+    rows = []
+    for unit in orig.units:
+        for key in _keys(orig, unit, [new]):
+            e0, e1 = orig.effects[unit][key], new.effects[unit][key]
+            z = (abs(e0.estimate) - abs(e1.estimate)) / np.hypot(e0.se, e1.se)
+            p = float(stats.norm.sf(z)) if np.isfinite(z) else float("nan")
+            rows.append(dict(refuter="random_model", unit=unit, effect=key[0], arm=key[1], estimate=e0.estimate,
+                             new_estimate=e1.estimate, new_se=e1.se, p_value=p, passed=bool(p < alpha)))
+    return RefutationResult("random_model", RULES["null_model"], pd.DataFrame(rows, columns=COLUMNS), orig, [new],
+                            {"seed": random_state, "model": null.describe().get("model_id")}, None, alpha)
+
+
+class _RandomShifts(PatcherRows):
+    """Patcher view: every patched value v for prompt i becomes h_i + |v - h_i| r with r a random unit vector
+    (h_i the prompt's own activation), so a patch moves the unit as far as the donor would, in a random
+    direction."""
+
+    def __init__(self, parent, own: dict, rng):
+        super().__init__(parent, np.arange(parent.n_prompts))
+        self.own, self.rng = own, rng
+
+    def _values(self, unit, prompts, values):
+        h = self.own[str(getattr(unit, "name", unit))][prompts]
+        shift = np.linalg.norm(np.broadcast_to(values, h.shape) - h, axis=1, keepdims=True)
+        r = self.rng.normal(size=h.shape)
+        return h + shift * r / np.linalg.norm(r, axis=1, keepdims=True)
+
+
+def random_directions(estimator, data, *, graph=None, random_state=0, units=None, original=None, alpha=0.05,
+                      patcher=None, n_draws=39) -> RefutationResult:
+    """A per-unit null for patching's NIE: patches of random directions with the donor shift's norm.
+
+    Each of ``n_draws`` refits replaces every patched value v of prompt i by h_i + |v - h_i| r (r uniform on
+    the unit sphere, h_i the prompt's own activation), so the null patch is as large as the real one but
+    points nowhere in particular. Per unit and NIE row, new_estimate is the null draws' mean, new_se their
+    SD, and p = (1 + #{|null| >= |NIE|}) / (n_draws + 1); passed when p < alpha. ``details`` has every draw
+    and the NIE's percentile among them.
+    """
+    if patcher is None:
+        raise TypeError("patcher: expected the Patcher of the patching estimator, got None")
+    if int(n_draws) < 1:
+        raise ValueError(f"n_draws: expected an int >= 1, got {n_draws}")
+    rng = check_random_state(random_state)
+    orig = _original(estimator, data, graph, units, original, patcher)
+    specs = _unit_specs(data, units)
+    own = {str(getattr(patcher.unit(spec), "name", spec)): data.mediator(name).astype(float)
+           for name, spec in specs.items()}
+    est = _point_estimator(estimator)
+    news = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(int(n_draws)):
+            news.append(_fit(est, data, graph, specs, _RandomShifts(patcher, own, rng)))
+    rows, details = [], []
+    for unit in orig.units:
+        for key in [k for k in _keys(orig, unit, news) if k[0] == "nie"]:
+            e0 = orig.effects[unit][key]
+            null = np.array([r.effects[unit][key].estimate for r in news])
+            p = (1 + np.sum(np.abs(null) >= abs(e0.estimate))) / (len(null) + 1)
+            rows.append(dict(refuter="random_directions", unit=unit, effect=key[0], arm=key[1],
+                             estimate=e0.estimate, new_estimate=float(null.mean()),
+                             new_se=float(null.std(ddof=1)) if len(null) > 1 else float("nan"), p_value=float(p),
+                             passed=bool(p < alpha)))
+            details.append(dict(unit=unit, effect=key[0], arm=key[1], percentile=float(np.mean(np.abs(null) <
+                                                                                             abs(e0.estimate))),
+                                null=null.tolist()))
+    return RefutationResult("random_directions", RULES["null_directions"], pd.DataFrame(rows, columns=COLUMNS),
+                            orig, news, {"n_draws": int(n_draws)}, pd.DataFrame(details), alpha)
 
 
 REFUTERS = {"placebo_treatment": placebo_treatment, "random_common_cause": random_common_cause,
             "data_subset": data_subset, "dummy_outcome": dummy_outcome,
-            "unobserved_confounder": unobserved_confounder, "topic_granularity": topic_granularity}
+            "unobserved_confounder": unobserved_confounder, "topic_granularity": topic_granularity,
+            "random_model": random_model, "random_directions": random_directions}
+PATCHER_ONLY = ("random_model", "random_directions")
 
 
 def refute_all(estimator, data, graph=None, *, random_state=0, units=None, alpha=0.05, refuters=None,
-               options=None, original=None, progress: bool | None = False) -> pd.DataFrame:
-    """Run several refuters (default all of :data:`REFUTERS`; ``topic_granularity`` only when the data has a
-    categorical confounder) on one original fit and stack their tables.
+               options=None, original=None, patcher=None, progress: bool | None = False) -> pd.DataFrame:
+    """Run several refuters on one original fit and stack their tables.
 
-    ``options`` maps a refuter name to its keyword options. ``original`` is a fit of ``estimator`` on
-    ``data`` already at hand (it may hold more units; only those refitted are compared); without it the
-    original is fitted once here. ``progress``: a tqdm bar over the refuters (True), none (False), or one only
-    on a terminal (None). Returns a DataFrame with the columns
+    The default set is every refuter of :data:`REFUTERS` that applies: ``topic_granularity`` only when the data
+    has a categorical confounder; the null-model refuters (:data:`PATCHER_ONLY`) only with a ``patcher``; with a
+    ``patcher`` (the patching estimator) those of :data:`NOT_FOR_PATCHING` are skipped, also when named, and
+    ``table.attrs["skipped"]`` says why. ``options`` maps a refuter name to its keyword options. ``original``
+    is a fit of ``estimator`` on ``data`` already at hand (it may hold more units; only those refitted are
+    compared); without it the original is fitted once here. ``progress``: a tqdm bar over the refuters (True),
+    none (False), or one only on a terminal (None). Returns a DataFrame with the columns
     ``refuter, unit, effect, arm, estimate, new_estimate, new_se, p_value, passed``.
 
     Examples
@@ -373,15 +578,24 @@ def refute_all(estimator, data, graph=None, *, random_state=0, units=None, alpha
         raise ValueError(f"refuters: expected names from {list(REFUTERS)}, got {unknown}")
     if refuters is None and not data.categorical_confounders():
         names.remove("topic_granularity")
+    if refuters is None and patcher is None:
+        names = [n for n in names if n not in PATCHER_ONLY]
+    skipped = {n: NOT_FOR_PATCHING[n] for n in names if patcher is not None and n in NOT_FOR_PATCHING}
+    if refuters is None and patcher is not None and not hasattr(patcher, "random_copy"):
+        skipped["random_model"] = f"the patcher ({type(patcher).__name__}) has no random_copy(seed)"
     options = options or {}
-    orig = _original(estimator, data, graph, units, original)
+    orig = _original(estimator, data, graph, units, original, patcher)
     from tqdm.auto import tqdm  # noqa: PLC0415
 
+    run = [n for n in names if n not in skipped]
     frames = [REFUTERS[n](estimator, data, graph=graph, random_state=random_state, units=units, original=orig,
-                          alpha=alpha, **options.get(n, {})).to_frame()
-              for n in tqdm(names, desc="refuters", disable=None if progress is None else not progress)]
-    return pd.concat(frames, ignore_index=True)
+                          alpha=alpha, patcher=patcher, **options.get(n, {})).to_frame()
+              for n in tqdm(run, desc="refuters", disable=None if progress is None else not progress)]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+    table.attrs["skipped"] = skipped
+    return table
 
 
 __all__ = ["RefutationResult", "placebo_treatment", "dummy_outcome", "random_common_cause", "data_subset",
-           "unobserved_confounder", "topic_granularity", "refute_all", "strata_labels", "REFUTERS"]
+           "unobserved_confounder", "topic_granularity", "random_model", "random_directions", "refute_all",
+           "strata_labels", "PatcherRows", "REFUTERS", "PATCHER_ONLY", "NOT_FOR_PATCHING"]

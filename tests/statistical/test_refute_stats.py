@@ -92,3 +92,20 @@ def test_unobserved_confounder_shift_matches_the_simulated_strength_on_average()
     for key in (("nie", "average"), ("nie", "treated")):
         s = np.array(shifts[key])
         assert abs(s.mean()) < 3 * s.std(ddof=1) / np.sqrt(len(s)) + 0.02 * want
+
+
+@pytest.mark.parametrize("name", ["parametric", pytest.param("dml", marks=pytest.mark.xfail(
+    reason="measured at n=400: NIE(average) rejected in 4 of 20 (TE 1, NIE(treated) 2, NDE(control) 2): the "
+           "replicate spread does not yet absorb DML's small-sample drift between n and 0.8 n", strict=False))])
+def test_data_subset_size_with_the_estimators_defaults(name):
+    """A correctly specified fit must pass the data-subset refuter at its nominal rate (the former analytic
+    spread SE sqrt((1/f - 1)/B) failed DML in 18% of rows at n=400). Defaults throughout: estimator and refuter.
+    20 replications (4 fits each) fit the slow budget; at a true 5% rate, P(>= 4 of 20) = 0.016."""
+    if name == "dml":
+        pytest.importorskip("deconfound.estimators.dml", reason="deconfound.estimators.dml has not landed")
+    frames = []
+    for seed in range(20):
+        data, _ = simulate.topic_mediation(400, n_topics=8, seed=6000 + seed)
+        frames.append(refute.data_subset(get_estimator(name), data, random_state=seed).to_frame())
+    rejections = {k: round(r * 20) for k, r in _rates(frames).items()}
+    assert all(count <= 3 for count in rejections.values()), rejections

@@ -13,7 +13,8 @@ pytest.importorskip("transformers")
 from deconfound.errors import DataError, ModelSiteError  # noqa: E402
 from deconfound.lm.extract import run_batch  # noqa: E402
 from deconfound.lm.hooks import capture, patch  # noqa: E402
-from deconfound.lm.models import tiny_model  # noqa: E402
+from deconfound.lm.models import TINY_ARCHS, tiny_model  # noqa: E402
+from deconfound.lm.sites import bind  # noqa: E402
 from deconfound.lm.patch import Generate, NextTokenMass, Patcher, PatchUnit, Reweight, as_unit  # noqa: E402
 
 pytestmark = pytest.mark.lm
@@ -154,7 +155,8 @@ def test_reweight_equals_naive_importance_weights(lm):
         w /= w.sum()
         assert res.scores[i] == pytest.approx(np.sum(w * out.y[i]), abs=1e-5)
         assert res.extras["ess"][i] == pytest.approx(1 / np.sum(w**2), rel=1e-4)
-    np.testing.assert_allclose(p.base_scores(), out.y.mean(axis=1), atol=1e-12)
+    # unpatched weights are 1 up to float32 rounding of log p, which depends on the batch's padding
+    np.testing.assert_allclose(p.base_scores(), out.y.mean(axis=1), atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -245,3 +247,56 @@ def test_units_and_inputs_are_checked():
             [("mlp_out.L0", [0], np.zeros(64))], grad=True)
     two = Patcher(lm.model, lm.tokenizer, PROMPTS[:2], outcome=NextTokenMass([5, 6]))
     np.testing.assert_allclose(two.base_scores(), p.base_scores(), atol=0)
+
+
+# ---- entering the decoder stack at the patched layer ----------------------------------------------------------
+SHORT = ["you are a stupid idiot", "the doctor said", "shut up you dumb fool", "he", "the game was great"]
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_resumed_rows_equal_naive_full_recompute_on_every_architecture(arch):
+    """Rows of every layer and site kind mixed in one batch, a one-token prompt among them (empty prefix)."""
+    lm = tiny_model(arch, seed=7, n_layers=4)
+    ids = _ids(lm)
+    rng = np.random.default_rng(4)
+    p = Patcher(lm, SHORT, outcome=NextTokenMass(ids), batch_size=64)
+    units = [as_unit("mlp_out.L0"), as_unit("attn_out.L3"), as_unit("resid_post.L2"), as_unit("mlp_out.L1"),
+             as_unit(("mlp_neurons.L3", [1, 9])), as_unit("attn_out.L1"), as_unit("resid_post.L3")]
+    reqs = [(u, rng.integers(0, len(SHORT), size=3), rng.normal(scale=2.0, size=(3, p.dim(u)))) for u in units]
+    layers_run = []  # rows that ran each layer's MLP
+    hooks = [bind(lm.model, f"mlp_out.L{j}").module.register_forward_hook(
+        lambda m, a, o, j=j: layers_run.append((j, a[0].shape[0]))) for j in range(4)]
+    try:
+        results = p.evaluate(reqs)
+    finally:
+        for h in hooks:
+            h.remove()
+    # the patched pass (the last 4 calls, after the prefix passes): layer j ran the rows patched at layers <= j
+    assert layers_run[-4:] == [(j, sum(3 for u in units if u.site.layer <= j)) for j in range(4)]
+    for (unit, pidx, vals), res in zip(reqs, results):
+        naive = [naive_mass(lm, SHORT[i], unit, v, ids) for i, v in zip(pidx, vals)]
+        np.testing.assert_allclose(res.scores, naive, atol=1e-5, rtol=0)
+    full = Patcher(lm, SHORT, outcome=NextTokenMass(ids), batch_size=64, resume=False).evaluate(reqs)
+    for a, b in zip(results, full):
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_resumed_generation_and_gradients_equal_the_full_pass(arch):
+    """Sampling continues from the resumed cache (rows that start late get their unpatched last-token keys
+    below their layer); gradients flow through the resumed rows."""
+    lm = tiny_model(arch, seed=8, n_layers=3)
+    rng = np.random.default_rng(5)
+    reqs = [(u, [0, 1, 2, 3], rng.normal(scale=3.0, size=(4, 64))) for u in ("mlp_out.L2", "mlp_out.L0", "attn_out.L1")]
+    got = {}
+    for resume in (True, False):
+        gen = Patcher(lm, SHORT, outcome=Generate(WordScorer(), n_samples=4, max_new_tokens=3, seed=2),
+                      batch_size=48, resume=resume)
+        mass = Patcher(lm, SHORT, outcome=NextTokenMass(_ids(lm)), resume=resume)
+        got[resume] = ([r.scores for r in gen.evaluate(reqs)], mass.evaluate(reqs, grad=True))
+    for a, b in zip(got[True][0], got[False][0]):
+        np.testing.assert_array_equal(a, b)  # the same sampled tokens
+    for a, b in zip(got[True][1], got[False][1]):
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+        np.testing.assert_allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4)
+        assert np.abs(a.grad).max() > 0

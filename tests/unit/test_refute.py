@@ -129,8 +129,11 @@ def test_data_subset_is_stratified_and_uses_the_subset_reference_spread(sim):
     d = res.details[(res.details.effect == "te")]
     assert row.new_estimate == pytest.approx(d.estimate.mean(), rel=1e-12)
     f = np.mean([s.n for s, _ in rec.seen[1:]]) / data.n
-    se = res.original.effect("u0", "te", "average").se * np.sqrt((1 / f - 1) / 2)
-    assert row.p_value == pytest.approx(2 * stats.norm.sf(abs(row.new_estimate - row.estimate) / se), rel=1e-9)
+    se = res.original.effect("u0", "te", "average").se
+    s2 = d.estimate.var(ddof=1)
+    ref = s2 / 2 + f * max(s2 - se**2 * (1 / f - 1), 0)
+    assert row.p_value == pytest.approx(2 * stats.t(1).sf(abs(row.new_estimate - row.estimate) / np.sqrt(ref)),
+                                        rel=1e-9)
 
 
 def test_unobserved_confounder_moves_te_and_nde_by_the_implied_amount():
@@ -204,7 +207,7 @@ def test_refute_all_table(sim):
     data, _ = sim
     table = refute.refute_all(cheap(), data, random_state=0, options={"data_subset": {"n_subsets": 1}})
     assert list(table.columns) == refute.COLUMNS
-    assert list(dict.fromkeys(table.refuter)) == list(refute.REFUTERS)
+    assert list(dict.fromkeys(table.refuter)) == [n for n in refute.REFUTERS if n not in refute.PATCHER_ONLY]
     assert table.groupby("refuter").size().eq(7).all()
     no_topic = data.replace(x=pd.DataFrame(index=range(data.n)))
     table = refute.refute_all(cheap(), no_topic, random_state=0, refuters=None,
@@ -234,3 +237,164 @@ def test_refute_all_reuses_a_given_original_fit(sim):
     assert len(rec.seen) == 1  # the placebo refit only
     for row in table.itertuples():
         assert row.estimate == orig.effect(row.unit, row.effect, row.arm).estimate
+
+
+# ---- the patching estimator under the refuters (toy patcher: g_i(m) = a_i + b.m + c |m|^2) --------------------
+from test_patching_estimator import ToyPatcher, toy_data  # noqa: E402
+
+from deconfound.estimators.patching import PatchingMediation  # noqa: E402
+
+
+class NullToy(ToyPatcher):
+    """The toy patcher with activations and a random copy: the same activations, g's slope redrawn tiny."""
+
+    def activations(self, units, prompts=None):
+        return {str(u): self.m[slice(None) if prompts is None else np.asarray(prompts)] for u in units}
+
+    def random_copy(self, seed):
+        return NullToy(self.m, self.a, np.random.default_rng(seed).normal(scale=0.01, size=self.b.shape), self.c)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    data, m, _, _ = toy_data(seed=1, n=150)
+    a = np.random.default_rng(0).normal(size=data.n)
+    return data, m, a
+
+
+def patching():
+    return PatchingMediation(n_boot=40, random_state=0)
+
+
+def test_refute_all_on_patching_needs_the_patcher_and_says_so(toy):
+    data, _, _ = toy
+    with pytest.raises(TypeError, match="patcher: expected the Patcher"):
+        refute.refute_all(patching(), data)
+    with pytest.raises(TypeError, match="patcher"):
+        refute.placebo_treatment(patching(), data)
+
+
+def test_every_refuter_that_applies_runs_the_patching_estimator(toy):
+    data, m, a = toy
+    pat = NullToy(m, a, b=np.array([1.0, 0.5, 0.0]), c=0.1)
+    table = refute.refute_all(patching(), data, patcher=pat, refuters=list(refute.REFUTERS),
+                              options={"data_subset": {"n_subsets": 2}, "random_directions": {"n_draws": 19}})
+    assert set(table.refuter) == {"placebo_treatment", "random_common_cause", "data_subset", "topic_granularity",
+                                  "random_model", "random_directions"}
+    assert table.attrs["skipped"] == {k: refute.NOT_FOR_PATCHING[k] for k in ("dummy_outcome",
+                                                                               "unobserved_confounder")}
+    with pytest.raises(ValueError, match="does not apply to the patching estimator"):
+        refute.dummy_outcome(patching(), data, patcher=pat)
+    # placebo: the same fit on the permuted T, done by hand
+    res = refute.placebo_treatment(patching(), data, patcher=pat, random_state=3)
+    t = data.t.copy()
+    rng = np.random.default_rng(3)
+    labels = refute.strata_labels(data)
+    for s in np.unique(labels):
+        idx = np.flatnonzero(labels == s)
+        t[idx] = t[rng.permutation(idx)]
+    direct = patching().fit(data.replace(t=t), patcher=pat)
+    row = res.to_frame().set_index(["effect", "arm"]).loc[("nie", "treated")]
+    assert row.new_estimate == pytest.approx(direct.effect("u", "nie", "treated").estimate, abs=1e-12)
+
+
+def test_data_subset_on_patching_fits_each_subset_on_its_own_prompts(toy):
+    """The subset view maps row i to prompt rows[i]: a fit on it equals a fit with a patcher built on the rows."""
+    data, m, a = toy
+    pat = NullToy(m, a, b=np.array([1.0, 0.5, 0.0]), c=0.1)
+    res = refute.data_subset(patching(), data, patcher=pat, n_subsets=2, random_state=2)
+    rng = np.random.default_rng(2)
+    labels = refute.strata_labels(data) * 2 + data.t
+    estimates = []
+    for _ in range(2):
+        keep = np.sort(np.concatenate([rng.choice(idx, size=max(2, int(round(0.8 * len(idx)))), replace=False)
+                                       for idx in (np.flatnonzero(labels == s) for s in np.unique(labels))]))
+        sub = NullToy(m[keep], a[keep], pat.b, pat.c)
+        estimates.append(patching().fit(data.subset(keep), patcher=sub).effect("u", "nie", "treated").estimate)
+    d = res.details.set_index(["effect", "arm"]).loc[("nie", "treated")]
+    np.testing.assert_allclose(d.estimate, estimates, atol=1e-12)
+
+
+def test_random_directions_keep_the_donor_shift_norm_and_separate_a_real_effect(toy):
+    data, m, a = toy
+    own = {"u": m}
+    view = refute._RandomShifts(NullToy(m, a, b=np.ones(3)), own, np.random.default_rng(0))
+    donors = m[::-1] + 1.0
+    captured = []
+    view.parent.evaluate = lambda reqs, grad=False: captured.extend(reqs) or []
+    view.evaluate([("u", np.arange(data.n), donors)])
+    moved = captured[0][2] - m
+    np.testing.assert_allclose(np.linalg.norm(moved, axis=1), np.linalg.norm(donors - m, axis=1), rtol=1e-12)
+    cos = np.sum(moved * (donors - m), axis=1) / np.linalg.norm(moved, axis=1) / np.linalg.norm(donors - m, axis=1)
+    assert np.abs(cos).mean() < 0.8  # random, not the donor's direction
+    # g moves along the treatment's shift (all coordinates): the NIE beats every random direction
+    strong = refute.random_directions(patching(), data, patcher=NullToy(m, a, b=np.ones(3)), n_draws=39)
+    assert strong.frame.passed.all() and (strong.frame.p_value == 1 / 40).all()
+    # g ignores the mediator: the NIE is 0 and sits inside its null
+    flat = refute.random_directions(patching(), data, patcher=NullToy(m, a, b=np.zeros(3), c=0.0), n_draws=19)
+    assert not flat.frame.passed.any()
+
+
+def test_random_model_refuter_compares_with_the_random_copy(toy):
+    data, m, a = toy
+    pat = NullToy(m, a, b=np.ones(3))
+    res = refute.random_model(patching(), data, patcher=pat, random_state=4)
+    null = pat.random_copy(4)
+    direct = patching().fit(data.replace(y=null.base_scores()), patcher=null)
+    f = res.to_frame().set_index(["effect", "arm"])
+    for key in (("nie", "treated"), ("nde", "control")):
+        assert f.loc[key, "new_estimate"] == pytest.approx(direct.effect("u", *key).estimate, abs=1e-12)
+    assert f.loc[("nie", "treated"), "passed"]  # the trained slope's effect is not in the random model
+    same = refute.random_model(patching(), data, patcher=NullToy(m, a, b=np.zeros(3)), random_state=4)
+    assert not same.frame.set_index(["effect", "arm"]).loc[("nie", "treated"), "passed"]
+
+
+@pytest.mark.lm
+def test_random_model_on_the_tiny_model_reextracts_with_a_seeded_random_copy():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import torch
+
+    from deconfound import MediationData
+    from deconfound.lm.models import TINY_TEXT, tiny_model
+    from deconfound.lm.patch import NextTokenMass, Patcher
+
+    lm = tiny_model("llama", seed=2, n_layers=2)
+    prompts = TINY_TEXT.strip().splitlines()[:16]
+    patcher = Patcher(lm, prompts, outcome=NextTokenMass(lm.tokenizer.convert_tokens_to_ids(["stupid", "hate"])))
+    t = np.array([1] * 6 + [0] * 2 + [1] * 2 + [0] * 6)
+    data = MediationData.from_arrays(t=t, y=patcher.base_scores(), mediators=patcher.activations(["mlp_out.L1"]),
+                                     x=pd.DataFrame({"topic": ["a"] * 8 + ["b"] * 8}))
+    state = torch.random.get_rng_state()
+    one, two = patcher.random_copy(5), patcher.random_copy(5)
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert one.lm.model_id == "tiny-llama-seed2-random5" and type(one.lm.model) is type(lm.model)
+    np.testing.assert_array_equal(one.base_scores(), two.base_scores())
+    assert np.abs(one.base_scores() - patcher.base_scores()).max() > 1e-6
+    res = refute.random_model(patching(), data, patcher=patcher, random_state=5)
+    acts = one.activations(["mlp_out.L1"])
+    direct = patching().fit(data.replace(mediators=acts, y=one.base_scores()), patcher=one)
+    row = res.to_frame().set_index(["effect", "arm"]).loc[("nie", "treated")]
+    assert row.new_estimate == pytest.approx(direct.effect("mlp_out.L1", "nie", "treated").estimate, abs=1e-9)
+
+
+@pytest.mark.lm
+def test_demo_report_has_the_null_model_checks_of_the_patching_fit(tmp_path):
+    pytest.importorskip("transformers")
+    from deconfound import MediationData
+    from deconfound.demo import analyse_and_report
+    from deconfound.lm.models import TINY_TEXT, tiny_model
+    from deconfound.lm.patch import NextTokenMass, Patcher
+
+    lm = tiny_model("llama", seed=2, n_layers=2)
+    prompts = TINY_TEXT.strip().splitlines()[:20]
+    patcher = Patcher(lm, prompts, outcome=NextTokenMass(lm.tokenizer.convert_tokens_to_ids(["stupid", "hate"])))
+    t = np.array([1, 1, 1, 1, 0, 1, 1, 0, 0, 1] + [0, 0, 1, 0, 0, 0, 1, 0, 1, 0])
+    data = MediationData.from_arrays(t=t, y=patcher.base_scores(),
+                                     mediators=patcher.activations(["mlp_out.L0", "mlp_out.L1"]),
+                                     x=pd.DataFrame({"topic": ["a"] * 10 + ["b"] * 10}))
+    out = analyse_and_report(data, out=tmp_path, estimators={"patching": PatchingMediation(n_boot=20)},
+                             patcher=patcher, quick=True, refute_units=1)
+    text = "".join(p.read_text() for p in tmp_path.glob("*.md"))
+    assert "Null-model checks (patching, top 1 units)" in text and "random_directions" in text
+    assert "random_model" in text and out["summary"]

@@ -3,29 +3,22 @@
 A :class:`Patcher` holds a model, a list of prompts and an outcome strategy. It overwrites a unit's
 activation at the last prompt token and returns the outcome score of each patched prompt.
 
-Speed comes from two facts:
+Speed comes from three facts:
 
 - Patching the last prompt token changes nothing at earlier positions. Each prompt's prefix (all tokens
   but the last) is run once and its key/value cache is kept. A patched variant then runs only the last
   token (plus teacher-forced continuation tokens for ``"reweight"``) on top of that cache.
+- Nothing below the patched layer changes either. The last token's input to every layer is cached with
+  the prefix, and each patched row enters the decoder stack at its own layer (:mod:`deconfound.lm._resume`).
 - Many variants share one forward pass. Rows of a batch come from different prompts, units (layers) and
-  donor values; each hooked module edits only its own rows (a row-wise mask). Prefix caches of different
-  lengths are left-padded with zeros and masked out.
+  donor values; each hooked module edits only its own rows. Prefix caches are left-padded and masked out.
 
-Outcome strategies (objects with one interface, in :mod:`deconfound.lm.outcomes`, looked up by name in
-:data:`OUTCOMES`):
-
-``"next_token_mass"`` (:class:`NextTokenMass`)
-    Probability mass on a toxic token set at the next position. Deterministic, and the fast default.
-``"reweight"`` (:class:`Reweight`)
-    Expected scorer toxicity of S stored unpatched continuations under the patch, by self-normalised
-    importance weights p_patched(c|q) / p(c|q) (teacher forced). Reports the importance-weight ESS.
-``"generate"`` (:class:`Generate`)
-    New continuations sampled under the patch with common random numbers (the uniforms of the
-    unpatched run, seeded as in :mod:`deconfound.lm.extract`), then scored.
+Outcome strategies (``"next_token_mass"``, the deterministic default; ``"reweight"``; ``"generate"``) live in
+:mod:`deconfound.lm.outcomes`. :meth:`Patcher.random_copy` gives the same analysis on a random model.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -35,6 +28,8 @@ import numpy as np
 from ..errors import DataError, ModelSiteError
 from ._torch import require_torch, set_threads
 from .extract import eos_ids, forward_kwargs, sample_tokens, sample_uniforms
+from ._null import fresh_outcome
+from ._resume import decoder_layers, empty_cache, layer_inputs, resumed, row_state, start_counts, start_layers
 from .hooks import _register
 from .models import LoadedModel, as_loaded
 from .outcomes import OUTCOMES, Generate, NextTokenMass, Reweight, as_outcome
@@ -47,8 +42,7 @@ _UNIT = re.compile(r"^(?P<site>[^\[\]]+?)\s*(?:\[(?P<coords>[\d,\s]*)\])?$")
 _LAYER = re.compile(r"^L?(?P<layer>\d+)$")
 
 
-# ------------------------------------------------------------------------------------------------
-# Units
+# ---- units -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -140,12 +134,7 @@ class PatchScores:
     grad: np.ndarray | None = None
 
 
-# ------------------------------------------------------------------------------------------------
-# Hooks (registered here on the sites of deconfound.lm.sites; always removed in a finally block)
-
-
-# ------------------------------------------------------------------------------------------------
-# The engine
+# ---- the engine ----------------------------------------------------------------------------------
 
 
 def _looks_like_prompts(obj) -> bool:
@@ -178,10 +167,14 @@ class Patcher:
         torch threads (see :func:`deconfound.lm._torch.set_threads`).
     ids : sequence, optional
         Prompt ids, checked against the data's ids by the estimator.
+    resume : bool
+        Start each patched row at its unit's layer, from the last token's residual stream cached per prompt
+        (exact: nothing below the patched layer changes). False runs every layer for every row.
     """
 
     def __init__(self, model, tokenizer=None, prompts=None, *, site="mlp_out", position="last",
-                 outcome="next_token_mass", batch_size=64, cache_prompts=256, threads=None, ids=None):
+                 outcome="next_token_mass", batch_size=64, cache_prompts=256, threads=None, ids=None,
+                 resume=True):
         torch = require_torch()
         if prompts is None and _looks_like_prompts(tokenizer):
             prompts, tokenizer = tokenizer, None
@@ -209,6 +202,7 @@ class Patcher:
         self.batch_size = int(batch_size)
         self.cache_prompts = int(cache_prompts)
         self.threads = set_threads(threads)
+        self.resume = bool(resume)
         self.ids = None if ids is None else np.asarray(list(ids))
         if self.ids is not None and self.ids.shape != (len(self.prompts),):
             raise DataError(f"ids: expected {len(self.prompts)} ids, got {self.ids.shape}")
@@ -227,10 +221,12 @@ class Patcher:
         self._cache_kw, _ = forward_kwargs(model)
         self.pad_id = tok.pad_token_id
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self._n_layers = len(decoder_layers(model))
         self._device = self.lm.device
         self._last = torch.as_tensor([x[-1] for x in self.tokens], dtype=torch.long)
         self._plen = np.asarray([len(x) - 1 for x in self.tokens])
-        self._groups: OrderedDict = OrderedDict()  # gid -> (prefix length, [(K, V)] per layer or None)
+        self._groups: OrderedDict = OrderedDict()  # gid -> (prefix length, prompt [(K, V)] per layer, members,
+        # (L, members, d) last-token input of every layer)
         self._where: dict = {}  # prompt -> (gid, row)
         self._next_gid = 0
         self._bound: dict = {}
@@ -245,8 +241,7 @@ class Patcher:
 
     def unit(self, spec) -> PatchUnit:
         """Resolve a unit spec (see :func:`as_unit`) and check it against the model."""
-        unit = as_unit(spec, self.site)
-        self._bind(unit)
+        self._bind(unit := as_unit(spec, self.site))
         return unit
 
     def dim(self, spec) -> int:
@@ -259,6 +254,14 @@ class Patcher:
         """Settings for provenance (model, outcome, position)."""
         return {"model_id": self.lm.model_id, "model_fingerprint": self.lm.fingerprint, "n_prompts": self.n_prompts,
                 "position": "last prompt token", **self.outcome.describe()}
+
+    def random_copy(self, seed: int = 0) -> "Patcher":
+        """The same prompts and outcome on a randomly initialised model of the same architecture and config
+        (:func:`deconfound.lm._null.random_model`): the null model of the refuters."""
+        from ._null import random_model
+
+        return Patcher(random_model(self.lm, seed), self.prompts, site=self.site, outcome=fresh_outcome(self.outcome),
+                       batch_size=self.batch_size, cache_prompts=self.cache_prompts, ids=self.ids, resume=self.resume)
 
     def _bind(self, unit: PatchUnit):
         if unit not in self._bound:
@@ -279,13 +282,13 @@ class Patcher:
         torch = require_torch()
         need = sorted({int(i) for i in prompts if int(i) not in self._where}, key=lambda i: (self._plen[i], i))
         keep = {self._where[int(i)][0] for i in prompts if int(i) in self._where}
-        cached = sum(len(m) for _, _, m in self._groups.values())
+        cached = sum(len(g[2]) for g in self._groups.values())
         for gid in list(self._groups):  # least recently made first
             if cached + len(need) <= self.cache_prompts:
                 break
             if gid in keep:
                 continue
-            _, _, members = self._groups.pop(gid)
+            members = self._groups.pop(gid)[2]
             for i in members:
                 del self._where[i]
             cached -= len(members)
@@ -296,25 +299,26 @@ class Patcher:
             while stop < len(need) and self._plen[need[stop]] == length and stop - start < self.batch_size:
                 stop += 1
             members = need[start:stop]
-            kv = None
-            if length > 0:
-                ids = torch.as_tensor([self.tokens[i][:-1] for i in members], dtype=torch.long, device=self._device)
-                pos = torch.arange(length, device=self._device).expand(len(members), -1)
-                with torch.no_grad():
-                    out = self.lm.model(input_ids=ids, position_ids=pos, attention_mask=torch.ones_like(ids),
-                                        use_cache=True)
-                self.n_forward += 1
-                cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-                kv = [(layer.keys, layer.values) for layer in cache.layers]
+            ids = torch.as_tensor([self.tokens[i] for i in members], dtype=torch.long, device=self._device)
+            pos = torch.arange(length + 1, device=self._device).expand(len(members), -1)
+            resid: list = []
+            with torch.no_grad(), layer_inputs(self.lm.model, resid):
+                out = self.lm.model(input_ids=ids, position_ids=pos, attention_mask=torch.ones_like(ids),
+                                    use_cache=True)
+            self.n_forward += 1
+            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            kv = [(layer.keys, layer.values) for layer in cache.layers]  # the whole prompt: prefix + last token
             gid = self._next_gid
             self._next_gid += 1
-            self._groups[gid] = (int(length), kv, members)
+            self._groups[gid] = (int(length), kv, members, torch.stack(resid))
             for row, i in enumerate(members):
                 self._where[i] = (gid, row)
             start = stop
 
-    def _gather(self, pidx):
-        """The batch's prefix cache (left-padded with zeros), its attention mask and prefix lengths."""
+    def _gather(self, pidx, rows_per_layer=None):
+        """The batch's prefix cache (left-padded with zeros), its attention mask, prefix lengths and the
+        batch's cache groups ``[(batch rows, group rows, group)]``. With ``rows_per_layer``, layer j's cache
+        holds only the batch's first ``rows_per_layer[j]`` rows."""
         torch = require_torch()
         from transformers import DynamicCache
 
@@ -322,35 +326,36 @@ class Patcher:
         plen = torch.as_tensor(self._plen[pidx], dtype=torch.long, device=dev)
         width = int(plen.max())
         mask = (torch.arange(width, device=dev)[None, :] >= (width - plen)[:, None]).long()
-        if width == 0:
-            return None, mask, plen
         where = [self._where[int(i)] for i in pidx]
-        gids = sorted({g for g, _ in where})
         parts = []
-        for g in gids:
+        for g in sorted({g for g, _ in where}):
             sel = [r for r, (gg, _) in enumerate(where) if gg == g]
             rows = torch.as_tensor([where[r][1] for r in sel], dtype=torch.long, device=dev)
             parts.append((torch.as_tensor(sel, dtype=torch.long, device=dev), rows, self._groups[g]))
+        if width == 0:
+            return None, mask, plen, parts
         layers = []
-        ref = next(p[2][1] for p in parts if p[2][1] is not None)
+        ref = parts[0][2][1]
         for li in range(len(ref)):
+            n = len(pidx) if rows_per_layer is None else int(rows_per_layer[li])
             kv = []
             for which in (0, 1):
-                if len(parts) == 1 and parts[0][2][0] == width:
-                    kv.append(parts[0][2][1][li][which].index_select(0, parts[0][1]))
+                if len(parts) == 1:  # one group: all prefixes have the batch's width
+                    kv.append(parts[0][2][1][li][which].index_select(0, parts[0][1][:n])[:, :, :width])
                     continue
                 shape = list(ref[li][which].shape)
-                shape[0], shape[2] = len(pidx), width
+                shape[0], shape[2] = n, width
                 full = torch.zeros(shape, dtype=ref[li][which].dtype, device=dev)
-                for sel, rows, (length, group_kv, _) in parts:
-                    if length:
-                        full[sel, :, width - length:] = group_kv[li][which].index_select(0, rows)
+                for sel, rows, (length, group_kv, _, _) in parts:
+                    use = sel < n
+                    if length and bool(use.any()):
+                        full[sel[use], :, width - length:] = group_kv[li][which].index_select(0, rows[use])[:, :, :length]
                 kv.append(full)
             layers.append(tuple(kv))
-        return DynamicCache(layers, config=self.lm.model.config), mask, plen
+        return DynamicCache(layers, config=self.lm.model.config), mask, plen, parts
 
     # ---- forward passes --------------------------------------------------------------------
-    def _last_tokens(self, pidx):
+    def _last_tokens(self, pidx):  # noqa: D102
         return self._last[np.asarray(pidx)][:, None].to(self._device)
 
     def _install(self, groups, capture=None):
@@ -383,18 +388,32 @@ class Patcher:
         return handles
 
     def _forward(self, pidx, tokens, groups, capture=None, keep_cache=False):
-        """Run ``tokens`` (R, k) after each row's prefix cache, with the row-wise patches ``groups``."""
+        """Run ``tokens`` (R, k) after each row's prefix cache, with the row-wise patches ``groups``.
+
+        With one new token, no capture, and rows sorted by their patched layer (as :meth:`_run` makes them),
+        each row enters the decoder stack at its patched layer (see :mod:`deconfound.lm._resume`).
+        """
         torch = require_torch()
         pidx = np.asarray(pidx)
         self._ensure_prefix(pidx)
-        cache, pmask, plen = self._gather(pidx)
         r, k = tokens.shape
+        starts = start_layers(groups, r) if (self.resume and capture is None and k == 1) else None
+        # resumed: layer j's prefix keys only for the rows started there, unless the cache is kept
+        keep = None if starts is None or keep_cache else np.maximum(start_counts(starts, self._n_layers), 1)
+        cache, pmask, plen, parts = self._gather(pidx, keep)
         mask = torch.cat([pmask, torch.ones((r, k), dtype=pmask.dtype, device=pmask.device)], dim=1)
         pos = plen[:, None] + torch.arange(k, device=plen.device)[None, :]
+        entry = contextlib.nullcontext()
+        if starts is not None:
+            cache = empty_cache(self.lm.model) if cache is None else cache
+            resid, last_kv = row_state(parts, r, keep_cache)
+            entry = resumed(self.lm.model, starts, resid, cache, last_kv)
         kwargs = {} if cache is None else {self._cache_kw: cache}
         handles = self._install(groups, capture)
         try:
-            out = self.lm.model(input_ids=tokens, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
+            with entry:
+                out = self.lm.model(input_ids=tokens, attention_mask=mask, position_ids=pos, use_cache=True,
+                                    **kwargs)
         finally:
             for h in handles:
                 h.remove()
@@ -544,9 +563,12 @@ class Patcher:
         grads = None
         if spec and grad:
             grads = [np.zeros_like(v) for _, _, v in spec[0]]
+        layer_of = np.asarray([unit.site.layer for unit, _, _ in spec[0]]) if spec else None
         upcoming = pidx[order][np.sort(np.unique(pidx[order], return_index=True)[1])]  # prompts in visiting order
         for start in range(0, n, per):
             sel = order[start:start + per]
+            if spec:  # rows sorted by their patched layer: each enters the decoder stack there
+                sel = sel[np.argsort(layer_of[spec[1][sel]], kind="stable")]
             if any(int(i) not in self._where for i in pidx[sel]):  # build prefix caches for the next block at once
                 at = int(np.flatnonzero(upcoming == pidx[sel][0])[0])
                 self._ensure_prefix(np.union1d(pidx[sel], upcoming[at:at + self.cache_prompts]))
