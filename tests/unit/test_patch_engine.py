@@ -120,7 +120,7 @@ def test_generate_equals_naive_patched_generation(lm):
     got = p.scores("mlp_out.L0", np.arange(len(PROMPTS)), vals)
     for i, prompt in enumerate(PROMPTS):
         with patch(lm, "mlp_out.L0", torch.as_tensor(vals[i], dtype=torch.float32)[None]):
-            res = run_batch(lm, [prompt], [i], n_samples=6, max_new_tokens=4, seed=9)
+            res = run_batch(lm, [prompt], [f"p{i:06d}"], n_samples=6, max_new_tokens=4, seed=9)
         assert got[i] == pytest.approx(WordScorer().score(res.texts[0])[:, 1].mean(), abs=1e-9)
     # common random numbers: a patch that changes nothing gives exactly the unpatched scores
     own = p.activations("mlp_out.L0")["mlp_out.L0"]
@@ -154,7 +154,8 @@ def test_reweight_equals_naive_importance_weights(lm):
         w /= w.sum()
         assert res.scores[i] == pytest.approx(np.sum(w * out.y[i]), abs=1e-5)
         assert res.extras["ess"][i] == pytest.approx(1 / np.sum(w**2), rel=1e-4)
-    np.testing.assert_allclose(p.base_scores(), out.y.mean(axis=1), atol=1e-12)
+    # unpatched weights are uniform up to float32 rounding of the two teacher-forced passes
+    np.testing.assert_allclose(p.base_scores(), out.y.mean(axis=1), atol=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -130,9 +130,10 @@ class _Sampled(_Outcome):
 class Generate(_Sampled):
     """Mean scorer toxicity of ``n_samples`` continuations sampled under the patch.
 
-    Common random numbers: sample k of prompt i uses the uniforms of
-    ``SeedSequence(seed, spawn_key=(i, k))``, as :func:`deconfound.lm.extract.extract` does, so the
-    patched and unpatched runs differ only through the patch. The per-row Monte Carlo SE is in
+    Common random numbers: sample k of a prompt uses the uniforms of
+    ``SeedSequence(seed, spawn_key=(stream_key(prompt_id), k))``, as :func:`deconfound.lm.extract.extract`
+    does, so the patched and unpatched runs differ only through the patch, and a prompt's draws are the same
+    in any subset or order of the prompts (the Patcher's ``ids`` are the prompt ids). The per-row Monte Carlo SE is in
     ``extras["mc_se"]``.
     """
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import DataError, ModelSiteError
 from ._torch import require_torch, set_threads
-from .extract import eos_ids, forward_kwargs, sample_tokens, sample_uniforms
+from .sampling import default_id, eos_ids, forward_kwargs, sample_tokens, sample_uniforms
 from .hooks import _register
 from .models import LoadedModel, as_loaded
 from .outcomes import OUTCOMES, Generate, NextTokenMass, Reweight, as_outcome
@@ -177,7 +177,9 @@ class Patcher:
     threads : int, optional
         torch threads (see :func:`deconfound.lm._torch.set_threads`).
     ids : sequence, optional
-        Prompt ids, checked against the data's ids by the estimator.
+        Prompt ids, checked against the data's ids by the estimator. They key the random streams of sampled
+        outcomes (as in extraction), so pass them whenever the prompts are a subset or a reordering of an
+        extraction's; default ``p000000``, ``p000001``, ... (extraction's default).
     """
 
     def __init__(self, model, tokenizer=None, prompts=None, *, site="mlp_out", position="last",
@@ -445,7 +447,8 @@ class Patcher:
     def _uniform(self, i, s, steps, seed):
         key = (i, s, steps, seed)
         if key not in self._uniforms:
-            self._uniforms[key] = sample_uniforms(seed, i, s, steps)
+            pid = default_id(i) if self.ids is None else str(self.ids[i])
+            self._uniforms[key] = sample_uniforms(seed, pid, s, steps)
         return self._uniforms[key]
 
     def _decode(self, conts) -> list[str]:
