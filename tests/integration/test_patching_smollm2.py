@@ -77,20 +77,19 @@ def test_paired_difference_and_localization(pipeline):
     assert set(loc["index"]) >= {"entropy", "gini"} and np.isfinite(loc.difference).all()
 
 
-def test_one_patched_score_matches_a_naive_recompute_and_own_activation_is_zero(pipeline):
+def test_one_patched_score_matches_a_naive_recompute_and_own_activation_is_zero(pipeline, naive_word_mass):
     import torch
 
     from deconfound.lm.hooks import patch
-    from deconfound.lm.lexicon import toxic_token_ids
 
     lm, data, patcher, _ = pipeline
     i = int(np.flatnonzero(data.t == 1)[0])
     donor = data.mediator("mlp_out.L10")[data.t == 0].mean(axis=0)
     got = patcher.scores("mlp_out.L10", [i], donor[None])[0]
-    enc = lm.tokenizer([patcher.prompts[i]], return_tensors="pt")
-    with torch.no_grad(), patch(lm, "mlp_out.L10", torch.as_tensor(donor)[None]):
-        probs = lm.model(**enc).logits[0, -1].softmax(-1)
-    assert got == pytest.approx(probs[toxic_token_ids(lm.tokenizer)].sum().item(), abs=1e-5)
+    want = naive_word_mass(lm, patcher.prompts[i],
+                           lambda at: patch(lm, "mlp_out.L10", torch.as_tensor(donor), positions=at))
+    assert got == pytest.approx(want, abs=1e-5)
+    assert patcher.base_scores()[i] == pytest.approx(naive_word_mass(lm, patcher.prompts[i]), abs=1e-5)
     own = patcher.activations("mlp_out.L10")["mlp_out.L10"]
     np.testing.assert_allclose(own, data.mediator("mlp_out.L10"), atol=2e-3)  # extraction batches with padding
     treated = np.flatnonzero(data.t == 1)

@@ -295,7 +295,8 @@ def extract(model, prompts, *, outcome, topics=None, sites=("mlp_out",), treatme
     for stale in shard_dir.glob(".shard-*.tmp-*"):
         stale.unlink(missing_ok=True)
     settings = {
-        "model_id": lm.model_id, "model_fingerprint": lm.fingerprint, "units": units,
+        "model_id": lm.model_id, "model_fingerprint": lm.fingerprint,
+        "model_dtype": str(lm.dtype).replace("torch.", ""), "units": units,
         "prompts_sha256": _digest(prompts, ids.tolist()), "n_prompts": n,
         "outcome": outcome.name, "outcome_column": outcome_column,
         "treatment": {"source": treatment.source, "threshold": treatment.threshold, "column": treatment.column,
