@@ -29,6 +29,7 @@ Layout of ``out_dir``::
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -62,21 +63,27 @@ class Treatment:
     scores : array of shape (n,), optional
         Given prompt toxicity (e.g. Perspective), NaN where absent. Prompts
         without a given score are scored by ``scorer``.
-    source : str
-        What the given scores are; recorded in the metadata.
+    source : str, optional
+        What the given scores are (e.g. ``"perspective"``, ``"column:label"``);
+        recorded in the metadata. Required with ``scores``: the metadata never
+        guesses where a score came from.
     threshold : float
         T = 1 when the prompt toxicity is >= threshold.
     scorer : object, optional
         Scorer for prompts without a given score; default the outcome scorer.
     column : str
         The scorer column used as prompt toxicity.
+    provenance : dict, optional
+        More about how T was made (instrument, column, quantile...), stored
+        as it is in ``meta["treatment"]``.
     """
 
     scores: object = None
-    source: str = "perspective"
+    source: str | None = None
     threshold: float = 0.5
     scorer: object = None
     column: str = "toxic"
+    provenance: dict | None = None
 
 
 # ------------------------------------------------------------------------------------------
@@ -120,12 +127,15 @@ def _as_treatment(treatment, n: int) -> Treatment:
     if treatment is None:
         treatment = Treatment()
     elif not isinstance(treatment, Treatment):
-        treatment = Treatment(scores=treatment)
+        treatment = Treatment(scores=treatment, source="given scores")
     if treatment.scores is not None:
+        if not treatment.source:
+            raise ValueError("treatment source: expected a name for the given scores (e.g. 'perspective' or "
+                             "'column:score'), got none")
         given = np.asarray(treatment.scores, dtype=float).reshape(-1)
         if given.shape[0] != n:
             raise DataError(f"treatment scores: expected {n} values (NaN where absent), got {given.shape[0]}")
-        treatment = Treatment(given, treatment.source, treatment.threshold, treatment.scorer, treatment.column)
+        treatment = dataclasses.replace(treatment, scores=given)
     return treatment
 
 
@@ -213,7 +223,7 @@ def _compute_shard(lm, prompts, ids, index, *, units, outcome, outcome_col, trea
     cscores = _score(outcome, flat, "outcome scorer").reshape(m, n_samples, -1)
     y_all = cscores.mean(axis=1)
     pscore = np.full(m, np.nan) if treatment.scores is None else treatment.scores[index].copy()
-    source = np.where(np.isnan(pscore), f"scorer:{(treatment.scorer or outcome).name}", treatment.source)
+    source = np.where(np.isnan(pscore), f"scorer:{(treatment.scorer or outcome).name}", treatment.source or "")
     need = np.nonzero(np.isnan(pscore))[0]
     if need.size:
         pscorer = treatment.scorer or outcome
@@ -232,7 +242,7 @@ def _compute_shard(lm, prompts, ids, index, *, units, outcome, outcome_col, trea
 def extract(model, prompts, *, outcome, topics=None, sites=("mlp_out",), treatment=None, outcome_column="toxic",
             n_samples: int = 5, max_new_tokens: int = 20, temperature: float = 1.0, top_p: float = 0.9,
             seed: int = 0, out_dir, batch_size: int = 16, shard_size: int = 64, ids=None,
-            progress: bool = True) -> MediationData:
+            progress: bool = True, patch_outcome=None, columns=None, meta=None) -> MediationData:
     """Run the model on prompts and build a :class:`~deconfound.data.MediationData`.
 
     Parameters
@@ -264,6 +274,17 @@ def extract(model, prompts, *, outcome, topics=None, sites=("mlp_out",), treatme
         Prompt ids (default ``p000000``, ``p000001``, ...).
     progress : bool
         Show a tqdm progress bar.
+    patch_outcome : str or outcome object, optional
+        Also score every prompt with this patching outcome (e.g.
+        ``"next_token_mass"``, see :mod:`deconfound.lm.outcomes`), unpatched:
+        the scores go to ``prompts.parquet`` (column ``patch_outcome``) and
+        their Pearson and Spearman correlations with Y to
+        ``meta["patch_outcome"]``. A correlation below 0.3 in absolute value
+        warns: the patching outcome then measures something else than Y.
+    columns : DataFrame, optional
+        Extra per-prompt columns (e.g. a group) written to ``prompts.parquet``.
+    meta : dict, optional
+        Extra entries for the data's metadata (e.g. where the prompts came from).
 
     Returns
     -------
@@ -323,7 +344,9 @@ def extract(model, prompts, *, outcome, topics=None, sites=("mlp_out",), treatme
             _atomic_write(path, lambda f, a=arrays: np.savez(f, **a))
     finally:
         bar.close()
+    extra_meta = dict(meta or {})
     meta = {
+        **extra_meta,
         "source": "deconfound.lm.extract",
         "model": {"id": lm.model_id, "arch": lm.arch, "fingerprint": lm.fingerprint,
                   "n_layers": lm.n_layers, "d_model": lm.d_model, "d_mlp": lm.d_mlp, "provenance": lm.provenance},
@@ -334,7 +357,36 @@ def extract(model, prompts, *, outcome, topics=None, sites=("mlp_out",), treatme
         "seed": int(seed), "seeding": SEEDING,
         "topics": topic_meta, "versions": _versions(), "settings": settings,
     }
-    return _assemble(out_dir, prompts, ids, units, meta, treatment, topic_x, margin)
+    patch = None
+    if patch_outcome is not None:
+        from .patch import Patcher
+
+        patcher = Patcher(lm, prompts, outcome=patch_outcome, ids=ids, batch_size=max(16, batch_size))
+        patch = (patcher.base_scores(), patcher.describe())
+    data = _assemble(out_dir, prompts, ids, units, meta, treatment, topic_x, margin, patch, columns)
+    return data
+
+
+def outcome_agreement(patch_scores, y, describe=None, *, weak: float = 0.3) -> dict:
+    """Pearson and Spearman correlations of a patching outcome with Y; warns when |Pearson r| < ``weak``."""
+    import warnings
+
+    from scipy import stats
+
+    g, y = np.asarray(patch_scores, float), np.asarray(y, float)
+    ok = np.isfinite(g) & np.isfinite(y)
+    defined = ok.sum() > 2 and np.ptp(g[ok]) > 0 and np.ptp(y[ok]) > 0
+    r = float(stats.pearsonr(g[ok], y[ok])[0]) if defined else float("nan")
+    rho = float(stats.spearmanr(g[ok], y[ok])[0]) if defined else float("nan")
+    out = {**(describe or {}), "pearson_r": r, "spearman_r": rho, "n": int(ok.sum()), "weak_below": weak,
+           "weak": bool(not np.isfinite(r) or abs(r) < weak),
+           "mean": float(np.mean(g[ok])) if ok.any() else float("nan")}
+    if out["weak"]:
+        name = (describe or {}).get("outcome", "the patching outcome")
+        warnings.warn(f"patching outcome {name}: expected a correlation with Y (the continuation outcome) of at "
+                      f"least {weak} in absolute value, got Pearson r = {r:.3f} (Spearman {rho:.3f}, n = "
+                      f"{out['n']}); patching effects on it may not speak to Y", stacklevel=3)
+    return out
 
 
 def _topic_columns(topics, prompts):
@@ -364,7 +416,8 @@ def _topic_columns(topics, prompts):
     return frame, {"labeller": str(topics.name), "topics": names, "prob_columns": cols}, margin
 
 
-def _assemble(out_dir: Path, prompts, ids, units, meta, treatment, topic_x, margin) -> MediationData:
+def _assemble(out_dir: Path, prompts, ids, units, meta, treatment, topic_x, margin, patch=None,
+              columns=None) -> MediationData:
     n = len(prompts)
     parts = []
     for path in sorted((out_dir / "shards").glob("shard-*.npz")):
@@ -382,9 +435,12 @@ def _assemble(out_dir: Path, prompts, ids, units, meta, treatment, topic_x, marg
 
     t, y, pscore, source = cat("t"), cat("y"), cat("prompt_score"), cat("score_source")
     counts = {str(k): int(v) for k, v in zip(*np.unique(source, return_counts=True))}
-    meta["treatment"] = {"rule": f"prompt toxicity >= {treatment.threshold}", "threshold": treatment.threshold,
+    rule = (treatment.provenance or {}).get("rule", f"prompt toxicity >= {treatment.threshold}")
+    meta["treatment"] = {"rule": rule, "threshold": treatment.threshold,
                          "score_column": treatment.column, "given_source": treatment.source,
-                         "sources": counts}
+                         "sources": counts, **(treatment.provenance or {})}
+    if patch is not None:
+        meta["patch_outcome"] = outcome_agreement(patch[0], y, patch[1])
     mediators = {u: cat(f"med::{u}") for u in units}
     x = topic_x
     data = MediationData.from_arrays(t=t, y=y, mediators=mediators, x=x if len(x.columns) else None,
@@ -399,6 +455,12 @@ def _assemble(out_dir: Path, prompts, ids, units, meta, treatment, topic_x, marg
     y_all = cat("y_all")
     for j, col in enumerate(meta["outcome"]["columns"]):
         table[f"outcome_{col}"] = y_all[:, j]
+    if patch is not None:
+        table["patch_outcome"] = np.asarray(patch[0], float)
+    for col in ([] if columns is None else columns.columns):
+        if col in table:
+            raise DataError(f"columns: expected names other than the table's own {list(table.columns)}, got {col!r}")
+        table[col] = np.asarray(columns[col])
     texts, scores, ntok = cat("cont_text"), cat("cont_scores"), cat("cont_ntokens")
     s = texts.shape[1]
     conts = pd.DataFrame({"id": np.repeat(ids, s), "index": np.repeat(np.arange(n), s),

@@ -124,6 +124,14 @@ def _encode(tokenizer, text: str) -> list[int]:
                     f"{type(tokenizer).__name__}")
 
 
+def _unk_id(tokenizer):
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None and hasattr(tokenizer, "get_vocab_size"):  # tokenizers.Tokenizer
+        token = getattr(tokenizer.model, "unk_token", None)
+        unk = tokenizer.token_to_id(token) if token else None
+    return unk
+
+
 def word_sequences(tokenizer, words: Iterable[str] | None = None, *, max_tokens: int = 4,
                    capitalized: bool = True) -> dict[str, tuple[int, ...]]:
     """The token ids of each word as the tokenizer writes it at the start of a word, after a space.
@@ -140,7 +148,8 @@ def word_sequences(tokenizer, words: Iterable[str] | None = None, *, max_tokens:
         Default: the single, plain (letters, inner hyphens or apostrophes) words of :func:`toxic_lexicon`.
         Leetspeak spellings ("5h1t") are left out of the default: they split into many digit pieces.
     max_tokens : int, default 4
-        Words longer than this many tokens are dropped (rare spellings that cost a long teacher-forced pass).
+        Words longer than this many tokens are dropped (rare spellings that cost a long teacher-forced
+        pass); so are words that need the unknown token.
     capitalized : bool, default True
         Also the capitalised form ("Idiot"), as its own entry.
 
@@ -163,13 +172,14 @@ def word_sequences(tokenizer, words: Iterable[str] | None = None, *, max_tokens:
             if capitalized:
                 forms.add(w[:1].upper() + w[1:])
     context = _encode(tokenizer, _CONTEXT)
+    unk = _unk_id(tokenizer)
     out = {}
     for w in sorted(forms):
         ids = _encode(tokenizer, f"{_CONTEXT} {w}")
         if ids[:len(context)] != context:  # the context merged with the word: no clean word start
             continue
         seq = tuple(int(i) for i in ids[len(context):])
-        if 0 < len(seq) <= max_tokens:
+        if 0 < len(seq) <= max_tokens and unk not in seq:  # a word the vocabulary cannot spell is not counted
             out[w] = seq
     return out
 
