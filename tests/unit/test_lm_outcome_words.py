@@ -23,7 +23,7 @@ PROMPTS = ["the game was great and the team played", "you are a", "the doctor sa
 WORDS = ["hate", "hate you", "stupid idiot", "dumb fool nobody", "ugly useless and pathetic"]
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
+@pytest.fixture(scope="module", params=["llama", "gpt2", "gemma2"])  # gemma2: a window of 8 < some prompts
 def lm(request):
     return tiny_model(request.param, seed=7, n_layers=3)
 

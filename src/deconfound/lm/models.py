@@ -402,7 +402,8 @@ def tiny_tokenizer():
     return wrapped
 
 
-def _tiny_config(arch: str, vocab: int, ids: dict, n_layers: int, d_model: int, d_mlp: int, n_heads: int):
+def _tiny_config(arch: str, vocab: int, ids: dict, n_layers: int, d_model: int, d_mlp: int, n_heads: int,
+                 sliding_window: int | None = None):
     transformers = require_transformers()
     common = dict(vocab_size=vocab, bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"])
     if arch == "gpt2":
@@ -415,25 +416,25 @@ def _tiny_config(arch: str, vocab: int, ids: dict, n_layers: int, d_model: int, 
             hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
             intermediate_size=d_mlp, max_position_embeddings=256, initializer_range=0.1, **common,
         )
-    if arch == "gemma3":
-        return transformers.Gemma3TextConfig(
-            hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
-            num_key_value_heads=max(1, n_heads // 2), head_dim=d_model // n_heads, intermediate_size=d_mlp,
-            max_position_embeddings=256, sliding_window=8, initializer_range=0.1, **common,
-        )
-    classes = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config"}
-    return getattr(transformers, classes[arch])(
-        hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
-        num_key_value_heads=max(1, n_heads // 2), intermediate_size=d_mlp, max_position_embeddings=256,
-        tie_word_embeddings=True, initializer_range=0.1, **common,
-    )
+    decoder = dict(hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
+                   num_key_value_heads=max(1, n_heads // 2), intermediate_size=d_mlp, max_position_embeddings=256,
+                   initializer_range=0.1, **common)
+    if arch in ("gemma2", "gemma3"):  # a sliding window shorter than many prompts, on alternate layers
+        cls = transformers.Gemma3TextConfig if arch == "gemma3" else transformers.Gemma2Config
+        return cls(head_dim=d_model // n_heads, sliding_window=sliding_window or 8, **decoder)
+    if arch == "mistral":
+        return transformers.MistralConfig(tie_word_embeddings=True, sliding_window=sliding_window, **decoder)
+    classes = {"llama": "LlamaConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config", "phi3": "Phi3Config",
+               "olmo2": "Olmo2Config"}
+    extra = {"head_dim": d_model // n_heads} if arch == "qwen3" else {}
+    return getattr(transformers, classes[arch])(tie_word_embeddings=True, **extra, **decoder)
 
 
-TINY_ARCHS = ("llama", "gpt2", "gpt_neox", "gemma3", "mistral", "qwen2")
+TINY_ARCHS = ("llama", "gpt2", "gpt_neox", "gemma3", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "olmo2")
 
 
 def tiny_model(arch: str = "llama", seed: int = 0, *, n_layers: int = 2, d_model: int = 64, d_mlp: int = 128,
-               n_heads: int = 4, threads: int | None = None) -> LoadedModel:
+               n_heads: int = 4, threads: int | None = None, sliding_window: int | None = None) -> LoadedModel:
     """A tiny random causal LM and an in-process word-level tokenizer, for tests.
 
     The tiny Llama has the same module paths as SmolLM2. Building one takes
@@ -442,10 +443,12 @@ def tiny_model(arch: str = "llama", seed: int = 0, *, n_layers: int = 2, d_model
 
     Parameters
     ----------
-    arch : {"llama", "gpt2", "gpt_neox", "gemma3", "mistral", "qwen2"}
+    arch : {"llama", "gpt2", "gpt_neox", "gemma3", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "olmo2"}
     seed : int
     n_layers, d_model, d_mlp, n_heads : int
         Sizes.
+    sliding_window : int, optional
+        The attention window of mistral (default none) and gemma2/gemma3 (default 8 tokens).
     threads : int, optional
         See :func:`set_threads`.
 
@@ -460,7 +463,7 @@ def tiny_model(arch: str = "llama", seed: int = 0, *, n_layers: int = 2, d_model
     set_threads(threads)
     tokenizer = tiny_tokenizer()
     ids = {k: tokenizer.convert_tokens_to_ids(f"<{k}>") for k in ("pad", "bos", "eos")}
-    config = _tiny_config(arch, len(tokenizer), ids, n_layers, d_model, d_mlp, n_heads)
+    config = _tiny_config(arch, len(tokenizer), ids, n_layers, d_model, d_mlp, n_heads, sliding_window)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)

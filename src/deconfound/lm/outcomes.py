@@ -115,6 +115,8 @@ class NextTokenMass(_Outcome):
         layers = [(layer.keys, layer.values) for layer in cache.layers]
         from transformers import DynamicCache
 
+        from .sampling import windowed
+
         per = max(1, patcher.batch_size // r)
         for length, (inputs, entries) in self._rows.items():
             for start in range(0, len(inputs), per):
@@ -125,8 +127,9 @@ class NextTokenMass(_Outcome):
                 rows_mask = torch.cat([mask.repeat_interleave(m, dim=0),
                                        torch.ones((r * m, length), dtype=mask.dtype, device=dev)], dim=1)
                 pos = nxt.repeat_interleave(m)[:, None] + torch.arange(length, device=dev)[None, :]
+                rebuilt = windowed(DynamicCache(kv, config=patcher.lm.model.config), mask.shape[1])
                 res = patcher.lm.model(input_ids=x, attention_mask=rows_mask, position_ids=pos, use_cache=True,
-                                       **{patcher._cache_kw: DynamicCache(kv, config=patcher.lm.model.config)})
+                                       **{patcher._cache_kw: rebuilt})
                 patcher.n_forward += 1
                 logits = res.logits.float().reshape(r, m, length, -1)
                 e = entries[(entries[:, 1] >= sel.start) & (entries[:, 1] < sel.stop)]

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import DataError, ModelSiteError
 from ._torch import require_torch, set_threads
-from .sampling import default_id, eos_ids, forward_kwargs, sample_tokens, sample_uniforms
+from .sampling import default_id, eos_ids, forward_kwargs, sample_tokens, sample_uniforms, windowed
 from .hooks import _register
 from .models import LoadedModel, as_loaded
 from .outcomes import OUTCOMES, Generate, NextTokenMass, Reweight, as_outcome
@@ -221,11 +221,6 @@ class Patcher:
         if empty:
             raise DataError(f"prompts: expected at least one token each, got none for prompt(s) {empty[:5]}")
         model = self.lm.model
-        window = getattr(model.config, "sliding_window", None)
-        longest = max(len(x) for x in self.tokens)
-        if window is not None and longest > window:
-            raise ModelSiteError(f"prompts: expected at most {window} tokens (the sliding window of "
-                                 f"{type(model).__name__}; prefix caches are not windowed), got {longest}")
         self._cache_kw, _ = forward_kwargs(model)
         self.pad_id = tok.pad_token_id
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
@@ -341,15 +336,17 @@ class Patcher:
                 if len(parts) == 1 and parts[0][2][0] == width:
                     kv.append(parts[0][2][1][li][which].index_select(0, parts[0][1]))
                     continue
+                # a sliding-window layer keeps only the last window - 1 positions: right-align what is stored
+                stored = [(sel, rows, g[1][li][which]) for sel, rows, g in parts if g[0]]
+                lw = max(t.shape[2] for _, _, t in stored)
                 shape = list(ref[li][which].shape)
-                shape[0], shape[2] = len(pidx), width
+                shape[0], shape[2] = len(pidx), lw
                 full = torch.zeros(shape, dtype=ref[li][which].dtype, device=dev)
-                for sel, rows, (length, group_kv, _) in parts:
-                    if length:
-                        full[sel, :, width - length:] = group_kv[li][which].index_select(0, rows)
+                for sel, rows, t in stored:
+                    full[sel, :, lw - t.shape[2]:] = t.index_select(0, rows)
                 kv.append(full)
             layers.append(tuple(kv))
-        return DynamicCache(layers, config=self.lm.model.config), mask, plen
+        return windowed(DynamicCache(layers, config=self.lm.model.config), width), mask, plen
 
     # ---- forward passes --------------------------------------------------------------------
     def _last_tokens(self, pidx):

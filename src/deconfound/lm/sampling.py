@@ -121,6 +121,19 @@ def sample_tokens(logits, u, temperature: float = 1.0, top_p: float = 1.0):
     return out
 
 
+def windowed(cache, width: int):
+    """Mark a cache built from stored key/value tensors as holding ``width`` positions.
+
+    A sliding-window layer of transformers keeps only the last ``window - 1`` positions and places the
+    attention mask by the count of positions it has seen; rebuilt from stored tensors it would count only
+    the stored ones and misplace the mask of a prompt longer than the window.
+    """
+    for layer in getattr(cache, "layers", ()):
+        if hasattr(layer, "cumulative_length"):
+            layer.cumulative_length = int(width)
+    return cache
+
+
 def _cache_of(out):
     cache = getattr(out, "cache", None)
     return cache if cache is not None else getattr(out, "past_key_values", None)
