@@ -98,3 +98,26 @@ def test_an_architecture_without_a_site_table_is_named():
         bind(model, "mlp_out.L0")
     for name in ("gemma2", "olmo2", "phi3", "qwen3", "llama", "gpt2"):
         assert f"'{name}'" in str(err.value)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_prefix_caches_keep_the_model_dtype_and_a_byte_budget(dtype, tmp_path):
+    from deconfound.lm.models import load_model
+    from deconfound.lm.patch import prefix_cache_bytes
+
+    tiny = tiny_model("llama", seed=3, n_layers=2)
+    tiny.model.save_pretrained(tmp_path / "m")
+    tiny.tokenizer.save_pretrained(tmp_path / "m")
+    lm = load_model(str(tmp_path / "m"), dtype=dtype)
+    ids = lm.tokenizer.convert_tokens_to_ids(["stupid", "idiot"])
+    p = Patcher(lm, PROMPTS + LONG, outcome=NextTokenMass(ids))
+    p.base_scores()
+    for _, kv, _ in p._groups.values():
+        assert all(k.dtype == lm.dtype and v.dtype == lm.dtype for k, v in kv)
+    # the budget counts 2 (K, V) x layers x kv heads x head dim x bytes per token
+    cfg = lm.model.config
+    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
+    assert prefix_cache_bytes(lm.model, 1) == per_token * (2 if dtype == "bfloat16" else 4)
+    mean = np.mean([len(lm.tokenizer(q)["input_ids"]) - 1 for q in PROMPTS + LONG])
+    budget = int(3.5 * prefix_cache_bytes(lm.model, mean))
+    assert Patcher(lm, PROMPTS + LONG, outcome=NextTokenMass(ids), cache_bytes=budget).cache_prompts == 3

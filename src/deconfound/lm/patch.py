@@ -148,6 +148,18 @@ class PatchScores:
 # The engine
 
 
+def prefix_cache_bytes(model, tokens: float) -> int:
+    """Bytes of keys and values that ``tokens`` prefix positions of one prompt take, in the model's dtype."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head")
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd")
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
+    size = next(model.parameters()).element_size()
+    return int(2 * layers * kv_heads * head_dim * size * tokens)
+
+
 def _looks_like_prompts(obj) -> bool:
     return isinstance(obj, (list, tuple)) and all(isinstance(p, str) for p in obj)
 
@@ -174,6 +186,9 @@ class Patcher:
         Rows per forward pass (for sampled outcomes, rows x samples).
     cache_prompts : int
         Prompt prefix caches kept in memory at once.
+    cache_bytes : int, optional
+        A memory budget for the prefix caches instead: ``cache_prompts`` becomes the number of mean-length
+        prefixes whose keys and values (in the model's dtype) fit in it (:func:`prefix_cache_bytes`).
     threads : int, optional
         torch threads (see :func:`deconfound.lm._torch.set_threads`).
     ids : sequence, optional
@@ -183,7 +198,8 @@ class Patcher:
     """
 
     def __init__(self, model, tokenizer=None, prompts=None, *, site="mlp_out", position="last",
-                 outcome="next_token_mass", batch_size=64, cache_prompts=256, threads=None, ids=None):
+                 outcome="next_token_mass", batch_size=64, cache_prompts=256, threads=None, ids=None,
+                 cache_bytes=None):
         torch = require_torch()
         if prompts is None and _looks_like_prompts(tokenizer):
             prompts, tokenizer = tokenizer, None
@@ -221,6 +237,9 @@ class Patcher:
         if empty:
             raise DataError(f"prompts: expected at least one token each, got none for prompt(s) {empty[:5]}")
         model = self.lm.model
+        if cache_bytes is not None:
+            per = prefix_cache_bytes(model, float(np.mean([len(x) - 1 for x in self.tokens])))
+            self.cache_prompts = max(1, int(cache_bytes // max(per, 1)))
         self._cache_kw, _ = forward_kwargs(model)
         self.pad_id = tok.pad_token_id
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
