@@ -460,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="refute the dml fit on the K units with the largest effects")
     from .cli_lm import register
 
-    register(sub)  # extract, patch, and the demo's --model/--dtype/--device
+    register(sub, sys.modules[__name__])  # extract, patch, and the demo's --model/--dtype/--device
     return p
 
 

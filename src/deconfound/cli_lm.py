@@ -14,10 +14,14 @@ DONOR_CHOICES = ("eb_mean", "mean", "topic_mean", "exact")
 GRAPHS = "topic_mediation,unadjusted_mediation"
 
 
-def _cli():
-    from . import cli
+_HELPERS = {}
 
-    return cli
+
+def _cli():
+    """The command-line helpers of :mod:`deconfound.cli`, handed over by :func:`register` (no import back)."""
+    if "cli" not in _HELPERS:
+        raise RuntimeError("cli_lm: expected register(sub, helpers) to have run, got no helpers")
+    return _HELPERS["cli"]
 
 
 def _model(value: str) -> str:
@@ -321,8 +325,13 @@ def _add_patch(sub):
     p.add_argument("--out", default=None, metavar="CSV", help="the tidy table (default EXTRACTION/patching.csv)")
 
 
-def register(sub) -> None:
-    """Add ``extract`` and ``patch`` to the subparsers, and the model flags to ``demo`` when it exists."""
+def register(sub, helpers) -> None:
+    """Add ``extract`` and ``patch`` to the subparsers, and the model flags to ``demo`` when it exists.
+
+    ``helpers`` is the :mod:`deconfound.cli` module (argument types, ``CliError``, ``_sub``), passed in so that
+    this module does not import it back.
+    """
+    _HELPERS["cli"] = helpers
     _add_extract(sub)
     _add_patch(sub)
     demo = sub.choices.get("demo")

@@ -34,7 +34,7 @@ LAYERS = {
     "estimators": 4,  # the subpackage estimators/*
     "sensitivity": 5, "refute": 5, "medsens": 5,
     "compare": 6, "report": 6,
-    "cli": 7, "demo": 7, "demo_neurons": 7, "__main__": 7,
+    "cli": 7, "cli_lm": 7, "demo": 7, "demo_neurons": 7, "__main__": 7,
     "lm": "side",  # the subpackage lm/*
 }
 SAME_LAYER = {
@@ -42,7 +42,7 @@ SAME_LAYER = {
     ("simulate", "data"), ("neurons", "data"),
     ("bootstrap", "inference"), ("bootstrap", "weights"), ("bootstrap", "folds"),
     ("sensitivity", "medsens"),
-    ("cli", "demo"), ("demo", "demo_neurons"), ("__main__", "cli"),
+    ("cli", "demo"), ("demo", "demo_neurons"), ("__main__", "cli"), ("cli", "cli_lm"), ("cli_lm", "demo"),
 }
 SUBPACKAGES = {"estimators", "lm"}
 LM_IMPORTERS = {"estimators.patching"}  # lazily only; layer 7 may import lm anywhere
