@@ -96,14 +96,16 @@ def test_skipped_words_are_bounded_by_their_first_piece(lm):
 
 def test_max_rows_runs_the_most_probable_first_pieces(lm):
     p = Patcher(lm, PROMPTS, outcome=NextTokenMass(words=WORDS, max_rows=1), batch_size=64)  # one batch
+    alone = [Patcher(lm, [q], outcome=NextTokenMass(words=WORDS, max_rows=1)).base_scores()[0] for q in PROMPTS]
     got = p.base_scores()
     extras = p.evaluate([("mlp_out.L1", np.arange(len(PROMPTS)), p.activations("mlp_out.L1")["mlp_out.L1"])])[0]
     multi = {"stupid": ["stupid", "idiot"], "dumb": ["dumb", "fool", "nobody"],
              "ugly": ["ugly", "useless", "and", "pathetic"]}
     first = {w: [_seq_prob(lm, q, [w]) for q in PROMPTS] for w in multi}
-    top = max(first, key=lambda w: max(first[w]))  # the most probable piece over the batch's prompts
     for i, prompt in enumerate(PROMPTS):
+        top = max(first, key=lambda w: first[w][i])  # each prompt's own most probable first piece
         want = _seq_prob(lm, prompt, ["hate"]) + _seq_prob(lm, prompt, multi[top])
         assert got[i] == pytest.approx(want, abs=1e-6)
+        assert alone[i] == pytest.approx(got[i], abs=1e-7)  # the same alone as in a batch (float32 rounding)
         bound = sum(first[w][i] for w in multi if w != top)
         assert extras.extras["omitted_bound"][i] == pytest.approx(bound, abs=1e-6)

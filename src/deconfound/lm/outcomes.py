@@ -55,12 +55,13 @@ class NextTokenMass(_Outcome):
     max_tokens : int, default 4
         Longest word counted, in tokens.
     min_first_prob : float, default 1e-4
-        Multi-token words whose first piece has a next-token probability below this (in every prompt of the
-        batch) are not run: their total is at most the sum of those first-piece probabilities, which each row
+        Multi-token words whose first piece has a next-token probability below this (after the prompt, under
+        the patch) are not counted: their total is at most the sum of those first-piece probabilities, which each row
         reports as ``extras["omitted_bound"]``. 0 runs every word.
     max_rows : int or None, default 64
-        At most this many teacher-forced rows per batch: the words of the most probable first pieces are run
-        first, and the rest join the bound. None runs every row above ``min_first_prob`` (exact up to that
+        At most this many teacher-forced rows per prompt: the words of its most probable first pieces are run,
+        and the rest join the bound. The choice is made per prompt (and per patched value), never across a
+        batch, so a score does not depend on which rows share its forward pass. None runs every row above ``min_first_prob`` (exact up to that
         threshold; on SmolLM2 about 300 rows, some 20 s per prompt on one CPU core).
 
     Notes
@@ -134,13 +135,15 @@ class NextTokenMass(_Outcome):
         from .sampling import windowed
 
         with torch.no_grad():
-            p_first = logp0.exp().amax(dim=0).cpu().numpy()  # the largest over the batch's prompts
-        run = self._select(p_first)
-        skipped = np.unique(np.concatenate([inputs[~keep, 0] for (inputs, _), keep in
-                                            zip(self._rows.values(), run.values())]))
-        excluded = torch.as_tensor(np.isin(np.asarray([s[0] for s in self._multi]), skipped), device=dev)
-        term = torch.where(excluded[None, :], torch.full_like(term, -np.inf), term)
-        bound = logp0[:, torch.as_tensor(skipped, dtype=torch.long, device=dev)].exp().sum(dim=-1)
+            p0 = logp0.exp().cpu().numpy()
+        pieces, chosen = self._select(p0)  # chosen: (R, pieces), per prompt, so no prompt depends on the batch
+        word_piece = np.searchsorted(pieces, np.asarray([s[0] for s in self._multi]))
+        excluded = torch.as_tensor(~chosen[:, word_piece], device=dev)
+        term = torch.where(excluded, torch.full_like(term, -np.inf), term)
+        left = torch.as_tensor(~chosen, device=dev, dtype=logp0.dtype)
+        bound = (logp0[:, torch.as_tensor(pieces, dtype=torch.long, device=dev)].exp() * left).sum(dim=-1)
+        run = {length: np.isin(inputs[:, 0], pieces[chosen.any(axis=0)])
+               for length, (inputs, _) in self._rows.items()}
         per = max(1, patcher.batch_size // r)
         for length, (inputs, entries) in self._rows.items():
             kept = np.flatnonzero(run[length])
@@ -171,18 +174,20 @@ class NextTokenMass(_Outcome):
             omitted = bound.detach().double().cpu().numpy()
         return mass + term.exp().sum(dim=-1), {"omitted_bound": omitted}
 
-    def _select(self, p_first) -> dict:
-        """Rows to run, per row length: first pieces at or above min_first_prob, the most probable first, all
-        rows of a piece together, up to max_rows rows (the most probable piece is always run)."""
+    def _select(self, p0):
+        """The distinct first pieces of the multi-token words, and per prompt which of them to run: those at or
+        above min_first_prob, the most probable first, all rows of a piece together, up to max_rows rows (the
+        most probable piece always fits)."""
         firsts = np.concatenate([inputs[:, 0] for inputs, _ in self._rows.values()])
         pieces, counts = np.unique(firsts, return_counts=True)
-        prob = p_first[pieces]
-        order = np.argsort(-prob, kind="stable")
-        ok = prob[order] >= self.min_first_prob
-        if self.max_rows is not None:
-            ok &= (np.cumsum(counts[order]) <= self.max_rows) | (np.arange(len(order)) == 0)
-        chosen = pieces[order[ok]]
-        return {length: np.isin(inputs[:, 0], chosen) for length, (inputs, _) in self._rows.items()}
+        chosen = np.zeros((p0.shape[0], len(pieces)), dtype=bool)
+        for i, prob in enumerate(p0[:, pieces]):
+            order = np.argsort(-prob, kind="stable")
+            ok = prob[order] >= self.min_first_prob
+            if self.max_rows is not None:
+                ok &= (np.cumsum(counts[order]) <= self.max_rows) | (np.arange(len(order)) == 0)
+            chosen[i, order[ok]] = True
+        return pieces, chosen
 
     def describe(self) -> dict:
         n = None if self._ids is None else int(self._ids.size)
