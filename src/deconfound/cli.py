@@ -1,8 +1,9 @@
-"""Command line: ``deconfound demo|extract|estimate|compare|sensitivity|medsens|refute|report``.
+"""Command line: ``deconfound demo|extract|patch|estimate|compare|sensitivity|medsens|refute|report``.
 
-``--data`` is a saved MediationData folder or a CSV/parquet table with role flags (``--treatment``,
-``--outcome``, ``--mediators``, ``--confounders``, ``--categorical``, ``--cluster``, ``--weights``; see
-``deconfound._cli_io``). Long commands show a progress bar on a terminal and stay quiet when piped.
+``extract`` and ``patch`` (the language-model commands) live in :mod:`deconfound.cli_lm`. ``--data`` is a saved
+MediationData folder or a CSV/parquet table with role flags (``--treatment``, ``--outcome``, ``--mediators``,
+``--confounders``, ``--categorical``, ``--cluster``, ``--weights``; see ``deconfound._cli_io``). Long commands
+show a progress bar on a terminal and stay quiet when piped.
 
 Every subcommand has ``--help``. Bad arguments end with exit code 2 and one line on stderr,
 ``deconfound: error: <what>: expected ..., got ...``; set ``DECONFOUND_DEBUG=1`` to get the traceback instead.
@@ -22,7 +23,7 @@ from .errors import DeconfoundError
 
 # Names shown in --help; tests check them against the registries (importing those here would slow --help).
 ESTIMATORS = ("parametric", "weighting", "dml", "eb_total", "econml_te", "econml_diff", "interventional")
-MODEL_ESTIMATORS = ("patching",)  # need a language model: only `deconfound demo` runs them
+MODEL_ESTIMATORS = ("patching",)  # need a language model: `deconfound patch` and `demo` run them
 REFUTERS = ("placebo_treatment", "random_common_cause", "data_subset", "dummy_outcome", "unobserved_confounder",
             "topic_granularity")
 PER_ARM_NIE = ("weighting", "dml", "parametric")  # report the NIE (treated) curve: one of these leads the report
@@ -89,7 +90,7 @@ def _estimator_name(value: str) -> str:
     known = [e for e in available_estimators() if e not in MODEL_ESTIMATORS]
     if value in MODEL_ESTIMATORS:
         raise argparse.ArgumentTypeError(f"expected one of {known}, got {value!r} (it needs a language model: "
-                                         "run `deconfound demo`)")
+                                         "run `deconfound patch --extraction DIR`)")
     if value not in known:
         raise argparse.ArgumentTypeError(f"expected one of {known}, got {value!r}")
     return value
@@ -138,14 +139,6 @@ def _setting(value: str) -> tuple[str | None, str, object]:
         return scope or None, key, ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         return scope or None, key, raw
-
-
-def _model(value: str) -> str:
-    from .lm.models import MODELS
-
-    if value not in MODELS and not Path(value).expanduser().is_dir():
-        raise argparse.ArgumentTypeError(f"expected one of {sorted(MODELS)} or a local model folder, got {value!r}")
-    return value
 
 
 def _site(value: str) -> str:
@@ -225,6 +218,7 @@ def _write_csv(frame, path, flag="--out") -> None:
 
 def cmd_demo(args) -> int:
     from . import demo
+    from .cli_lm import model_kwargs
 
     if args.simulated:
         for flag, value in (("--n-prompts", args.n_prompts), ("--neurons", args.neurons or None)):
@@ -234,23 +228,12 @@ def cmd_demo(args) -> int:
     neuron_flags = {"--layers": args.layers, "--exact": args.exact, "--n-boot": args.n_boot}
     if args.neurons:
         return demo.run_llm(out=args.out, quick=args.quick, n_prompts=args.n_prompts, seed=args.seed, neurons=True,
-                            layers=args.layers, exact=args.exact, n_boot=args.n_boot)
+                            layers=args.layers, exact=args.exact, n_boot=args.n_boot, **model_kwargs(args))
     for flag, value in neuron_flags.items():
         if value is not None:
             raise CliError(f"{flag}: expected only with --neurons, got {value}")
     return demo.run_llm(out=args.out, quick=args.quick, n_prompts=args.n_prompts, seed=args.seed,
-                        layer_step=args.layer_step)
-
-
-def cmd_extract(args) -> int:
-    from . import demo
-
-    data = demo.extract_default(out=args.out, n_prompts=args.n_prompts, seed=args.seed, model=args.model,
-                                site=args.site, n_samples=args.n_samples, max_new_tokens=args.max_new_tokens)
-    print(data)
-    saved = Path(args.out) / "extract" / "data"  # where demo.extract_default has lm.extract save it
-    print(f"saved to {saved}" if saved.is_dir() else f"extracted under {args.out}")
-    return 0
+                        layer_step=args.layer_step, **model_kwargs(args))
 
 
 def cmd_estimate(args) -> int:
@@ -463,18 +446,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--layer-step", type=_int_at_least(1), default=None, metavar="K",
                    help="estimate every K-th layer (default 2; with --quick 3); extraction keeps all layers")
 
-    e = _sub(sub, "extract", "extract a MediationData from the default model and corpora",
-             "Generate continuations, score them, label topics and capture activations; the MediationData is "
-             "saved to OUT/extract/data (resumable: finished shards are reused).", cmd_extract)
-    e.add_argument("--out", required=True, metavar="DIR")
-    e.add_argument("--n-prompts", type=_int_at_least(MIN_PROMPTS), default=200, metavar="N")
-    e.add_argument("--model", type=_model, default="smollm2-135m", help="smollm2-135m or a local model folder")
-    e.add_argument("--site", type=_site, default="mlp_out", help="site kind (mlp_out, mlp_neurons, attn_out, "
-                   "resid_post), optionally with layers: mlp_out.L3 or mlp_out.L2-5")
-    e.add_argument("--n-samples", type=_int_at_least(1), default=2, help="continuations per prompt")
-    e.add_argument("--max-new-tokens", type=_int_at_least(1), default=12)
-    e.add_argument("--seed", type=_int_at_least(0), default=0)
-
     s = _sub(sub, "estimate", "fit one estimator and print its summary",
              "Examples: deconfound estimate --data DIR --estimator dml --graph topic_mediation --set n_folds=2\n"
              "  deconfound estimate --data data.csv --treatment treat --outcome y --mediators emo --confounders "
@@ -536,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--quick", action="store_true", help="fewer bootstrap draws for the localization CIs")
     rp.add_argument("--refute-units", type=_int_at_least(1), default=3, metavar="K",
                     help="refute the dml fit on the K units with the largest effects")
+    from .cli_lm import register
+
+    register(sub, sys.modules[__name__])  # extract, patch, and the demo's --model/--dtype/--device
     return p
 
 

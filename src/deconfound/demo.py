@@ -481,12 +481,15 @@ def demo_estimators(*, quick: bool, n_boot: int | None = None) -> dict:
 
 
 def run_llm(*, out="demo_out", quick: bool = False, n_prompts: int | None = None, seed: int = 0,
-            neurons: bool = False, layer_step: int | None = None, **neuron_options) -> int:
-    """The whole pipeline on the embedded default; resumable through the extraction shards."""
+            neurons: bool = False, layer_step: int | None = None, model="smollm2-135m", dtype="float32",
+            device="cpu", **neuron_options) -> int:
+    """The whole pipeline on the embedded default; resumable through the extraction shards.
+    ``model``, ``dtype`` and ``device`` go to :func:`deconfound.lm.models.load_model`."""
     if neurons:
         from .demo_neurons import run_neurons
 
-        return run_neurons(out=out, quick=quick, n_prompts=n_prompts, seed=seed, **neuron_options)
+        return run_neurons(out=out, quick=quick, n_prompts=n_prompts, seed=seed, model=model, dtype=dtype,
+                           device=device, **neuron_options)
     if neuron_options:
         raise ValueError(f"{sorted(neuron_options)}: expected only with neurons=True, got them without")
     from .lm.models import load_model
@@ -495,7 +498,7 @@ def run_llm(*, out="demo_out", quick: bool = False, n_prompts: int | None = None
     start = time.perf_counter()
     n = n_prompts or (QUICK_N if quick else DEFAULT_N)
     out = Path(out)
-    lm = load_model("smollm2-135m")
+    lm = load_model(model, dtype=dtype, device=device)
     prompts = default_prompts(n, seed)
     data = extract_default(out=out, n_prompts=n, seed=seed, model=lm, n_samples=1 if quick else 2,
                            max_new_tokens=8 if quick else 10, prompts=prompts)

@@ -485,7 +485,7 @@ def _summary_lines(frame, counts, counts_first, per_layer, band_info, check, gro
 
 def run_neurons(*, out="demo_out", quick: bool = False, n_prompts: int | None = None, seed: int = 0,
                 layers=None, n_boot: int | None = None, exact=None, top_k: int = 16, confirm: int | None = None,
-                audit: int | None = None) -> int:
+                audit: int | None = None, model="smollm2-135m", dtype="float32", device="cpu") -> int:
     """The neuron-level demo on SmolLM2-135M; outputs under ``<out>/neurons``.
 
     Parameters
@@ -500,6 +500,7 @@ def run_neurons(*, out="demo_out", quick: bool = False, n_prompts: int | None = 
         hours on a CPU, minutes on a GPU).
     top_k : size of the per-layer top groups.
     confirm, audit : neurons confirmed exactly and audited in the two-stage design (default 16 quick, 32 full).
+    model, dtype, device : passed to :func:`deconfound.lm.models.load_model`.
     """
     from .data import MediationData
     from .lm.extract import Treatment, extract
@@ -511,7 +512,7 @@ def run_neurons(*, out="demo_out", quick: bool = False, n_prompts: int | None = 
     start = time.perf_counter()
     n = n_prompts or (QUICK_N if quick else DEFAULT_N)
     out = Path(out) / "neurons"
-    lm = load_model("smollm2-135m")
+    lm = load_model(model, dtype=dtype, device=device)
     layers = list(layers) if layers is not None else default_layers(lm.n_layers, 2 if quick else 6)
     sites = [f"mlp_neurons.L{layer}" for layer in layers]
     prompts = default_prompts(n, seed)

@@ -6,6 +6,7 @@ independent computation with plain forward hooks (one full forward per prompt, b
 """
 import importlib.util
 import json
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -91,12 +92,10 @@ def test_exact_check_and_groups(run):
     assert len(groups.coords.iloc[0].split(",")) == 8
 
 
-def test_one_neuron_matches_plain_forward_hooks(run):
-    import torch
+def test_one_neuron_matches_plain_forward_hooks(run, naive_word_mass):
 
     from deconfound.data import MediationData
     from deconfound.demo_neurons import _overlap, default_prompts
-    from deconfound.lm.lexicon import toxic_token_ids
     from deconfound.lm.models import load_model
     from deconfound.lm.sites import bind
 
@@ -111,23 +110,23 @@ def test_one_neuron_matches_plain_forward_hooks(run):
     texts = default_prompts(40, 0).text[keep].tolist()
     donor = float(data.mediator(f"mlp_neurons.L{LAYER}")[data.t == 0, j].astype(float).mean())
     lm = load_model("smollm2-135m")
-    ids = torch.as_tensor(toxic_token_ids(lm.tokenizer))
     module = bind(lm.model, f"mlp_neurons.L{LAYER}").module
 
-    def score(text, patch):
+    @contextmanager
+    def patched(at):
         def hook(mod, inputs):
             x = inputs[0].clone()
-            x[0, -1, j] = donor
+            x[:, at, j] = donor
             return (x, *inputs[1:])
 
-        handle = module.register_forward_pre_hook(hook) if patch else None
+        handle = module.register_forward_pre_hook(hook)
         try:
-            with torch.inference_mode():
-                logits = lm.model(**lm.tokenizer([text], return_tensors="pt"), use_cache=False).logits[0, -1]
+            yield
         finally:
-            if handle is not None:
-                handle.remove()
-        return float(logits.float().softmax(-1)[ids].sum())
+            handle.remove()
+
+    def score(text, patch):
+        return naive_word_mass(lm, text, patched if patch else None)
 
     treated = np.flatnonzero(data.t == 1)
     want = np.mean([score(texts[i], False) - score(texts[i], True) for i in treated])

@@ -171,9 +171,10 @@ def test_extract_builds_mediation_data(lm, tmp_path):
     expected = np.where(np.isnan(GIVEN), own, GIVEN)
     np.testing.assert_allclose(table["prompt_score"], expected)
     np.testing.assert_array_equal(data.t, (expected >= 0.5).astype(int))
-    assert (table["score_source"] == np.where(np.isnan(GIVEN), "scorer:fake_lexical", "perspective")).all()
+    # bare given scores are recorded as such, never guessed to be Perspective's
+    assert (table["score_source"] == np.where(np.isnan(GIVEN), "scorer:fake_lexical", "given scores")).all()
     meta = data.meta
-    assert meta["treatment"]["sources"] == {"perspective": 9, "scorer:fake_lexical": 27}
+    assert meta["treatment"]["sources"] == {"given scores": 9, "scorer:fake_lexical": 27}
     assert meta["model"]["id"] == "tiny-llama-seed5" and len(meta["model"]["fingerprint"]) == 64
     assert meta["sites"] == data.units and meta["outcome"]["scorer"] == "fake_lexical"
     assert meta["topics"]["labeller"] == "fake_topics" and meta["seed"] == 11
@@ -197,10 +198,12 @@ def test_batching_and_shards_do_not_change_the_result(lm, tmp_path):
 def test_user_topic_labels_and_errors(lm, tmp_path):
     labels = ["a", "b", "c"] * 4
     kw = dict(outcome=FakeScorer(), sites="mlp_out.L0", n_samples=1, max_new_tokens=2, progress=False)
-    data = extract(lm, PROMPTS[:12], topics=labels, treatment=Treatment(scores=np.array([0.9, 0.1] * 6)),
-                   out_dir=tmp_path / "u", **kw)
+    data = extract(lm, PROMPTS[:12], topics=labels, out_dir=tmp_path / "u",
+                   treatment=Treatment(scores=np.array([0.9, 0.1] * 6), source="perspective"), **kw)
     assert list(data.x.columns) == ["topic"] and data.meta["topics"]["labeller"] == "user"
     assert data.meta["treatment"]["sources"] == {"perspective": 12}
+    with pytest.raises(ValueError, match="treatment source: expected a name for the given scores"):
+        extract(lm, PROMPTS[:12], treatment=Treatment(scores=np.ones(12)), out_dir=tmp_path / "e0", **kw)
     with pytest.raises(DataError, match="expected 12 labels"):
         extract(lm, PROMPTS[:12], topics=labels[:5], out_dir=tmp_path / "e1", **kw)
     with pytest.raises(DataError, match=r"outcome column: expected one of \['toxic', 'insult'\], got 'tox'"):
@@ -212,8 +215,8 @@ def test_user_topic_labels_and_errors(lm, tmp_path):
         extract(lm, PROMPTS[:12], treatment=[0.5], out_dir=tmp_path / "e4", **kw)
     # a re-run into the same out_dir with other settings is refused
     with pytest.raises(DataError, match="other settings.*n_samples: expected 1 \\(on disk\\), got 2"):
-        extract(lm, PROMPTS[:12], topics=labels, treatment=Treatment(scores=np.array([0.9, 0.1] * 6)),
-                out_dir=tmp_path / "u", **{**kw, "n_samples": 2})
+        extract(lm, PROMPTS[:12], topics=labels, out_dir=tmp_path / "u",
+                treatment=Treatment(scores=np.array([0.9, 0.1] * 6), source="perspective"), **{**kw, "n_samples": 2})
 
 
 WORKER = FAKES + textwrap.dedent('''

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from deconfound.errors import MissingDependencyError
-from deconfound.lm.lexicon import toxic_lexicon, toxic_token_ids
+from deconfound.lm.lexicon import minimal_sequences, toxic_lexicon, toxic_token_ids, word_sequences
 
 tokenizers = pytest.importorskip("tokenizers")
 
@@ -37,9 +37,9 @@ def _byte_level_bpe():
 
 def test_word_level_ids():
     tok = _word_level()
-    np.testing.assert_array_equal(toxic_token_ids(tok, WORDS), [2, 3, 4, 7, 8])
-    np.testing.assert_array_equal(toxic_token_ids(tok, WORDS, word_start_only=True), [3, 4, 8])
-    np.testing.assert_array_equal(toxic_token_ids(tok, {"IDIOT "}), [2, 3])  # words are normalised too
+    np.testing.assert_array_equal(toxic_token_ids(tok, WORDS, word_start_only=False), [2, 3, 4, 7, 8])
+    np.testing.assert_array_equal(toxic_token_ids(tok, WORDS), [3, 4, 8])  # default: word-start tokens only
+    np.testing.assert_array_equal(toxic_token_ids(tok, {"IDIOT "}, word_start_only=False), [2, 3])
     assert toxic_token_ids(tok, set()).dtype == np.int64 and len(toxic_token_ids(tok, set())) == 0
     with pytest.raises(TypeError, match="single str"):
         toxic_token_ids(tok, "idiot")
@@ -54,11 +54,34 @@ def test_byte_level_bpe_matches_vocab_oracle():
     expected = sorted({vocab[v] for w in WORDS for c in (w, w.capitalize())
                        for v in (c, "\u0120" + c) if v in vocab})
     assert vocab.get("\u0120idiot") is not None and vocab.get("\u0120moron") is not None  # non-trivial
-    np.testing.assert_array_equal(toxic_token_ids(tok, WORDS), expected)
+    np.testing.assert_array_equal(toxic_token_ids(tok, WORDS, word_start_only=False), expected)
     # The same through a transformers tokenizer wrapping it.
     transformers = pytest.importorskip("transformers")
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok)
-    np.testing.assert_array_equal(toxic_token_ids(fast, WORDS), expected)
+    np.testing.assert_array_equal(toxic_token_ids(fast, WORDS, word_start_only=False), expected)
+    starts = {vocab[v] for w in WORDS for c in (w, w.capitalize()) for v in ["\u0120" + c] if v in vocab}
+    np.testing.assert_array_equal(toxic_token_ids(fast, WORDS), sorted(starts))
+
+
+def test_word_sequences_start_a_word_and_never_use_inner_pieces():
+    tok = _byte_level_bpe()
+    vocab = tok.get_vocab()
+    seqs = word_sequences(tok, WORDS | {"classy"}, capitalized=False)
+    assert seqs["idiot"] == (vocab["\u0120idiot"],) and seqs["moron"] == (vocab["\u0120moron"],)
+    # "ass" is not a word of the corpus: it splits into pieces, and its first piece begins a word
+    assert len(seqs["ass"]) > 1 and tok.decode([seqs["ass"][0]]).startswith(" ")
+    inner = [v for k, v in vocab.items() if "ass" in k and not k.startswith("\u0120")]  # "ass" inside "class"
+    assert inner and not any(t in inner for t in seqs["ass"][:1])
+    assert "".join(tok.decode([t]) for t in seqs["ass"]) == " ass"
+    # capitalised forms are their own entries; words longer than max_tokens are dropped
+    both = word_sequences(tok, {"idiot"})
+    assert set(both) == {"idiot", "Idiot"} and "".join(tok.decode([t]) for t in both["Idiot"]) == " Idiot"
+    assert len(seqs["classy"]) > 1 and "classy" not in word_sequences(tok, {"classy"}, max_tokens=1)
+
+
+def test_minimal_sequences_count_each_event_once():
+    assert minimal_sequences([(1,), (1, 2), (3, 4), (3, 4, 5), (6, 7), (6,), (3, 4)]) == [(1,), (3, 4), (6,)]
+    assert minimal_sequences([]) == []
 
 
 @needs_garak

@@ -70,7 +70,7 @@ def test_load_model_from_a_local_directory(tmp_path):
 
 
 def test_unknown_model_name():
-    with pytest.raises(ValueError, match=r"expected one of \['smollm2-135m'\] or a local model directory"):
+    with pytest.raises(ValueError, match=r"expected one of \[.smollm2-135m.\], a local model directory or a .gguf file"):
         load_model("no-such-model-xyz")
 
 
@@ -168,3 +168,28 @@ def test_importing_lm_does_not_import_torch():
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_dtype_and_device(tmp_path):
+    tiny = tiny_model("llama", seed=2)
+    tiny.model.save_pretrained(tmp_path / "m")
+    tiny.tokenizer.save_pretrained(tmp_path / "m")
+    half = load_model(str(tmp_path / "m"), dtype="bfloat16", device="auto" if not torch.cuda.is_available() else "cpu")
+    assert half.dtype == torch.bfloat16 and half.device.type == "cpu" and half.provenance["dtype"] == "bfloat16"
+    prompts = ["the game was great", "you are a fool"]
+    # bfloat16 keeps 8 bits of mantissa: the logits agree to about 1e-2 of their scale, not to float32 rounding
+    full, low = _logits(tiny, prompts), _logits(half, prompts).float()
+    assert 0 < (full - low).abs().max() < 0.05 * full.abs().max()
+    assert load_model(str(tmp_path / "m"), dtype=torch.float16).dtype == torch.float16
+    with pytest.raises(ValueError, match=r"dtype: expected one of \['float32', 'bfloat16', 'float16'\], got 'int8'"):
+        load_model(str(tmp_path / "m"), dtype="int8")
+    with pytest.raises(ValueError, match="device: expected one of"):
+        load_model(str(tmp_path / "m"), device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="expected a CUDA GPU for 'cuda', got none"):
+            load_model(str(tmp_path / "m"), device="cuda")
+
+
+def test_a_gguf_path_needs_the_file(tmp_path):
+    with pytest.raises(ValueError, match=r"a local model directory or a \.gguf file, got"):
+        load_model(str(tmp_path / "missing.gguf"))

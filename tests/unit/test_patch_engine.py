@@ -121,7 +121,7 @@ def test_generate_equals_naive_patched_generation(lm):
     got = p.scores("mlp_out.L0", np.arange(len(PROMPTS)), vals)
     for i, prompt in enumerate(PROMPTS):
         with patch(lm, "mlp_out.L0", torch.as_tensor(vals[i], dtype=torch.float32)[None]):
-            res = run_batch(lm, [prompt], [i], n_samples=6, max_new_tokens=4, seed=9)
+            res = run_batch(lm, [prompt], [f"p{i:06d}"], n_samples=6, max_new_tokens=4, seed=9)
         assert got[i] == pytest.approx(WordScorer().score(res.texts[0])[:, 1].mean(), abs=1e-9)
     # common random numbers: a patch that changes nothing gives exactly the unpatched scores
     own = p.activations("mlp_out.L0")["mlp_out.L0"]

