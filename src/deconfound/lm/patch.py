@@ -304,7 +304,6 @@ class Patcher:
 
     # ---- prefix caches ---------------------------------------------------------------------
     def _ensure_prefix(self, prompts) -> None:
-        torch = require_torch()
         need = sorted({int(i) for i in prompts if int(i) not in self._where}, key=lambda i: (self._plen[i], i))
         keep = {self._where[int(i)][0] for i in prompts if int(i) in self._where}
         cached = sum(len(g[2]) for g in self._groups.values())
