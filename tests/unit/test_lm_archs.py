@@ -112,7 +112,7 @@ def test_prefix_caches_keep_the_model_dtype_and_a_byte_budget(dtype, tmp_path):
     ids = lm.tokenizer.convert_tokens_to_ids(["stupid", "idiot"])
     p = Patcher(lm, PROMPTS + LONG, outcome=NextTokenMass(ids))
     p.base_scores()
-    for _, kv, _ in p._groups.values():
+    for _, kv, *_ in p._groups.values():
         assert all(k.dtype == lm.dtype and v.dtype == lm.dtype for k, v in kv)
     # the budget counts 2 (K, V) x layers x kv heads x head dim x bytes per token
     cfg = lm.model.config

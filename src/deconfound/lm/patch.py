@@ -149,9 +149,10 @@ def prefix_cache_bytes(model, tokens: float) -> int:
     return int(2 * layers * kv_heads * head_dim * size * tokens)
 
 
-def _has_sliding_window(config) -> bool:
-    """Whether any attention layer keeps only a sliding window of positions."""
-    if getattr(config, "sliding_window", None) is None or getattr(config, "use_sliding_window", True) is False:
+def _has_sliding_window(config, longest: int) -> bool:
+    """Whether an attention layer keeps only a sliding window of positions shorter than the longest prompt."""
+    win = getattr(config, "sliding_window", None)
+    if win is None or getattr(config, "use_sliding_window", True) is False or longest < int(win):
         return False
     types = getattr(config, "layer_types", None)
     return True if not types else any("sliding" in str(t) for t in types)
@@ -246,7 +247,7 @@ class Patcher:
         self.pad_id = tok.pad_token_id
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self._n_layers = len(decoder_layers(model))
-        self._windowed = _has_sliding_window(model.config)
+        self._windowed = _has_sliding_window(model.config, max(len(x) for x in self.tokens))
         self._device = self.lm.device
         self._last = torch.as_tensor([x[-1] for x in self.tokens], dtype=torch.long)
         self._plen = np.asarray([len(x) - 1 for x in self.tokens])
