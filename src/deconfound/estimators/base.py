@@ -8,7 +8,8 @@ Contract for sensitivity analysis (``deconfound.sensitivity``): estimators whose
 scores store, per unit, ``result.diagnostics[unit]["ovb"][(effect, arm)] = {"sigma2", "nu2", "psi_sigma2",
 "psi_nu2"}``, where sigma2 = E[(Y - g)^2] of the outcome nuisance, nu2 = E[alpha^2] with alpha the Riesz
 representer (the weight multiplying the outcome residual in the score), and the psi_* arrays are their
-per-row influence values (centred).
+per-row influence values (centred). A target built from several regressions (an NIE: g(D,X), mu(D,M,X) and
+the nested omega) stores one value of sigma2 and nu2 per regression and n x J psi arrays.
 
 Contract for ``summary()``: the result's ``population`` ("ate", "att", "atc" or "overlap", with
 ``settings["population_note"]``), one total effect ``("te", "average")``, and ``settings`` keys

@@ -67,12 +67,12 @@ def term_scores(t, y, p1x, mux, p1mx, mumx, omega, *, clip: float, normalize: bo
         a1 = weight(is_d / px[d])
         psi = lead * mux[:, d] + a1 * (y - mux[:, d])
         theta = float(np.mean(sw * psi))
-        out[(d, d)] = (theta, sw * (psi - theta * lead), a1)
+        out[(d, d)] = (theta, sw * (psi - theta * lead), a1, None)
         a1 = weight(is_d * pmx[1 - d] / (pmx[d] * px[1 - d]))
         a2 = weight(is_other / px[1 - d])
         psi = lead * omega[:, d] + a1 * (y - mumx[:, d]) + a2 * (mumx[:, d] - omega[:, d])
         theta = float(np.mean(sw * psi))
-        out[(d, 1 - d)] = (theta, sw * (psi - theta * lead), a1)
+        out[(d, 1 - d)] = (theta, sw * (psi - theta * lead), a1, a2)
     return out, n_clipped
 
 
@@ -85,11 +85,29 @@ def _full(values, keep):
     return out
 
 
-def _ovb(keep, alpha, residual):
-    """The OVB pieces {sigma2, nu2, psi_sigma2, psi_nu2} of one target (see DMLMediation's docstring)."""
-    sigma2, nu2 = float(np.mean(residual**2)), float(np.mean(alpha**2))
-    return {"sigma2": sigma2, "nu2": nu2, "psi_sigma2": _full(residual**2 - sigma2, keep),
-            "psi_nu2": _full(alpha**2 - nu2, keep)}
+def _ovb(keep, stages):
+    """The OVB pieces {sigma2, nu2, psi_sigma2, psi_nu2} of one target, one value (column) per regression of
+    ``stages`` = [(Riesz weight, residual)] (see :func:`ovb_stages`)."""
+    sigma2 = np.array([np.mean(r**2) for _, r in stages])
+    nu2 = np.array([np.mean(a**2) for a, _ in stages])
+    return {"sigma2": sigma2, "nu2": nu2,
+            "psi_sigma2": np.column_stack([_full(r**2 - s2, keep) for (_, r), s2 in zip(stages, sigma2)]),
+            "psi_nu2": np.column_stack([_full(a**2 - v2, keep) for (a, _), v2 in zip(stages, nu2)])}
+
+
+def ovb_stages(terms, coef, residuals):
+    """[(Riesz weight, residual)] of the regressions a contrast ``sum_k coef[k] E[Y(d_k, M(d'_k))]`` rests on.
+
+    E[Y(d, M(d))] uses the regression g(D, X) with weight a_1; E[Y(d, M(d'))], d' != d, uses the outcome
+    regression mu(D, M, X) with weight a_1 and the nested regression omega(d, X) (residual mu(d, M, X) -
+    omega(d, X) on the rows with D = d') with weight a_2. A latent confounder biases each regression; by the
+    triangle inequality and Cauchy-Schwarz (Chernozhukov et al. 2022, per regression) the bias of the contrast is
+    at most the common strength times sum_j sqrt(sigma2_j nu2_j). Regressions with zero weight are left out."""
+    g = sum(c * terms[k][2] for k, c in coef.items() if k[0] == k[1])
+    mu = sum(c * terms[k][2] for k, c in coef.items() if k[0] != k[1])
+    om = sum(c * terms[k][3] for k, c in coef.items() if k[0] != k[1])
+    pairs = zip((g, mu, om), (residuals["g"], residuals["mu"], residuals["omega"]))
+    return [(a, r) for a, r in pairs if np.ndim(a) and np.any(a != 0)]
 
 
 def unit_effects(t, y, keep, shared, unit_nuis, *, clip, normalize, population, level, cluster=None, weights=None):
@@ -107,15 +125,19 @@ def unit_effects(t, y, keep, shared, unit_nuis, *, clip, normalize, population, 
     pos = {key: Effect.from_scores(terms[key][0], _full(terms[key][1], keep), level=level, clusters=cluster)
            for key in TERMS}
     effects = add_derived({key: pos[a] - pos[b] for key, (a, b) in CONTRASTS.items()})
-    # OVB pieces: TE on the short residual Y - mu(D,X); NIE/NDE on the long residual Y - mu(D,M,X)
-    short = yk - np.where(tk == 1, mux[keep, 1], mux[keep, 0])
-    long = yk - np.where(tk == 1, mumx[keep, 1], mumx[keep, 0])
-    alpha = {key: terms[key][2] for key in TERMS}
-    ovb = {key: _ovb(keep, alpha[a] - alpha[b], short if key[0] == "te" else long)
-           for key, (a, b) in CONTRASTS.items()}
+    # OVB pieces per regression: g(D,X) (residual Y - mu(D,X)), mu(D,M,X) (Y - mu(D,M,X)) and the nested
+    # omega(1-D,X) (mu(1-D,M,X) - omega(1-D,X) on each row, the regression whose rows have that D)
+    m_k, o_k = mumx[keep], omega[keep]
+    residuals = {"g": yk - np.where(tk == 1, mux[keep, 1], mux[keep, 0]),
+                 "mu": yk - np.where(tk == 1, m_k[:, 1], m_k[:, 0]),
+                 "omega": np.where(tk == 1, m_k[:, 0] - o_k[:, 0], m_k[:, 1] - o_k[:, 1])}
+    coefs = {key: {a: 1.0, b: -1.0} for key, (a, b) in CONTRASTS.items()}
     for kind in ("nie", "nde"):
         (a1, b1), (a0, b0) = CONTRASTS[(kind, "treated")], CONTRASTS[(kind, "control")]
-        ovb[(kind, "average")] = _ovb(keep, 0.5 * (alpha[a1] - alpha[b1] + alpha[a0] - alpha[b0]), long)
+        coefs[(kind, "average")] = {}
+        for k, c in ((a1, 0.5), (b1, -0.5), (a0, 0.5), (b0, -0.5)):
+            coefs[(kind, "average")][k] = coefs[(kind, "average")].get(k, 0.0) + c
+    ovb = {key: _ovb(keep, ovb_stages(terms, coef, residuals)) for key, coef in coefs.items()}
     diag = {"n_clipped": n_clipped, "pmx_range": (float(p1mx.min()), float(p1mx.max())),
             "px_range": (float(p1x.min()), float(p1x.max())),
             "potential_outcomes": {f"Y({a},M({b}))": pos[(a, b)] for a, b in TERMS}, "ovb": ovb}
@@ -152,8 +174,8 @@ def aggregate_unit(per_rep: list, level: float):
     diag = dict(first)
     diag["potential_outcomes"] = {k: aggregate([d["potential_outcomes"][k] for _, d in per_rep], level)
                                   for k in first["potential_outcomes"]}
-    diag["ovb"] = {key: {"sigma2": float(np.median([d["ovb"][key]["sigma2"] for _, d in per_rep])),
-                         "nu2": float(np.median([d["ovb"][key]["nu2"] for _, d in per_rep])),
+    diag["ovb"] = {key: {"sigma2": np.median([d["ovb"][key]["sigma2"] for _, d in per_rep], axis=0),
+                         "nu2": np.median([d["ovb"][key]["nu2"] for _, d in per_rep], axis=0),
                          "psi_sigma2": np.mean([d["ovb"][key]["psi_sigma2"] for _, d in per_rep], axis=0),
                          "psi_nu2": np.mean([d["ovb"][key]["psi_nu2"] for _, d in per_rep], axis=0)}
                    for key in first["ovb"]}
