@@ -39,6 +39,26 @@ def _balance(data, columns):
     return eb_att(data.x[list(columns)], data.t, drop_unsupported=True)
 
 
+def level_balance(data, columns, bal) -> pd.DataFrame:
+    """|SMD| of every level of the categorical ``columns`` (the reference level included, which the balancing
+    design leaves out), controls vs treated, before and after the ATT weights of ``bal``; the SD is the pooled
+    unweighted one, as in the balance table."""
+    t = np.asarray(data.t) == 1
+    w = np.asarray(bal.weights, dtype=float)
+    rows = []
+    for col in columns:
+        if col not in data.categorical_confounders():
+            continue
+        values = data.x[col].astype(str).to_numpy()
+        for level in data.x[col].cat.categories.astype(str):
+            ind = (values == level).astype(float)
+            sd = np.sqrt((ind[t].var() + ind[~t].var()) / 2) or 1.0
+            after = np.average(ind[~t], weights=w[~t]) if w[~t].sum() > 0 else np.nan
+            rows.append({"covariate": f"{col}[{level}]", "smd_before": (ind[t].mean() - ind[~t].mean()) / sd,
+                         "smd_after": (ind[t].mean() - after) / sd})
+    return pd.DataFrame(rows, columns=["covariate", "smd_before", "smd_after"])
+
+
 def split_halves(data, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of two disjoint random halves, each arm split in two (the same ``seed``, the same halves):
     the first selects units, the second estimates and tests them."""
@@ -187,10 +207,11 @@ def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool
         bal = _balance(data, adj.adjustment.get("first_stage", ()))
         if bal is None:
             return
-        table = bal.balance_table().reset_index()
-        ess = float(bal.diagnostics["ess"].iloc[0]) if "ess" in bal.diagnostics else None
+        table = level_balance(data, list(adj.adjustment.get("first_stage", ())), bal)
+        # the weighted arm is the controls (ATT weights): their ESS, not the treated rows'
+        ess = float(bal.diagnostics.loc["control", "ess"]) if "ess" in bal.diagnostics else None
         rep.figure("Topic balance before/after entropy balancing",
-                   rp.plot_balance(table, figs / "balance.png", ess=ess),
+                   rp.plot_balance(table, figs / "balance.png", ess=ess, title="Covariate balance (control ESS)"),
                    "Absolute standardized mean differences of the topic indicators (controls vs treated).")
         rep.table("Weight diagnostics", bal.diagnostics.reset_index())
         if len(bal.dropped):

@@ -138,3 +138,21 @@ def test_a_failing_step_keeps_the_finished_work_and_names_the_step(tmp_path, mon
     md = (tmp_path / "report.md").read_text()
     assert "Per-unit NIE curve: md" in md and "Step 'localization' failed" in md
     assert (tmp_path / "localization_difference.csv").exists()  # computed before the plot that failed
+
+
+def test_balance_figure_lists_every_topic_and_uses_the_control_ess():
+    """Issue 16: the balance plot missed the reference topic and printed the treated ESS in its title."""
+    from deconfound import simulate
+    from deconfound.demo import _balance, level_balance
+
+    data, _ = simulate.topic_mediation(600, n_topics=5, seed=0)
+    bal = _balance(data, ["topic"])
+    table = level_balance(data, ["topic"], bal)
+    assert table.covariate.tolist() == [f"topic[t{k}]" for k in range(5)]  # t0, the reference level, too
+    assert (table.smd_after.abs() < 1e-6).all() and (table.smd_before.abs() > 0).any()  # EB balances the topics
+    # by hand for t0
+    t, ind = data.t == 1, (data.x["topic"].astype(str) == "t0").to_numpy().astype(float)
+    sd = np.sqrt((ind[t].var() + ind[~t].var()) / 2)
+    assert table.smd_before.iloc[0] == pytest.approx((ind[t].mean() - ind[~t].mean()) / sd, rel=1e-12)
+    ess = bal.diagnostics.loc["control", "ess"]
+    assert ess < bal.diagnostics.loc["treated", "ess"]  # the two differ: the title must show the control one
