@@ -133,14 +133,17 @@ def _patching_checks(res, units) -> pd.DataFrame | None:
 
 def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool = False, patcher=None,
                        main: str | None = None, provenance: dict | None = None, effect_arm=("nie", "treated"),
-                       refute_units: int = 3, refuters=None, units=None, title: str | None = None) -> dict:
+                       refute_units: int = 3, refuters=None, units=None, title: str | None = None,
+                       comparison=None) -> dict:
     """Estimate with every estimator under the adjusted and unadjusted graph, then write the report.
 
     Units singled out for the forest plot, the sensitivity contour and the refuters are ranked on one random
     half of the rows (:func:`split_halves`, by ``seed``) and estimated and tested on the other, so their
     p-values are not those of the units that happened to look largest. Every step is named: if one fails, the
     report and tables computed before it are written and a :class:`ReportStepError` names the step.
-    ``title`` defaults to a question worded from the data's roles (:func:`report_title`).
+    ``title`` defaults to a question worded from the data's roles (:func:`report_title`). ``comparison``: a
+    :class:`~deconfound.compare.Comparison` already computed on ``data`` (both graphs, the estimators named in
+    ``estimators``) is reported as it is instead of refitting every estimator.
 
     Returns a dict with the report paths, the comparison, the localization difference and summary lines.
     """
@@ -158,9 +161,16 @@ def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool
     units = list(units or data.units)
     rep = rp.Report(title or "")
     steps = _Steps(rep, out)
-    _say(f"estimating {len(estimators)} estimators x 2 graphs on {len(units)} units, n={data.n}")
-    comp = steps.run("estimation", compare_estimators, data, estimators=estimators, graphs=[ADJUSTED, UNADJUSTED],
-                     patcher=patcher, units=units, random_state=seed, sensitivity={}, progress=None)  # a bar on a terminal only
+    if comparison is not None:
+        missing = [k for k in ((main, ADJUSTED), (main, UNADJUSTED)) if k not in comparison.results]
+        if missing:
+            raise ValueError(f"comparison: expected fits {missing} for main={main!r}, got {sorted(comparison.results)}")
+        comp = comparison
+    else:
+        _say(f"estimating {len(estimators)} estimators x 2 graphs on {len(units)} units, n={data.n}")
+        comp = steps.run("estimation", compare_estimators, data, estimators=estimators,
+                         graphs=[ADJUSTED, UNADJUSTED], patcher=patcher, units=units, random_state=seed,
+                         sensitivity={}, progress=None)  # a bar on a terminal only
     steps.tables["estimates.csv"] = comp.frame
     adj, unadj = comp.results[(main, ADJUSTED)], comp.results[(main, UNADJUSTED)]
     adjusted_for = adjusted_names(data, adj.adjustment)

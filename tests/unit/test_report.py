@@ -156,3 +156,21 @@ def test_balance_figure_lists_every_topic_and_uses_the_control_ess():
     assert table.smd_before.iloc[0] == pytest.approx((ind[t].mean() - ind[~t].mean()) / sd, rel=1e-12)
     ess = bal.diagnostics.loc["control", "ess"]
     assert ess < bal.diagnostics.loc["treated", "ess"]  # the two differ: the title must show the control one
+
+
+def test_a_comparison_already_computed_is_reported_without_refitting(tmp_path, monkeypatch):
+    from deconfound import demo
+    from deconfound.compare import compare_estimators
+
+    data = _sim()
+    comp = compare_estimators(data, estimators={"md": _MeanDiff()}, graphs=[demo.ADJUSTED, demo.UNADJUSTED],
+                              sensitivity={}, random_state=0)
+    monkeypatch.setattr(demo, "compare_estimators", lambda *a, **k: pytest.fail("refitted"))
+    out = demo.analyse_and_report(data, out=tmp_path, estimators={"md": _MeanDiff()}, quick=True, refute_units=0,
+                                  comparison=comp)
+    assert out["comparison"] is comp
+    est = pd.read_csv(tmp_path / "estimates.csv")
+    assert np.allclose(np.sort(est.estimate), np.sort(comp.frame.estimate))
+    with pytest.raises(ValueError, match="comparison: expected fits"):
+        demo.analyse_and_report(data, out=tmp_path / "b", estimators={"other": _MeanDiff()}, quick=True,
+                                refute_units=0, comparison=comp)
