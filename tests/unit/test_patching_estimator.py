@@ -400,3 +400,27 @@ def test_default_bootstrap_se_matches_the_monte_carlo_sd():
     for k, name in enumerate(["unadjusted", "adjusted", "difference"]):
         ratio = np.sqrt(np.mean(a[:, 2 * k + 1] ** 2)) / np.std(a[:, 2 * k], ddof=1)
         assert 0.85 <= ratio <= 1.15, (name, ratio)
+
+
+def test_cluster_bootstrap_resamples_whole_clusters():
+    """Prompts drawn from one document share its outcome level: the cluster bootstrap (issue 15) gives the
+    replicates of bootstrap.draw_counts(cluster=) and a wider SE than the row bootstrap."""
+    from deconfound.simulate import ToyPatcher
+
+    rng = np.random.default_rng(3)
+    n, size = 640, 8
+    doc = np.repeat(np.arange(n // size), size)
+    topic = np.array(["a", "b"])[doc % 2]
+    t = (rng.random(n // size) < 0.5).astype(int)[doc]  # the treatment is a document's: clusters in one arm
+    m = (doc % 2)[:, None] * 0.5 + t[:, None] + rng.normal(size=(n, 2))
+    a = rng.normal(size=n // size)[doc] * 2.0 + rng.normal(size=n) * 0.1  # a strong document effect
+    toy = ToyPatcher(m, a, np.array([1.0, -0.5]), c=0.0)
+    data = MediationData.from_arrays(t=t, y=toy.base_scores(), mediators={"u": m}, x=pd.DataFrame({"topic": topic}))
+    toy.m = data.mediator("u").astype(float)
+    est = get_estimator("patching", donors="eb_mean", n_boot=300, exact_check=0, random_state=0)
+    rows = est.fit(data, patcher=toy)
+    clustered = est.fit(data, patcher=toy, cluster=doc)
+    assert clustered.effect("u", "nie", "treated").estimate == rows.effect("u", "nie", "treated").estimate
+    assert clustered.effect("u", "te", "treated").se > 1.5 * rows.effect("u", "te", "treated").se
+    with pytest.raises(NotImplementedError, match="weights role"):
+        est.fit(data.replace(weights=np.ones(n)), patcher=toy)

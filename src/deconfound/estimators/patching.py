@@ -23,7 +23,7 @@ from ..inference import Effect
 from ..results import MediationResult
 from ..weights import balance_matrix, eb_att, eb_weights_batch, entropy_balance_batch
 from ._patching_checks import MEAN_PATCH, PatchingResult, donor_distance, exact_check
-from .base import MediationEstimator, register
+from .base import MediationEstimator, register, sample_roles
 
 __all__ = ["PatchingMediation", "paired_difference", "resample_key", "DONORS"]
 
@@ -293,8 +293,12 @@ class PatchingMediation(MediationEstimator):
         return ("treatment", *cats)
 
     # ---- fit ---------------------------------------------------------------------------------
-    def fit(self, data, *, graph=None, patcher, units=None) -> MediationResult:
+    def fit(self, data, *, graph=None, patcher, units=None, cluster=None) -> MediationResult:
         """Estimate NIE, NDE and TE (population ATT) for each unit.
+
+        ``cluster`` (labels per row, or a confounder column; default the data's own role, e.g. the prompts
+        drawn from one document) makes the bootstrap resample whole clusters (within the treatment arms when
+        every cluster lies in one arm). Sampling weights are not supported: a weights role raises.
 
         Parameters
         ----------
@@ -323,7 +327,16 @@ class PatchingMediation(MediationEstimator):
         base = np.asarray(patcher.base_scores(), dtype=float)
         design = _Design(self, data, adj, base)
         stratify = self._stratify(data)
-        counts = draw_counts(data, int(self.n_boot), stratify=stratify, random_state=int(self.random_state))
+        cluster, weights = sample_roles(data, cluster, None)
+        if weights is not None:
+            raise NotImplementedError("patching: expected data without a weights role, got one (the bootstrap "
+                                      "would treat weighted prompts as equal); use parametric, dml or weighting")
+        if cluster is not None:  # whole clusters; by arm only if no cluster spans both arms
+            codes = np.unique(cluster, return_inverse=True)[1].reshape(-1)
+            t_of = np.bincount(codes, weights=data.t) / np.bincount(codes)
+            stratify = ("treatment",) if np.all((t_of == 0) | (t_of == 1)) else None
+        counts = draw_counts(data, int(self.n_boot), stratify=stratify, random_state=int(self.random_state),
+                             cluster=cluster)
         allc = np.vstack([np.ones((1, data.n), counts.dtype), counts])[:, design.rows].astype(float)
         w_te = design.att_weights(allc, design.outcome_cols)
         w_donor = w_te if design.donor_cols == design.outcome_cols else design.att_weights(allc, design.donor_cols)
