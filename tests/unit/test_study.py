@@ -1,0 +1,110 @@
+"""The powered design's pieces: treatment rule, design table, MC error, robustness table, MDE.
+
+Oracles: post-stratification weights written out by hand (EB ATT on one-hot topics equals them), scipy's
+normal quantiles and Spearman, and fabricated results whose bias and coverage are known.
+"""
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from deconfound import MediationData
+from deconfound.errors import DataError
+from deconfound.inference import Effect
+from deconfound.study import (
+    design_table, localization_mde, mc_error, mde, robustness_summary, robustness_table, treatment_rule,
+)
+
+
+def _data(seed=0):
+    topic = np.array(list("aaaaabbbbbcc"))
+    t = np.array([1, 1, 1, 0, 0, 1, 0, 0, 0, 0, 1, 1])
+    m = np.random.default_rng(seed).normal(size=(12, 2))
+    return MediationData.from_arrays(t=t, y=np.zeros(12), mediators={"u": m}, x=pd.DataFrame({"topic": topic}),
+                                     meta={"treatment": {"instrument": "bilstm", "threshold": 0.3}})
+
+
+def test_design_table_counts_positivity_and_ess_match_post_stratification():
+    frame = design_table(_data()).set_index("topic")
+    assert frame.loc["a", ["n_treated", "n_control"]].tolist() == [3, 2]
+    assert frame.loc["b", ["n_treated", "n_control"]].tolist() == [1, 4]
+    assert frame.loc["c", ["n_treated", "n_control"]].tolist() == [2, 0]
+    assert frame.loc["c", "positivity"].startswith("no controls")
+    assert frame.loc["a", "positivity"] == "both arms"
+    # c is dropped (no controls); the kept treated are 3 in a, 1 in b. Control weights: a 3/4 over 2 rows,
+    # b 1/4 over 4 rows. Within a topic the weights are equal, so the ESS is the count.
+    w = np.array([3 / 8, 3 / 8] + [1 / 16] * 4)
+    assert frame.loc["a", "ess_control"] == pytest.approx(2)
+    assert frame.loc["b", "ess_control"] == pytest.approx(4)
+    assert frame.loc["c", "ess_control"] == 0
+    assert frame.loc["all", "ess_control"] == pytest.approx(w.sum() ** 2 / (w**2).sum())
+    assert frame.loc["all", ["n_treated", "n_control"]].tolist() == [6, 6]
+    assert frame.attrs == {"instrument": "bilstm", "threshold": 0.3}
+    with pytest.raises(DataError, match="expected a confounder column, got 'source'"):
+        design_table(_data(), topic="source")
+
+
+def test_treatment_rule_quantile_of_pool_and_fixed_threshold():
+    pool = np.linspace(0, 1, 101)
+    s = np.array([0.1, 0.49, 0.5, 0.9])
+    t, rule = treatment_rule(s, quantile=0.5, pool=pool, instrument="jigsaw")
+    assert rule["threshold"] == pytest.approx(0.5) and t.tolist() == [0, 0, 1, 1]
+    assert "50% quantile of the pool's 101 scores" in rule["statement"] and rule["pool_size"] == 101
+    t, rule = treatment_rule(s, threshold=0.2)
+    assert t.tolist() == [0, 1, 1, 1] and rule["quantile"] is None
+    with pytest.raises(ValueError, match="exactly one of threshold or quantile"):
+        treatment_rule(s)
+    with pytest.raises(DataError, match="expected both arms"):
+        treatment_rule(s, threshold=2.0)
+
+
+def test_mc_error_is_sd_over_root_k():
+    y = np.array([[0.0, 1.0, 0.0, 1.0], [0.2, 0.2, 0.2, 0.2]])
+    out = mc_error(y)
+    se0 = np.std([0, 1, 0, 1], ddof=1) / 2
+    assert out["k"] == 4 and out["mean_prompt_mc_se"] == pytest.approx(se0 / 2)
+    assert out["mc_se_of_mean"] == pytest.approx(se0 / 2)  # sqrt(se0^2 + 0) / 2
+    with pytest.raises(DataError, match="k >= 2"):
+        mc_error(np.ones((3, 1)))
+
+
+def _result(values, ses, population="att"):
+    effects = {u: Effect(v, s, (v - 1.96 * s, v + 1.96 * s), 0.5) for u, (v, s) in zip("LMNO", zip(values, ses))}
+    return SimpleNamespace(units=list(effects), population=population,
+                           effect=lambda u, e, a: effects[u])
+
+
+def test_robustness_table_bias_coverage_and_rank_agreement():
+    patching = _result([0.0, 1.0, 2.0, 3.0], [0.1] * 4)
+    close = _result([0.1, 1.1, 2.1, 3.1], [0.1] * 4)  # bias 0.1, CIs +-0.196 cover
+    reversed_ = _result([3.0, 2.0, 1.0, 0.0], [0.01] * 4, population="ate")  # rank -1, no CI covers
+    table = robustness_table(patching, {"close": close, "reversed": reversed_})
+    assert len(table) == 8
+    assert np.allclose(table[table.estimator == "close"].bias, 0.1)
+    assert table[table.estimator == "close"].covers.all()
+    assert not table[table.estimator == "reversed"].covers.any()
+    summ = robustness_summary(table).set_index("estimator")
+    assert summ.loc["close", "spearman"] == pytest.approx(1.0)
+    assert summ.loc["reversed", "spearman"] == pytest.approx(-1.0)
+    assert summ.loc["close", "coverage"] == 1.0 and summ.loc["reversed", "coverage"] == 0.0
+    assert summ.loc["close", "rmse"] == pytest.approx(0.1)
+    assert summ.loc["reversed", "mean_bias"] == pytest.approx(0.0)
+    assert summ.loc["reversed", "rmse"] == pytest.approx(np.sqrt((9 + 1 + 1 + 9) / 4))
+    assert summ.loc["reversed", "population"] == "ate"
+    missing = SimpleNamespace(units=["L"], population="att", effect=close.effect)
+    with pytest.raises(DataError, match="expected the patching units"):
+        robustness_table(patching, {"short": missing})
+
+
+def test_mde_formula():
+    z = stats.norm.ppf(0.975) + stats.norm.ppf(0.8)
+    assert mde(1.0) == pytest.approx(z) and z == pytest.approx(2.8016, abs=1e-4)
+    assert mde(0.5, alpha=0.01, power=0.9) == pytest.approx(0.5 * (stats.norm.ppf(0.995) + stats.norm.ppf(0.9)))
+    assert np.allclose(mde(np.array([0.0, 2.0])), [0.0, 2 * z])
+    with pytest.raises(ValueError, match="power"):
+        mde(1.0, power=1.5)
+    diff = pd.DataFrame({"index": ["entropy"], "ci_lower": [-0.196], "ci_upper": [0.196]})
+    out = localization_mde(diff)
+    assert out.se.iloc[0] == pytest.approx(0.1, rel=1e-3) and out.mde_80.iloc[0] == pytest.approx(0.1 * z, rel=1e-3)
