@@ -23,7 +23,7 @@ import pandas as pd
 from scipy import stats
 
 from . import report as rp
-from .errors import DataError
+from .errors import DataError, PositivityError
 
 ADJUSTED, UNADJUSTED = "topic_mediation", "unadjusted_mediation"
 DEFAULT_QUANTILE = 0.5
@@ -92,6 +92,10 @@ def design_table(data, *, topic: str = "topic", instrument: str | None = None,
     rule = data.meta.get("treatment", {}) if isinstance(data.meta.get("treatment"), dict) else {}
     instrument = instrument or rule.get("instrument") or rule.get("scorer") or "unknown"
     threshold = rule.get("threshold") if threshold is None else threshold
+    both = pd.crosstab(labels, t).reindex(columns=[0, 1], fill_value=0)
+    if not ((both[0] > 0) & (both[1] > 0)).any():
+        raise PositivityError(f"design_table {topic!r}: expected a topic with both treated and control prompts, got "
+                              f"none (treated/control per topic: {both[1].to_dict()} / {both[0].to_dict()})")
     eb = eb_att(data.x[[topic]], t, drop_unsupported=True)
     w = np.asarray(eb.weights, dtype=float)
     rows = []
@@ -138,8 +142,8 @@ def robustness_table(patching_result, observational_results: dict, *, effect: st
     """Each observational estimator against the patching value, per unit (layer).
 
     Columns: ``estimator, unit, population, estimate, se, ci_lower, ci_upper, patching, bias, covers``
-    (``covers``: the estimator's CI contains the patching point estimate). Patching's own sampling error is
-    not in ``covers``; its SE is in ``patching_se``.
+    (``covers``: 1.0 when the estimator's CI contains the patching point estimate, 0.0 when not, NaN when the
+    estimator gave no CI). Patching's own sampling error is not in ``covers``; its SE is in ``patching_se``.
     """
     if not observational_results:
         raise ValueError("observational_results: expected at least one {name: MediationResult}, got none")
@@ -155,18 +159,23 @@ def robustness_table(patching_result, observational_results: dict, *, effect: st
             rows.append({"estimator": name, "unit": u, "population": getattr(res, "population", None),
                          "estimate": e.estimate, "se": e.se, "ci_lower": e.ci[0], "ci_upper": e.ci[1],
                          "patching": p.estimate, "patching_se": p.se, "bias": e.estimate - p.estimate,
-                         "covers": bool(e.ci[0] <= p.estimate <= e.ci[1])})
+                         "covers": float(e.ci[0] <= p.estimate <= e.ci[1]) if np.isfinite(e.ci).all()
+                         else np.nan})
     return pd.DataFrame(rows)
 
 
 def robustness_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per estimator: mean bias, RMSE, mean |bias| / patching SE, the share of layers whose CI covers the
-    patching value, and the Spearman rank correlation of the estimates with patching across layers."""
+    """Per estimator: mean bias, RMSE, the share of layers whose CI covers the patching value, and the
+    Spearman rank correlation of the estimates with patching across layers (layers without an estimate are
+    counted and left out)."""
     rows = []
     for name, g in table.groupby("estimator", sort=False):
+        missing = int(g.estimate.isna().sum())
+        g = g[g.estimate.notna()]
         rho = (stats.spearmanr(g.estimate, g.patching).statistic if len(g) >= 3
                and g.estimate.nunique() > 1 and g.patching.nunique() > 1 else np.nan)
-        rows.append({"estimator": name, "population": g.population.iloc[0], "layers": len(g),
+        rows.append({"estimator": name, "population": table.population[table.estimator == name].iloc[0],
+                     "layers": len(g), "layers_without_estimate": missing,
                      "mean_bias": g.bias.mean(), "rmse": float(np.sqrt((g.bias**2).mean())),
                      "coverage": g.covers.mean(), "spearman": float(rho)})
     return pd.DataFrame(rows)
@@ -265,7 +274,7 @@ def run_study(out="study_out", n_prompts: int | None = 1500, layers="all", quick
 
     Returns
     -------
-    dict with ``html``/``markdown`` paths, ``data``, ``design``, ``robustness``, ``summary`` (per estimator),
+    dict with ``html``/``md`` paths, ``data``, ``design``, ``robustness``, ``summary`` (per estimator),
     ``localization`` (with ``se`` and ``mde_80``), ``mc`` (Monte Carlo error) and ``timings`` (seconds per stage).
     """
     from .compare import localization_difference

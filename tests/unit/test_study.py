@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from deconfound import MediationData
-from deconfound.errors import DataError
+from deconfound.errors import DataError, PositivityError
 from deconfound.inference import Effect
 from deconfound.study import (
     design_table, localization_mde, mc_error, mde, robustness_summary, robustness_table, treatment_rule,
@@ -44,6 +44,9 @@ def test_design_table_counts_positivity_and_ess_match_post_stratification():
     assert frame.attrs == {"instrument": "bilstm", "threshold": 0.3}
     with pytest.raises(DataError, match="expected a confounder column, got 'source'"):
         design_table(_data(), topic="source")
+    split = _data().replace(x=pd.DataFrame({"topic": np.where(_data().t == 1, "x", "y")}))
+    with pytest.raises(PositivityError, match="expected a topic with both treated and control prompts, got none"):
+        design_table(split)
 
 
 def test_treatment_rule_quantile_of_pool_and_fixed_threshold():
@@ -93,6 +96,10 @@ def test_robustness_table_bias_coverage_and_rank_agreement():
     assert summ.loc["reversed", "mean_bias"] == pytest.approx(0.0)
     assert summ.loc["reversed", "rmse"] == pytest.approx(np.sqrt((9 + 1 + 1 + 9) / 4))
     assert summ.loc["reversed", "population"] == "ate"
+    holes = _result([np.nan, 1.0, 2.0, 3.0], [np.nan, 0.1, 0.1, 0.1])
+    summ = robustness_summary(robustness_table(patching, {"holes": holes})).set_index("estimator")
+    assert summ.loc["holes", "layers"] == 3 and summ.loc["holes", "layers_without_estimate"] == 1
+    assert summ.loc["holes", "coverage"] == 1.0 and summ.loc["holes", "spearman"] == pytest.approx(1.0)
     missing = SimpleNamespace(units=["L"], population="att", effect=close.effect)
     with pytest.raises(DataError, match="expected the patching units"):
         robustness_table(patching, {"short": missing})
@@ -108,3 +115,53 @@ def test_mde_formula():
     diff = pd.DataFrame({"index": ["entropy"], "ci_lower": [-0.196], "ci_upper": [0.196]})
     out = localization_mde(diff)
     assert out.se.iloc[0] == pytest.approx(0.1, rel=1e-3) and out.mde_80.iloc[0] == pytest.approx(0.1 * z, rel=1e-3)
+
+
+BAD = {"stupid", "idiot", "hate", "dumb", "fool", "ugly"}
+
+
+class StubScorer:
+    """Share of words from a small insult list, plus a tiny length term so that scores are distinct."""
+
+    name = "stub_lexical"
+    columns = ["toxic", "other"]
+
+    def score(self, texts):
+        out = []
+        for text in texts:
+            words = text.lower().split()
+            out.append([sum(w in BAD for w in words) / (len(words) + 1) + 1e-3 * len(words), 0.0])
+        return np.array(out, dtype=float).reshape(len(texts), 2)
+
+
+@pytest.mark.lm
+def test_run_study_end_to_end_on_a_tiny_model(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from deconfound.lm.models import tiny_model
+    from deconfound.study import run_study
+
+    base = ["the game was great", "you are a stupid idiot", "the president spoke to the people",
+            "i hate you", "the team played well", "what a ugly fool", "the market fell", "shut up you dumb fool"]
+    texts = [f"{p} {w}" for w in ("and", "but", "so") for p in base]  # 24 prompts
+    topics = ["a" if i % 3 else "b" for i in range(24)]
+    lm = tiny_model("llama", seed=5, n_layers=3)
+    out = run_study(tmp_path / "study", n_prompts=None, model=lm, prompts=pd.DataFrame({"text": texts}),
+                    scorer=StubScorer(), topics=topics, quantile=0.5, n_samples=4, max_new_tokens=4, n_boot=20,
+                    quick=True, batch_size=16, secondary=False)
+    md = out["md"].read_text()
+    for heading in ("Summary", "Design table", "Outcome", "Identification", "Localization",
+                    "Estimator robustness against the patching NIE", "Estimator robustness: summary", "Provenance"):
+        assert heading in md, heading
+    design = out["design"].set_index("topic")
+    assert design.loc["all", "n_treated"] + design.loc["all", "n_control"] == 24
+    assert out["design"].attrs["instrument"] == "stub_lexical"
+    # the treatment is the stated rule: scores at or above the median of the 24 prompt scores
+    s = StubScorer().score(texts)[:, 0]
+    assert design.loc["all", "n_treated"] == int((s >= np.quantile(s, 0.5)).sum())
+    rob = out["robustness"]
+    assert set(rob.estimator) == {"weighting", "dml", "interventional"} and len(rob) == 3 * 3
+    p = out["patching"]
+    assert np.allclose(rob[rob.estimator == "dml"].patching, [p.effect(u, "nie", "treated").estimate for u in p.units])
+    assert out["mc"]["k"] == 4 and out["mc"]["n"] == 24
+    assert np.isfinite(out["localization"].mde_80).all()
