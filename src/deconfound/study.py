@@ -420,3 +420,17 @@ def run_study(out="study_out", n_prompts: int | None = 1500, layers="all", quick
     return {**paths, "data": data, "design": design, "robustness": rob, "summary": summ, "localization": loc,
             "mc": mc, "secondary": second, "failures": failures, "timings": timings, "lines": lines,
             "patching": p_adj, "observational": results}
+
+
+FULL_N, FULL_QUICK_N = 1500, 150
+
+
+def run_full(*, out="demo_out", quick: bool = False, n_prompts: int | None = None, seed: int = 0) -> int:
+    """``deconfound demo --full``: :func:`run_study` on SmolLM2-135M, every layer (``--quick``: 150 prompts,
+    every third layer, 8 samples); the report goes to ``out/study``."""
+    n = n_prompts or (FULL_QUICK_N if quick else FULL_N)
+    res = run_study(Path(out) / "study", n_prompts=n, layers=list(range(0, 30, 3)) if quick else "all",
+                    quick=quick, n_samples=8 if quick else 16, seed=seed)
+    print("\n".join(res["lines"]))
+    _say(f"report: {res['html']}  (seconds per stage: {res['timings']})")
+    return 0

@@ -165,3 +165,14 @@ def test_run_study_end_to_end_on_a_tiny_model(tmp_path):
     assert np.allclose(rob[rob.estimator == "dml"].patching, [p.effect(u, "nie", "treated").estimate for u in p.units])
     assert out["mc"]["k"] == 4 and out["mc"]["n"] == 24
     assert np.isfinite(out["localization"].mde_80).all()
+
+
+def test_demo_full_dispatches_to_the_powered_design(monkeypatch):
+    from deconfound import cli, demo, study
+
+    calls = []
+    monkeypatch.setattr(study, "run_full", lambda **kw: calls.append(kw) or 0)
+    assert cli.main(["demo", "--full", "--quick", "--n-prompts", "150", "--out", "somewhere"]) == 0
+    assert calls == [{"out": "somewhere", "quick": True, "n_prompts": 150, "seed": 0}]
+    with pytest.raises(ValueError, match="no neurons/layer_step options"):
+        demo.run_llm(full=True, layer_step=2)
