@@ -286,13 +286,14 @@ def run_study(out="study_out", n_prompts: int | None = 1500, layers="all", quick
     from .lm.patch import Patcher
     from .screening import PromptSubset
 
-    timings, clock = {}, time.perf_counter()
+    timings, clock = {}, (time.perf_counter(), time.process_time())
 
-    def lap(stage):
+    def lap(stage):  # wall and CPU seconds (CPU time is the fairer measure on a shared machine)
         nonlocal clock
-        now = time.perf_counter()
-        timings[stage] = round(now - clock, 2)
+        now = (time.perf_counter(), time.process_time())
+        timings[stage] = {"wall_s": round(now[0] - clock[0], 2), "cpu_s": round(now[1] - clock[1], 2)}
         clock = now
+        _say(f"{stage}: {timings[stage]}")
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -406,7 +407,7 @@ def run_study(out="study_out", n_prompts: int | None = 1500, layers="all", quick
         rep.table("Estimators that failed", pd.DataFrame({"estimator": list(failures), "error": list(failures.values())}))
     if second:
         rep.table("Secondary outcome: next-token toxic mass vs continuation toxicity", pd.DataFrame([second]))
-    rep.table("Time per stage (s)", pd.DataFrame({"stage": list(timings), "seconds": list(timings.values())}))
+    rep.table("Time per stage (s)", pd.DataFrame([{"stage": k, **v} for k, v in timings.items()]))
     rep.table("Provenance", rp.provenance_table({**meta, "seed": seed, "donors": donors, "n_boot": n_boot,
                                                  "units": len(units)}), floatfmt=None)
     verdict = ("less localized after adjustment" if ent.ci_lower > 0 else "more localized after adjustment"
