@@ -233,7 +233,7 @@ def cmd_demo(args) -> int:
         if value is not None:
             raise CliError(f"{flag}: expected only with --neurons, got {value}")
     return demo.run_llm(out=args.out, quick=args.quick, n_prompts=args.n_prompts, seed=args.seed,
-                        layer_step=args.layer_step, **model_kwargs(args))
+                        layer_step=args.layer_step, full=args.full, **model_kwargs(args))
 
 
 def cmd_estimate(args) -> int:
@@ -445,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--neurons: bootstrap replicates (default 200)")
     d.add_argument("--layer-step", type=_int_at_least(1), default=None, metavar="K",
                    help="estimate every K-th layer (default 2; with --quick 3); extraction keeps all layers")
+    d.add_argument("--full", action="store_true",
+                   help="the powered design (deconfound.study): RTP prompts only, every layer, continuation outcome")
 
     s = _sub(sub, "estimate", "fit one estimator and print its summary",
              "Examples: deconfound estimate --data DIR --estimator dml --graph topic_mediation --set n_folds=2\n"

@@ -512,10 +512,17 @@ def demo_estimators(*, quick: bool, n_boot: int | None = None) -> dict:
 
 
 def run_llm(*, out="demo_out", quick: bool = False, n_prompts: int | None = None, seed: int = 0,
-            neurons: bool = False, layer_step: int | None = None, model="smollm2-135m", dtype="float32",
-            device="cpu", **neuron_options) -> int:
+            neurons: bool = False, layer_step: int | None = None, full: bool = False, model="smollm2-135m",
+            dtype="float32", device="cpu", **neuron_options) -> int:
     """The whole pipeline on the embedded default; resumable through the extraction shards.
-    ``model``, ``dtype`` and ``device`` go to :func:`deconfound.lm.models.load_model`."""
+    ``model``, ``dtype`` and ``device`` go to :func:`deconfound.lm.models.load_model`. ``full=True`` runs the
+    powered design instead (:func:`deconfound.study.run_full`, on the default model)."""
+    if full:
+        if neurons or layer_step is not None or neuron_options:
+            raise ValueError("full: expected no neurons/layer_step options with the powered design, got some")
+        from .study import run_full
+
+        return run_full(out=out, quick=quick, n_prompts=n_prompts, seed=seed)
     if neurons:
         from .demo_neurons import run_neurons
 

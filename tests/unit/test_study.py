@@ -1,0 +1,180 @@
+"""The powered design's pieces: treatment rule, design table, MC error, robustness table, MDE.
+
+Oracles: post-stratification weights written out by hand (EB ATT on one-hot topics equals them), scipy's
+normal quantiles and Spearman, and fabricated results whose bias and coverage are known.
+"""
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from deconfound import MediationData
+from deconfound.errors import DataError, PositivityError
+from deconfound.inference import Effect
+from deconfound.study import (
+    design_table, localization_mde, mc_error, mde, robustness_summary, robustness_table, treatment_rule,
+)
+
+
+def _data(seed=0):
+    topic = np.array(list("aaaaabbbbbcc"))
+    t = np.array([1, 1, 1, 0, 0, 1, 0, 0, 0, 0, 1, 1])
+    m = np.random.default_rng(seed).normal(size=(12, 2))
+    return MediationData.from_arrays(t=t, y=np.zeros(12), mediators={"u": m}, x=pd.DataFrame({"topic": topic}),
+                                     meta={"treatment": {"instrument": "bilstm", "threshold": 0.3}})
+
+
+def test_design_table_counts_positivity_and_ess_match_post_stratification():
+    frame = design_table(_data()).set_index("topic")
+    assert frame.loc["a", ["n_treated", "n_control"]].tolist() == [3, 2]
+    assert frame.loc["b", ["n_treated", "n_control"]].tolist() == [1, 4]
+    assert frame.loc["c", ["n_treated", "n_control"]].tolist() == [2, 0]
+    assert frame.loc["c", "positivity"].startswith("no controls")
+    assert frame.loc["a", "positivity"] == "both arms"
+    # c is dropped (no controls); the kept treated are 3 in a, 1 in b. Control weights: a 3/4 over 2 rows,
+    # b 1/4 over 4 rows. Within a topic the weights are equal, so the ESS is the count.
+    w = np.array([3 / 8, 3 / 8] + [1 / 16] * 4)
+    assert frame.loc["a", "ess_control"] == pytest.approx(2)
+    assert frame.loc["b", "ess_control"] == pytest.approx(4)
+    assert frame.loc["c", "ess_control"] == 0
+    assert frame.loc["all", "ess_control"] == pytest.approx(w.sum() ** 2 / (w**2).sum())
+    assert frame.loc["all", ["n_treated", "n_control"]].tolist() == [6, 6]
+    assert frame.attrs == {"instrument": "bilstm", "threshold": 0.3}
+    with pytest.raises(DataError, match="expected a confounder column, got 'source'"):
+        design_table(_data(), topic="source")
+    split = _data().replace(x=pd.DataFrame({"topic": np.where(_data().t == 1, "x", "y")}))
+    with pytest.raises(PositivityError, match="expected a topic with both treated and control prompts, got none"):
+        design_table(split)
+
+
+def test_treatment_rule_quantile_of_pool_and_fixed_threshold():
+    pool = np.linspace(0, 1, 101)
+    s = np.array([0.1, 0.49, 0.5, 0.9])
+    t, rule = treatment_rule(s, quantile=0.5, pool=pool, instrument="jigsaw")
+    assert rule["threshold"] == pytest.approx(0.5) and t.tolist() == [0, 0, 1, 1]
+    assert "50% quantile of the pool's 101 scores" in rule["statement"] and rule["pool_size"] == 101
+    t, rule = treatment_rule(s, threshold=0.2)
+    assert t.tolist() == [0, 1, 1, 1] and rule["quantile"] is None
+    with pytest.raises(ValueError, match="exactly one of threshold or quantile"):
+        treatment_rule(s)
+    with pytest.raises(DataError, match="expected both arms"):
+        treatment_rule(s, threshold=2.0)
+
+
+def test_mc_error_is_sd_over_root_k():
+    y = np.array([[0.0, 1.0, 0.0, 1.0], [0.2, 0.2, 0.2, 0.2]])
+    out = mc_error(y)
+    se0 = np.std([0, 1, 0, 1], ddof=1) / 2
+    assert out["k"] == 4 and out["mean_prompt_mc_se"] == pytest.approx(se0 / 2)
+    assert out["mc_se_of_mean"] == pytest.approx(se0 / 2)  # sqrt(se0^2 + 0) / 2
+    with pytest.raises(DataError, match="k >= 2"):
+        mc_error(np.ones((3, 1)))
+
+
+def _result(values, ses, population="att"):
+    effects = {u: Effect(v, s, (v - 1.96 * s, v + 1.96 * s), 0.5) for u, (v, s) in zip("LMNO", zip(values, ses))}
+    return SimpleNamespace(units=list(effects), population=population,
+                           effect=lambda u, e, a: effects[u])
+
+
+def test_robustness_table_bias_coverage_and_rank_agreement():
+    patching = _result([0.0, 1.0, 2.0, 3.0], [0.1] * 4)
+    close = _result([0.1, 1.1, 2.1, 3.1], [0.1] * 4)  # bias 0.1, CIs +-0.196 cover
+    reversed_ = _result([3.0, 2.0, 1.0, 0.0], [0.01] * 4, population="ate")  # rank -1, no CI covers
+    table = robustness_table(patching, {"close": close, "reversed": reversed_})
+    assert len(table) == 8
+    assert np.allclose(table[table.estimator == "close"].bias, 0.1)
+    assert table[table.estimator == "close"].covers.all()
+    assert not table[table.estimator == "reversed"].covers.any()
+    summ = robustness_summary(table).set_index("estimator")
+    assert summ.loc["close", "spearman"] == pytest.approx(1.0)
+    assert summ.loc["reversed", "spearman"] == pytest.approx(-1.0)
+    assert summ.loc["close", "coverage"] == 1.0 and summ.loc["reversed", "coverage"] == 0.0
+    assert summ.loc["close", "rmse"] == pytest.approx(0.1)
+    assert summ.loc["reversed", "mean_bias"] == pytest.approx(0.0)
+    assert summ.loc["reversed", "rmse"] == pytest.approx(np.sqrt((9 + 1 + 1 + 9) / 4))
+    assert summ.loc["reversed", "population"] == "ate"
+    holes = _result([np.nan, 1.0, 2.0, 3.0], [np.nan, 0.1, 0.1, 0.1])
+    summ = robustness_summary(robustness_table(patching, {"holes": holes})).set_index("estimator")
+    assert summ.loc["holes", "layers"] == 3 and summ.loc["holes", "layers_without_estimate"] == 1
+    assert summ.loc["holes", "coverage"] == 1.0 and summ.loc["holes", "spearman"] == pytest.approx(1.0)
+    missing = SimpleNamespace(units=["L"], population="att", effect=close.effect)
+    with pytest.raises(DataError, match="expected the patching units"):
+        robustness_table(patching, {"short": missing})
+
+
+def test_mde_formula():
+    z = stats.norm.ppf(0.975) + stats.norm.ppf(0.8)
+    assert mde(1.0) == pytest.approx(z) and z == pytest.approx(2.8016, abs=1e-4)
+    assert mde(0.5, alpha=0.01, power=0.9) == pytest.approx(0.5 * (stats.norm.ppf(0.995) + stats.norm.ppf(0.9)))
+    assert np.allclose(mde(np.array([0.0, 2.0])), [0.0, 2 * z])
+    with pytest.raises(ValueError, match="power"):
+        mde(1.0, power=1.5)
+    diff = pd.DataFrame({"index": ["concentration"], "ci_lower": [-0.196], "ci_upper": [0.196]})
+    out = localization_mde(diff)
+    assert out.se.iloc[0] == pytest.approx(0.1, rel=1e-3) and out.mde_80.iloc[0] == pytest.approx(0.1 * z, rel=1e-3)
+
+
+BAD = {"stupid", "idiot", "hate", "dumb", "fool", "ugly"}
+
+
+class StubScorer:
+    """Share of words from a small insult list, plus a tiny length term so that scores are distinct."""
+
+    name = "stub_lexical"
+    columns = ["toxic", "other"]
+
+    def score(self, texts):
+        out = []
+        for text in texts:
+            words = text.lower().split()
+            out.append([sum(w in BAD for w in words) / (len(words) + 1) + 1e-3 * len(words), 0.0])
+        return np.array(out, dtype=float).reshape(len(texts), 2)
+
+
+@pytest.mark.lm
+def test_run_study_end_to_end_on_a_tiny_model(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from deconfound.lm.models import tiny_model
+    from deconfound.study import run_study
+
+    base = ["the game was great", "you are a stupid idiot", "the president spoke to the people",
+            "i hate you", "the team played well", "what a ugly fool", "the market fell", "shut up you dumb fool"]
+    texts = [f"{p} {w}" for w in ("and", "but", "so") for p in base]  # 24 prompts
+    topics = ["a" if i % 3 else "b" for i in range(24)]
+    lm = tiny_model("llama", seed=5, n_layers=3)
+    out = run_study(tmp_path / "study", n_prompts=None, model=lm, prompts=pd.DataFrame({"text": texts}),
+                    scorer=StubScorer(), topics=topics, quantile=0.5, n_samples=4, max_new_tokens=4, n_boot=20,
+                    quick=True, batch_size=16, secondary=False)
+    md = out["md"].read_text()
+    for heading in ("Summary", "Design table", "Outcome", "Identification", "Localization",
+                    "Estimator robustness against the patching NIE", "Estimator robustness: summary", "Provenance"):
+        assert heading in md, heading
+    design = out["design"].set_index("topic")
+    assert design.loc["all", "n_treated"] + design.loc["all", "n_control"] == 24
+    assert out["design"].attrs["instrument"] == "stub_lexical"
+    # the treatment is the stated rule: scores at or above the median of the 24 prompt scores
+    s = StubScorer().score(texts)[:, 0]
+    assert design.loc["all", "n_treated"] == int((s >= np.quantile(s, 0.5)).sum())
+    rob = out["robustness"]
+    assert set(rob.estimator) == {"weighting", "dml", "interventional"} and len(rob) == 3 * 3
+    p = out["patching"]
+    assert np.allclose(rob[rob.estimator == "dml"].patching, [p.effect(u, "nie", "treated").estimate for u in p.units])
+    assert out["mc"]["k"] == 4 and out["mc"]["n"] == 24
+    loc = out["localization"]  # on 24 prompts the noise-corrected index may be NaN (too noisy): then so is its MDE
+    ok = np.isfinite(loc.se)
+    assert np.allclose(loc.mde_80[ok], 2.8015852 * loc.se[ok], rtol=1e-6) and np.isnan(loc.mde_80[~ok]).all()
+
+
+def test_demo_full_dispatches_to_the_powered_design(monkeypatch):
+    from deconfound import cli, demo, study
+
+    calls = []
+    monkeypatch.setattr(study, "run_full", lambda **kw: calls.append(kw) or 0)
+    assert cli.main(["demo", "--full", "--quick", "--n-prompts", "150", "--out", "somewhere"]) == 0
+    assert calls == [{"out": "somewhere", "quick": True, "n_prompts": 150, "seed": 0}]
+    with pytest.raises(ValueError, match="no neurons/layer_step options"):
+        demo.run_llm(full=True, layer_step=2)
