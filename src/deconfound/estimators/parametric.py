@@ -38,6 +38,7 @@ from scipy import stats
 from scipy import sparse
 from scipy.special import ndtr
 
+from .._calibration import warn_uncalibrated
 from ..errors import CalibrationWarning, DataError
 from ..graph import resolve
 from ..inference import Effect, cluster_counts, stratified_counts
@@ -143,6 +144,8 @@ class ParametricMediation(MediationEstimator):
                 raise DataError(f"outcome {data.outcome_name!r}: expected binary 0/1 values for the "
                                 f"{self.outcome_family} outcome family, got values {levels[:6].tolist()}"
                                 f"{' ...' if len(levels) > 6 else ''}")
+        if self.outcome_family == "gaussian" and set(np.unique(y).tolist()) <= {0.0, 1.0}:
+            warn_uncalibrated("parametric-binary", n=data.n, n_treated=data.n_treated)
         x1, names1 = _confounder_design(data, adj.first_stage)
         x2, names2 = _confounder_design(data, adj.second_stage)
         patterns = _patterns(x1, x2, weights)
