@@ -1,0 +1,37 @@
+"""The reduced calibration grid in CI (the full one is `make coverage`, docs/coverage.md).
+
+Bands allow for Monte Carlo error: with 60 data sets a coverage of 0.95 has an SE of 0.028, so a calibrated
+default lies in [0.87, 1] with probability ~0.998 per row; an under-coverage like weighting's old 0.86 at n = 800
+would often fail. A cell that cannot pass must be flagged at fit time (CalibrationWarning), which is checked too.
+"""
+import numpy as np
+import pytest
+
+from deconfound import coverage as cv
+
+pytestmark = pytest.mark.slow
+REPS = 60
+
+
+def _cells(*names):
+    return [c for c in cv.grid("ci") if c.name in names]
+
+
+def test_defaults_cover_on_the_linear_and_patching_cells():
+    rows = cv.run(["parametric", "eb_total", "weighting", "patching"], _cells("linear-n2000", "patching-n2000"),
+                  reps=REPS, seed=500, progress=False)
+    table = cv.summarize(rows)
+    assert set(table.estimator) == {"parametric", "eb_total", "weighting", "patching"}
+    power = table[table.test == "power"]
+    assert (power.coverage >= 0.87).all(), power[power.coverage < 0.87]
+    assert (table[table.test == "size"].reject <= 0.10).all()
+    assert np.isfinite(table.bias_se).all() and (table.bias_se.abs() < 1.0).all()
+
+
+def test_a_cell_that_cannot_pass_warns_at_fit_time():
+    rows = cv.run(["parametric"], _cells("interaction-n2000"), reps=20, seed=900, progress=False)
+    table = cv.summarize(rows)
+    nie = table[table.effect == "nie"]
+    assert (nie.coverage < 0.5).all()  # the default (no T x M term) is biased there ...
+    assert (nie.warned >= 0.9).all()  # ... and says so when it is fitted
+    assert rows.warning.str.contains("interaction=True").mean() >= 0.9
