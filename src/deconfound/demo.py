@@ -496,7 +496,9 @@ class ReducedMediator:
 
 def demo_estimators(*, quick: bool, n_boot: int | None = None) -> dict:
     """The demo's estimators: fixed-penalty learners keep 30 units x 2 graphs inside the time budget.
-    Patching is included when ``n_boot`` (its bootstrap replicates) is given."""
+    Patching is included when ``n_boot`` (its bootstrap replicates) is given. Every estimator drops topics
+    without both arms (``drop_unsupported``): the held-out halves of the report's unit selection can lose a
+    topic's last treated prompt, and the result then names its overlap population."""
     from sklearn.linear_model import LogisticRegression, Ridge
 
     patching = {} if n_boot is None else {
@@ -504,10 +506,12 @@ def demo_estimators(*, quick: bool, n_boot: int | None = None) -> dict:
                                   drop_unsupported=True)}
     return {
         **patching,
-        "weighting": get_estimator("weighting", pca=10, mediator_learner=LogisticRegression(C=1.0, max_iter=2000)),
+        "weighting": get_estimator("weighting", pca=10, mediator_learner=LogisticRegression(C=1.0, max_iter=2000),
+                                   drop_unsupported=True),
         "dml": get_estimator("dml", pca=10, outcome_learner=Ridge(alpha=1.0),
-                             propensity_learner=LogisticRegression(C=1.0, max_iter=2000)),
-        "parametric": ReducedMediator(get_estimator("parametric", n_sims=200 if quick else 500), k=3),
+                             propensity_learner=LogisticRegression(C=1.0, max_iter=2000), drop_unsupported=True),
+        "parametric": ReducedMediator(get_estimator("parametric", n_sims=200 if quick else 500,
+                                                    drop_unsupported=True), k=3),
     }
 
 
