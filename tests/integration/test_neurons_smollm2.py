@@ -126,7 +126,7 @@ def test_one_neuron_matches_plain_forward_hooks(run, naive_word_mass):
             handle.remove()
 
     def score(text, patch):
-        return naive_word_mass(lm, text, patched if patch else None)
+        return naive_word_mass(lm, text, patched if patch else None, multi_token=False)  # the demo patches on one-token words
 
     treated = np.flatnonzero(data.t == 1)
     want = np.mean([score(texts[i], False) - score(texts[i], True) for i in treated])
