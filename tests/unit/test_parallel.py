@@ -161,3 +161,15 @@ def test_run_tasks_progress_counts_finished_tasks(monkeypatch, n_jobs):
     assert term.getvalue() == ""                                          # off by default
     assert run_tasks(pow, [1, 2, 3], shared={"exp": 2}, n_jobs=n_jobs, progress=None, desc="units") == [1, 4, 9]
     assert "units" in term.getvalue() and "3/3" in term.getvalue()
+
+
+@pytest.mark.parametrize("name", ["parametric", "dml"])
+def test_multi_unit_fits_show_a_bar_only_when_asked(name, capsys):
+    from deconfound import get_estimator, simulate
+
+    data, _ = simulate.topic_mediation(300, n_units=2, n_topics=3, seed=0)
+    est = get_estimator(name, **({"n_sims": 50} if name == "parametric" else {"n_rep": 1, "n_folds": 2}))
+    est.fit(data, progress=True)
+    assert f"{name}: units" in capsys.readouterr().err
+    est.fit(data, progress=False)
+    assert f"{name}: units" not in capsys.readouterr().err

@@ -30,7 +30,7 @@ from sklearn.preprocessing import StandardScaler
 from ..errors import DataError, PositivityError
 from ..folds import data_folds, fold_strata, make_folds
 from ..graph import resolve
-from ..parallel import run_tasks
+from ..parallel import progress_iter, run_tasks
 from ..positivity import check_positivity
 from ..results import MediationResult
 from .base import MediationEstimator, check_units, register, sample_roles
@@ -321,7 +321,7 @@ class DMLMediation(MediationEstimator):
         return check_learners(self.outcome_learner, self.propensity_learner)
 
     def fit(self, data, *, graph=None, units=None, n_jobs=1, backend="local", cluster=None,
-            weights=None) -> MediationResult:
+            weights=None, progress=None) -> MediationResult:
         """Estimate every unit in ``units`` (default all).
 
         ``cluster`` (labels per row, or a confounder column name; default the data's own role) puts whole
@@ -355,10 +355,10 @@ class DMLMediation(MediationEstimator):
                         cluster=cluster, weights=weights)
         common = dict(t=t, y=y, x_first=x_first, x_second=x_second, keep=keep, splits=splits, settings=settings)
         if backend == "local" and int(n_jobs) == 1:  # serial: read one unit at a time (lazy, memory-mapped data)
-            out = [_fit_unit(data.mediator(u), **common) for u in units]
+            out = [_fit_unit(data.mediator(u), **common) for u in progress_iter(units, "dml: units", progress)]
         else:
             out = run_tasks(_fit_unit, [data.mediator(u) for u in units], backend=backend, n_jobs=n_jobs,
-                            shared=common)
+                            shared=common, progress=bool(progress), desc="dml: units")
         n_trimmed = int((~keep).sum())
         effects, diagnostics, warns = {}, {}, []
         for u, (eff, diag) in zip(units, out):

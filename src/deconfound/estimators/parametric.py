@@ -42,6 +42,7 @@ from .._calibration import warn_uncalibrated
 from ..errors import CalibrationWarning, DataError
 from ..graph import resolve
 from ..inference import Effect, cluster_counts, stratified_counts
+from ..parallel import progress_iter
 from ..positivity import check_positivity
 from ..results import MediationResult, add_derived
 from ._glm import (_chol, _chol2, _glm, _glm_batch, _gram, _integrated_mean, _inv_link, _logit_normal,  # noqa: F401
@@ -118,7 +119,8 @@ class ParametricMediation(MediationEstimator):
         if not isinstance(self.interaction, (bool, np.bool_)):
             raise TypeError(f"interaction: expected a bool, got {type(self.interaction).__name__}")
 
-    def fit(self, data, *, graph=None, units=None, cluster=None, weights=None, counts=None) -> MediationResult:
+    def fit(self, data, *, graph=None, units=None, cluster=None, weights=None, counts=None,
+            progress=None) -> MediationResult:
         """Fit both models per unit and simulate the effects; see the class docstring.
 
         ``cluster`` and ``weights`` (per-row arrays or confounder column names; default the data's own roles)
@@ -150,7 +152,7 @@ class ParametricMediation(MediationEstimator):
         x2, names2 = _confounder_design(data, adj.second_stage)
         patterns = _patterns(x1, x2, weights)
         effects, diagnostics, notes = {}, {}, []
-        for unit in units:
+        for unit in progress_iter(units, "parametric: units", progress):  # a bar on a terminal only
             model = _Model(data, unit, x1, names1, x2, names2, self.outcome_family, bool(self.interaction), patterns,
                            mediator_family=self.mediator_family, weights=weights, groups=groups)
             model.fit()
