@@ -220,9 +220,9 @@ def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool
         table = level_balance(data, list(adj.adjustment.get("first_stage", ())), bal)
         # the weighted arm is the controls (ATT weights): their ESS, not the treated rows'
         ess = float(bal.diagnostics.loc["control", "ess"]) if "ess" in bal.diagnostics else None
-        rep.figure("Topic balance before/after entropy balancing",
+        rep.figure(f"Balance of {adjusted_for} before/after entropy balancing",
                    rp.plot_balance(table, figs / "balance.png", ess=ess, title="Covariate balance (control ESS)"),
-                   "Absolute standardized mean differences of the topic indicators (controls vs treated).")
+                   f"Absolute standardized mean differences of every level of {adjusted_for} (controls vs treated).")
         rep.table("Weight diagnostics", bal.diagnostics.reset_index())
         if len(bal.dropped):
             rep.table("Topics dropped for lack of overlap", bal.dropped)
