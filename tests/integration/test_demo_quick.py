@@ -39,7 +39,11 @@ def test_quick_demo_writes_a_report_with_numbers(tmp_path):
     assert set(est.estimator) == {"patching", "weighting", "dml", "parametric"}
     assert set(est.graph) == {"topic_mediation", "unadjusted_mediation"}
     nie = est[(est.effect == "nie") & (est.arm == "treated")]
-    assert len(nie) == 4 * 2 * 10 and np.isfinite(nie.estimate).mean() > 0.9
+    assert len(nie) == 4 * 2 * 10
+    # weighting returns NaN, with a "no estimate" warning, where p(M,X) leaves a cross-world mean fewer than 10
+    # effective rows (120 prompts, 576-wide activations); every other estimator gives a number for every layer
+    assert np.isfinite(nie[nie.estimator != "weighting"].estimate).all()
+    assert np.isfinite(nie[nie.estimator == "weighting"].estimate).mean() > 0.4
     loc = pd.read_csv(report / "localization_difference.csv")
     conc = loc.set_index("index").loc["concentration"]
     assert np.isfinite(conc[["adjusted", "unadjusted", "ci_lower", "ci_upper"]].to_numpy(float)).all() or max(
