@@ -38,7 +38,8 @@ class CliWords:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    if "cli_words" not in SCORERS:
+    added = "cli_words" not in SCORERS
+    if added:
         register_scorer("cli_words", CliWords)
     root = tmp_path_factory.mktemp("cli")
     lm = tiny_model("llama", seed=4, n_layers=2)
@@ -62,7 +63,9 @@ def setup(tmp_path_factory):
                  "--model", str(root / "model"), "--dtype", "float32", "--device", "cpu", "--scorer", "cli_words",
                  "--n-samples", "2", "--max-new-tokens", "4", "--words", str(root / "words.txt"), "--out", str(out)])
     assert code == 0
-    return root, frame, out, lm
+    yield root, frame, out, lm
+    if added:  # leave the registry as found: other tests list its names
+        SCORERS.pop("cli_words", None)
 
 
 def test_extract_from_a_prompt_file(setup, capsys):
