@@ -180,8 +180,10 @@ def test_nie_ci_coverage_at_n2500():
 # ---- real data: the framing study ---------------------------------------------------------------------------
 def test_framing_nie_lies_within_the_range_of_dml_and_parametric():
     """On the framing data shipped with statsmodels (n = 265, 68 treated; mediator emo, outcome cong_mesg), the
-    default weighting NIE of each arm lies between the smallest and the largest of the dml and parametric
-    estimates (the old cross-validated default shrank it to a fraction of them)."""
+    default weighting NIE of each arm lies within one of its SEs of the range of the dml and parametric estimates
+    (the old cross-validated default shrank it to 0.0076, about two SEs below that range). With dml's three
+    repeated splits the average arm sits 0.005 above the range (0.0908 vs 0.0837-0.0856), so "strictly between"
+    was a property of one split, not of the estimators."""
     df = pd.read_csv(Path(statsmodels.__file__).parent / "stats" / "tests" / "results" / "framing.csv")
     data = MediationData.from_frame(df, treatment="treat", outcome="cong_mesg",
                                     confounders=["age", "educ", "gender", "income"], mediators="emo")
@@ -189,5 +191,5 @@ def test_framing_nie_lies_within_the_range_of_dml_and_parametric():
     assert res["weighting"].diagnostics["emo"]["C"] == np.inf
     for arm in ("treated", "control", "average"):
         others = [res[name].effect("emo", "nie", arm).estimate for name in ("dml", "parametric")]
-        ours = res["weighting"].effect("emo", "nie", arm).estimate
-        assert min(others) <= ours <= max(others), (arm, ours, others)
+        ours = res["weighting"].effect("emo", "nie", arm)
+        assert min(others) - ours.se <= ours.estimate <= max(others) + ours.se, (arm, ours.estimate, others)
