@@ -41,17 +41,26 @@ def joint_draws(result, units, effect="nie", arm="treated", *, n_draws=2000, ran
     (``estimate + xi @ scores / n`` with ``xi`` an ``(n_draws, n)`` N(0, 1) matrix from ``random_state``,
     or the ``xi`` given). The same numbers as ``deconfound.compare.joint_draws``.
     """
+    effs, method, xi = _joint_source(result, units, effect, arm, n_draws, random_state, xi)
+    if method == "draws":
+        return np.column_stack([e.draws for e in effs]), "draws"
+    scores = np.column_stack([e.scores for e in effs])
+    return np.array([e.estimate for e in effs])[None, :] + xi @ scores / xi.shape[1], "multiplier"
+
+
+def _joint_source(result, units, effect, arm, n_draws, random_state, xi):
+    """``(effects, method, xi)``: stacked draws of one length (``xi`` None), or scores of one length with the
+    (n_draws, n) multiplier matrix ``xi`` (drawn from ``random_state`` unless given)."""
     effs = [result.effect(u, effect, arm) for u in units]
     if all(e.draws is not None for e in effs) and len({len(e.draws) for e in effs}) == 1:
-        return np.column_stack([e.draws for e in effs]), "draws"
+        return effs, "draws", None
     if all(e.scores is not None for e in effs) and len({len(e.scores) for e in effs}) == 1:
         n = len(effs[0].scores)
         if xi is None:
             xi = check_random_state(random_state).standard_normal((int(n_draws), n))
         elif np.shape(xi)[1:] != (n,):
             raise DataError(f"xi: expected an (n_draws, {n}) matrix, got shape {np.shape(xi)}")
-        scores = np.column_stack([e.scores for e in effs])
-        return np.array([e.estimate for e in effs])[None, :] + np.asarray(xi) @ scores / n, "multiplier"
+        return effs, "multiplier", np.asarray(xi)
     kinds = sorted({e.method for e in effs})
     raise DataError(f"{getattr(result, 'estimator', 'result')}: expected every unit's {effect}/{arm} effect to "
                     f"carry draws of one length or scores of one length, got methods {kinds}")
@@ -64,21 +73,8 @@ def _max_abs_t(result, units, effect, arm, est, se, *, n_draws, random_state, xi
     """``(max_t, method)``: max over units of |draw - estimate| / se per joint draw, computed a block of units
     at a time (the same numbers as :func:`joint_draws` on all units at once, without its draws x units matrix).
     Joint draws with a non-finite value in any unit are dropped, as before."""
-    effs = [result.effect(u, effect, arm) for u in units]
-    if all(e.draws is not None for e in effs) and len({len(e.draws) for e in effs}) == 1:
-        method, n_rows = "draws", len(effs[0].draws)
-    elif all(e.scores is not None for e in effs) and len({len(e.scores) for e in effs}) == 1:
-        n = len(effs[0].scores)
-        if xi is None:
-            xi = check_random_state(random_state).standard_normal((int(n_draws), n))
-        elif np.shape(xi)[1:] != (n,):
-            raise DataError(f"xi: expected an (n_draws, {n}) matrix, got shape {np.shape(xi)}")
-        xi = np.asarray(xi)
-        method, n_rows = "multiplier", len(xi)
-    else:
-        kinds = sorted({e.method for e in effs})
-        raise DataError(f"{getattr(result, 'estimator', 'result')}: expected every unit's {effect}/{arm} effect "
-                        f"to carry draws of one length or scores of one length, got methods {kinds}")
+    effs, method, xi = _joint_source(result, units, effect, arm, n_draws, random_state, xi)
+    n_rows = len(effs[0].draws) if method == "draws" else len(xi)
     max_t = np.zeros(n_rows)
     finite = np.ones(n_rows, dtype=bool)
     for start in range(0, len(effs), chunk):
