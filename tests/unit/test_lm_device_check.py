@@ -23,7 +23,17 @@ def test_without_a_gpu_it_says_so_and_exits_0():
     assert out.returncode == 0 and "no GPU" in out.stdout
 
 
-def test_the_comparison_on_a_tiny_model(tmp_path):
+@pytest.fixture
+def registry_as_found():
+    from deconfound.lm.scorers import SCORERS
+
+    before = dict(SCORERS)
+    yield
+    SCORERS.clear()
+    SCORERS.update(before)
+
+
+def test_the_comparison_on_a_tiny_model(tmp_path, registry_as_found):
     from deconfound.lm.models import tiny_model
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
