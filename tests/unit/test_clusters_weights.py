@@ -194,6 +194,19 @@ def test_dml_cluster_se_is_the_cluster_sum_of_its_scores():
     assert ones.effect("m", "nie").estimate == pytest.approx(res.effect("m", "nie").estimate, rel=1e-12)
 
 
+def test_dml_repeated_splits_keep_the_clusters_in_their_scores():
+    # the default n_rep=3: the aggregated Effect's scores, summed within clusters, give its SE, and its labels
+    # travel on, so a difference of two effects stays cluster-robust (row-level scores give a smaller SE here)
+    data, g = clustered_data(seed=8)
+    res = DMLMediation(n_folds=3, random_state=0).fit(data, cluster=g)
+    eff = res.effect("m", "nie")
+    assert eff.method == "influence-cluster" and np.array_equal(eff.clusters, g)
+    assert Effect.from_scores(eff.estimate, eff.scores, clusters=g).se == pytest.approx(eff.se, rel=1e-10)
+    assert Effect.from_scores(eff.estimate, eff.scores).se < 0.8 * eff.se
+    diff = eff - res.effect("m", "nde")
+    assert diff.method == "influence-cluster"
+
+
 def test_dml_sampling_weights_weight_the_means():
     # without trimming or normalization the per-row psi do not depend on the weights (the learners are
     # unweighted and the folds the same), so the weighted estimate is the weighted mean of the unweighted psi

@@ -150,18 +150,23 @@ def aggregate(reps: list, level: float) -> Effect:
 
         theta = median_r theta_r,    se = sqrt(median_r(se_r^2 + (theta_r - theta)^2)).
 
-    Its per-row scores are the mean of the splits' scores, rescaled so that ``Effect.from_scores`` returns
-    exactly this SE; sums and differences with other Effects then carry the split variance approximately.
+    Its per-row scores are the mean of the splits' scores, rescaled so that ``Effect.from_scores`` (with the
+    splits' cluster labels, when they have them) returns exactly this SE; sums and differences with other
+    Effects then carry the split variance approximately.
     """
     est = np.array([e.estimate for e in reps])
     se = np.array([e.se for e in reps])
     theta = float(np.median(est))
     agg_se = float(np.sqrt(np.median(se**2 + (est - theta) ** 2)))
     scores = np.mean([e.scores for e in reps], axis=0)
-    base = float(np.sqrt(np.mean(scores**2) / len(scores)))
+    clusters = reps[0].clusters  # the rescaling targets the SE the scores give under the same clustering
+    base = Effect.from_scores(0.0, scores, clusters=clusters).se
     if base > 0:
         scores = scores * (agg_se / base)
-    return Effect._normal(theta, agg_se, level, scores=scores, method="influence")
+    eff = Effect._normal(theta, agg_se, level, scores=scores,
+                         method="influence" if clusters is None else "influence-cluster")
+    eff.clusters = clusters
+    return eff
 
 
 def aggregate_unit(per_rep: list, level: float):
