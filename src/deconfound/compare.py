@@ -87,9 +87,9 @@ def debiased_indices(estimates, ses, draws=None) -> dict[str, np.ndarray]:
       every unit carries the same effect, 1 when one unit carries it all). The tested index.
     * ``effective_units`` = 1 / concentration, and ``renyi2_entropy`` = log(effective_units) / log(L)
       (order-2 Renyi entropy of the shares, 1 = spread evenly): descriptive transforms of it.
-    * ``signal_cv``: the coefficient of variation of S2 (NaN without draws). The ratio is reliable when it is
-      small; above ``MAX_SIGNAL_CV`` the curve's total effect is too noisy to say how it is spread, and the
-      indices are NaN.
+    * ``signal_cv``: the coefficient of variation of S2 (NaN without draws; infinite when S2 <= 0, a curve
+      with no squared effect above its noise). The ratio is reliable when it is small; above
+      ``MAX_SIGNAL_CV`` the curve's total effect is too noisy to say how it is spread, and the indices are NaN.
 
     ``draws`` (draws x units, joint draws of the curve) adds the second-order correction of the ratio,
     ``- (3 S4 var(S2) / S2^4 - 2 cov(S2, S4) / S2^3)``, and returns ``linear``: the first-order (delta method)
@@ -108,7 +108,7 @@ def debiased_indices(estimates, ses, draws=None) -> dict[str, np.ndarray]:
     n_units = a.shape[-1]
     sum2, sum4 = _moments(a, s2)
     conc = sum4 / sum2**2 if sum2 > 0 else np.nan
-    out = {"signal_cv": np.nan}
+    out = {"signal_cv": np.nan if sum2 > 0 else np.inf}  # S2 <= 0: no squared effect above the noise at all
     lin = None
     if draws is not None and sum2 > 0:
         # first-order draws of S2 and S4, with unbiased gradients (2 a and 4 He3(a) = 4 (a^3 - 3 a s^2)): the

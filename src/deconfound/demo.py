@@ -376,9 +376,10 @@ def summary_lines(adj, unadj, diff, units, *, effect, arm, main, estimand="NIE",
     ent = d.loc["renyi2_entropy"]
     head = f"Estimator: {main}; effect {name} ({arm}); {len(units)} units; n={adj.n} ({adj.n_treated} treated)."
     if not np.isfinite(conc.difference):
+        cv = lambda v: "infinite (no squared effect above the noise)" if np.isinf(v) else f"{v:.2f}"
         loc = [f"Concentration of the squared {name} not estimated: the curves' total squared effect is too noisy "
-               f"(coefficient of variation adjusted {conc.signal_cv_adjusted:.2f}, unadjusted "
-               f"{conc.signal_cv_unadjusted:.2f}; a ratio needs it below {MAX_SIGNAL_CV}), so localization is "
+               f"(coefficient of variation adjusted {cv(conc.signal_cv_adjusted)}, unadjusted "
+               f"{cv(conc.signal_cv_unadjusted)}; a ratio needs it below {MAX_SIGNAL_CV}), so localization is "
                "not compared."]
     else:
         loc = [f"Concentration of the squared {name} (noise-corrected): adjusted {conc.adjusted:.3f}, unadjusted "

@@ -117,6 +117,16 @@ def test_debiased_moments_are_unbiased_and_exact_without_noise():
         np.log(1 / conc) / np.log(4))
 
 
+def test_a_curve_with_no_squared_effect_above_its_noise_has_infinite_signal_cv():
+    # sum(a^2 - s^2) = 0.02 - 0.12 < 0: no index, and a signal_cv that says why (with or without draws)
+    from deconfound.compare import debiased_indices
+
+    a, s = np.array([0.1, 0.0, -0.1]), np.full(3, 0.2)
+    for draws in (None, a + 0.2 * np.random.default_rng(0).standard_normal((50, 3))):
+        r = debiased_indices(a, s, draws)
+        assert np.isinf(r["signal_cv"]) and np.isnan(r["concentration"])
+
+
 def _draws_result(est, draws):
     effs = {f"u{i}": add_derived({("nie", "treated"): Effect.from_draws(e, draws[:, i])}) for i, e in enumerate(est)}
     return MediationResult("fake", effs, n=100, n_treated=50)
