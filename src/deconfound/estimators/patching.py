@@ -312,7 +312,7 @@ class PatchingMediation(MediationEstimator):
         Returns
         -------
         MediationResult
-            ``effects[unit]``: ("nie", arm), ("nde", other arm), ("te", "treated"), ("prop_mediated", arm),
+            ``effects[unit]``: ("nie", arm), ("nde", other arm), ("te", "average"), ("prop_mediated", arm),
             with arm "treated" for ablation and "control" for injection. TE uses the patcher's unpatched
             score g(q) of every prompt as Y, so NIE, NDE and TE are on one scale.
         """
@@ -493,7 +493,7 @@ class PatchingMediation(MediationEstimator):
         for name, _ in units:
             nie, diag = per_unit[name]
             nie_eff = Effect.from_draws(nie[0], nie[ok], level=self.level)
-            effects[name] = {("nie", arm): nie_eff, ("nde", other): te_eff - nie_eff, ("te", "treated"): te_eff,
+            effects[name] = {("nie", arm): nie_eff, ("nde", other): te_eff - nie_eff, ("te", "average"): te_eff,
                              ("prop_mediated", arm): nie_eff.ratio(te_eff)}
             diagnostics[name] = {**diag, "eb_ess_control": design.eb_ess} if design.eb_ess is not None else diag
         warnings = []
