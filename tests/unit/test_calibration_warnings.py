@@ -19,6 +19,18 @@ def test_weighting_default_warns_below_the_calibrated_size_and_not_with_the_boot
         get_estimator("weighting").fit(big)
 
 
+def test_weighting_warns_on_near_separated_propensities_and_names_the_unit():
+    # the interaction cell (strong T -> M path, T x M interaction), where the default CIs covered 0.71-0.82 at
+    # n = 2,000: 8-12% of rows have p(M,X) outside [0.01, 0.99]; the linear cell of the same size has none
+    data, _ = simulate.topic_mediation(2000, n_topics=4, n_units=1, n_spurious=0, interaction=0.5,
+                                       mediator_strength=3.0, seed=3)
+    with pytest.warns(CalibrationWarning, match=r"weighting \(units \['u0'\]\): data like the calibration cell "
+                                                r"'p\(M,X\) near 0 or 1") as rec:
+        res = get_estimator("weighting").fit(data)
+    assert res.diagnostics["u0"]["share_extreme"] > 0.02
+    assert sum(issubclass(w.category, CalibrationWarning) for w in rec) == 1  # one warning per fit, not per unit
+
+
 def test_every_rule_names_a_registered_estimator_and_returns_its_message():
     from deconfound import available_estimators
 

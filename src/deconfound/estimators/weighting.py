@@ -32,7 +32,7 @@ from ..bootstrap import bootstrap
 from ..errors import PositivityError
 from ..graph import resolve
 from ..inference import Effect
-from .._calibration import warn_uncalibrated
+from .._calibration import SEPARATION_SHARE, warn_uncalibrated
 from ..parallel import progress_iter
 from ..positivity import check_positivity, level_counts, outside_population, population_note, positivity_message
 from ..results import MediationResult, add_derived
@@ -376,6 +376,12 @@ class WeightingMediation(MediationEstimator):
                                     pots["y10"] - pots["y00"], pots["y11"] - pots["y01"]]))
             effects[u] = _assemble(raw, level)
         ok = [u for u in units if "potential_outcomes" in diagnostics[u]]
+        extreme = {u: diagnostics[u]["share_extreme"] for u in ok}
+        if extreme:
+            worst = max(extreme, key=extreme.get)
+            near = [u for u in ok if extreme[u] > SEPARATION_SHARE]
+            warn_uncalibrated("weighting-separation", n=data.n, n_treated=data.n_treated,
+                              share_extreme=extreme[worst], what=f" (units {near[:5]}{' ...' if len(near) > 5 else ''})")
         if self.n_boot and ok:
             stat = _WeightingStatistic(self, ok, cols, cs, sw)
             strata = ("treatment",) if cluster is None or _arm_constant(cluster, t) else None
