@@ -73,13 +73,12 @@ def run_setting(lm, args, lo, hi, seed):
     import torch
 
     from deconfound.lm.hooks import patch
-    from deconfound.lm.lexicon import toxic_token_ids
     from deconfound.lm.patch import NextTokenMass, Patcher
 
     tok = lm.tokenizer
     prompts = make_prompts(tok, args.prompts, lo, hi, seed)
     lengths = [len(tok(p)["input_ids"]) for p in prompts]
-    ids = toxic_token_ids(tok)
+    ids = outcome_ids(lm)
     ids_t = torch.as_tensor(ids)
     units = [f"mlp_out.L{layer}" for layer in range(lm.n_layers)]
     acts = Patcher(lm, prompts, outcome=NextTokenMass(ids)).activations(units)
@@ -195,6 +194,44 @@ def _nnsight_side(lm, batches, ids_t):
     return run
 
 
+# Llama-2-7B per token: a layer 4096 x (2 x 4096 + 2 x 4096) + 3 x 4096 x 11008 = 202.4M multiply-adds, the head
+# 32000 x 4096 = 131.1M, so the head costs 0.648 of a layer (SmolLM2: 8.0 layers)
+HEAD_PER_LAYER_7B = 131.1 / 202.4
+
+
+def shaped_model(seed: int = 0):
+    """``--model llama-7b-shape``: a random Llama with SmolLM2's 30 layers and layer widths and a vocabulary
+    sized so that the output head costs 0.648 layers, as in Llama-2-7B; the word-level test tokenizer feeds it."""
+    import torch
+    import transformers
+
+    from deconfound.lm.models import as_loaded, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    d, kv, inter = 576, 192, 1536
+    layer = d * (2 * d + 2 * kv) + 3 * d * inter
+    vocab = max(len(tok), round(HEAD_PER_LAYER_7B * layer / d))
+    ids = {k: tok.convert_tokens_to_ids(f"<{k}>") for k in ("pad", "bos", "eos")}
+    config = transformers.LlamaConfig(hidden_size=d, intermediate_size=inter, num_hidden_layers=30,
+                                      num_attention_heads=9, num_key_value_heads=3, vocab_size=vocab,
+                                      max_position_embeddings=256, tie_word_embeddings=True,
+                                      bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    lm = as_loaded((model, tok))
+    lm.model_id = "llama-7b-shape"
+    return lm
+
+
+def outcome_ids(lm):
+    """The lexicon's toxic tokens; a random-vocabulary model without them scores its first 12 word ids."""
+    from deconfound.lm.lexicon import toxic_token_ids
+
+    ids = toxic_token_ids(lm.tokenizer)
+    return ids if len(ids) else np.arange(8, 20)
+
+
 def flop_ceiling(model):
     """The largest speed-up resuming can give on a batch mixing all layers evenly, from multiply-adds per row:
     (L layer + head) / (mean layers run + head); the output head (vocabulary x d_model) runs for every row."""
@@ -211,7 +248,8 @@ def flop_ceiling(model):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="a model name or folder, or llama-7b-shape (the head's share of a 7B model's cost)")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--donors", type=int, default=2)
     parser.add_argument("--sub-units", type=int, default=3,
@@ -226,7 +264,7 @@ def main(argv=None):
 
     from deconfound.lm.models import load_model
 
-    lm = load_model(args.model)
+    lm = shaped_model() if args.model == "llama-7b-shape" else load_model(args.model)
     result = {"benchmark": "bench_patching", "model": lm.model_id, "batch_size": args.batch_size,
               "rounds": args.rounds, "threads": torch.get_num_threads(), "outcome": "next_token_mass",
               "target_ratio_resume_vs_current": 1.8, "flop_ceiling": flop_ceiling(lm.model), "settings": {}}
