@@ -308,6 +308,8 @@ class PatchingMediation(MediationEstimator):
             Default ``topic_mediation``; ``unadjusted_mediation`` gives the classic unadjusted estimate.
         patcher : deconfound.lm.patch.Patcher
         units : list of unit names, dict (data unit -> patch unit), or None for all of the data's units
+            A patch unit may be a unit set (a list of units, or names joined by ``"+"``) patched at once; its
+            data block holds the units' columns side by side (see :func:`deconfound.joint.joint_mediation`).
 
         Returns
         -------
@@ -373,7 +375,9 @@ class PatchingMediation(MediationEstimator):
         natural = {name: data.mediator(name)[design.rows][design.targets[live0]].astype(np.float64)
                    for name, _ in units}
         if design.strategy == "exact":
-            for name, unit in units:
+            start = rng.bit_generator.state  # every unit samples the same donors: differences between units
+            for name, unit in units:         # (a joint set's interaction too) have no donor-sampling noise
+                rng.bit_generator.state = start
                 out[name] = self._exact(design, name, unit, patcher, pools[name], v, donor_w, boots, gt, sign, rng)
                 out[name][1].update(_distance_diag(natural[name], wu0[m0[live0]] @ pools[name]))
             return out
