@@ -277,7 +277,7 @@ class PatchingMediation(MediationEstimator):
             unit = patcher.unit(spec)
             d = patcher.dim(unit)
             if block.shape[1] != d:
-                raise DataError(f"mediator unit {name!r}: expected {d} columns (width of {unit.name}), got "
+                raise DataError(f"mediator unit {name!r}: expected {d} columns (width of {getattr(unit, 'name', unit)}), got "
                                 f"{block.shape[1]}")
             out.append((name, unit))
         if not out:
