@@ -124,3 +124,29 @@ def test_sets_are_checked():
     with pytest.raises(ModelSiteError, match="additive over units"):
         lin.unit("mlp_out.L0+mlp_out.L1")
     assert isinstance(p.unit(1), PatchUnit)
+
+
+class LengthScorer:
+    """A deterministic scorer: 0.5 per bad word plus 0.1 per word."""
+
+    name, columns, primary = "words", ["toxic"], "toxic"
+
+    def score(self, texts):
+        return np.array([[0.5 * sum(w in BAD for w in t.split()) + 0.1 * len(t.split())] for t in texts])
+
+
+@pytest.mark.parametrize("kind", ["reweight", "generate"])
+def test_sampled_outcomes_of_a_set_with_one_unit_at_its_own_value_equal_the_other_unit_alone(kind):
+    """Patching {mlp_out.L0 at its own activation, mlp_out.L2 at v} is patching mlp_out.L2 at v (L0 lies below,
+    so its own activation does not depend on the L2 patch); sampled outcomes use common random numbers."""
+    from deconfound.lm.patch import Generate, Reweight
+
+    lm = tiny_model("llama", seed=6, n_layers=3)
+    make = Reweight if kind == "reweight" else Generate
+    p = Patcher(lm, PROMPTS, outcome=make(LengthScorer(), n_samples=6, max_new_tokens=3, seed=1), batch_size=24)
+    pidx = np.array([0, 1, 2, 4, 1])
+    own = p.activations("mlp_out.L0", prompts=pidx)["mlp_out.L0"]
+    v = np.random.default_rng(2).normal(scale=3.0, size=(len(pidx), 64))
+    both, alone = p.evaluate([(["mlp_out.L0", "mlp_out.L2"], pidx, [own, v]), ("mlp_out.L2", pidx, v)])
+    np.testing.assert_allclose(both.scores, alone.scores, atol=1e-5, rtol=0)
+    assert np.abs(alone.scores - p.base_scores()[pidx]).max() > 1e-3  # the patch matters
