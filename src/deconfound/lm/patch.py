@@ -468,9 +468,9 @@ class Patcher:
         Parameters
         ----------
         requests : sequence of PatchRequest or (unit, prompts, values) tuples
-            A request's ``unit`` may be a unit set (a :class:`PatchSet`, a list of units or names joined by ``"+"``): its
-            units are patched at once in every row of the request, each with its own values (side by side, or
-            a list of one array per unit).
+            A request's ``unit`` may be a unit set (a :class:`PatchSet`, a list of units or names joined by
+            ``"+"``): its units are patched at once in every row of the request, each with its own values (side
+            by side, or a list of one array per unit).
         grad : bool
             Also return d score / d value per row (``PatchScores.grad``, shape (R, d_unit); a set: its units'
             gradients side by side); needs a differentiable outcome (``next_token_mass`` or ``reweight``).
