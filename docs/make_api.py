@@ -62,6 +62,7 @@ MODULES = [
     ("deconfound.lm.extract", "activation extraction"),
     ("deconfound.lm.prompts", "your own prompts"),
     ("deconfound.lm.patch", "the Patcher"),
+    ("deconfound.lm.units", "patch units, unit sets (joint mediators) and requests"),
     ("deconfound.lm.outcomes", "outcomes for patching"),
     ("deconfound.lm.attribution", "first-order (gradient) patched scores"),
     ("deconfound.lm.scorers", "toxicity scorers"),

@@ -8,7 +8,10 @@ on the joint block and on every unit in ONE paired fit, so that the interaction
 has a valid standard error: score-based estimators (dml, weighting) share their rows and folds, so the
 difference of scores is the interaction's influence function; the parametric estimator is run as a bootstrap
 whose replicates are the same resamples for every block (quasi-Bayes draws of separately fitted models have
-no joint distribution). For a unit, the other units of the set are part of the direct path, so with an
+no joint distribution). The patching estimator patches the set at once (the Patcher's unit sets, every unit
+of the set with its own donor values in the same prompt), and the joint block and every unit share the
+bootstrap resamples and the donor weights of each replicate (the NIE of its one arm: treated for ablation,
+control for injection). For a unit, the other units of the set are part of the direct path, so with an
 M1 x M2 term in the outcome the interaction is nonzero (and of opposite signs in the two arms).
 Layer 5: imports data helpers, bootstrap, inference and the estimators.
 """
@@ -39,8 +42,11 @@ class JointMediation:
     units: list
     effects: dict
     result: object
+    arms: tuple = ARMS
 
-    def effect(self, part: str = "interaction", arm: str = "average") -> Effect:
+    def effect(self, part: str = "interaction", arm: str | None = None) -> Effect:
+        """``effects[(part, arm)]``; ``arm`` defaults to ``"average"``, or to the one arm of a patching fit."""
+        arm = ("average" if "average" in self.arms else self.arms[0]) if arm is None else arm
         if (part, arm) not in self.effects:
             raise KeyError(f"part, arm: expected one of {sorted(self.effects)[:8]} ..., got {(part, arm)!r}")
         return self.effects[(part, arm)]
@@ -77,18 +83,19 @@ def joint_mediation(estimator, data, units, *, name=None, graph=None, **fit_kw) 
 
     Parameters
     ----------
-    estimator : a ParametricMediation (run as a paired bootstrap of ``n_sims`` resamples), DMLMediation or
-        WeightingMediation (paired through their scores or bootstrap draws).
+    estimator : a ParametricMediation (run as a paired bootstrap of ``n_sims`` resamples), DMLMediation,
+        WeightingMediation (paired through their scores or bootstrap draws) or PatchingMediation (the set
+        patched at once; paired through its bootstrap resamples; every donor strategy).
     data : MediationData
-    units : two or more unit names.
+    units : two or more unit names; for patching also a dict (data unit -> patch unit), as in its ``fit``.
     name : the joint block's name (default the unit names joined by ``"+"``).
     graph : as for ``fit``.
-    fit_kw : passed to ``fit`` (e.g. ``cluster=``, ``weights=``).
+    fit_kw : passed to ``fit`` (e.g. ``cluster=``, ``weights=``; ``patcher=`` for patching).
 
     Raises
     ------
-    NotImplementedError for the patching estimator: the Patcher patches one unit per request (a
-    ``PatchRequest`` holds one unit), so a set cannot be patched at once.
+    ModelSiteError (patching) when two units write the same coordinates of one site, or the patcher is a
+    first-order ``LinearizedPatcher`` (additive over units: its interaction would be 0 by construction).
 
     Examples
     --------
@@ -100,20 +107,27 @@ def joint_mediation(estimator, data, units, *, name=None, graph=None, **fit_kw) 
     >>> abs(inter.estimate) < 3 * inter.se
     True
     """
+    kind = getattr(estimator, "name", type(estimator).__name__)
+    specs = None
+    if isinstance(units, dict):
+        if kind != "patching":
+            raise TypeError(f"units: expected a list of unit names for the {kind} estimator, got a dict (data unit "
+                            "-> patch unit is for patching only)")
+        specs = dict(units)
+        units = list(units)
     units = check_units(data, units)
     if len(units) < 2 or len(set(units)) != len(units):
         raise DataError(f"units: expected two or more distinct units, got {units}")
-    kind = getattr(estimator, "name", type(estimator).__name__)
-    if kind == "patching":
-        raise NotImplementedError("joint_mediation with the patching estimator: the Patcher patches one unit per "
-                                  "PatchRequest, so a set of units cannot be patched at once; use an "
-                                  "observational estimator (parametric, dml, weighting)")
     name = "+".join(units) if name is None else str(name)
     if name in units:
         raise DataError(f"name: expected a name other than the units {units}, got {name!r}")
     stacked = stack_units(data, units, name)
     fit_units = [name, *units]
-    if kind == "parametric":
+    if kind == "patching":
+        specs = {u: u for u in units} if specs is None else specs
+        fit_units = {name: [specs[u] for u in units], **{u: specs[u] for u in units}}
+        result = estimator.fit(stacked, graph=graph, units=fit_units, **fit_kw)
+    elif kind == "parametric":
         est = type(estimator)(**{**estimator.get_params(), "method": "bootstrap"})
         cluster, _ = sample_roles(stacked, fit_kw.get("cluster"), None)
         stratify = ("treatment",)
@@ -127,7 +141,8 @@ def joint_mediation(estimator, data, units, *, name=None, graph=None, **fit_kw) 
     else:
         result = estimator.fit(stacked, graph=graph, units=fit_units, **fit_kw)
     effects = {}
-    for arm in ARMS:
+    arms = tuple(arm for arm in ARMS if ("nie", arm) in result.effects[name])
+    for arm in arms:
         joint = result.effect(name, "nie", arm)
         parts = [result.effect(u, "nie", arm) for u in units]
         total = parts[0]
@@ -138,4 +153,4 @@ def joint_mediation(estimator, data, units, *, name=None, graph=None, **fit_kw) 
             effects[(u, arm)] = part
         effects[("sum", arm)] = total
         effects[("interaction", arm)] = joint - total
-    return JointMediation(name=name, units=units, effects=effects, result=result)
+    return JointMediation(name=name, units=units, effects=effects, result=result, arms=arms)

@@ -79,7 +79,7 @@ def test_stacking_and_errors(two_causal):
         joint_mediation(DMLMediation(), data, ["u0"])
     with pytest.raises(DataError, match="units: expected names"):
         joint_mediation(DMLMediation(), data, ["u0", "nope"])
-    with pytest.raises(NotImplementedError, match="one unit per PatchRequest"):
+    with pytest.raises(TypeError, match="patcher"):  # patching needs its patcher (tests/unit/test_joint_patching.py)
         joint_mediation(PatchingMediation(), data, ["u0", "u1"])
 
 

@@ -277,8 +277,8 @@ class PatchingMediation(MediationEstimator):
             unit = patcher.unit(spec)
             d = patcher.dim(unit)
             if block.shape[1] != d:
-                raise DataError(f"mediator unit {name!r}: expected {d} columns (width of {unit.name}), got "
-                                f"{block.shape[1]}")
+                raise DataError(f"mediator unit {name!r}: expected {d} columns (width of "
+                                f"{getattr(unit, 'name', unit)}), got {block.shape[1]}")
             out.append((name, unit))
         if not out:
             raise DataError("units: expected at least one unit, got none")
@@ -308,6 +308,7 @@ class PatchingMediation(MediationEstimator):
             Default ``topic_mediation``; ``unadjusted_mediation`` gives the classic unadjusted estimate.
         patcher : deconfound.lm.patch.Patcher
         units : list of unit names, dict (data unit -> patch unit), or None for all of the data's units
+            A patch unit may be a unit set (a list of units) patched at once: see :mod:`deconfound.joint`.
 
         Returns
         -------
@@ -373,8 +374,9 @@ class PatchingMediation(MediationEstimator):
         natural = {name: data.mediator(name)[design.rows][design.targets[live0]].astype(np.float64)
                    for name, _ in units}
         if design.strategy == "exact":
-            for name, unit in units:
-                out[name] = self._exact(design, name, unit, patcher, pools[name], v, donor_w, boots, gt, sign, rng)
+            for name, unit in units:  # every unit samples the same donors (common random numbers across units)
+                same = np.random.default_rng(rng.bit_generator.seed_seq)
+                out[name] = self._exact(design, name, unit, patcher, pools[name], v, donor_w, boots, gt, sign, same)
                 out[name][1].update(_distance_diag(natural[name], wu0[m0[live0]] @ pools[name]))
             return out
         # mean-type donors: one patched row per target, all units in one engine call for the point estimate

@@ -75,11 +75,13 @@ def _rows(obj, n: int, total: int):
 
 
 def start_layers(groups, n: int):
-    """Each row's first layer (its patched unit's layer), or None when every row starts at 0 or the rows are
-    not sorted by it (then every row runs every layer)."""
-    starts = np.zeros(n, dtype=np.int64)
+    """Each row's first layer (the lowest layer patched in it: a unit set patches several), or None when every
+    row starts at 0 or the rows are not sorted by it (then every row runs every layer)."""
+    starts = np.full(n, np.iinfo(np.int64).max)
     for unit, rows, _ in groups:
-        starts[rows.cpu().numpy()] = unit.site.layer
+        r = rows.cpu().numpy()
+        starts[r] = np.minimum(starts[r], unit.site.layer)
+    starts[starts == np.iinfo(np.int64).max] = 0  # unpatched rows run every layer
     if not groups or starts.max() == 0 or np.any(np.diff(starts) < 0):
         return None
     return starts

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError, ModelSiteError
-from .patch import PatchRequest, PatchScores, as_unit
+from .units import PatchRequest, PatchScores, PatchSet, as_unit
 
 __all__ = ["LinearizedPatcher"]
 
@@ -106,6 +106,10 @@ class LinearizedPatcher:
     def unit(self, spec):
         """Resolve a unit spec; its site must be one of :attr:`sites`."""
         unit = self.patcher.unit(as_unit(spec, self.patcher.site))
+        if isinstance(unit, PatchSet):
+            raise ModelSiteError(f"unit {unit.name}: expected one unit, got a unit set (a first-order patched score "
+                                 "is additive over units, so a joint patch's interaction would be 0 by "
+                                 "construction); patch sets with the exact Patcher")
         if unit.site.name not in self.gradients:
             raise ModelSiteError(f"unit {unit.name}: expected a site among {self.sites} (gradients were computed "
                                  f"for those), got {unit.site.name}")

@@ -13,15 +13,16 @@ Speed comes from three facts:
 - Many variants share one forward pass. Rows of a batch come from different prompts, units (layers) and
   donor values; each hooked module edits only its own rows. Prefix caches are left-padded and masked out.
 
+A unit set (:class:`PatchSet`, a joint mediator; units and requests live in :mod:`deconfound.lm.units`)
+patches all its units at once in the same rows; such a row enters the decoder stack at its lowest patched layer.
+
 Outcome strategies (``"next_token_mass"``, the deterministic default; ``"reweight"``; ``"generate"``) live in
 :mod:`deconfound.lm.outcomes`. :meth:`Patcher.random_copy` gives the same analysis on a random model.
 """
 from __future__ import annotations
 
 import contextlib
-import re
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,105 +35,10 @@ from .hooks import _register
 from .models import LoadedModel, as_loaded
 from .outcomes import OUTCOMES, Generate, NextTokenMass, Reweight, as_outcome
 from .sites import Site, bind
+from .units import PatchRequest, PatchScores, PatchSet, PatchUnit, as_unit, members, start_layer
 
-__all__ = ["PatchUnit", "PatchRequest", "PatchScores", "Patcher", "NextTokenMass", "Reweight", "Generate",
-           "OUTCOMES", "as_unit"]
-
-_UNIT = re.compile(r"^(?P<site>[^\[\]]+?)\s*(?:\[(?P<coords>[\d,\s]*)\])?$")
-_LAYER = re.compile(r"^L?(?P<layer>\d+)$")
-
-
-# ---- units -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PatchUnit:
-    """A patchable unit: a site (kind and layer) and optionally a subset of its coordinates.
-
-    Attributes
-    ----------
-    site : Site
-    coords : tuple of int or None
-        Coordinates (e.g. neurons of ``mlp_neurons``) patched; None means the whole vector.
-    label : str or None
-        Name used in results; default ``"mlp_out.L3"`` or ``"mlp_neurons.L3[1,5,9]"``.
-    """
-
-    site: Site
-    coords: tuple | None = None
-    label: str | None = None
-
-    @property
-    def name(self) -> str:
-        if self.label:
-            return self.label
-        if self.coords is None:
-            return self.site.name
-        return f"{self.site.name}[{','.join(str(c) for c in self.coords)}]"
-
-    def __str__(self) -> str:
-        return self.name
-
-
-def as_unit(spec, kind: str = "mlp_out") -> PatchUnit:
-    """A :class:`PatchUnit` from a unit, a Site, a layer number, a name or a ``(site, coords)`` pair.
-
-    Examples
-    --------
-    >>> as_unit("mlp_out.L3").name
-    'mlp_out.L3'
-    >>> as_unit(2, kind="attn_out").name
-    'attn_out.L2'
-    >>> as_unit("mlp_neurons.L1[4, 7]").coords
-    (4, 7)
-    """
-    if isinstance(spec, PatchUnit):
-        return spec
-    if isinstance(spec, Site):
-        return PatchUnit(spec)
-    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
-        return PatchUnit(Site(kind, int(spec)))
-    if isinstance(spec, tuple) and len(spec) == 2:
-        base = as_unit(spec[0], kind)
-        coords = np.asarray(spec[1]).reshape(-1)
-        if coords.size == 0 or not np.issubdtype(coords.dtype, np.integer):
-            raise ModelSiteError(f"unit coords for {base.site.name}: expected a non-empty list of integers, "
-                                 f"got {spec[1]!r}")
-        return PatchUnit(base.site, tuple(int(c) for c in coords))
-    if isinstance(spec, str):
-        m = _UNIT.match(spec.strip())
-        if m is None:
-            raise ModelSiteError(f"unit: expected a name like 'mlp_out.L3' or 'mlp_neurons.L3[1,5]', got {spec!r}")
-        site_text = m.group("site").strip()
-        layer = _LAYER.match(site_text)
-        site = Site(kind, int(layer.group("layer"))) if layer else Site.parse(site_text)
-        if m.group("coords") is None:
-            return PatchUnit(site)
-        coords = [c for c in m.group("coords").replace(" ", "").split(",") if c]
-        if not coords:
-            raise ModelSiteError(f"unit coords in {spec!r}: expected at least one index, got none")
-        return PatchUnit(site, tuple(int(c) for c in coords))
-    raise ModelSiteError(f"unit: expected a PatchUnit, Site, layer number or name, got {type(spec).__name__}")
-
-
-@dataclass
-class PatchRequest:
-    """Patch ``unit`` in prompts ``prompts`` (R,) with ``values`` (R, d_unit) or one vector (d_unit,)."""
-
-    unit: object
-    prompts: object
-    values: object
-
-
-@dataclass
-class PatchScores:
-    """Scores of one request and per-row extras (e.g. ``ess`` for ``"reweight"``)."""
-
-    unit: PatchUnit
-    scores: np.ndarray
-    extras: dict
-    grad: np.ndarray | None = None
-
+__all__ = ["PatchUnit", "PatchSet", "PatchRequest", "PatchScores", "Patcher", "NextTokenMass", "Reweight",
+           "Generate", "OUTCOMES", "as_unit"]
 
 # ---- the engine ----------------------------------------------------------------------------------
 
@@ -265,16 +171,20 @@ class Patcher:
     def n_prompts(self) -> int:
         return len(self.prompts)
 
-    def unit(self, spec) -> PatchUnit:
-        """Resolve a unit spec (see :func:`as_unit`) and check it against the model."""
-        self._bind(unit := as_unit(spec, self.site))
+    def unit(self, spec) -> PatchUnit | PatchSet:
+        """Resolve a unit or unit-set spec (see :func:`as_unit`) and check it against the model."""
+        unit = as_unit(spec, self.site)
+        for one in members(unit):
+            self._bind(one)
         return unit
 
     def dim(self, spec) -> int:
-        """Width of a unit: the site's width or the number of its coordinates."""
-        unit = as_unit(spec, self.site)
-        bound, coords = self._bind(unit)
-        return bound.dim if coords is None else int(coords.numel())
+        """Width of a unit: the site's width or the number of its coordinates (a set: the sum of its units')."""
+        widths = []
+        for one in members(as_unit(spec, self.site)):
+            bound, coords = self._bind(one)
+            widths.append(bound.dim if coords is None else int(coords.numel()))
+        return sum(widths)
 
     def describe(self) -> dict:
         """Settings for provenance (model, outcome, position)."""
@@ -525,18 +435,20 @@ class Patcher:
 
     # ---- public evaluation -----------------------------------------------------------------
     def activations(self, units, prompts=None) -> dict:
-        """Unpatched activations at the last prompt token: ``{unit name: (R, d) float32}``."""
+        """Unpatched activations at the last prompt token: ``{unit name: (R, d) float32}`` (a unit set: its
+        units' activations side by side)."""
         torch = require_torch()
-        units = [self.unit(u) for u in ([units] if isinstance(units, (str, PatchUnit, Site, int)) else units)]
+        single = isinstance(units, (str, PatchUnit, PatchSet, Site, int))
+        units = [self.unit(u) for u in ([units] if single else units)]
         pidx = np.arange(self.n_prompts) if prompts is None else self._check_prompts(prompts, "prompts")
         out = {u.name: [] for u in units}
         for start in range(0, len(pidx), self.batch_size):
             sel = pidx[start:start + self.batch_size]
-            cap = {u: None for u in units}
+            cap = {one: None for u in units for one in members(u)}
             with torch.no_grad():
                 self._forward(sel, self._last_tokens(sel), [], capture=cap)
             for u in units:
-                out[u.name].append(cap[u].float().cpu().numpy())
+                out[u.name].append(np.hstack([cap[one].float().cpu().numpy() for one in members(u)]))
         return {k: np.concatenate(v) for k, v in out.items()}
 
     def base_scores(self) -> np.ndarray:
@@ -556,9 +468,12 @@ class Patcher:
         Parameters
         ----------
         requests : sequence of PatchRequest or (unit, prompts, values) tuples
+            A request's ``unit`` may be a unit set (a :class:`PatchSet`, a list of units or names joined by
+            ``"+"``): its units are patched at once in every row of the request, each with its own values (side
+            by side, or a list of one array per unit).
         grad : bool
-            Also return d score / d value per row (``PatchScores.grad``, shape (R, d_unit)); needs a
-            differentiable outcome (``next_token_mass`` or ``reweight``).
+            Also return d score / d value per row (``PatchScores.grad``, shape (R, d_unit); a set: its units'
+            gradients side by side); needs a differentiable outcome (``next_token_mass`` or ``reweight``).
 
         Returns
         -------
@@ -587,15 +502,34 @@ class Patcher:
     def _check_request(self, req: PatchRequest):
         unit = self.unit(req.unit)
         pidx = self._check_prompts(req.prompts, f"prompts for {unit.name}")
-        d = self.dim(unit)
-        vals = np.asarray(req.values, dtype=np.float32)
-        if vals.ndim == 1:
-            vals = np.broadcast_to(vals, (len(pidx), vals.shape[0]))
-        if vals.shape != (len(pidx), d):
-            raise DataError(f"values for {unit.name}: expected shape ({len(pidx)}, {d}) or ({d},), got {vals.shape}")
-        if not np.isfinite(vals).all():
-            raise DataError(f"values for {unit.name}: expected finite values, got NaN/inf")
-        return unit, pidx, vals
+        parts = [(unit, req.values)]
+        if isinstance(unit, PatchSet) and isinstance(req.values, (list, tuple)):
+            if len(req.values) != len(unit.units):
+                raise DataError(f"values for {unit.name}: expected {len(unit.units)} arrays (one per unit) or one "
+                                f"array of the units' values side by side, got a list of {len(req.values)}")
+            parts = list(zip(unit.units, req.values))
+        checked = []
+        for one, values in parts:
+            d = self.dim(one)
+            vals = np.asarray(values, dtype=np.float32)
+            if vals.ndim == 1:
+                vals = np.broadcast_to(vals, (len(pidx), vals.shape[0]))
+            if vals.shape != (len(pidx), d):
+                raise DataError(f"values for {one.name}: expected shape ({len(pidx)}, {d}) or ({d},), got "
+                                f"{vals.shape}")
+            if not np.isfinite(vals).all():
+                raise DataError(f"values for {one.name}: expected finite values, got NaN/inf")
+            checked.append(vals)
+        return unit, pidx, checked[0] if len(checked) == 1 else np.hstack(checked)
+
+    def _patches(self, unit, rows, vals) -> list:
+        """The engine's row-wise patches ``[(PatchUnit, rows, values)]`` of a unit or set (columns split)."""
+        out, at = [], 0
+        for one in members(unit):
+            d = self.dim(one)
+            out.append((one, rows, vals[:, at:at + d]))
+            at += d
+        return out
 
     def _check_prompts(self, prompts, name) -> np.ndarray:
         p = np.asarray(prompts).reshape(-1)
@@ -615,11 +549,11 @@ class Patcher:
         grads = None
         if spec and grad:
             grads = [np.zeros_like(v) for _, _, v in spec[0]]
-        layer_of = np.asarray([unit.site.layer for unit, _, _ in spec[0]]) if spec else None
+        layer_of = np.asarray([start_layer(unit) for unit, _, _ in spec[0]]) if spec else None
         upcoming = pidx[order][np.sort(np.unique(pidx[order], return_index=True)[1])]  # prompts in visiting order
         for start in range(0, n, per):
             sel = order[start:start + per]
-            if spec:  # rows sorted by their patched layer: each enters the decoder stack there
+            if spec:  # rows sorted by their lowest patched layer: each enters the decoder stack there
                 sel = sel[np.argsort(layer_of[spec[1][sel]], kind="stable")]
             if any(int(i) not in self._where for i in pidx[sel]):  # build prefix caches for the next block at once
                 at = int(np.flatnonzero(upcoming == pidx[sel][0])[0])
@@ -633,7 +567,7 @@ class Patcher:
                     if grad:
                         vals.requires_grad_(True)
                         leaves.append((q, local[sel][rows], vals))
-                    groups.append((checked[q][0], torch.as_tensor(rows, device=self._device), vals))
+                    groups += self._patches(checked[q][0], torch.as_tensor(rows, device=self._device), vals)
             ctx = torch.enable_grad() if grad else torch.no_grad()
             with ctx:
                 value, extra = self.outcome.batch(self, pidx[sel], groups, grad=grad)
