@@ -30,15 +30,16 @@ DEFAULT_LEARNER = (f"logistic regression on the standardized [M, X]: unpenalized
 
 
 # ---- p(X) ---------------------------------------------------------------------------------------------------
-def eb_block(w_design, source, target, h):
+def eb_block(w_design, source, target, h, f=None):
     """Influence of an entropy balancing fit on h = exp(alpha'W) (source rows): (phi (n, p), dh/dalpha (n, p)).
 
-    The fit solves mean(S h W - R W) = 0 (S: source rows, R: target rows), so phi = -g J^{-1} with
-    J = mean(S h W W')."""
+    The fit solves mean(f (S h W - R W)) = 0 (S: source rows, R: target rows, f: sampling weights, default
+    1), so phi = -f g J^{-1} with g = S h W - R W and J = mean(f S h W W')."""
     n = len(h)
+    f = np.ones(n) if f is None else f
     sh = np.where(source, h, 0.0)
-    g = sh[:, None] * w_design - target[:, None] * w_design
-    jac = (w_design * sh[:, None]).T @ w_design / n
+    g = f[:, None] * (sh[:, None] * w_design - target[:, None] * w_design)
+    jac = (w_design * (f * sh)[:, None]).T @ w_design / n
     phi = -g @ np.linalg.pinv(jac).T
     return phi, sh[:, None] * w_design
 

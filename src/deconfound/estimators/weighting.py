@@ -27,7 +27,6 @@ import warnings
 
 import numpy as np
 
-from .._validation import refuse_roles
 from ..bootstrap import bootstrap
 from ..errors import PositivityError
 from ..graph import resolve
@@ -38,7 +37,7 @@ from ..positivity import check_positivity, level_counts, outside_population, pop
 from ..results import MediationResult, add_derived
 from ..weights import balance_matrix, eb_ate, eb_att, eb_weights_batch
 from ._learners import DEFAULT_LEARNER, TINY, eb_block, eb_odds, features, fit_pmx, logit_odds, standardize, default_c
-from .base import MediationEstimator, check_units, register, sample_roles
+from .base import MediationEstimator, attach_roles, check_units, register, sample_roles
 
 MU_KEYS = ("y11", "y10", "y01", "y00")  # E[Y(1,M(1))], E[Y(1,M(0))], E[Y(0,M(1))], E[Y(0,M(0))]
 MIN_ESS = 10  # below this Kish ESS of a cross-world mean no estimate is returned (no CLT to lean on)
@@ -460,6 +459,12 @@ class EntropyBalancedTotalEffect(MediationEstimator):
     post-stratification variance); with ``n_boot > 0`` a bootstrap stratified by T that refits the weights in
     every replicate (vectorized over replicates).
 
+    ``fit(data, cluster=, weights=)`` (or the data's roles). Sampling weights are the base weights of entropy
+    balancing: the balance targets (treated or pooled covariate means) and every mean are weighted, and the
+    influence values carry the weights (the linearization variance of a weighted estimator). Clusters make
+    the influence SE cluster-robust (CR1 on the values summed within clusters) and the bootstrap resample whole
+    clusters (within arms when every cluster lies in one arm).
+
     Examples
     --------
     >>> from deconfound.simulate import topic_mediation
@@ -479,35 +484,41 @@ class EntropyBalancedTotalEffect(MediationEstimator):
 
     def statistic(self, data, *, graph=None):
         """The EB total effect as a counts statistic for :mod:`deconfound.bootstrap` (name ``"te"``), the
-        weights refitted for every count vector (all replicates in one batched solve)."""
+        weights refitted for every count vector (all replicates in one batched solve); the data's sampling
+        ``weights`` role, if any, multiplies the counts."""
         pop = str(self.population).lower()
         if pop not in ("att", "ate"):
             raise ValueError(f"population: expected 'att' or 'ate', got {self.population!r}")
         _, adj = resolve(graph, data)
-        return _TotalStatistic(list(adj.total), pop)
+        return _TotalStatistic(list(adj.total), pop, sample_roles(data)[1])
 
-    def fit(self, data, *, graph=None, units=None, n_jobs=1, backend="local") -> MediationResult:
+    def fit(self, data, *, graph=None, units=None, n_jobs=1, backend="local", cluster=None,
+            weights=None) -> MediationResult:
+        """The TE, reported for every unit in ``units`` (default all). ``cluster`` (labels per row or a
+        confounder column; default the data's role) and sampling ``weights``: see the class notes."""
         _check_common(self.level, self.n_boot)
         pop = str(self.population).lower()
         if pop not in ("att", "ate"):
             raise ValueError(f"population: expected 'att' or 'ate', got {self.population!r}")
         units = check_units(data, units)
-        refuse_roles(data, "eb_total", "weighting, dml or parametric")
         g, adj = resolve(graph, data)
         cols = list(adj.total)
+        data = attach_roles(data, cluster, weights)  # the roles follow the rows dropped below
         data = check_positivity(data, cols, estimand=pop, drop_unsupported=self.drop_unsupported,
                                 what="entropy balancing total effect")
+        cluster, sw = sample_roles(data)
         bm = _design(data, cols)
         t, y = data.t.astype(int), data.y.astype(float)
         level = float(self.level)
-        te, info = _eb_total(bm, t, y, pop, level)
+        te, info = _eb_total(bm, t, y, pop, level, sw, cluster)
         warns = []
         if self.n_boot:
-            stat = _TotalStatistic(cols, pop)
+            stat = _TotalStatistic(cols, pop, sw)
+            strata = ("treatment",) if cluster is None or _arm_constant(cluster, t) else None
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 boot = bootstrap(stat, data, n_boot=int(self.n_boot), random_state=self.random_state, level=level,
-                                 n_jobs=n_jobs, backend=backend)
+                                 n_jobs=n_jobs, backend=backend, cluster=cluster, stratify=strata)
             warns += [str(w.message) for w in caught]
             te = boot.effect(0)
             info["se"] = f"bootstrap: {boot.n_boot - boot.n_failed} of {boot.n_boot} replicates"
@@ -518,7 +529,8 @@ class EntropyBalancedTotalEffect(MediationEstimator):
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
         effects = {u: {("te", "average"): te} for u in units}
         settings = {"population": pop, "n_boot": int(self.n_boot), "adjusted_for": cols,
-                    "positivity_dropped": data.meta.get("positivity_dropped", [])}
+                    "positivity_dropped": data.meta.get("positivity_dropped", []),
+                    "cluster": None if cluster is None else int(len(np.unique(cluster))), "weights": sw is not None}
         note = population_note(data, pop)
         if note:
             settings["population_note"] = note
@@ -528,36 +540,41 @@ class EntropyBalancedTotalEffect(MediationEstimator):
                                diagnostics={u: info for u in units}, warnings=warns)
 
 
-def _eb_total(bm, t, y, pop, level):
-    """EB total effect with its stacked influence function; returns (Effect, diagnostics)."""
+def _eb_total(bm, t, y, pop, level, sw=None, cluster=None):
+    """EB total effect with its stacked influence function; returns (Effect, diagnostics).
+
+    Each arm's mean is a Hajek mean sum(f a y) / sum(f a) with f the sampling weights (1 without) and a the
+    tilt exp(lambda'c) of entropy balancing, scaled so that the balancing equations read mean(f (S a W - R W))
+    = 0 (S: the rows reweighted, R: the target rows, W = [1, c(x)])."""
     n = len(t)
     tr = t == 1
-    f = np.ones(n)
+    f = np.ones(n) if sw is None else sw
     w_design = np.column_stack([np.ones(n), bm.values])
     if pop == "att":
         if bm.values.shape[1]:
-            fit = eb_att(bm, t)
-            h = np.where(tr, 0.0, tr.sum() * fit.weights)
+            fit = eb_att(bm, t, base_weights=sw)
+            h = np.where(tr, 0.0, f[tr].sum() * fit.weights / f)
         else:
-            fit, h = None, np.where(tr, 0.0, tr.sum() / (~tr).sum())
-        arms = {"y1": (tr * 1.0, []), "y0": (h, [eb_block(w_design, ~tr, tr, np.where(tr, 0.0, h))])}
+            fit, h = None, np.where(tr, 0.0, f[tr].sum() / f[~tr].sum())
+        arms = {"y1": (tr * 1.0, []), "y0": (h, [eb_block(w_design, ~tr, tr, np.where(tr, 0.0, h), f)])}
     else:
         if bm.values.shape[1]:
-            fit = eb_ate(bm, t)
-            h = n * fit.weights
+            fit = eb_ate(bm, t, base_weights=sw)
+            h = f.sum() * fit.weights / f
         else:
-            fit, h = None, np.where(tr, n / tr.sum(), n / (~tr).sum())
+            fit, h = None, np.where(tr, f.sum() / f[tr].sum(), f.sum() / f[~tr].sum())
         everyone = np.ones(n, bool)
-        arms = {"y1": (np.where(tr, h, 0.0), [eb_block(w_design, tr, everyone, np.where(tr, h, 0.0))]),
-                "y0": (np.where(tr, 0.0, h), [eb_block(w_design, ~tr, everyone, np.where(tr, 0.0, h))])}
+        arms = {"y1": (np.where(tr, h, 0.0), [eb_block(w_design, tr, everyone, np.where(tr, h, 0.0), f)]),
+                "y0": (np.where(tr, 0.0, h), [eb_block(w_design, ~tr, everyone, np.where(tr, 0.0, h), f)])}
     pots = {}
     for key, (a, blocks) in arms.items():
         mu = _hajek(a, y, f)
         dadh = (a > 0) * 1.0
-        pots[key] = Effect.from_scores(mu, _mu_scores(a, dadh, 0.0, y, mu, f, blocks, None), level=level)
+        pots[key] = Effect.from_scores(mu, _mu_scores(a, dadh, 0.0, y, mu, f, blocks, None), level=level,
+                                       clusters=cluster)
     te = pots["y1"] - pots["y0"]
     info = {"se": "influence: entropy balancing weights estimated", "potential_outcomes": pots,
-            "ess_treated": _kish(arms["y1"][0]), "ess_control": _kish(arms["y0"][0])}
+            "ess_treated": _kish(arms["y1"][0] * f), "ess_control": _kish(arms["y0"][0] * f)}
     if fit is not None:
         info.update(weights=fit.diagnostics, balance=fit.balance_table(), topic_counts=fit.topic_counts())
     return te, info
@@ -568,11 +585,11 @@ class _TotalStatistic:
 
     names = ["te"]
 
-    def __init__(self, cols, pop):
-        self.cols, self.pop = list(cols), pop
+    def __init__(self, cols, pop, sw=None):
+        self.cols, self.pop, self.sw = list(cols), pop, sw
 
     def batch(self, data, counts):
-        counts = np.atleast_2d(counts).astype(float)
+        counts = np.atleast_2d(counts).astype(float) * (1.0 if self.sw is None else self.sw)
         t = data.t.astype(int)
         if self.cols:
             w = eb_weights_batch(data.x[self.cols], t, counts, estimand=self.pop.upper(), on_failure="nan").weights
