@@ -305,20 +305,29 @@ def test_interventional_cluster_folds_and_cr1_scores(monkeypatch):
     assert by_role.effect("m", "nie", "treated").se == nie.se
 
 
-def test_interventional_roles_follow_the_rows_positivity_drops():
-    # a fit-time cluster array must lose the rows of a dropped topic with them (same as fitting the kept rows)
+@pytest.mark.parametrize("name", ["interventional", "weighting", "dml", "parametric", "eb_total"])
+def test_fit_time_roles_follow_the_rows_positivity_drops(name):
+    # topic k2 keeps its controls only: dropped by drop_unsupported (ATE) or outside the ATT population
+    # (weighting); the fit-time cluster and weights arrays must lose those rows with it, which gives the fit of
+    # the kept rows with the kept labels and weights
     data, g = clustered_data(seed=11)
     topic = data.x["topic"].astype(str).to_numpy()
-    lone = np.flatnonzero((topic == "k2") & (data.t == 0))
-    keep = np.setdiff1d(np.arange(data.n), lone)   # topic k2 keeps its treated rows only
+    keep = np.flatnonzero(~((topic == "k2") & (data.t == 1)))
     cut, g_cut = data.subset(keep), g[keep]
     w = np.random.default_rng(1).uniform(0.5, 2.0, cut.n)
-    est = InterventionalMediation(population="ate", drop_unsupported=True, random_state=0)
-    res = est.fit(cut, cluster=g_cut, weights=w)
     kept = topic[keep] != "k2"
-    ref = est.fit(cut.subset(kept), cluster=g_cut[kept], weights=w[kept])
-    assert res.population == "overlap" and res.n == int(kept.sum())
-    assert res.effect("m", "nie", "treated").se == pytest.approx(ref.effect("m", "nie", "treated").se, rel=1e-12)
+    est = {"interventional": InterventionalMediation(population="ate", drop_unsupported=True, random_state=0),
+           "weighting": WeightingMediation(population="att"),
+           "dml": DMLMediation(n_folds=3, n_rep=1, drop_unsupported=True, random_state=0),
+           "parametric": ParametricMediation(n_sims=200, drop_unsupported=True, random_state=0),
+           "eb_total": EntropyBalancedTotalEffect(population="ate", drop_unsupported=True)}[name]
+    sw = {} if name == "weighting" else {"weights": w}  # weighting's weights need n_boot > 0
+    res = est.fit(cut, cluster=g_cut, **sw)
+    ref = est.fit(cut.subset(kept), cluster=g_cut[kept], **({k: v[kept] for k, v in sw.items()}))
+    assert res.n == int(kept.sum())
+    key = ("te", "average") if name == "eb_total" else ("nie", "treated")
+    a, b = res.effect("m", *key), ref.effect("m", *key)
+    assert a.estimate == pytest.approx(b.estimate, rel=1e-10) and a.se == pytest.approx(b.se, rel=1e-10)
 
 
 # ---- eb_total ------------------------------------------------------------------------------------------

@@ -341,8 +341,8 @@ class WeightingMediation(MediationEstimator):
         """
         self._check()
         units = check_units(data, units)
-        cluster, sw = sample_roles(data, cluster, weights)
-        if sw is not None and not self.n_boot:
+        data = attach_roles(data, cluster, weights)  # the roles follow the rows dropped below
+        if data.weights is not None and not self.n_boot:
             raise NotImplementedError("weighting with sampling weights: expected n_boot > 0 (bootstrap SE), got "
                                       "n_boot=0; the influence-function SE is implemented for unweighted rows only")
         g, adj = resolve(graph, data)
@@ -350,6 +350,7 @@ class WeightingMediation(MediationEstimator):
         data = check_positivity(data, cols, estimand=self.population, drop_unsupported=self.drop_unsupported,
                                 what="weighting mediation")
         data = outside_population(data, cols, self.population)  # ATT: control-only topics weigh 0
+        cluster, sw = sample_roles(data)
         if not self.n_boot:
             warn_uncalibrated("weighting", n=data.n, n_treated=data.n_treated)
         bm = _design(data, cols)
