@@ -184,3 +184,12 @@ def confounder_column(col, name: str, n: int):
                         f"levels, got {len(levels)} levels in {n} rows (an identifier or free text?); pass it as "
                         "pd.Categorical if these really are categories")
     return pd.Categorical(col.astype(str), categories=sorted(str(v) for v in levels))
+
+
+def refuse_roles(data, what: str, alternatives: str = "parametric, dml, weighting or interventional") -> None:
+    """Raise NotImplementedError when ``data`` has a cluster or weights role that ``what`` cannot use: its SEs
+    would treat clustered or weighted rows as iid, a wrong number with no warning."""
+    roles = [r for r in ("cluster", "weights") if getattr(data, r, None) is not None]
+    if roles:
+        raise NotImplementedError(f"{what}: expected data without a {' or '.join(roles)} role, got one; its SEs "
+                                  f"would ignore it (use {alternatives})")
