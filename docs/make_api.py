@@ -29,6 +29,7 @@ MODULES = [
     ("deconfound.estimators.base", "the estimator protocol and registry"),
     ("deconfound.estimators.parametric", "Imai-Keele-Tingley parametric mediation"),
     ("deconfound.estimators.weighting", "Huber's inverse-probability weighting"),
+    ("deconfound.estimators.eb_total", "the entropy-balanced total effect"),
     ("deconfound.estimators.dml", "multiply robust, cross-fitted mediation"),
     ("deconfound.estimators.dml_scores", "DML scores for the ATE and the ATT, and the repeated-split aggregation"),
     ("deconfound.estimators.econml", "EconML comparison variants"),
