@@ -408,6 +408,8 @@ def test_eb_total_cluster_bootstrap_with_weights():
     analytic = EntropyBalancedTotalEffect().fit(data, cluster=g, weights=w).effect("m", "te", "average")
     boot = est.fit(data, cluster=g, weights=w).effect("m", "te", "average")
     assert boot.estimate == pytest.approx(analytic.estimate, abs=1e-8)  # the statistic carries the weights
+    stat = EntropyBalancedTotalEffect().statistic(data.replace(weights=w))  # the data's weights role
+    assert stat(data, np.ones(data.n))[0] == pytest.approx(analytic.estimate, abs=1e-8)
     assert boot.se == pytest.approx(analytic.se, rel=0.15)  # MC error of an SD from 300 draws: about 4%
     assert boot.se > 1.3 * est.fit(data, weights=w).effect("m", "te", "average").se
 
