@@ -29,8 +29,10 @@ natural ones of the multiply robust estimator.
 
 Clusters and sampling weights (as in :mod:`deconfound.estimators.dml`): whole clusters go to one cross-fitting
 fold and every SE sums the scores within clusters; sampling weights weight every mean of the per-row pieces,
-while the nuisance learners are fitted unweighted (they only need to be consistent; the weights define the
-population the means average over).
+while the nuisance learners are fitted unweighted. With weights that depend on T or X only, the regressions
+are the same in the sample and the weighted population, but the propensities are the sample's: each
+correction term still has mean zero when the regressions are right, so the means stay consistent through
+them (the propensity side of the double robustness is lost).
 """
 from __future__ import annotations
 
