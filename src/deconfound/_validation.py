@@ -186,7 +186,7 @@ def confounder_column(col, name: str, n: int):
     return pd.Categorical(col.astype(str), categories=sorted(str(v) for v in levels))
 
 
-def refuse_roles(data, what: str, alternatives: str = "parametric, dml or weighting") -> None:
+def refuse_roles(data, what: str, alternatives: str = "parametric, dml, weighting or interventional") -> None:
     """Raise NotImplementedError when ``data`` has a cluster or weights role that ``what`` cannot use: its SEs
     would treat clustered or weighted rows as iid, a wrong number with no warning."""
     roles = [r for r in ("cluster", "weights") if getattr(data, r, None) is not None]

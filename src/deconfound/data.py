@@ -16,6 +16,7 @@ from ._store import (DTYPES, FLOAT32_TOLERANCE, LazyMediators, as_block, check_d
 from ._validation import (check_binary, check_cluster, check_finite, check_length, check_unique, check_vector,
                           check_weights, confounder_column)
 from .errors import DataError
+from .positivity import overlap_rows  # noqa: F401 - re-exported (the one home is positivity.py)
 
 FORMAT_VERSION = 2  # 2: mediator dtype, cluster and weights recorded; version-1 folders (float32) still load
 __all__ = ["MediationData", "LazyMediators", "overlap_rows", "DTYPES", "FLOAT32_TOLERANCE"]
@@ -451,24 +452,3 @@ class MediationData:
                        **extra)
         except (DataError, ValueError) as exc:
             raise DataError(f"{path}: {exc}") from None
-
-
-def overlap_rows(data: "MediationData", column: str = "topic") -> tuple[np.ndarray, pd.DataFrame]:
-    """Rows of the levels of ``column`` that have both treated and control rows, and the dropped levels with
-    their counts (columns ``topic, n0, n1``).
-
-    Examples
-    --------
-    >>> d = MediationData.from_arrays(t=[0, 1, 0, 1, 1], y=[0.0] * 5, mediators={"m": np.arange(5.0)},
-    ...                               x=pd.DataFrame({"topic": ["a", "a", "b", "b", "c"]}))
-    >>> keep, dropped = overlap_rows(d)
-    >>> keep.tolist(), dropped.topic.tolist()
-    ([True, True, True, True, False], ['c'])
-    """
-    labels = data.x[column].astype(str)
-    counts = pd.crosstab(labels, data.t).reindex(columns=[0, 1], fill_value=0)
-    bad = counts[(counts[0] == 0) | (counts[1] == 0)]
-    keep = ~labels.isin(bad.index).to_numpy()
-    dropped = bad.rename(columns={0: "n0", 1: "n1"}).rename_axis(None, axis=1).reset_index()
-    return keep, dropped.rename(columns={column: "topic"})[["topic", "n0", "n1"]]
-

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .graph import ROLES, AdjustmentSets, resolve
+from .positivity import level_counts
 
 EFFECT_WORDS = {"nie": "natural indirect effect (NIE)", "nde": "natural direct effect (NDE)",
                 "te": "total effect (TE)"}
@@ -128,17 +129,16 @@ def identification(graph, data, *, effect: str = "nie", population: str = "ate",
 
 
 def positivity_table(data, columns) -> pd.DataFrame:
-    """Treated and control counts per cell of the categorical ``columns`` (numeric columns are skipped)."""
+    """Treated and control counts per cell of the categorical ``columns`` (numeric columns are skipped): the
+    counts of :func:`deconfound.positivity.level_counts` on the joint cells; a cell is supported when it has
+    both arms."""
     cats = [c for c in columns if c in data.x.columns and not pd.api.types.is_numeric_dtype(data.x[c])]
     if not cats:
         return pd.DataFrame(columns=["cell", "n_treated", "n_control", "supported"])
-    cell = data.x[cats].astype(str).agg(" | ".join, axis=1)
-    t = pd.Series(np.asarray(data.t), index=cell.index)
-    tab = pd.crosstab(cell, t).reindex(columns=[1, 0], fill_value=0)
-    out = pd.DataFrame({"cell": tab.index.astype(str), "n_treated": tab[1].to_numpy(),
-                        "n_control": tab[0].to_numpy()})
-    out["supported"] = (out.n_treated > 0) & (out.n_control > 0)
-    return out.reset_index(drop=True)
+    codes, cells = pd.factorize(data.x[cats].astype(str).agg(" | ".join, axis=1), sort=True)
+    tab = level_counts({"cell": (codes, tuple(cells))}, np.asarray(data.t, dtype=float), np.ones(data.n), "ate")
+    return pd.DataFrame({"cell": tab["level"].astype(str), "n_treated": tab["n1"], "n_control": tab["n0"],
+                         "supported": ~tab["unsupported"]})
 
 
 def _induced_confounders(g: nx.DiGraph) -> list[str]:

@@ -2,7 +2,7 @@
 
 Each level of a categorical confounder (a topic) must have rows in the arms that the estimand compares:
 controls for every treated topic (ATT), treated rows for every control topic (ATC), both arms in every topic
-(ATE). A level seen in neither arm is harmless. Layer 2: numpy and pandas only.
+(ATE). A level seen in neither arm is harmless. Layer 1: numpy and pandas only.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd
 
 from .errors import DataError, PositivityError
 
-__all__ = ["check_positivity", "level_counts", "outside_population", "population_note", "positivity_message",
-           "unsupported"]
+__all__ = ["check_positivity", "level_counts", "outside_population", "overlap_rows", "population_note",
+           "positivity_message", "unsupported"]
 
 _NEED = {"ATT": "controls for every treated topic", "ATC": "treated rows for every control topic",
          "ATE": "both arms in every topic"}
@@ -49,6 +49,20 @@ def level_counts(topics: dict, t: np.ndarray, q: np.ndarray, estimand: str) -> p
         bad = unsupported(n1, n0, estimand)
         recs += [(col, lv, "categorical", as_count(n1[j]), as_count(n0[j]), bool(bad[j]), j) for j, lv in enumerate(levels)]
     return pd.DataFrame(recs, columns=["variable", "level", "kind", "n1", "n0", "unsupported", "code"])
+
+
+def _topics(data, cats) -> dict:
+    """``{column: (integer codes, levels)}`` of the pandas Categorical confounders ``cats``."""
+    return {c: (data.x[c].cat.codes.to_numpy().astype(np.int64), tuple(data.x[c].cat.categories)) for c in cats}
+
+
+def _drop_levels(data, rows, levels: pd.DataFrame, key: str):
+    """``data`` restricted to ``rows``, the dropped levels (variable, level, n1, n0) recorded in ``meta[key]``."""
+    out = data.subset(rows)
+    for c in set(levels["variable"]):
+        out.x[c] = out.x[c].cat.remove_unused_categories()
+    out.meta[key] = levels[["variable", "level", "n1", "n0"]].to_dict("records")
+    return out
 
 
 def positivity_message(bad: pd.DataFrame, estimand: str, what: str = "entropy balancing") -> str:
@@ -105,7 +119,7 @@ def check_positivity(data, columns, *, estimand: str = "ate", drop_unsupported: 
     cats = [c for c in dict.fromkeys(columns) if isinstance(data.x[c].dtype, pd.CategoricalDtype)]
     if not cats:
         return data
-    topics = {c: (data.x[c].cat.codes.to_numpy().astype(np.int64), tuple(data.x[c].cat.categories)) for c in cats}
+    topics = _topics(data, cats)
     t = np.asarray(data.t, dtype=float)
     table = level_counts(topics, t, np.ones(len(t)), key)
     bad = table[table["unsupported"]]
@@ -120,10 +134,7 @@ def check_positivity(data, columns, *, estimand: str = "ate", drop_unsupported: 
     if n1 < 2 or n0 < 2:
         raise PositivityError(f"{what}: expected at least 2 treated and 2 control rows after dropping the topics "
                               f"without overlap, got n1={n1}, n0={n0}")
-    out = data.subset(kept)
-    for c in set(bad["variable"]):
-        out.x[c] = out.x[c].cat.remove_unused_categories()
-    out.meta["positivity_dropped"] = bad[["variable", "level", "n1", "n0"]].to_dict("records")
+    out = _drop_levels(data, kept, bad, "positivity_dropped")
     out.meta["positivity_rows_dropped"] = int((~kept).sum())
     return out
 
@@ -140,23 +151,37 @@ def outside_population(data, columns, estimand: str):
     cats = [c for c in dict.fromkeys(columns) if c in data.x.columns and isinstance(data.x[c].dtype, pd.CategoricalDtype)]
     if key == "ATE" or not cats:
         return data
-    t = np.asarray(data.t, dtype=float)
-    kept, out_levels = np.ones(len(t), bool), []
-    for c in cats:
-        codes, levels = data.x[c].cat.codes.to_numpy().astype(np.int64), data.x[c].cat.categories
-        n1 = np.bincount(codes, weights=t, minlength=len(levels))
-        n0 = np.bincount(codes, weights=1 - t, minlength=len(levels))
-        empty_arm = (n1 == 0) & (n0 > 0) if key == "ATT" else (n0 == 0) & (n1 > 0)
-        for j in np.flatnonzero(empty_arm):
-            kept &= codes != j
-            out_levels.append({"variable": c, "level": levels[j], "n1": as_count(n1[j]), "n0": as_count(n0[j])})
-    if not out_levels:
+    topics = _topics(data, cats)
+    table = level_counts(topics, np.asarray(data.t, dtype=float), np.ones(data.n), key)
+    n1, n0 = table["n1"].to_numpy(), table["n0"].to_numpy()
+    outside = table[(n1 == 0) & (n0 > 0) if key == "ATT" else (n0 == 0) & (n1 > 0)]
+    if not len(outside):
         return data
-    out = data.subset(np.flatnonzero(kept))
-    for c in {r["variable"] for r in out_levels}:
-        out.x[c] = out.x[c].cat.remove_unused_categories()
-    out.meta["outside_population"] = out_levels
-    return out
+    kept = np.ones(data.n, bool)
+    for r in outside.itertuples():
+        kept &= topics[r.variable][0] != r.code
+    return _drop_levels(data, np.flatnonzero(kept), outside, "outside_population")
+
+
+def overlap_rows(data, column: str = "topic") -> tuple[np.ndarray, pd.DataFrame]:
+    """Rows of the levels of ``column`` that have both treated and control rows (the ATE support of one column,
+    counted as :func:`check_positivity` counts it), and the dropped levels with their counts (columns
+    ``topic, n0, n1``). Any column works: its values are compared as text.
+
+    Examples
+    --------
+    >>> from deconfound.data import MediationData
+    >>> d = MediationData.from_arrays(t=[0, 1, 0, 1, 1], y=[0.0] * 5, mediators={"m": np.arange(5.0)},
+    ...                               x=pd.DataFrame({"topic": ["a", "a", "b", "b", "c"]}))
+    >>> keep, dropped = overlap_rows(d)
+    >>> keep.tolist(), dropped.topic.tolist()
+    ([True, True, True, True, False], ['c'])
+    """
+    codes, levels = pd.factorize(data.x[column].astype(str), sort=True)
+    table = level_counts({column: (codes, tuple(levels))}, np.asarray(data.t, dtype=float), np.ones(data.n), "ATE")
+    bad = table[table["unsupported"]]
+    keep = ~np.isin(codes, bad["code"].to_numpy())
+    return keep, bad.rename(columns={"level": "topic"})[["topic", "n0", "n1"]].reset_index(drop=True)
 
 
 def population_note(data, estimand: str) -> str | None:

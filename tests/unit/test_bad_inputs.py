@@ -129,6 +129,16 @@ TABLE = [
      ["cluster 'school'", "missing", "[8]"]),
     ("single cluster", lambda p: build(edit(school=1), cluster="school"), DataError,
      ["cluster 'school'", "at least 2 clusters"]),
+    ("fit-time weights of the wrong length", lambda p: get_estimator("eb_total").fit(build(), weights=np.ones(N - 1)),
+     DataError, ["weights", f"one value per row ({N})", f"({N - 1},)"]),
+    ("fit-time cluster naming no column", lambda p: get_estimator("interventional", n_folds=2).fit(
+        build(), cluster="nope"), DataError, ["cluster", "'nope'"]),
+    *[(f"{name} with a {role} role it would ignore", lambda p, name=name, role=role: get_estimator(name).fit(
+        build(**{role: {"cluster": "school", "weights": "w"}[role]})), NotImplementedError,
+       [name, f"expected data without a {role} role"]) for name in ("econml_te", "econml_diff")
+      for role in ("cluster", "weights")],
+    ("fewer clusters than folds", lambda p: get_estimator("interventional").fit(build(), cluster=np.arange(N) % 2),
+     ValueError, ["at least k = 5 clusters", "got 2"]),
     ("unhashable cluster labels", lambda p: MediationData.from_arrays(t=[0, 1] * 5, y=np.zeros(10),
                                                                       mediators={"m": np.ones(10)},
                                                                       cluster=[[i % 2] for i in range(10)]),

@@ -1,7 +1,9 @@
-"""Clusters and sampling weights: cluster-robust scores, folds, count matrices and the parametric fits.
+"""Clusters and sampling weights: cluster-robust scores, folds, count matrices and the estimators' fits.
 
 Oracles: a hand computation of the CR1 score SE; statsmodels WLS / GLM with ``cov_type="cluster"`` for
-coefficients and sandwiches (1e-8); integer weights equal repeated rows (exact).
+coefficients and sandwiches (1e-8); integer weights equal repeated rows (exact); for the score estimators
+with unweighted learners, the weighted mean of the unweighted per-row scores; for ``eb_total`` with one-hot
+topics, weighted post-stratification and its linearization variance computed from cell totals.
 """
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ import statsmodels.api as sm
 
 from deconfound import DataError, MediationData, simulate
 from deconfound.bootstrap import draw_counts
+from deconfound.estimators import interventional as itv
 from deconfound.estimators import parametric as par
 from deconfound.estimators.dml import DMLMediation
+from deconfound.estimators.interventional import InterventionalMediation
 from deconfound.estimators.parametric import ParametricMediation
-from deconfound.estimators.weighting import WeightingMediation
+from deconfound.estimators.weighting import EntropyBalancedTotalEffect, WeightingMediation
 from deconfound.folds import make_folds
 from deconfound.inference import Effect
 
@@ -232,3 +236,180 @@ def test_weighting_cluster_and_weights():
     assert clustered.effect("m", "nie").se > 1.3 * plain.effect("m", "nie").se
     with pytest.raises(NotImplementedError, match="n_boot > 0"):
         WeightingMediation().fit(data, weights=np.ones(data.n))
+
+
+# ---- interventional ------------------------------------------------------------------------------------
+POTENTIAL = ("E[Y(1)]", "E[Y(0)]", "theta(1,0)", "theta(0,1)")
+
+
+def test_interventional_all_ones_weights_reproduce_the_unweighted_fit():
+    data, _ = simulate.intermediate_confounding(600, seed=3)
+    est = InterventionalMediation(n_folds=3, random_state=0)
+    plain, ones = est.fit(data, units="m"), est.fit(data, units="m", weights=np.ones(data.n))
+    for key in [("nie", "treated"), ("nie", "control"), ("nde", "control"), ("te", "average")]:
+        a, b = plain.effect("m", *key), ones.effect("m", *key)
+        assert (a.estimate, a.se) == (b.estimate, b.se)
+    assert ones.settings["weights"] and not plain.settings["weights"]
+
+
+@pytest.mark.parametrize("population", ["ate", "att"])
+def test_interventional_weights_weight_the_means_of_the_unweighted_scores(population):
+    # the learners are unweighted and the folds do not depend on the weights, so the per-row pieces are the
+    # same: the weighted estimate is the weighted mean of the unweighted psi (ATT: of T theta(X) + g1 rest,
+    # divided by the weighted share of treated rows), and its scores are the weighted centred psi
+    data, _ = simulate.intermediate_confounding(600, seed=4)
+    w = np.random.default_rng(0).uniform(0.5, 2.0, data.n)
+    wn, t = w / w.mean(), data.t.astype(float)
+    est = InterventionalMediation(n_folds=3, population=population, random_state=0)
+    plain, weighted = est.fit(data, units="m"), est.fit(data, units="m", weights=w)
+    assert plain.n == data.n  # no row left out, so rows line up
+    for key in POTENTIAL:
+        p, q = plain.diagnostics["m"]["potential_outcomes"][key], weighted.diagnostics["m"]["potential_outcomes"][key]
+        if population == "ate":
+            psi, lead = p.scores + p.estimate, np.ones(data.n)
+            assert q.estimate == pytest.approx(np.average(psi, weights=w), rel=1e-10)
+        else:  # plain scores: (num - T est) / P(T=1)
+            num = p.scores * t.mean() + t * p.estimate
+            assert q.estimate == pytest.approx(np.sum(w * num) / np.sum(w * t), rel=1e-10)
+            share = np.mean(wn * t)
+            psi, lead = num / share, t / share
+        np.testing.assert_allclose(q.scores, wn * (psi - q.estimate * lead), rtol=1e-9, atol=1e-12)
+    assert weighted.effect("m", "nie", "treated").estimate != pytest.approx(
+        plain.effect("m", "nie", "treated").estimate, rel=1e-4)
+
+
+def test_interventional_cluster_folds_and_cr1_scores(monkeypatch):
+    data, g = clustered_data(seed=10)
+    tests = []
+    nuisances = itv._nuisances
+
+    def spy(t, y, z, m, w, train, test, k):
+        tests.append(test.copy())
+        return nuisances(t, y, z, m, w, train, test, k)
+
+    monkeypatch.setattr(itv, "_nuisances", spy)
+    res = InterventionalMediation(random_state=0).fit(data, cluster=g)
+    assert len(tests) == 5
+    for test in tests:  # every cluster lies wholly inside or outside each held-out fold
+        inside = np.bincount(g, weights=test)
+        assert np.all((inside == 0) | (inside == np.bincount(g)))
+    for key in [("nie", "treated"), ("nde", "control"), ("te", "average"), ("prop_mediated", "treated")]:
+        eff = res.effect("m", *key)
+        assert eff.method == "influence-cluster"
+        sums = np.bincount(g, weights=eff.scores)
+        assert eff.se == pytest.approx(np.sqrt(60 / 59 * np.sum(sums**2)) / data.n, rel=1e-10)
+    assert res.settings["cluster"] == 60
+    nie = res.effect("m", "nie", "treated")
+    assert nie.se > 1.3 * Effect.from_scores(nie.estimate, nie.scores).se  # treatment and effects per cluster
+    by_role = InterventionalMediation(random_state=0).fit(data.replace(cluster=g))
+    assert by_role.effect("m", "nie", "treated").se == nie.se
+
+
+@pytest.mark.parametrize("name", ["interventional", "weighting", "dml", "parametric", "eb_total"])
+def test_fit_time_roles_follow_the_rows_positivity_drops(name):
+    # topic k2 keeps its controls only: dropped by drop_unsupported (ATE) or outside the ATT population
+    # (weighting); the fit-time cluster and weights arrays must lose those rows with it, which gives the fit of
+    # the kept rows with the kept labels and weights
+    data, g = clustered_data(seed=11)
+    topic = data.x["topic"].astype(str).to_numpy()
+    keep = np.flatnonzero(~((topic == "k2") & (data.t == 1)))
+    cut, g_cut = data.subset(keep), g[keep]
+    w = np.random.default_rng(1).uniform(0.5, 2.0, cut.n)
+    kept = topic[keep] != "k2"
+    est = {"interventional": InterventionalMediation(population="ate", drop_unsupported=True, random_state=0),
+           "weighting": WeightingMediation(population="att"),
+           "dml": DMLMediation(n_folds=3, n_rep=1, drop_unsupported=True, random_state=0),
+           "parametric": ParametricMediation(n_sims=200, drop_unsupported=True, random_state=0),
+           "eb_total": EntropyBalancedTotalEffect(population="ate", drop_unsupported=True)}[name]
+    sw = {} if name == "weighting" else {"weights": w}  # weighting's weights need n_boot > 0
+    res = est.fit(cut, cluster=g_cut, **sw)
+    ref = est.fit(cut.subset(kept), cluster=g_cut[kept], **({k: v[kept] for k, v in sw.items()}))
+    assert res.n == int(kept.sum())
+    key = ("te", "average") if name == "eb_total" else ("nie", "treated")
+    a, b = res.effect("m", *key), ref.effect("m", *key)
+    assert a.estimate == pytest.approx(b.estimate, rel=1e-10) and a.se == pytest.approx(b.se, rel=1e-10)
+
+
+# ---- eb_total ------------------------------------------------------------------------------------------
+def poststratified(data, w, g, population):
+    """Independent oracle for the EB total effect with one topic column: weighted post-stratification, a smooth
+    function of the weighted cell totals (n1_k, n0_k, sum y over treated / control rows of topic k), and its
+    linearization SE: the per-row influence w_i grad f . z_i (f is scale-free, so the totals' means drop out),
+    summed within clusters, CR1."""
+    t, y = data.t.astype(float), data.y.astype(float)
+    codes = data.x["topic"].cat.codes.to_numpy()
+    onehot = np.eye(codes.max() + 1)[codes]
+    z = np.hstack([onehot * t[:, None], onehot * (1 - t)[:, None], onehot * (t * y)[:, None],
+                   onehot * ((1 - t) * y)[:, None]])
+
+    def te(tot):
+        n1, n0, s1, s0 = tot.reshape(4, -1)
+        if population == "att":
+            return s1.sum() / n1.sum() - (n1 / n1.sum()) @ (s0 / n0)
+        return ((n1 + n0) / (n1 + n0).sum()) @ (s1 / n1 - s0 / n0)
+
+    wn = w / w.mean()
+    tot = wn @ z / data.n
+    grad = np.array([(te(tot + 1e-6 * e) - te(tot - 1e-6 * e)) / 2e-6 for e in np.eye(len(tot))])
+    sums = np.bincount(g, weights=wn * (z @ grad))
+    return te(tot), np.sqrt(len(sums) / (len(sums) - 1) * np.sum(sums**2)) / data.n
+
+
+@pytest.mark.parametrize("population", ["att", "ate"])
+def test_eb_total_weights_and_clusters_match_weighted_poststratification(population):
+    data, g = clustered_data(seed=12)
+    w = np.random.default_rng(3).uniform(0.3, 3.0, data.n)
+    est = EntropyBalancedTotalEffect(population=population)
+    res = est.fit(data, cluster=g, weights=w)
+    te = res.effect("m", "te", "average")
+    want, se = poststratified(data, w, g, population)
+    assert te.estimate == pytest.approx(want, abs=1e-8)
+    assert te.se == pytest.approx(se, rel=1e-6)
+    assert te.method == "influence-cluster" and res.settings["cluster"] == 60 and res.settings["weights"]
+    sums = np.bincount(g, weights=te.scores)  # and it is the CR1 formula of its own scores
+    assert te.se == pytest.approx(np.sqrt(60 / 59 * np.sum(sums**2)) / data.n, rel=1e-12)
+    rows = est.fit(data, cluster=np.arange(data.n), weights=w).effect("m", "te", "average")  # singletons
+    assert rows.se == pytest.approx(poststratified(data, w, np.arange(data.n), population)[1], rel=1e-6)
+    assert te.se > 1.3 * rows.se
+    # the balance targets are weighted: controls (and, for the ATE, the treated) reweighted to the
+    # weighted treated (pooled) topic shares
+    onehot = np.eye(3)[data.x["topic"].cat.codes.to_numpy()][:, 1:]
+    tr = data.t == 1
+    target = np.average(onehot[tr], weights=w[tr], axis=0) if population == "att" else \
+        np.average(onehot, weights=w, axis=0)
+    table = res.diagnostics["m"]["balance"]
+    np.testing.assert_allclose(table["control_weighted"], target, atol=1e-8)
+    np.testing.assert_allclose(table["treated_weighted"], target, atol=1e-8)
+    np.testing.assert_allclose(table["control_raw"], np.average(onehot[~tr], weights=w[~tr], axis=0), atol=1e-12)
+
+
+@pytest.mark.parametrize("population", ["att", "ate"])
+def test_eb_total_ones_reproduce_unweighted_and_integer_weights_repeat_rows(population):
+    data, _ = clustered_data(seed=13)
+    est = EntropyBalancedTotalEffect(population=population)
+    plain = est.fit(data).effect("m", "te", "average")
+    ones = est.fit(data, weights=np.ones(data.n)).effect("m", "te", "average")
+    assert (ones.estimate, ones.se) == (plain.estimate, plain.se)
+    reps = np.random.default_rng(4).integers(1, 4, data.n)
+    weighted = est.fit(data, weights=reps.astype(float)).effect("m", "te", "average")
+    repeated = est.fit(data.subset(np.repeat(np.arange(data.n), reps))).effect("m", "te", "average")
+    assert weighted.estimate == pytest.approx(repeated.estimate, abs=1e-8)
+    # no confounders: the weighted difference of arm means
+    bare = est.fit(data, graph="unadjusted_mediation", weights=reps.astype(float)).effect("m", "te", "average")
+    tr = data.t == 1
+    assert bare.estimate == pytest.approx(np.average(data.y[tr], weights=reps[tr])
+                                          - np.average(data.y[~tr], weights=reps[~tr]), rel=1e-12)
+
+
+def test_eb_total_cluster_bootstrap_with_weights():
+    data, g = clustered_data(seed=14)
+    w = np.random.default_rng(5).uniform(0.5, 2.0, data.n)
+    est = EntropyBalancedTotalEffect(n_boot=300, random_state=0)
+    analytic = EntropyBalancedTotalEffect().fit(data, cluster=g, weights=w).effect("m", "te", "average")
+    boot = est.fit(data, cluster=g, weights=w).effect("m", "te", "average")
+    assert boot.estimate == pytest.approx(analytic.estimate, abs=1e-8)  # the statistic carries the weights
+    stat = EntropyBalancedTotalEffect().statistic(data.replace(weights=w))  # the data's weights role
+    assert stat(data, np.ones(data.n))[0] == pytest.approx(analytic.estimate, abs=1e-8)
+    assert boot.se == pytest.approx(analytic.se, rel=0.15)  # MC error of an SD from 300 draws: about 4%
+    assert boot.se > 1.3 * est.fit(data, weights=w).effect("m", "te", "average").se
+

@@ -70,16 +70,6 @@ def test_coverage_of_the_defaults():
     assert all(0.90 <= c <= 0.98 for c in cover.values()), cover
 
 
-@pytest.mark.parametrize("role", ["cluster", "weights"])
-def test_cluster_and_weights_roles_are_refused_not_ignored(role):
-    """The estimator has no cluster-robust or weighted scores: a role it would ignore is an error, not SEs that
-    silently treat clustered or weighted rows as iid."""
-    data, _ = simulate.intermediate_confounding(400, seed=0)
-    value = np.arange(data.n) % 20 if role == "cluster" else np.linspace(0.5, 2.0, data.n)
-    with pytest.raises(NotImplementedError, match=f"interventional: expected data without a {role} role"):
-        InterventionalMediation(n_folds=2).fit(data.replace(**{role: value}), units="m")
-
-
 def test_progress_bar_over_units_only_when_asked_or_on_a_terminal(capsys):
     data, _ = simulate.intermediate_confounding(300, seed=0)
     InterventionalMediation(n_folds=2).fit(data)                       # default: stderr is not a terminal

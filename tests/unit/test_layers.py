@@ -28,8 +28,8 @@ PKG = "deconfound"
 
 LAYERS = {
     "errors": 0, "_validation": 0, "_ebsolver": 0, "_calibration": 0,
-    "data": 1, "_store": 1, "simulate": 1, "parallel": 1, "neurons": 1,
-    "graph": 2, "weights": 2, "positivity": 2, "inference": 2, "folds": 2, "bootstrap": 2,
+    "data": 1, "_store": 1, "positivity": 1, "simulate": 1, "parallel": 1, "neurons": 1,
+    "graph": 2, "weights": 2, "balance": 2, "inference": 2, "folds": 2, "bootstrap": 2,
     "results": 3, "multiplicity": 3, "identification": 3,
     "estimators": 4,  # the subpackage estimators/*
     "sensitivity": 5, "refute": 5, "medsens": 5, "joint": 5,
@@ -39,8 +39,8 @@ LAYERS = {
 }
 SAME_LAYER = {
     ("_validation", "errors"), ("_calibration", "errors"),
-    ("data", "_store"), ("simulate", "data"), ("neurons", "data"),
-    ("bootstrap", "inference"), ("bootstrap", "weights"), ("weights", "positivity"), ("bootstrap", "folds"),
+    ("data", "_store"), ("data", "positivity"), ("simulate", "data"), ("neurons", "data"),
+    ("bootstrap", "inference"), ("bootstrap", "weights"), ("weights", "balance"), ("bootstrap", "folds"),
     ("sensitivity", "medsens"),
     ("cli", "demo"), ("cli", "_cli_io"), ("demo", "demo_neurons"), ("demo", "study"), ("__main__", "cli"),
     ("cli", "cli_lm"), ("cli_lm", "demo"),

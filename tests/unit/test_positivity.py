@@ -118,3 +118,32 @@ def test_att_needs_controls_only_in_treated_topics(name, kw):
         a, b = res.effect("u0", *key), manual.effect("u0", *key)
         assert np.isfinite(a.estimate) and a.estimate == pytest.approx(b.estimate, abs=1e-12)
         assert a.se == pytest.approx(b.se, abs=1e-12)
+
+
+def test_overlap_rows_and_positivity_table_count_like_a_crosstab():
+    # one count behind check_positivity, outside_population, overlap_rows and the identification table; the
+    # oracle is pandas.crosstab of the (joint) cells
+    from deconfound.identification import positivity_table
+    from deconfound.positivity import overlap_rows
+
+    rng = np.random.default_rng(5)
+    n = 300
+    topic = rng.choice(["a", "b", "c", "d"], n)
+    lang = rng.choice(["en", "fr"], n)
+    t = (rng.random(n) < 0.5).astype(int)
+    t[topic == "d"] = 1                                  # d: treated only
+    t[(topic == "c") & (lang == "fr")] = 0               # the cell c | fr: controls only
+    data = MediationData.from_arrays(t=t, y=np.zeros(n), mediators={"u": np.zeros((n, 1))},
+                                     x=pd.DataFrame({"topic": topic, "lang": lang}))
+    tab = pd.crosstab(topic, t)
+    bad = tab[(tab[0] == 0) | (tab[1] == 0)]
+    keep, dropped = overlap_rows(data, "topic")
+    np.testing.assert_array_equal(keep, ~np.isin(topic, bad.index))
+    assert dropped.to_dict("list") == {"topic": ["d"], "n0": [0], "n1": [int(bad.loc["d", 1])]}
+    cells = pd.Series(topic).str.cat(lang, sep=" | ")
+    joint = pd.crosstab(cells, t).reindex(columns=[1, 0], fill_value=0)
+    pos = positivity_table(data, ["topic", "lang"]).set_index("cell")
+    assert pos.index.tolist() == joint.index.tolist()
+    np.testing.assert_array_equal(pos[["n_treated", "n_control"]].to_numpy(), joint.to_numpy())
+    np.testing.assert_array_equal(pos["supported"], (joint[1] > 0) & (joint[0] > 0))
+    assert set(pos.index[~pos["supported"]]) == {"c | fr", "d | en", "d | fr"}

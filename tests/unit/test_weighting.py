@@ -394,11 +394,3 @@ def test_progress_bar_over_units_only_when_asked_or_on_a_terminal(sim, capsys):
     assert "weighting: units" not in capsys.readouterr().err
     quiet_fit(WeightingMediation(), sim, progress=True)
     assert "weighting: units" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("role", ["cluster", "weights"])
-def test_eb_total_refuses_roles_it_would_ignore(sim, role):
-    """eb_total has neither cluster-robust scores nor weighted means: a role must raise, not be dropped."""
-    value = np.arange(sim.n) % 30 if role == "cluster" else np.linspace(0.5, 2.0, sim.n)
-    with pytest.raises(NotImplementedError, match=f"eb_total: expected data without a {role} role"):
-        EntropyBalancedTotalEffect().fit(sim.replace(**{role: value}))

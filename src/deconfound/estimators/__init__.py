@@ -7,7 +7,7 @@ from importlib import import_module
 
 from .base import _REGISTRY, MediationEstimator, available_estimators, get_estimator, register
 
-_MODULES = ("parametric", "weighting", "dml", "patching", "econml", "interventional")
+_MODULES = ("parametric", "weighting", "eb_total", "dml", "patching", "econml", "interventional")
 
 
 def _load_all() -> None:

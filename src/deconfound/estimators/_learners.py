@@ -7,8 +7,13 @@ p(M,X) = P(T=1|M,X): by default an unpenalized logistic regression on the standa
 when there are at least ``EPV`` rows of the smaller arm per feature; otherwise a logistic regression with an L2
 penalty on the mediator columns only, its strength chosen by 5-fold cross-validated deviance (glum, which takes
 a penalty per coefficient). Any scikit-learn classifier can replace it.
+
+Also the Hajek means that ``weighting`` and ``eb_total`` share, with their stacked influence values
+(``_mu_scores``; sampling or frequency weights enter as the per-row multiplier ``keep``).
 """
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 from scipy.special import expit
@@ -17,8 +22,9 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
+from ..bootstrap import bootstrap
 from ..errors import PositivityError
-from ..weights import eb_atc, eb_att
+from ..weights import balance_matrix, eb_atc, eb_att
 
 TINY = 1e-12
 EPV = 5  # rows of the smaller arm per feature below which p(M,X) is penalized (Vittinghoff & McCulloch 2007)
@@ -30,15 +36,16 @@ DEFAULT_LEARNER = (f"logistic regression on the standardized [M, X]: unpenalized
 
 
 # ---- p(X) ---------------------------------------------------------------------------------------------------
-def eb_block(w_design, source, target, h):
+def eb_block(w_design, source, target, h, f=None):
     """Influence of an entropy balancing fit on h = exp(alpha'W) (source rows): (phi (n, p), dh/dalpha (n, p)).
 
-    The fit solves mean(S h W - R W) = 0 (S: source rows, R: target rows), so phi = -g J^{-1} with
-    J = mean(S h W W')."""
+    The fit solves mean(f (S h W - R W)) = 0 (S: source rows, R: target rows, f: sampling weights, default
+    1), so phi = -f g J^{-1} with g = S h W - R W and J = mean(f S h W W')."""
     n = len(h)
+    f = np.ones(n) if f is None else f
     sh = np.where(source, h, 0.0)
-    g = sh[:, None] * w_design - target[:, None] * w_design
-    jac = (w_design * sh[:, None]).T @ w_design / n
+    g = f[:, None] * (sh[:, None] * w_design - target[:, None] * w_design)
+    jac = (w_design * (f * sh)[:, None]).T @ w_design / n
     phi = -g @ np.linalg.pinv(jac).T
     return phi, sh[:, None] * w_design
 
@@ -185,3 +192,60 @@ def fit_pmx(z, n_x, t, f, learner, fixed_c, random_state, *, blocks: bool):
         score = zt * (t - p)[:, None] - pen * gamma / n
         block = (score @ np.linalg.pinv(hess).T, zt)
     return p, c, block
+
+
+# ---- Hajek means with estimated weights (weighting and eb_total) -------------------------------------------
+def _design(data, cols):
+    """Balance functions c(x) of the confounder columns ``cols`` (one-hot topics, soft topics as given)."""
+    return balance_matrix(data.x[list(cols)]) if cols else balance_matrix(np.zeros((data.n, 0)))
+
+
+def _hajek(a, y, w):
+    aw = a * w
+    total = aw.sum()
+    return float(aw @ y / total) if total > 0 else float("nan")
+
+
+def _kish(a, w=None):
+    """Kish ESS (sum a w)^2 / sum a^2 w of weights a on rows with frequency weights w (default 1)."""
+    w = np.ones(len(a)) if w is None else w
+    den = (a**2) @ w
+    return float((a @ w) ** 2 / den) if den > 0 else 0.0
+
+
+def _mu_scores(a, dadh, dgamma, y, mu, keep, px_blocks, pmx_block):
+    """Influence values of a Hajek mean with estimated weights (M-estimation, stacked)."""
+    ak = a * keep
+    r = keep * (y - mu)
+    s = ak * (y - mu)
+    for phi, dh in px_blocks:
+        s = s + phi @ ((dadh * r)[:, None] * dh).mean(axis=0)
+    if pmx_block is not None and dgamma != 0:
+        phi, zt = pmx_block
+        s = s + phi @ ((dgamma * a * r)[:, None] * zt).mean(axis=0)
+    return s / ak.mean()
+
+
+def run_bootstrap(stat, data, est, cluster, level, n_jobs, backend):
+    """``est.n_boot`` replicates of ``stat`` (:func:`deconfound.bootstrap.bootstrap`, seeded by
+    ``est.random_state``): whole clusters when given (within arms when every cluster lies in one arm), else
+    rows within arms. Returns (the BootstrapResult, the warnings it raised as text)."""
+    strata = ("treatment",) if cluster is None or _arm_constant(cluster, data.t) else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        boot = bootstrap(stat, data, n_boot=int(est.n_boot), random_state=est.random_state, level=level,
+                         n_jobs=n_jobs, backend=backend, cluster=cluster, stratify=strata)
+    return boot, [str(w.message) for w in caught]
+
+
+def _arm_constant(cluster, t) -> bool:
+    """True when every cluster lies in one treatment arm (then the cluster bootstrap stratifies by arm)."""
+    codes = np.unique(cluster, return_inverse=True)[1].reshape(-1)
+    return bool(np.all(np.bincount(codes, weights=t) % np.bincount(codes) == 0))
+
+
+def _check_common(level, n_boot):
+    if not 0 < float(level) < 1:
+        raise ValueError(f"level: expected a number in (0, 1), got {level!r}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
+        raise ValueError(f"n_boot: expected an int >= 0 (0 = influence-function SEs), got {n_boot!r}")

@@ -151,3 +151,13 @@ def sample_roles(data, cluster=None, weights=None):
             raise DataError(f"weights: expected finite positive sampling weights, got {bad}")
         weights = weights / weights.mean()
     return cluster, weights
+
+
+def attach_roles(data, cluster=None, weights=None):
+    """``data`` carrying the fit's ``cluster`` and ``weights`` (as :func:`sample_roles` reads them) as its own
+    roles, so that rows dropped later (positivity) drop their labels and weights with them; ``data`` itself
+    when neither is given."""
+    if cluster is None and weights is None:
+        return data
+    cluster, weights = sample_roles(data, cluster, weights)
+    return data.replace(cluster=cluster, weights=weights)

@@ -33,7 +33,7 @@ from ..graph import resolve
 from ..parallel import progress_iter, run_tasks
 from ..positivity import check_positivity
 from ..results import MediationResult
-from .base import MediationEstimator, check_units, register, sample_roles
+from .base import MediationEstimator, attach_roles, check_units, register, sample_roles
 from .dml_scores import CONTRASTS, TERMS, aggregate_unit, overlap_rows, unit_effects  # noqa: F401 - re-exported
 
 POPULATIONS = ("ate", "att")
@@ -336,8 +336,9 @@ class DMLMediation(MediationEstimator):
         units = check_units(data, units)
         outcome, propensity = self._check(data)
         g, adj = resolve(graph, data)
+        data = attach_roles(data, cluster, weights)  # the roles follow the rows positivity may drop
         data = check_positivity(data, adj.union, drop_unsupported=self.drop_unsupported, what="DML mediation")
-        cluster, weights = sample_roles(data, cluster, weights)
+        cluster, weights = sample_roles(data)
         x_first = data.x_design(adj.first_stage)[0]
         x_second = data.x_design(adj.second_stage)[0]
         x_total = data.x_design(adj.total)[0]

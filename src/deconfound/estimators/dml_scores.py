@@ -40,6 +40,14 @@ def overlap_rows(p1x, trim: float) -> np.ndarray:
     return (p1x >= trim) & (p1x <= 1 - trim)
 
 
+def weighted_mean_scores(psi, lead, sw):
+    """``(theta, centred scores)`` of theta = mean(sw psi) with the sampling weights ``sw`` (mean 1): the scores
+    are ``sw (psi - theta lead)``, ``lead`` the per-row normalizer of the population (1 for all rows; T / P(T=1)
+    for the treated, so that ``- theta lead`` carries the estimation of P(T=1))."""
+    theta = float(np.mean(sw * psi))
+    return theta, sw * (psi - theta * lead)
+
+
 def term_scores(t, y, p1x, mux, p1mx, mumx, omega, *, clip: float, normalize: bool, population: str, sw=None):
     """The four E[Y(d, M(d'))] on the given rows: ``{(d, d'): (theta, centred score, a_1)}`` and the count
     of rows whose p_1(M,X) was clipped to [clip, 1 - clip]. Sampling weights ``sw`` (mean 1 over the rows)
@@ -65,14 +73,13 @@ def term_scores(t, y, p1x, mux, p1mx, mumx, omega, *, clip: float, normalize: bo
     for d in (0, 1):
         is_d, is_other = (t == d).astype(float), (t == 1 - d).astype(float)
         a1 = weight(is_d / px[d])
-        psi = lead * mux[:, d] + a1 * (y - mux[:, d])
-        theta = float(np.mean(sw * psi))
-        out[(d, d)] = (theta, sw * (psi - theta * lead), a1, None)
+        theta, score = weighted_mean_scores(lead * mux[:, d] + a1 * (y - mux[:, d]), lead, sw)
+        out[(d, d)] = (theta, score, a1, None)
         a1 = weight(is_d * pmx[1 - d] / (pmx[d] * px[1 - d]))
         a2 = weight(is_other / px[1 - d])
-        psi = lead * omega[:, d] + a1 * (y - mumx[:, d]) + a2 * (mumx[:, d] - omega[:, d])
-        theta = float(np.mean(sw * psi))
-        out[(d, 1 - d)] = (theta, sw * (psi - theta * lead), a1, a2)
+        theta, score = weighted_mean_scores(lead * omega[:, d] + a1 * (y - mumx[:, d]) + a2 * (mumx[:, d] - omega[:, d]),
+                                            lead, sw)
+        out[(d, 1 - d)] = (theta, score, a1, a2)
     return out, n_clipped
 
 

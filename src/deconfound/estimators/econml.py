@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._validation import refuse_roles
 from ..errors import MissingDependencyError
 from ..graph import resolve
 from ..inference import Effect
@@ -186,6 +187,7 @@ class EconMLTotalEffect(_EconMLBase):
     def fit(self, data, *, graph=None, units=None) -> MediationResult:
         self._check()
         units = check_units(data, units)
+        refuse_roles(data, self.name)
         g, adj = resolve(graph, data)
         data = check_positivity(data, adj.union, drop_unsupported=self.drop_unsupported, what="EconML")
         eff, diag = self._fit_ate(data.y, data.t.astype(int), _design(data, adj.total), 0)
@@ -221,6 +223,7 @@ class EconMLDifferenceMediation(_EconMLBase):
     def fit(self, data, *, graph=None, units=None) -> MediationResult:
         self._check()
         units = check_units(data, units)
+        refuse_roles(data, self.name)
         g, adj = resolve(graph, data)
         data = check_positivity(data, adj.union, drop_unsupported=self.drop_unsupported, what="EconML")
         t, y = data.t.astype(int), data.y

@@ -26,6 +26,13 @@ with classifiers. Reported effects (population ``att`` by default, as patching):
 
 With no earlier units (the first layer, or ``intermediate=None``) Z has one level and the effects are the
 natural ones of the multiply robust estimator.
+
+Clusters and sampling weights (as in :mod:`deconfound.estimators.dml`): whole clusters go to one cross-fitting
+fold and every SE sums the scores within clusters; sampling weights weight every mean of the per-row pieces,
+while the nuisance learners are fitted unweighted. With weights that depend on T or X only, the regressions
+are the same in the sample and the weighted population, but the propensities are the sample's: each
+correction term still has mean zero when the regressions are right, so the means stay consistent through
+them (the propensity side of the double robustness is lost).
 """
 from __future__ import annotations
 
@@ -33,14 +40,14 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from .._validation import refuse_roles
 from ..folds import data_folds
 from ..graph import resolve
 from ..inference import Effect
 from ..parallel import progress_iter
 from ..positivity import check_positivity, outside_population, population_note
 from ..results import MediationResult, add_derived
-from .base import MediationEstimator, check_units, register
+from .base import MediationEstimator, attach_roles, check_units, register, sample_roles
+from .dml_scores import weighted_mean_scores
 
 _CLIP = 0.01
 POPULATIONS = ("att", "ate")
@@ -133,16 +140,13 @@ def _theta_scores(a, t, y, z, m, w, test, nu, k):
     return theta_x, d_y + d_z + d_m, ratio
 
 
-def _population_mean(theta_x, rest, t, g1, population):
-    """One-step estimate and centred influence values of a functional with pieces theta(X) and rest."""
+def _population_mean(theta_x, rest, t, g1, population, sw):
+    """One-step estimate and centred influence values of a functional with pieces theta(X) and rest, the means
+    weighted by the sampling weights ``sw`` (mean 1). ATT: E[T theta(X) + g_1(X) rest] / P(T=1)."""
     if population == "ate":
-        psi = theta_x + rest
-        est = float(psi.mean())
-        return est, psi - est
-    p1 = t.mean()
-    num = t * theta_x + g1 * rest
-    est = float(num.sum() / t.sum())
-    return est, (num - t * est) / p1
+        return weighted_mean_scores(theta_x + rest, np.ones(len(t)), sw)
+    share = float(np.mean(sw * t))
+    return weighted_mean_scores((t * theta_x + g1 * rest) / share, t / share, sw)
 
 
 @register("interventional")
@@ -160,6 +164,13 @@ class InterventionalMediation(MediationEstimator):
     population : ``"att"`` (default, patching's population) or ``"ate"``.
     drop_unsupported : a topic without the rows the population needs raises PositivityError (default); True
         drops its rows (:func:`deconfound.positivity.check_positivity`) and the population is ``"overlap"``.
+
+    Notes
+    -----
+    ``fit(data, cluster=, weights=)`` (or the data's roles): with clusters the folds keep whole clusters and every
+    SE is cluster-robust (CR1 on the scores summed within clusters); sampling weights weight every mean of the
+    scores, the nuisance learners stay unweighted (as in ``dml``). ``settings`` records the number of clusters
+    and whether weights were used.
 
     Examples
     --------
@@ -203,20 +214,26 @@ class InterventionalMediation(MediationEstimator):
             return names
         raise ValueError(f"intermediate: expected 'previous', a dict unit -> units, or None, got {self.intermediate!r}")
 
-    def fit(self, data, *, graph=None, units=None, progress=None) -> MediationResult:
-        """Estimate every unit in ``units`` (default all); ``progress``: a bar over the units (True), none
-        (False), or one only on a terminal (None)."""
+    def fit(self, data, *, graph=None, units=None, cluster=None, weights=None, progress=None) -> MediationResult:
+        """Estimate every unit in ``units`` (default all).
+
+        ``cluster`` (labels per row or a confounder column; default the data's role) keeps whole clusters in one
+        fold and makes every SE cluster-robust; sampling ``weights`` weight every mean of the scores (the
+        learners are fitted unweighted). ``progress``: a bar over the units (True), none (False), or one only
+        on a terminal (None)."""
         self._check()
         _, adj = resolve(graph, data)
         units = check_units(data, units)
-        refuse_roles(data, "interventional")
+        data = attach_roles(data, cluster, weights)  # the roles follow the rows dropped below
         data = check_positivity(data, list(adj.union), estimand=self.population,
                                 drop_unsupported=self.drop_unsupported, what="interventional mediation")
         data = outside_population(data, list(adj.union), self.population)
+        cluster, sw = sample_roles(data)
         w, _ = data.x_design(list(adj.union))
         w = np.column_stack([w, np.ones(data.n)]) if w.shape[1] == 0 else w
         t, y = data.t.astype(int), np.asarray(data.y, dtype=float)
-        folds = data_folds(data, self.n_folds, random_state=self.random_state)
+        folds = data_folds(data, self.n_folds, random_state=self.random_state, cluster=cluster)
+        roles = {"cluster": cluster, "sw": np.ones(data.n) if sw is None else sw}
         effects, diagnostics = {}, {}
         for unit in progress_iter(units, "interventional: units", progress):
             earlier = self._earlier(data, unit)
@@ -224,13 +241,14 @@ class InterventionalMediation(MediationEstimator):
                 else np.zeros(data.n, dtype=int)
             k = int(z.max()) + 1
             m = reduce_block(data.mediator(unit), self.n_components, self.random_state)
-            effects[unit], diagnostics[unit] = self._unit(t, y, z, m, w, folds, k)
+            effects[unit], diagnostics[unit] = self._unit(t, y, z, m, w, folds, k, **roles)
             diagnostics[unit]["intermediate"] = earlier
         note = population_note(data, self.population)
         settings = {**self.get_params(), "method": "cross-fitted one-step", "n_folds": self.n_folds,
                     "estimand": "interventional effects (Z = earlier units)",
                     "positivity_dropped": data.meta.get("positivity_dropped", []),
-                    "outside_population": data.meta.get("outside_population", [])}
+                    "outside_population": data.meta.get("outside_population", []),
+                    "cluster": None if cluster is None else int(len(np.unique(cluster))), "weights": sw is not None}
         if note:
             settings["population_note"] = note
         return MediationResult(
@@ -239,7 +257,7 @@ class InterventionalMediation(MediationEstimator):
             graph=getattr(graph, "name", graph) or "topic_mediation", adjustment=adj.as_dict(), level=self.level,
             random_state=self.random_state, settings=settings, diagnostics=diagnostics)
 
-    def _unit(self, t, y, z, m, w, folds, k):
+    def _unit(self, t, y, z, m, w, folds, k, *, cluster, sw):
         n = len(t)
         pieces = {key: (np.empty(n), np.empty(n)) for key in ("t10", "t01", "y1", "y0")}
         g1_all, ratio_max = np.empty(n), 0.0
@@ -257,8 +275,8 @@ class InterventionalMediation(MediationEstimator):
                 pieces[key][1][test] = (tt == a) / nu["g"][a] * (y[test] - nu["mu"][a])
         terms = {}
         for key, (th, rest) in pieces.items():
-            est, score = _population_mean(th, rest, t, g1_all, self.population)
-            terms[key] = Effect.from_scores(est, score, level=self.level)
+            est, score = _population_mean(th, rest, t, g1_all, self.population, sw)
+            terms[key] = Effect.from_scores(est, score, level=self.level, clusters=cluster)
         eff = {("nie", "treated"): terms["y1"] - terms["t10"], ("nie", "control"): terms["t01"] - terms["y0"],
                ("nde", "control"): terms["t10"] - terms["y0"], ("nde", "treated"): terms["y1"] - terms["t01"],
                ("te", "average"): terms["y1"] - terms["y0"]}

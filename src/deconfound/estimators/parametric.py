@@ -47,7 +47,7 @@ from ..positivity import check_positivity
 from ..results import MediationResult, add_derived
 from ._glm import (_chol, _chol2, _glm, _glm_batch, _gram, _integrated_mean, _inv_link, _logit_normal,  # noqa: F401
                    _ols, _solve_stack, cluster_sums, cr1_factor, robust_cov)
-from .base import MediationEstimator, check_units, register, sample_roles
+from .base import MediationEstimator, attach_roles, check_units, register, sample_roles
 
 FAMILIES = ("gaussian", "logit", "probit")
 METHODS = ("quasi-bayes", "bootstrap")
@@ -130,8 +130,7 @@ class ParametricMediation(MediationEstimator):
         """
         self._check_settings()
         units = check_units(data, units)
-        cluster, weights = sample_roles(data, cluster, weights)
-        groups = None if cluster is None else np.unique(cluster, return_inverse=True)[1].reshape(-1)
+        data = attach_roles(data, cluster, weights)  # the roles follow the rows positivity may drop
         if counts is not None:
             counts = np.asarray(counts)
             if self.method != "bootstrap" or counts.shape != (self.n_sims, data.n):
@@ -139,6 +138,8 @@ class ParametricMediation(MediationEstimator):
                                  f"method={self.method!r} and shape {counts.shape}")
         g, adj = resolve(graph, data)
         data = check_positivity(data, adj.union, drop_unsupported=self.drop_unsupported, what="parametric mediation")
+        cluster, weights = sample_roles(data)
+        groups = None if cluster is None else np.unique(cluster, return_inverse=True)[1].reshape(-1)
         y = np.asarray(data.y, dtype=float)
         if self.outcome_family != "gaussian":
             levels = np.unique(y)

@@ -1,4 +1,5 @@
-"""Weighting (inverse probability) mediation, Huber (2014), and the entropy-balanced total effect.
+"""Weighting (inverse probability) mediation, Huber (2014). (The entropy-balanced total effect is in
+``eb_total.py``; ``EntropyBalancedTotalEffect`` still imports from here.)
 
 Huber (2014), as in R ``causalweight::medweight``: with p(X) = P(T=1|X) and p(M,X) = P(T=1|M,X),
 
@@ -27,8 +28,6 @@ import warnings
 
 import numpy as np
 
-from .._validation import refuse_roles
-from ..bootstrap import bootstrap
 from ..errors import PositivityError
 from ..graph import resolve
 from ..inference import Effect
@@ -36,18 +35,15 @@ from .._calibration import SEPARATION_SHARE, warn_uncalibrated
 from ..parallel import progress_iter
 from ..positivity import check_positivity, level_counts, outside_population, population_note, positivity_message
 from ..results import MediationResult, add_derived
-from ..weights import balance_matrix, eb_ate, eb_att, eb_weights_batch
-from ._learners import DEFAULT_LEARNER, TINY, eb_block, eb_odds, features, fit_pmx, logit_odds, standardize, default_c
-from .base import MediationEstimator, check_units, register, sample_roles
+from ..weights import eb_weights_batch
+from ._learners import (DEFAULT_LEARNER, TINY, _check_common, _design, _hajek, _kish, _mu_scores, default_c, eb_odds,
+                        features, fit_pmx, logit_odds, run_bootstrap, standardize)
+from .base import MediationEstimator, attach_roles, check_units, register, sample_roles
+from .eb_total import EntropyBalancedTotalEffect  # noqa: F401 - re-exported: its old import path
 
 MU_KEYS = ("y11", "y10", "y01", "y00")  # E[Y(1,M(1))], E[Y(1,M(0))], E[Y(0,M(1))], E[Y(0,M(0))]
 MIN_ESS = 10  # below this Kish ESS of a cross-world mean no estimate is returned (no CLT to lean on)
 _EFFECTS = (("te", "average"), ("nie", "treated"), ("nie", "control"), ("nde", "control"), ("nde", "treated"))
-
-
-def _design(data, cols):
-    """Balance functions c(x) of the confounder columns ``cols`` (one-hot topics, soft topics as given)."""
-    return balance_matrix(data.x[list(cols)]) if cols else balance_matrix(np.zeros((data.n, 0)))
 
 
 # ---- Huber's weighted means ---------------------------------------------------------------------------------
@@ -69,32 +65,6 @@ def _huber_weights(t, h, p, pop):
                 "y01": np.where(tr, 0.0, -o / h**2)}
     dgamma = {"y11": 0.0, "y00": 0.0, "y10": -1.0, "y01": 1.0}
     return a, dadh, dgamma
-
-
-def _hajek(a, y, w):
-    aw = a * w
-    total = aw.sum()
-    return float(aw @ y / total) if total > 0 else float("nan")
-
-
-def _kish(a, w=None):
-    """Kish ESS (sum a w)^2 / sum a^2 w of weights a on rows with frequency weights w (default 1)."""
-    w = np.ones(len(a)) if w is None else w
-    den = (a**2) @ w
-    return float((a @ w) ** 2 / den) if den > 0 else 0.0
-
-
-def _mu_scores(a, dadh, dgamma, y, mu, keep, px_blocks, pmx_block):
-    """Influence values of a Hajek mean with estimated weights (M-estimation, stacked)."""
-    ak = a * keep
-    r = keep * (y - mu)
-    s = ak * (y - mu)
-    for phi, dh in px_blocks:
-        s = s + phi @ ((dadh * r)[:, None] * dh).mean(axis=0)
-    if pmx_block is not None and dgamma != 0:
-        phi, zt = pmx_block
-        s = s + phi @ ((dgamma * a * r)[:, None] * zt).mean(axis=0)
-    return s / ak.mean()
 
 
 def _contrasts(mu):
@@ -203,19 +173,6 @@ class _WeightingStatistic:
             if np.all(np.isfinite(h)) and np.all(h[pos] > 0):
                 out[b] = self._units(data, bm, f, h)
         return out
-
-
-def _arm_constant(cluster, t) -> bool:
-    """True when every cluster lies in one treatment arm (then the cluster bootstrap stratifies by arm)."""
-    codes = np.unique(cluster, return_inverse=True)[1].reshape(-1)
-    return bool(np.all(np.bincount(codes, weights=t) % np.bincount(codes) == 0))
-
-
-def _check_common(level, n_boot):
-    if not 0 < float(level) < 1:
-        raise ValueError(f"level: expected a number in (0, 1), got {level!r}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
-        raise ValueError(f"n_boot: expected an int >= 0 (0 = influence-function SEs), got {n_boot!r}")
 
 
 # ---- estimators ---------------------------------------------------------------------------------------------
@@ -342,8 +299,8 @@ class WeightingMediation(MediationEstimator):
         """
         self._check()
         units = check_units(data, units)
-        cluster, sw = sample_roles(data, cluster, weights)
-        if sw is not None and not self.n_boot:
+        data = attach_roles(data, cluster, weights)  # the roles follow the rows dropped below
+        if data.weights is not None and not self.n_boot:
             raise NotImplementedError("weighting with sampling weights: expected n_boot > 0 (bootstrap SE), got "
                                       "n_boot=0; the influence-function SE is implemented for unweighted rows only")
         g, adj = resolve(graph, data)
@@ -351,6 +308,7 @@ class WeightingMediation(MediationEstimator):
         data = check_positivity(data, cols, estimand=self.population, drop_unsupported=self.drop_unsupported,
                                 what="weighting mediation")
         data = outside_population(data, cols, self.population)  # ATT: control-only topics weigh 0
+        cluster, sw = sample_roles(data)
         if not self.n_boot:
             warn_uncalibrated("weighting", n=data.n, n_treated=data.n_treated)
         bm = _design(data, cols)
@@ -383,13 +341,9 @@ class WeightingMediation(MediationEstimator):
             warn_uncalibrated("weighting-separation", n=data.n, n_treated=data.n_treated,
                               share_extreme=extreme[worst], what=f" (units {near[:5]}{' ...' if len(near) > 5 else ''})")
         if self.n_boot and ok:
-            stat = _WeightingStatistic(self, ok, cols, cs, sw)
-            strata = ("treatment",) if cluster is None or _arm_constant(cluster, t) else None
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                boot = bootstrap(stat, data, n_boot=int(self.n_boot), random_state=self.random_state, level=level,
-                                 n_jobs=n_jobs, backend=backend, cluster=cluster, stratify=strata)
-            warns += [str(w.message) for w in caught]
+            boot, caught = run_bootstrap(_WeightingStatistic(self, ok, cols, cs, sw), data, self, cluster, level,
+                                         n_jobs, backend)
+            warns += caught
             for u in ok:
                 draws = boot.effects([f"{u}:{nm}" for nm in _NAMES])
                 effects[u] = _assemble({nm: draws[f"{u}:{nm}"] for nm in _NAMES}, level)
@@ -450,143 +404,3 @@ def _unit_warnings(u, diag, n, est) -> list:
             out.append(f"unit {u!r}: cross-world weights concentrated on few rows (Kish ESS "
                        + ", ".join(f"{k}={v:.1f}" for k, v in low.items()) + f" of n={n})")
     return out
-
-
-@register("eb_total")
-class EntropyBalancedTotalEffect(MediationEstimator):
-    """The total effect of T on Y with entropy balancing weights on the graph's total-effect adjustment set.
-
-    ``population="att"`` (default): treated mean minus the EB-weighted control mean (controls balanced to the
-    treated topic means). ``"ate"``: both arms balanced to the pooled means. One row is reported,
-    ``("te", "average")``; the result's ``population`` says which. A treated topic without controls (ATT), or
-    any topic seen in one arm only (ATE), raises PositivityError unless ``drop_unsupported=True``.
-
-    SEs: with ``n_boot=0`` the influence function of the Hajek mean stacked with the estimating equations of
-    entropy balancing (so the estimated weights are accounted for; with one-hot topics this is the
-    post-stratification variance); with ``n_boot > 0`` a bootstrap stratified by T that refits the weights in
-    every replicate (vectorized over replicates).
-
-    Examples
-    --------
-    >>> from deconfound.simulate import topic_mediation
-    >>> data, truth = topic_mediation(3000, seed=0)
-    >>> te = EntropyBalancedTotalEffect().fit(data).effect("u0", "te", "average")
-    >>> bool(abs(te.estimate - truth.value("u0", "te", "average", "att")) < 3 * te.se)
-    True
-    """
-
-    def __init__(self, population: str = "att", n_boot: int = 0, level: float = 0.95, random_state=0,
-                 drop_unsupported: bool = False):
-        self.population = population
-        self.drop_unsupported = drop_unsupported
-        self.n_boot = n_boot
-        self.level = level
-        self.random_state = random_state
-
-    def statistic(self, data, *, graph=None):
-        """The EB total effect as a counts statistic for :mod:`deconfound.bootstrap` (name ``"te"``), the
-        weights refitted for every count vector (all replicates in one batched solve)."""
-        pop = str(self.population).lower()
-        if pop not in ("att", "ate"):
-            raise ValueError(f"population: expected 'att' or 'ate', got {self.population!r}")
-        _, adj = resolve(graph, data)
-        return _TotalStatistic(list(adj.total), pop)
-
-    def fit(self, data, *, graph=None, units=None, n_jobs=1, backend="local") -> MediationResult:
-        _check_common(self.level, self.n_boot)
-        pop = str(self.population).lower()
-        if pop not in ("att", "ate"):
-            raise ValueError(f"population: expected 'att' or 'ate', got {self.population!r}")
-        units = check_units(data, units)
-        refuse_roles(data, "eb_total", "weighting, dml or parametric")
-        g, adj = resolve(graph, data)
-        cols = list(adj.total)
-        data = check_positivity(data, cols, estimand=pop, drop_unsupported=self.drop_unsupported,
-                                what="entropy balancing total effect")
-        bm = _design(data, cols)
-        t, y = data.t.astype(int), data.y.astype(float)
-        level = float(self.level)
-        te, info = _eb_total(bm, t, y, pop, level)
-        warns = []
-        if self.n_boot:
-            stat = _TotalStatistic(cols, pop)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                boot = bootstrap(stat, data, n_boot=int(self.n_boot), random_state=self.random_state, level=level,
-                                 n_jobs=n_jobs, backend=backend)
-            warns += [str(w.message) for w in caught]
-            te = boot.effect(0)
-            info["se"] = f"bootstrap: {boot.n_boot - boot.n_failed} of {boot.n_boot} replicates"
-        if not adj.identified:
-            warns.append(f"graph {g.name}: effects not identified (latent {list(adj.latent)}); adjusted for the "
-                         "observed confounders only")
-        for msg in warns:
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
-        effects = {u: {("te", "average"): te} for u in units}
-        settings = {"population": pop, "n_boot": int(self.n_boot), "adjusted_for": cols,
-                    "positivity_dropped": data.meta.get("positivity_dropped", [])}
-        note = population_note(data, pop)
-        if note:
-            settings["population_note"] = note
-        return MediationResult(estimator=self.name, effects=effects, n=data.n, n_treated=data.n_treated,
-                               population="overlap" if note else pop, graph=g.name, adjustment=adj.as_dict(),
-                               level=level, random_state=self.random_state, settings=settings,
-                               diagnostics={u: info for u in units}, warnings=warns)
-
-
-def _eb_total(bm, t, y, pop, level):
-    """EB total effect with its stacked influence function; returns (Effect, diagnostics)."""
-    n = len(t)
-    tr = t == 1
-    f = np.ones(n)
-    w_design = np.column_stack([np.ones(n), bm.values])
-    if pop == "att":
-        if bm.values.shape[1]:
-            fit = eb_att(bm, t)
-            h = np.where(tr, 0.0, tr.sum() * fit.weights)
-        else:
-            fit, h = None, np.where(tr, 0.0, tr.sum() / (~tr).sum())
-        arms = {"y1": (tr * 1.0, []), "y0": (h, [eb_block(w_design, ~tr, tr, np.where(tr, 0.0, h))])}
-    else:
-        if bm.values.shape[1]:
-            fit = eb_ate(bm, t)
-            h = n * fit.weights
-        else:
-            fit, h = None, np.where(tr, n / tr.sum(), n / (~tr).sum())
-        everyone = np.ones(n, bool)
-        arms = {"y1": (np.where(tr, h, 0.0), [eb_block(w_design, tr, everyone, np.where(tr, h, 0.0))]),
-                "y0": (np.where(tr, 0.0, h), [eb_block(w_design, ~tr, everyone, np.where(tr, 0.0, h))])}
-    pots = {}
-    for key, (a, blocks) in arms.items():
-        mu = _hajek(a, y, f)
-        dadh = (a > 0) * 1.0
-        pots[key] = Effect.from_scores(mu, _mu_scores(a, dadh, 0.0, y, mu, f, blocks, None), level=level)
-    te = pots["y1"] - pots["y0"]
-    info = {"se": "influence: entropy balancing weights estimated", "potential_outcomes": pots,
-            "ess_treated": _kish(arms["y1"][0]), "ess_control": _kish(arms["y0"][0])}
-    if fit is not None:
-        info.update(weights=fit.diagnostics, balance=fit.balance_table(), topic_counts=fit.topic_counts())
-    return te, info
-
-
-class _TotalStatistic:
-    """The EB total effect for a matrix of counts at once (one batched entropy balancing solve)."""
-
-    names = ["te"]
-
-    def __init__(self, cols, pop):
-        self.cols, self.pop = list(cols), pop
-
-    def batch(self, data, counts):
-        counts = np.atleast_2d(counts).astype(float)
-        t = data.t.astype(int)
-        if self.cols:
-            w = eb_weights_batch(data.x[self.cols], t, counts, estimand=self.pop.upper(), on_failure="nan").weights
-        else:
-            w = counts.copy()
-            for arm in (0, 1):
-                w[:, t == arm] /= w[:, t == arm].sum(axis=1, keepdims=True)
-        return (np.where(t == 1, w, -w) @ data.y.astype(float))[:, None]
-
-    def __call__(self, data, counts):
-        return self.batch(data, np.asarray(counts)[None, :])[0]
