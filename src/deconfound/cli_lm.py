@@ -265,6 +265,10 @@ def cmd_patch(args) -> int:
     boot = args.donor_bootstrap
     if boot == "auto":
         boot = "linear" if getattr(outcome, "differentiable", False) else "fixed"
+    elif boot == "linear" and not getattr(outcome, "differentiable", False):
+        raise cli.CliError(f"--donor-bootstrap linear: expected a differentiable --outcome (next_token, reweight), "
+                           f"got {args.outcome} (sampled text has no gradient); use --donor-bootstrap repatch, or "
+                           "--outcome reweight")
     frames = []
     for graph in args.graphs:
         for donors in args.donors:
@@ -293,9 +297,12 @@ def _add_patch(sub):
                  "graph (topic-adjusted and unadjusted) and donor strategy.\n\nOutcomes: next_token (the "
                  "probability that the continuation starts with a toxic lexicon word; multi-token words by their "
                  "sequence probability), reweight (scorer toxicity of N unpatched continuations, importance-"
-                 "weighted; top_p 1, 32 samples by default), generate (new continuations under the patch with "
-                 "the extraction's random streams and sampling settings, so the unpatched score is the "
-                 "extraction's Y).\nWrites a tidy CSV (default EXTRACTION/patching.csv) and its settings as JSON.",
+                 "weighted; 32 samples, top_p 1 (required), the extraction's max_new_tokens, temperature, "
+                 "seed and scorer by default), generate (new continuations under the patch with the extraction's "
+                 "random streams and sampling settings: its n_samples, max_new_tokens, temperature, top_p (0.9 "
+                 "in extract) and seed, so the unpatched score is the extraction's Y). The fast bootstrap "
+                 "(--donor-bootstrap linear) needs gradients: next_token and reweight have them, generate does "
+                 "not (use repatch, or fixed, the auto choice for generate).\nWrites a tidy CSV (default EXTRACTION/patching.csv) and its settings as JSON.",
                  cmd_patch)
     p.add_argument("--extraction", required=True, metavar="DIR", help="an extraction folder (or a demo --out)")
     model_args(p, default_model=None)

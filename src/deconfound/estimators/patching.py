@@ -84,7 +84,8 @@ class PatchingMediation(MediationEstimator):
     donor_bootstrap : {"repatch", "linear", "fixed"}
         Mean donors depend on the resample. ``"repatch"`` re-runs the model with each replicate's donor
         (exact, costs n_boot x n_targets patched rows per unit); ``"linear"`` uses a first-order expansion
-        of g around the full-sample donor (gradients, differentiable outcomes only); ``"fixed"`` keeps the
+        of g around the full-sample donor (gradients: ``NextTokenMass`` and ``Reweight``; ``Generate`` raises
+        ValueError, since sampled text has no gradient); ``"fixed"`` keeps the
         full-sample donor (the CI then omits the donor's sampling error; a warning says so).
     strata : {"auto", "treatment", "treatment_topic"}
         Bootstrap strata. ``"treatment"``: resample within each arm, so n1 and n0 are fixed but each arm's
@@ -234,6 +235,14 @@ class PatchingMediation(MediationEstimator):
         units = self._units(data, patcher, units)
         base = np.asarray(patcher.base_scores(), dtype=float)
         design = _Design(self, data, adj, base)
+        outcome = getattr(patcher, "outcome", None)
+        if self.donor_bootstrap == "linear" and design.strategy != "exact" and \
+                not getattr(outcome, "differentiable", True):
+            raise ValueError(f"donor_bootstrap='linear': expected a differentiable outcome (next_token_mass, "
+                             f"reweight), got {getattr(outcome, 'name', outcome)!r}, whose sampled text has no "
+                             "gradient in the patched activation; use donor_bootstrap='repatch' (re-runs the model "
+                             "for each replicate's donor), or the 'reweight' outcome (the same continuation "
+                             "toxicity, importance-weighted, differentiable)")
         stratify = self._stratify(data)
         cluster, weights = sample_roles(data, cluster, None)
         if weights is not None:
