@@ -265,13 +265,23 @@ def cmd_patch(args) -> int:
     boot = args.donor_bootstrap
     if boot == "auto":
         boot = "linear" if getattr(outcome, "differentiable", False) else "fixed"
+    elif boot == "linear" and not getattr(outcome, "differentiable", False):
+        raise cli.CliError(f"--donor-bootstrap linear: expected a differentiable --outcome (next_token, reweight), "
+                           f"got {args.outcome} (sampled text has no gradient); use --donor-bootstrap repatch, or "
+                           "--outcome reweight")
+    def estimator(donors):
+        return PatchingMediation(donors=donors, direction=args.direction, n_boot=args.n_boot,
+                                 random_state=args.seed or 0, donor_bootstrap=boot,
+                                 drop_unsupported=args.drop_unsupported)
+
+    report = _report(args, data, patcher, units, estimator(args.donors[0])) if args.report else None
     frames = []
     for graph in args.graphs:
         for donors in args.donors:
-            est = PatchingMediation(donors=donors, direction=args.direction, n_boot=args.n_boot,
-                                    random_state=args.seed or 0, donor_bootstrap=boot,
-                                    drop_unsupported=args.drop_unsupported)
-            res = est.fit(data, graph=graph, patcher=patcher, units=units)
+            if report is not None and donors == args.donors[0]:  # fitted once, for the report
+                res = report["comparison"].results[("patching", str(graph))]
+            else:
+                res = estimator(donors).fit(data, graph=graph, patcher=patcher, units=units)
             print(f"== graph {graph}, donors {donors}")
             print(res.summary())
             frame = res.to_frame()
@@ -282,7 +292,28 @@ def cmd_patch(args) -> int:
     cli._write_csv(pd.concat(frames, ignore_index=True), out)
     describe = {**patcher.describe(), "donor_bootstrap": boot, "extraction": str(root), "units": units}
     out.with_suffix(".json").write_text(json.dumps(describe, indent=2, default=str))
+    if report is not None:
+        print("\n".join(report.get("summary", [])))
+        print(f"report: {report['html']}\nmarkdown: {report['md']}")
     return 0
+
+
+def _report(args, data, patcher, units, patching) -> dict:
+    """``--report DIR``: patching (the first --donors) and the --report-estimators under both graphs, reported
+    by :func:`deconfound.demo.analyse_and_report` from that one comparison (nothing is fitted twice)."""
+    from .compare import compare_estimators
+    from .demo import ADJUSTED, UNADJUSTED, analyse_and_report
+
+    cli = _cli()
+    graphs = [str(g) for g in args.graphs]
+    if ADJUSTED not in graphs or UNADJUSTED not in graphs:
+        raise cli.CliError(f"--report: expected --graphs to include {ADJUSTED} and {UNADJUSTED}, got {graphs}")
+    ests = {"patching": patching, **cli._estimators(args.report_estimators, [], args.seed or 0)}
+    comp = compare_estimators(data, estimators=ests, graphs=args.graphs, units=units, patcher=patcher,
+                              random_state=args.seed or 0, sensitivity={}, progress=None)
+    return analyse_and_report(data, out=args.report, estimators=ests, seed=args.seed or 0, quick=args.quick,
+                              patcher=patcher, main="patching", units=units, comparison=comp,
+                              refute_units=min(args.refute_units, len(units)))
 
 
 def _add_patch(sub):
@@ -293,9 +324,12 @@ def _add_patch(sub):
                  "graph (topic-adjusted and unadjusted) and donor strategy.\n\nOutcomes: next_token (the "
                  "probability that the continuation starts with a toxic lexicon word; multi-token words by their "
                  "sequence probability), reweight (scorer toxicity of N unpatched continuations, importance-"
-                 "weighted; top_p 1, 32 samples by default), generate (new continuations under the patch with "
-                 "the extraction's random streams and sampling settings, so the unpatched score is the "
-                 "extraction's Y).\nWrites a tidy CSV (default EXTRACTION/patching.csv) and its settings as JSON.",
+                 "weighted; 32 samples, top_p 1 (required), the extraction's max_new_tokens, temperature, "
+                 "seed and scorer by default), generate (new continuations under the patch with the extraction's "
+                 "random streams and sampling settings: its n_samples, max_new_tokens, temperature, top_p (0.9 "
+                 "in extract) and seed, so the unpatched score is the extraction's Y). The fast bootstrap "
+                 "(--donor-bootstrap linear) needs gradients: next_token and reweight have them, generate does "
+                 "not (use repatch, or fixed, the auto choice for generate).\nWrites a tidy CSV (default EXTRACTION/patching.csv) and its settings as JSON.",
                  cmd_patch)
     p.add_argument("--extraction", required=True, metavar="DIR", help="an extraction folder (or a demo --out)")
     model_args(p, default_model=None)
@@ -323,6 +357,14 @@ def _add_patch(sub):
                    help="bootstrap seed (default 0); sampled outcomes: their stream seed (default: the "
                    "extraction's)")
     p.add_argument("--out", default=None, metavar="CSV", help="the tidy table (default EXTRACTION/patching.csv)")
+    p.add_argument("--report", default=None, metavar="DIR", help="also write the HTML/markdown report of the "
+                   "patching fit (first --donors) next to --report-estimators, both graphs, to DIR")
+    p.add_argument("--report-estimators", type=cli._names, default=["weighting", "dml"], metavar="LIST",
+                   help="observational estimators compared with patching in the report (default weighting,dml; "
+                   "dml is needed for the sensitivity and refutation sections)")
+    p.add_argument("--refute-units", type=cli._int_at_least(0), default=3, metavar="K",
+                   help="report: units refuted (0 skips the refutation)")
+    p.add_argument("--quick", action="store_true", help="report: fewer draws in bands and null checks")
 
 
 def register(sub, helpers) -> None:

@@ -271,6 +271,10 @@ def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool
 
     steps.run("forest plot", forest)
     rep.table("All estimates", comp.frame.drop(columns=["refutation_passed"], errors="ignore"))
+    said = pd.DataFrame([(name, graph, w) for (name, graph), res in comp.results.items() for w in res.warnings],
+                        columns=["estimator", "graph", "warning"])
+    if len(said):  # e.g. why an estimate is NaN
+        rep.table("Estimator warnings", said)
     # patching on the model's own outcome is the interventional reference for the observational estimators
     ref = "patching" if "patching" in estimators else None
     agree = steps.run("agreement", comp.agreement, effect=effect, arm=arm, reference=ref)

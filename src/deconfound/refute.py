@@ -94,15 +94,11 @@ class RefutationResult:
 
 
 # ---- shared plumbing ------------------------------------------------------------------------------------
-def _needs_patcher(estimator) -> bool:
-    param = inspect.signature(estimator.fit).parameters.get("patcher")
-    return param is not None and param.default is inspect.Parameter.empty
-
-
 def _fit(estimator, data, graph, units, patcher=None) -> MediationResult:
     if patcher is not None:
         return estimator.fit(data, graph=graph, units=units, patcher=patcher)
-    if _needs_patcher(estimator):
+    param = inspect.signature(estimator.fit).parameters.get("patcher")  # a required patcher
+    if param is not None and param.default is inspect.Parameter.empty:
         raise TypeError(f"patcher: expected the Patcher the {type(estimator).__name__} estimator runs on "
                         "(refute_all(..., patcher=patcher) or refuter(..., patcher=patcher)), got None")
     return estimator.fit(data, graph=graph, units=units)

@@ -155,3 +155,13 @@ def test_patch_with_generate_reuses_the_extraction_streams(setup, tmp_path):
     t = data.t == 1
     # unadjusted ATT total effect of the unpatched scores: the extraction's Y, since the streams are the same
     assert te == pytest.approx(data.y[t].mean() - data.y[~t].mean(), abs=1e-9)
+
+
+def test_patch_linear_bootstrap_with_generate_is_refused_with_the_alternatives(setup, capsys):
+    root, _, out, _ = setup
+    code = main(["patch", "--extraction", str(out), "--outcome", "generate", "--donor-bootstrap", "linear",
+                 "--graphs", "unadjusted_mediation", "--donors", "mean", "--n-boot", "5", "--units", "mlp_out.L1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--donor-bootstrap linear: expected a differentiable --outcome" in err and "got generate" in err
+    assert "repatch" in err and "reweight" in err

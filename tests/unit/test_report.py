@@ -174,3 +174,19 @@ def test_a_comparison_already_computed_is_reported_without_refitting(tmp_path, m
     with pytest.raises(ValueError, match="comparison: expected fits"):
         demo.analyse_and_report(data, out=tmp_path / "b", estimators={"other": _MeanDiff()}, quick=True,
                                 refute_units=0, comparison=comp)
+
+
+def test_the_estimators_warnings_are_in_the_report(tmp_path):
+    """A NaN estimate must not reach the report without the reason its estimator gave."""
+    from deconfound import demo
+    from deconfound.compare import compare_estimators
+
+    data = _sim()
+    comp = compare_estimators(data, estimators={"md": _MeanDiff()}, graphs=[demo.ADJUSTED, demo.UNADJUSTED],
+                              sensitivity={}, random_state=0)
+    comp.results[("md", demo.ADJUSTED)].warnings.append("unit 'u0': no estimate: a reason the user must see")
+    demo.analyse_and_report(data, out=tmp_path, estimators={"md": _MeanDiff()}, quick=True, refute_units=0,
+                            comparison=comp)
+    md = (tmp_path / "report.md").read_text()
+    assert "Estimator warnings" in md and "a reason the user must see" in md and demo.ADJUSTED in md
+    assert "a reason" not in md.split("Estimator warnings")[0]  # once, in its own section

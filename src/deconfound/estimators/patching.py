@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 
 from .._validation import check_probability
-from ..errors import ConvergenceError, DataError, PositivityError
+from ..errors import ConvergenceError, DataError
 from ..graph import resolve
 from ..bootstrap import draw_counts
 from ..inference import Effect
 from ..results import MediationResult
-from ..weights import balance_matrix, eb_att, eb_weights_batch, entropy_balance_batch
 from ._patching_checks import MEAN_PATCH, PatchingResult, donor_distance, exact_check
+from ._patching_design import _Design, _feasible, _normalize
 from .base import MediationEstimator, register, sample_roles
 
 __all__ = ["PatchingMediation", "paired_difference", "resample_key", "DONORS"]
@@ -48,98 +48,6 @@ def resample_key(data, stratify, n_boot, random_state) -> str:
         h.update(np.ascontiguousarray(data.x[name].cat.codes.to_numpy()).tobytes())
     return (f"draw_counts:stratify={'+'.join(stratify)}:n={data.n}:B={int(n_boot)}:seed={random_state}:"
             f"{h.hexdigest()[:12]}")
-
-
-def _normalize(w: np.ndarray) -> np.ndarray:
-    s = w.sum(axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(s > 0, w / np.where(s > 0, s, 1.0), np.nan)
-
-
-class _Design:
-    """Everything about one fit that does not depend on the unit: rows, weights, donor weights."""
-
-    def __init__(self, est: "PatchingMediation", data, adj, base: np.ndarray):
-        self.est = est
-        t = data.t.astype(int)
-        self.donor_cols = list(adj.first_stage)
-        self.outcome_cols = list(dict.fromkeys([*adj.second_stage, *adj.total]))
-        self.adjusted = bool(self.donor_cols)
-        strategy = est.donors
-        if not self.adjusted and strategy in ("eb_mean", "topic_mean"):
-            strategy = "mean"  # no confounder in the graph: every adjusted strategy is the plain mean
-        self.strategy = strategy
-        self.kept, self.dropped = self._positivity(data, t)
-        self.rows = np.flatnonzero(self.kept)
-        self.t = t[self.rows]
-        self.x = data.x.iloc[self.rows].reset_index(drop=True)
-        self.base = base[self.rows]
-        ablation = est.direction == "ablation"
-        self.targets = np.flatnonzero(self.t == (1 if ablation else 0))
-        self.pool = np.flatnonzero(self.t == (0 if ablation else 1))
-        self.mode = self._mode()
-        if self.mode == "categorical":
-            cats = [c for c in self.donor_cols if c in data.categorical_confounders()]
-            codes = self.x[cats].astype(str).agg("\x1f".join, axis=1) if len(cats) > 1 else self.x[cats[0]].astype(str)
-            self.levels, self.codes = np.unique(codes.to_numpy(), return_inverse=True)
-        elif self.mode == "soft":
-            self.bm = balance_matrix(self.x[self.donor_cols]).values
-
-    # ---- checks ------------------------------------------------------------------------------
-    def _positivity(self, data, t):
-        """Rows kept after the positivity check of the ATT weights (treated topics need controls)."""
-        cols = list(dict.fromkeys(self.donor_cols + self.outcome_cols))
-        kept = np.ones(len(t), bool)
-        self.eb_ess = None
-        dropped = pd.DataFrame(columns=["variable", "level", "n1", "n0"])
-        if cols:
-            fit = eb_att(data.x[cols], t, drop_unsupported=self.est.drop_unsupported)
-            kept, dropped = fit.kept.copy(), fit.dropped
-            self.eb_ess = float(fit.diagnostics.loc["control", "ess"])
-        if t[kept].sum() < 1 or (1 - t[kept]).sum() < 1:
-            raise PositivityError("patching: expected treated and control prompts left after dropping topics "
-                                  f"without overlap, got n1={int(t[kept].sum())}, n0={int((1 - t[kept]).sum())}")
-        return kept, dropped
-
-    def _mode(self) -> str:
-        if self.strategy in ("mean", "eb_mean") or not self.adjusted:
-            return "global"
-        cats = [c for c in self.donor_cols if isinstance(self.x[c].dtype, pd.CategoricalDtype)]
-        mode = self.est.conditional
-        if mode == "auto":
-            mode = "categorical" if cats else "soft"
-        if mode == "categorical" and not cats:
-            raise DataError(f"conditional='categorical': expected a categorical confounder among {self.donor_cols}, "
-                            "got none; use conditional='soft'")
-        return mode
-
-    # ---- weights -----------------------------------------------------------------------------
-    def att_weights(self, counts: np.ndarray, cols) -> np.ndarray:
-        """(B, n) weights summing to 1 within each arm: treated by counts, controls by EB on ``cols``."""
-        if not cols:
-            w = counts.astype(float).copy()
-            for arm in (0, 1):
-                w[:, self.t == arm] = _normalize(w[:, self.t == arm])
-            return w
-        return eb_weights_batch(self.x[cols], self.t, counts, estimand="ATT", on_failure="nan").weights
-
-    def donor_weights(self, q: np.ndarray, w_att: np.ndarray):
-        """Donor weights for one replicate: (Wu (K, n_pool), row of Wu for each target (n_targets,))."""
-        nt = len(self.targets)
-        qp = q[self.pool].astype(float)
-        if self.mode == "global":
-            if self.strategy == "eb_mean" and self.est.direction == "ablation":
-                w = w_att[self.pool]
-            else:
-                w = _normalize(qp)
-            return w[None, :], np.zeros(nt, np.int64)
-        if self.mode == "categorical":
-            pool_codes = self.codes[self.pool]
-            wu = np.stack([np.where(pool_codes == k, qp, 0.0) for k in range(len(self.levels))])
-            return _normalize(wu), self.codes[self.targets]
-        res = entropy_balance_batch(self.bm[self.pool], self.bm[self.targets], np.broadcast_to(qp, (nt, len(qp))),
-                                    target_weights=np.eye(nt), on_failure="nan")
-        return res.weights, np.arange(nt)
 
 
 def _check_choice(value, options, name):
@@ -176,7 +84,8 @@ class PatchingMediation(MediationEstimator):
     donor_bootstrap : {"repatch", "linear", "fixed"}
         Mean donors depend on the resample. ``"repatch"`` re-runs the model with each replicate's donor
         (exact, costs n_boot x n_targets patched rows per unit); ``"linear"`` uses a first-order expansion
-        of g around the full-sample donor (gradients, differentiable outcomes only); ``"fixed"`` keeps the
+        of g around the full-sample donor (gradients: ``NextTokenMass`` and ``Reweight``; ``Generate`` raises
+        ValueError, since sampled text has no gradient); ``"fixed"`` keeps the
         full-sample donor (the CI then omits the donor's sampling error; a warning says so).
     strata : {"auto", "treatment", "treatment_topic"}
         Bootstrap strata. ``"treatment"``: resample within each arm, so n1 and n0 are fixed but each arm's
@@ -327,6 +236,14 @@ class PatchingMediation(MediationEstimator):
         units = self._units(data, patcher, units)
         base = np.asarray(patcher.base_scores(), dtype=float)
         design = _Design(self, data, adj, base)
+        outcome = getattr(patcher, "outcome", None)
+        if self.donor_bootstrap == "linear" and design.strategy != "exact" and \
+                not getattr(outcome, "differentiable", True):
+            raise ValueError(f"donor_bootstrap='linear': expected a differentiable outcome (next_token_mass, "
+                             f"reweight), got {getattr(outcome, 'name', outcome)!r}, whose sampled text has no "
+                             "gradient in the patched activation; use donor_bootstrap='repatch' (re-runs the model "
+                             "for each replicate's donor), or the 'reweight' outcome (the same continuation "
+                             "toxicity, importance-weighted, differentiable)")
         stratify = self._stratify(data)
         cluster, weights = sample_roles(data, cluster, None)
         if weights is not None:
@@ -347,95 +264,120 @@ class PatchingMediation(MediationEstimator):
             v = _normalize(allc[:, design.targets])
         else:
             v = w_te[:, design.targets]
-        donor_w = [design.donor_weights(allc[b], w_donor[b]) for b in range(allc.shape[0])]
+        first = design.donor_weights(allc[0], w_donor[0])
         valid = np.isfinite(te) & np.isfinite(v).all(1)
-        valid &= np.array([np.isfinite(wu[m][v[b, :] > 0]).all() for b, (wu, m) in enumerate(donor_w)])
+        valid[0] &= _feasible(first, v[0])
         if not valid[0]:
             raise ConvergenceError(f"patching ({design.strategy} donors): expected feasible weights on the full sample, "
                                    "got infeasible ones (a prompt's topic vector lies outside the donors' range); "
                                    "use conditional='categorical', donors='eb_mean' or drop_unsupported=True")
+        rng = np.random.default_rng([int(self.random_state), 1])
+        per_unit = self._estimate_units(design, units, data, patcher, v, allc, w_donor, first, valid, rng)
+        return self._result(g, adj, data, design, units, per_unit, te, valid, stratify, patcher)
+
+    # ---- per-unit estimates ------------------------------------------------------------------
+    def _estimate_units(self, design, units, data, patcher, v, allc, w_donor, first, valid, rng):
+        """Full-sample patches per unit, then one pass over the replicates.
+
+        A replicate's donor weights ((n_targets, n_pool) with soft topics) are computed once, used by every
+        unit and dropped, so memory holds one replicate's weights, never all of them. Invalid replicates are
+        marked in ``valid`` (in place).
+        """
+        sign = 1.0 if self.direction == "ablation" else -1.0
+        gt = design.base[design.targets]
+        pools = {name: data.mediator(name)[design.rows][design.pool].astype(np.float64) for name, _ in units}
+        wu0, m0 = first
+        live0 = np.flatnonzero(v[0] > 0)
+        natural = {name: data.mediator(name)[design.rows][design.targets[live0]].astype(np.float64)
+                   for name, _ in units}
+        steps = {}
+        if design.strategy == "exact":
+            for name, unit in units:  # every unit samples the same donors (common random numbers across units)
+                same = np.random.default_rng(rng.bit_generator.seed_seq)
+                steps[name] = self._exact(design, unit, patcher, pools[name], v, first, gt, sign, same)
+                steps[name][2].update(_distance_diag(natural[name], wu0[m0[live0]] @ pools[name]))
+        else:  # mean-type donors: one patched row per target, all units in one engine call for the point estimate
+            prompts0 = design.rows[design.targets[live0]]
+            reqs = [(unit, prompts0, (wu0[m0[live0]] @ pools[name])) for name, unit in units]
+            point = patcher.evaluate(reqs, grad=self.donor_bootstrap == "linear")
+            for (name, unit), ps in zip(units, point):
+                steps[name] = self._mean(design, name, unit, patcher, pools[name], natural[name], v, first, gt,
+                                         sign, ps)
+        for b in range(1, len(v)):
+            if not valid[b]:
+                continue
+            wu, m = design.donor_weights(allc[b], w_donor[b])
+            valid[b] = _feasible((wu, m), v[b])
+            if valid[b]:
+                for update, _, _ in steps.values():
+                    update(b, wu, m)
         n_bad = int((~valid[1:]).sum())
         if n_bad > _MAX_INVALID * self.n_boot:
             raise ConvergenceError(f"bootstrap: expected at most {_MAX_INVALID:.0%} of {self.n_boot} replicates with "
                                    f"infeasible weights, got {n_bad}; use coarser topics or drop_unsupported=True")
-        rng = np.random.default_rng([int(self.random_state), 1])
-        per_unit = self._estimate_units(design, units, data, patcher, v, donor_w, valid, rng)
-        return self._result(g, adj, data, design, units, per_unit, te, valid, stratify, patcher)
+        return {name: finish() for name, (_, finish, _) in steps.items()}
 
-    # ---- per-unit estimates ------------------------------------------------------------------
-    def _estimate_units(self, design, units, data, patcher, v, donor_w, valid, rng):
-        sign = 1.0 if self.direction == "ablation" else -1.0
-        gt = design.base[design.targets]
-        boots = np.flatnonzero(valid)[1:] if len(valid) > 1 else np.zeros(0, int)
-        out = {}
-        pools = {name: data.mediator(name)[design.rows][design.pool].astype(np.float64) for name, _ in units}
-        wu0, m0 = donor_w[0]
+    def _mean(self, design, name, unit, patcher, pool_m, natural, v, first, gt, sign, ps):
+        """Mean-type donors: (update(b, wu, m), finish() -> (nie, diag), diag) for one unit."""
+        wu0, m0 = first
         live0 = np.flatnonzero(v[0] > 0)
-        natural = {name: data.mediator(name)[design.rows][design.targets[live0]].astype(np.float64)
-                   for name, _ in units}
-        if design.strategy == "exact":
-            for name, unit in units:  # every unit samples the same donors (common random numbers across units)
-                same = np.random.default_rng(rng.bit_generator.seed_seq)
-                out[name] = self._exact(design, name, unit, patcher, pools[name], v, donor_w, boots, gt, sign, same)
-                out[name][1].update(_distance_diag(natural[name], wu0[m0[live0]] @ pools[name]))
-            return out
-        # mean-type donors: one patched row per target, all units in one engine call for the point estimate
         prompts0 = design.rows[design.targets[live0]]
-        reqs = [(unit, prompts0, (wu0[m0[live0]] @ pools[name])) for name, unit in units]
-        grad = self.donor_bootstrap == "linear"
-        point = patcher.evaluate(reqs, grad=grad)
-        for (name, unit), ps in zip(units, point):
-            gp0 = np.full(len(design.targets), np.nan)
-            gp0[live0] = ps.scores
-            nie = np.full(len(v), np.nan)
-            nie[0] = sign * np.sum(v[0, live0] * (gt[live0] - gp0[live0]))
-            diag = {"patched_rows": len(live0), **_extras_summary(ps.extras, patcher)}
-            donors0 = wu0[m0] @ pools[name]
-            diag.update(_distance_diag(natural[name], donors0[live0]))
-            if self.exact_check:
-                check = exact_check(patcher, unit, prompts0, v[0, live0] / v[0, live0].sum(), wu0[m0[live0]],
-                                    pools[name], n_check=self.exact_check, n_donors=_CHECK_DONORS,
-                                    sign=sign, rng=np.random.default_rng([int(self.random_state), 2,
-                                                                          zlib.crc32(str(name).encode())]))
-                diag["patched_rows"] += check.pop("patched_rows")
-                diag.update(check)
-            if self.donor_bootstrap == "fixed":
-                for b in boots:
-                    live = v[b] > 0
-                    nie[b] = sign * np.sum(v[b, live] * (gt[live] - gp0[live]))
-            elif self.donor_bootstrap == "linear":
-                grads = np.zeros((len(design.targets), pools[name].shape[1]))
-                grads[live0] = ps.grad
-                for b in boots:
-                    wu, m = donor_w[b]
-                    live = np.flatnonzero(v[b] > 0)
-                    if not np.isin(live, live0).all():
-                        raise ConvergenceError("linear bootstrap: expected every resampled target in the full sample, "
-                                               "got one with weight 0 there")
-                    delta = np.einsum("ij,ij->i", grads[live], wu[m[live]] @ pools[name] - donors0[live])
-                    nie[b] = sign * np.sum(v[b, live] * (gt[live] - gp0[live] - delta))
-            else:
-                rows, vals, bidx = [], [], []
-                for b in boots:
-                    wu, m = donor_w[b]
-                    live = np.flatnonzero(v[b] > 0)
-                    rows.append(live)
-                    vals.append(wu[m[live]] @ pools[name])
-                    bidx.append(np.full(len(live), b))
-                if rows:
-                    live_all, b_all = np.concatenate(rows), np.concatenate(bidx)
-                    res = patcher.evaluate([(unit, design.rows[design.targets[live_all]],
-                                             np.vstack(vals))])[0]
-                    diag["patched_rows"] += len(live_all)
-                    contrib = v[b_all, live_all] * (gt[live_all] - res.scores)
-                    sums = np.bincount(b_all, weights=contrib, minlength=len(v))
-                    nie[boots] = sign * sums[boots]
-            out[name] = (nie, diag)
-        return out
+        gp0 = np.full(len(design.targets), np.nan)
+        gp0[live0] = ps.scores
+        nie = np.full(len(v), np.nan)
+        nie[0] = sign * np.sum(v[0, live0] * (gt[live0] - gp0[live0]))
+        diag = {"patched_rows": len(live0), **_extras_summary(ps.extras, patcher)}
+        donors0 = wu0[m0] @ pool_m
+        diag.update(_distance_diag(natural, donors0[live0]))
+        if self.exact_check:
+            check = exact_check(patcher, unit, prompts0, v[0, live0] / v[0, live0].sum(), wu0[m0[live0]],
+                                pool_m, n_check=self.exact_check, n_donors=_CHECK_DONORS,
+                                sign=sign, rng=np.random.default_rng([int(self.random_state), 2,
+                                                                      zlib.crc32(str(name).encode())]))
+            diag["patched_rows"] += check.pop("patched_rows")
+            diag.update(check)
+        mode = self.donor_bootstrap
+        if mode == "linear":
+            grads = np.zeros((len(design.targets), pool_m.shape[1]))
+            grads[live0] = ps.grad
+        rows, vals, bidx = [], [], []
 
-    def _exact(self, design, name, unit, patcher, pool_m, v, donor_w, boots, gt, sign, rng):
-        """Average patched score over each target's donors; bootstrap re-weights the cached scores."""
-        wu0, m0 = donor_w[0]
+        def update(b, wu, m):
+            if mode == "fixed":
+                live = v[b] > 0
+                nie[b] = sign * np.sum(v[b, live] * (gt[live] - gp0[live]))
+                return
+            live = np.flatnonzero(v[b] > 0)
+            if mode == "linear":
+                if not np.isin(live, live0).all():
+                    raise ConvergenceError("linear bootstrap: expected every resampled target in the full sample, "
+                                           "got one with weight 0 there")
+                delta = np.einsum("ij,ij->i", grads[live], wu[m[live]] @ pool_m - donors0[live])
+                nie[b] = sign * np.sum(v[b, live] * (gt[live] - gp0[live] - delta))
+            else:  # repatch: the rows are patched after the pass, in one engine call
+                rows.append(live)
+                vals.append(wu[m[live]] @ pool_m)
+                bidx.append(np.full(len(live), b))
+
+        def finish():
+            if rows:
+                live_all, b_all = np.concatenate(rows), np.concatenate(bidx)
+                res = patcher.evaluate([(unit, design.rows[design.targets[live_all]], np.vstack(vals))])[0]
+                diag["patched_rows"] += len(live_all)
+                contrib = v[b_all, live_all] * (gt[live_all] - res.scores)
+                sums = np.bincount(b_all, weights=contrib, minlength=len(v))
+                boots = np.unique(b_all)
+                nie[boots] = sign * sums[boots]
+            return nie, diag
+
+        return update, finish, diag
+
+    def _exact(self, design, unit, patcher, pool_m, v, first, gt, sign, rng):
+        """Average patched score over each target's donors; replicates re-weight the cached scores.
+
+        Returns (update(b, wu, m), finish() -> (nie, diag), diag) for one unit.
+        """
+        wu0, m0 = first
         nt = len(design.targets)
         live0 = np.flatnonzero(v[0] > 0)
         if self.n_donors is None:  # every donor that can get weight in some replicate
@@ -456,8 +398,7 @@ class PatchingMediation(MediationEstimator):
         gij, mean_patch = res[0].scores, res[1].scores
         diag = {"patched_rows": len(ti) + len(live0), **_extras_summary(res[0].extras, patcher)}
 
-        def patched(b):
-            wu, m = donor_w[b]
+        def patched(wu, m, vb):
             w = wu[m[ti], pj]
             if self.n_donors is not None:  # importance ratio of the replicate's donor weights to the sampling ones
                 w = w / wu0[m0[ti], pj]
@@ -465,25 +406,32 @@ class PatchingMediation(MediationEstimator):
             den = np.bincount(ti, weights=w, minlength=nt)
             flat = np.bincount(ti, weights=gij, minlength=nt) / np.maximum(np.bincount(ti, minlength=nt), 1)
             with np.errstate(invalid="ignore", divide="ignore"):
-                return np.where(den > 0, num / np.where(den > 0, den, 1.0), flat), int(((den <= 0) & (v[b] > 0)).sum())
+                return np.where(den > 0, num / np.where(den > 0, den, 1.0), flat), int(((den <= 0) & (vb > 0)).sum())
 
         nie = np.full(len(v), np.nan)
-        gp0, _ = patched(0)
+        gp0, _ = patched(wu0, m0, v[0])
         nie[0] = sign * np.sum(v[0, live0] * (gt[live0] - gp0[live0]))
-        empty = 0
-        for b in boots:
-            gp, k = patched(b)
-            empty += k
+        empty = [0]
+
+        def update(b, wu, m):
+            gp, k = patched(wu, m, v[b])
+            empty[0] += k
             live = v[b] > 0
             nie[b] = sign * np.sum(v[b, live] * (gt[live] - gp[live]))
+
         mean_nie = sign * np.sum(v[0, live0] * (gt[live0] - mean_patch))
         diag.update(mean_patch_nie=float(mean_nie), affine_gap=float(nie[0] - mean_nie))
         if self.n_donors is not None:
             s = int(self.n_donors)
             var = np.array([np.var(gij[ti == i], ddof=1) if s > 1 else np.nan for i in range(nt)])
             diag["mc_se"] = float(np.sqrt(np.sum(v[0, live0] ** 2 * var[live0] / s)))
-            diag["replicate_targets_without_donors"] = empty
-        return nie, diag
+
+        def finish():
+            if self.n_donors is not None:
+                diag["replicate_targets_without_donors"] = empty[0]
+            return nie, diag
+
+        return update, finish, diag
 
     # ---- result ------------------------------------------------------------------------------
     def _result(self, g, adj, data, design, units, per_unit, te, valid, stratify, patcher):
