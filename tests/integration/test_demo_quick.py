@@ -47,7 +47,7 @@ def test_quick_demo_writes_the_study_report_with_numbers(tmp_path):
         assert heading in md, heading
     parser = _Imgs()
     parser.feed((report / "report.html").read_text())
-    assert parser.n >= 2  # the NIE curves and the sensitivity contour
+    assert parser.n >= 3  # the patching NIE curves, the estimators against patching, the sensitivity contour
     # the design: 48 prompts of the RTP pool, both arms, one instrument
     n = _number(stdout, r"(\d+) prompts \(\d+ treated\), 3 layers")
     treated = _number(stdout, r"\d+ prompts \((\d+) treated\)")
