@@ -232,8 +232,10 @@ def cmd_demo(args) -> int:
     for flag, value in neuron_flags.items():
         if value is not None:
             raise CliError(f"{flag}: expected only with --neurons, got {value}")
-    return demo.run_llm(out=args.out, quick=args.quick, n_prompts=args.n_prompts, seed=args.seed,
-                        layer_step=args.layer_step, full=args.full, **model_kwargs(args))
+    if args.quick and args.full:
+        raise CliError("--quick, --full: expected the smoke run (--quick) or the powered design (--full), got both")
+    return demo.run_llm(out=args.out, quick=args.quick, n_prompts=args.n_prompts, seed=args.seed, full=args.full,
+                        **model_kwargs(args))
 
 
 def cmd_estimate(args) -> int:
@@ -427,12 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"deconfound {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
-    d = _sub(sub, "demo", "the whole pipeline on the embedded default (SmolLM2, RTP, BBC, CrowS-Pairs)",
-             "Extract from SmolLM2-135M, estimate adjusted and unadjusted effects, stress-test them and write the "
-             "report.\nResumable: a re-run with the same --out reuses finished extraction shards.", cmd_demo)
-    d.add_argument("--quick", action="store_true", help="a small run (about 3 minutes)")
+    d = _sub(sub, "demo", "the study design on the embedded default (SmolLM2, RealToxicityPrompts, Jigsaw BiLSTM)",
+             "Treatment within the RealToxicityPrompts pool by one instrument, continuation toxicity for every "
+             "estimator, patching adjusted and unadjusted for topic against the observational estimators, the null "
+             "model, sensitivity with benchmarks and refuters; writes the report to OUT/report.", cmd_demo)
+    d.add_argument("--quick", action="store_true", help="a smoke run (48 prompts, 3 layers)")
     d.add_argument("--n-prompts", type=_int_at_least(MIN_PROMPTS), default=None, metavar="N",
-                   help="prompts in all (default 400; with --quick 120)")
+                   help="prompts drawn from the pool (default 200; --quick 48; --full 1500; --neurons 300)")
     d.add_argument("--out", default="demo_out", metavar="DIR", help="output folder")
     d.add_argument("--seed", type=_int_at_least(0), default=0)
     d.add_argument("--simulated", action="store_true", help="run on the topic-confounded simulator instead")
@@ -443,10 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--neurons: neurons checked by exact patching (default 192; with --quick 96; 'all' is for a GPU)")
     d.add_argument("--n-boot", type=_int_at_least(2), default=None, metavar="B",
                    help="--neurons: bootstrap replicates (default 200)")
-    d.add_argument("--layer-step", type=_int_at_least(1), default=None, metavar="K",
-                   help="estimate every K-th layer (default 2; with --quick 3); extraction keeps all layers")
     d.add_argument("--full", action="store_true",
-                   help="the powered design (deconfound.study): RTP prompts only, every layer, continuation outcome")
+                   help="the powered design: 1,500 prompts, every layer, 16 continuations (hours on a CPU)")
 
     s = _sub(sub, "estimate", "fit one estimator and print its summary",
              "Examples: deconfound estimate --data DIR --estimator dml --graph topic_mediation --set n_folds=2\n"

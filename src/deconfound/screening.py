@@ -51,6 +51,10 @@ class PromptSubset:
     def base_scores(self) -> np.ndarray:
         return np.asarray(self.patcher.base_scores())[self.rows]
 
+    def random_copy(self, seed: int = 0) -> "PromptSubset":
+        """The null model (``patcher.random_copy(seed)``) restricted to the same prompts."""
+        return PromptSubset(self.patcher.random_copy(seed), self.rows)
+
     def activations(self, units, prompts=None):
         prompts = np.arange(len(self.rows)) if prompts is None else np.asarray(prompts)
         return self.patcher.activations(units, self.rows[prompts])

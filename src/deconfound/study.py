@@ -11,7 +11,9 @@ Pieces, each usable alone:
 - :func:`robustness_table`, :func:`robustness_summary`: each observational estimator against the patching
   NIE on the treated, per layer (bias, CI coverage of the patching value), and Spearman rank agreement.
 - :func:`mde`: the minimum detectable difference at a given power for a normal test.
-- :func:`run_study`: the whole design on a language model (``deconfound demo --full``).
+- :func:`run_study`: the whole design on a language model; :func:`run_demo` runs it at the sizes of
+  :data:`DESIGNS` (``deconfound demo``, ``--quick``, ``--full``). The null model, sensitivity and refuters are
+  in :mod:`deconfound.study_checks`.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from .errors import DataError, PositivityError
 
 ADJUSTED, UNADJUSTED = "topic_mediation", "unadjusted_mediation"
 DEFAULT_QUANTILE = 0.5
+FULL_N = 1500
 
 
 def _say(msg: str) -> None:
@@ -248,11 +251,12 @@ def _scores(scorer, texts, column) -> np.ndarray:
     return np.asarray(scorer.score(list(texts)), dtype=float)[:, cols.index(column)]
 
 
-def run_study(out="study_out", n_prompts: int | None = 1500, layers="all", quick: bool = False,
+def run_study(out="study_out", n_prompts: int | None = FULL_N, layers="all", quick: bool = False,
               model="smollm2-135m", *, prompts=None, scorer=None, column: str = "toxic", topics=None,
               quantile: float | None = DEFAULT_QUANTILE, threshold: float | None = None, n_samples: int = 16,
               max_new_tokens: int = 16, donors: str = "eb_mean", n_boot: int | None = None, observational=None,
-              secondary: bool = True, batch_size: int = 64, seed: int = 0) -> dict:
+              secondary: bool = True, batch_size: int = 64, seed: int = 0, exact_check: int = 32,
+              null_layers=(), refute_units: int = 0) -> dict:
     """The powered design, end to end, with a report in ``out``.
 
     Parameters
@@ -271,6 +275,12 @@ def run_study(out="study_out", n_prompts: int | None = 1500, layers="all", quick
     donors : the patching donors (``"eb_mean"``, ``"exact"``, ...); mean donors bootstrap by ``"linear"``.
     observational : {name: estimator} (default :func:`default_observational`); population ATT is set where the
         estimator has the parameter.
+    exact_check : treated prompts whose mean patch is checked against exact donors (16 each), per layer.
+    null_layers : layer numbers (a subset of ``layers``, fixed before the data are seen) whose patching NIE is
+        compared with a randomly initialised copy of the model (:func:`deconfound.study_checks.null_model_check`).
+    refute_units : with a ``"dml"`` observational estimator, the layers ranked on one half of the prompts and
+        refuted on the other (:func:`deconfound.study_checks.split_refutation`); 0 skips it. The DML fit also
+        gets sensitivity bounds benchmarked against topic whenever it is fitted.
 
     Returns
     -------
@@ -285,6 +295,7 @@ def run_study(out="study_out", n_prompts: int | None = 1500, layers="all", quick
     from .lm.outcomes import Reweight
     from .lm.patch import Patcher
     from .screening import PromptSubset
+    from .study_checks import check_lines, patching_checks, report_checks as _report_checks, run_checks
 
     timings, clock = {}, (time.perf_counter(), time.process_time())
 
@@ -349,7 +360,7 @@ def run_study(out="study_out", n_prompts: int | None = 1500, layers="all", quick
     n_boot = n_boot or (100 if quick else 200)
     mean_donor = donors in ("eb_mean", "mean", "topic_mean")
     patching = get_estimator("patching", donors=donors, n_boot=n_boot, random_state=seed, drop_unsupported=True,
-                             **({"donor_bootstrap": "linear"} if mean_donor else {}))
+                             exact_check=exact_check, **({"donor_bootstrap": "linear"} if mean_donor else {}))
     _say(f"patching {len(units)} layers on {data.n} prompts ({data.n_treated} treated), donors={donors}")
     p_adj = patching.fit(data, graph=ADJUSTED, units=units, patcher=sub)
     p_raw = patching.fit(data, graph=UNADJUSTED, units=units, patcher=sub)
@@ -367,10 +378,14 @@ def run_study(out="study_out", n_prompts: int | None = 1500, layers="all", quick
             _say(f"{name} failed: {failures[name]}")
     lap("observational estimators")
 
+    checks = run_checks(patching, p_adj, data, sub, obs, results, null_layers=null_layers, refute_units=refute_units,
+                        seed=seed, failures=failures, say=_say)
+    lap("null model, sensitivity, refuters")
     rob = robustness_table(p_adj, results) if results else pd.DataFrame()
     summ = robustness_summary(rob) if len(rob) else pd.DataFrame()
     loc = localization_mde(localization_difference(p_adj, p_raw, n_draws=500 if quick else 2000, random_state=seed))
-    ident = identification(ADJUSTED, data, mediator="layer", estimator="patching", population="att")
+    ident = identification(ADJUSTED, data, mediator="layer", estimator="patching", population="att",
+                           sensitivity=checks.get("sensitivity"), benchmark=checks.get("benchmark"))
     second = None
     if secondary:
         try:
@@ -381,13 +396,17 @@ def run_study(out="study_out", n_prompts: int | None = 1500, layers="all", quick
             second = {"not computed": str(exc)}
     lap("robustness, localization, identification, secondary outcome")
 
-    rep = rp.Report("deconfound study: does topic adjustment change where toxicity is mediated? (powered design)")
+    rep = rp.Report("deconfound study: does topic adjustment change where toxicity is mediated?")
     figs = out / "figures"
     curves = {"patching, topic-adjusted": _curve(p_adj, units), "patching, unadjusted": _curve(p_raw, units)}
-    curves.update({f"{k} (adjusted)": _curve(r, units) for k, r in results.items()})
+    others = {"patching, topic-adjusted": curves["patching, topic-adjusted"],
+              **{f"{k} (adjusted)": _curve(r, units) for k, r in results.items()}}
     ent = loc.set_index("index").loc["concentration"]  # noise-corrected; higher = more localized
     rep.text("Design", f"Corpus: {corpus}; {len(texts)} prompts. {rule['statement']} Topics: "
-             f"{meta['topics']}. Rows of topics without both arms dropped: {int((~keep).sum())}.")
+             f"{meta['topics']}. Rows of topics without both arms dropped: {int((~keep).sum())}. Size: {len(units)} layers "
+             f"({', '.join(units)}); {n_samples} continuations of {max_new_tokens} tokens per prompt; patching with "
+             f"{donors} donors, {n_boot} bootstrap replicates, the mean patch checked against exact donors on "
+             f"{exact_check} treated prompts per layer.")
     rep.table("Design table (counts per topic, control ESS after entropy balancing to the treated)", design)
     rep.text("Outcome", f"Continuation toxicity ({scorer.name} '{column}'), the same for every estimator: the mean "
              f"over {mc['k']} continuations of {max_new_tokens} tokens sampled once without a patch (temperature 1, "
@@ -395,16 +414,25 @@ def run_study(out="study_out", n_prompts: int | None = 1500, layers="all", quick
              f"(SD across samples / sqrt({mc['k']})): mean {mc['mean_prompt_mc_se']:.4g}; of the mean over prompts "
              f"{mc['mc_se_of_mean']:.4g}; SD between prompts {mc['sd_between_prompts']:.4g}.")
     rep.text("Identification", ident.to_markdown())
-    rep.figure("NIE on the treated per layer", rp.plot_effect_curves(curves, figs / "nie_curves.png",
-               title="NIE (treated) per layer"), "Patching (adjusted, unadjusted) and observational estimators.")
+    rep.figure("Patching NIE on the treated per layer", rp.plot_effect_curves(curves, figs / "nie_curves.png",
+               title="Patching NIE (treated) per layer"), "Topic-adjusted and unadjusted, with 95% CIs.")
+    rep.figure("Observational estimators against patching", rp.plot_effect_curves(
+        others, figs / "nie_estimators.png", title="NIE (treated) per layer"),
+        "Each observational estimator (topic-adjusted) beside the patching NIE, with 95% CIs; one estimator's "
+        "wide CI can set the scale.")
     rep.table("Patching NIE on the treated per layer (topic-adjusted)", _curve(p_adj, units))
+    gaps = patching_checks(p_adj, units)
+    if gaps is not None:
+        rep.table(f"Patching checks (topic-adjusted): gap of the mean patch to the exact NIE on {exact_check} treated "
+                  "prompts x 16 donors per layer (NaN: not checked), and the donor's Mahalanobis distance", gaps)
     rep.table("Localization: adjusted minus unadjusted patching, with the minimum detectable difference at 80% "
               "power (mde_80 = 2.80 SE)", loc)
     if len(rob):
         rep.table("Estimator robustness against the patching NIE (per layer)", rob)
         rep.table("Estimator robustness: summary", summ)
+    _report_checks(rep, checks, figs)
     if failures:
-        rep.table("Estimators that failed", pd.DataFrame({"estimator": list(failures), "error": list(failures.values())}))
+        rep.table("Estimators and checks that failed", pd.DataFrame({"estimator": list(failures), "error": list(failures.values())}))
     if second:
         rep.table("Secondary outcome: next-token toxic mass vs continuation toxicity", pd.DataFrame([second]))
     rep.table("Time per stage (s)", pd.DataFrame([{"stage": k, **v} for k, v in timings.items()]))
@@ -413,27 +441,58 @@ def run_study(out="study_out", n_prompts: int | None = 1500, layers="all", quick
     verdict = ("not tested: the curves' total squared effect is too noisy" if not np.isfinite(ent.difference) else
                "less localized after adjustment" if ent.ci_upper < 0 else "more localized after adjustment"
                if ent.ci_lower > 0 else "no significant change in localization")
-    lines = [f"{data.n} prompts ({data.n_treated} treated), {len(units)} layers; outcome continuation toxicity.",
-             f"Concentration of the squared NIE (noise-corrected): adjusted minus unadjusted {ent.difference:+.3f} "
-             f"(95% CI {ent.ci_lower:+.3f} to {ent.ci_upper:+.3f}): {verdict}; minimum detectable difference at 80% "
-             f"power {ent.mde_80:.3f}."]
+    head = f"{data.n} prompts ({data.n_treated} treated), {len(units)} layers; outcome continuation toxicity."
+    if np.isfinite(ent.difference):
+        conc = (f"Concentration of the squared NIE (noise-corrected): adjusted {ent.adjusted:.3f}, unadjusted "
+                f"{ent.unadjusted:.3f}; difference {ent.difference:+.3f} (95% CI {ent.ci_lower:+.3f} to "
+                f"{ent.ci_upper:+.3f}, p = {ent.p_value:.3g}): {verdict}; minimum detectable difference at 80% power "
+                f"{ent.mde_80:.3f}.")
+    else:
+        conc = (f"Concentration of the squared NIE (noise-corrected): {verdict} (coefficient of variation of the "
+                f"total squared effect: adjusted {ent.signal_cv_adjusted:.2f}, unadjusted "
+                f"{ent.signal_cv_unadjusted:.2f}), so no difference or MDE is computed.")
+    lines = [head, conc, *check_lines(checks)]
     rep.sections.insert(0, ("text", "Summary", "\n\n".join(lines)))
     paths = rep.write(out)
+    fits = [("patching", ADJUSTED, p_adj), ("patching", UNADJUSTED, p_raw), *((k, ADJUSTED, r) for k, r in results.items())]
+    curves_frame = pd.concat([_curve(r, units).assign(estimator=k, graph=g) for k, g, r in fits], ignore_index=True)
+    tables = {"design": design, "nie_curves": curves_frame, "patching_checks": gaps, "robustness": rob, "robustness_summary": summ,
+              "localization": loc, "null_model": checks.get("null"), "refutation": checks.get("refutation"),
+              "sensitivity": checks["sensitivity"].to_frame() if "sensitivity" in checks else None,
+              "benchmark": checks["benchmark"].to_frame() if "benchmark" in checks else None}
+    for name, frame in tables.items():  # the report's numbers as tables
+        if frame is not None and len(frame):
+            frame.to_csv(out / f"{name}.csv", index=False)
     lap("report")
     return {**paths, "data": data, "design": design, "robustness": rob, "summary": summ, "localization": loc,
             "mc": mc, "secondary": second, "failures": failures, "timings": timings, "lines": lines,
-            "patching": p_adj, "observational": results}
+            "patching": p_adj, "unadjusted": p_raw, "observational": results, "checks": checks}
 
 
-FULL_N, FULL_QUICK_N = 1500, 150
+# The sizes of `deconfound demo` (default), `demo --quick` (a smoke run) and `demo --full` (the powered
+# design); docs/results.md records what each costs. null_layers are fixed here, before any data are seen.
+DESIGNS = {
+    "quick": dict(n_prompts=40, layers=[10, 20, 29], n_samples=2, max_new_tokens=4, n_boot=30, exact_check=0,
+                  null_layers=[29], refute_units=1, secondary=False),
+    "default": dict(n_prompts=100, layers=[0, 10, 20, 29], n_samples=2, max_new_tokens=6, n_boot=100,
+                    exact_check=2, null_layers=[29], refute_units=2, secondary=True),
+    "full": dict(n_prompts=FULL_N, layers="all", n_samples=16, max_new_tokens=16, n_boot=200, exact_check=32,
+                 null_layers=[0, 10, 20, 29], refute_units=3, secondary=True),
+}
 
 
-def run_full(*, out="demo_out", quick: bool = False, n_prompts: int | None = None, seed: int = 0) -> int:
-    """``deconfound demo --full``: :func:`run_study` on SmolLM2-135M, every layer (``--quick``: 150 prompts,
-    every third layer, 8 samples); the report goes to ``out/study``."""
-    n = n_prompts or (FULL_QUICK_N if quick else FULL_N)
-    res = run_study(Path(out) / "study", n_prompts=n, layers=list(range(0, 30, 3)) if quick else "all",
-                    quick=quick, n_samples=8 if quick else 16, seed=seed)
+def run_demo(*, out="demo_out", design: str = "default", n_prompts: int | None = None, seed: int = 0,
+             model="smollm2-135m", dtype="float32", device="cpu") -> int:
+    """``deconfound demo`` (``design="default"``), ``--quick`` and ``--full``: :func:`run_study` on SmolLM2-135M
+    at the sizes of :data:`DESIGNS`; ``n_prompts`` overrides the design's. The report goes to ``out/report``."""
+    if design not in DESIGNS:
+        raise ValueError(f"design: expected one of {sorted(DESIGNS)}, got {design!r}")
+    from .lm.models import load_model
+
+    opts = dict(DESIGNS[design])
+    opts["n_prompts"] = n_prompts or opts["n_prompts"]
+    lm = load_model(model, dtype=dtype, device=device) if isinstance(model, str) else model
+    res = run_study(Path(out) / "report", model=lm, quick=design == "quick", seed=seed, **opts)
     print("\n".join(res["lines"]))
     _say(f"report: {res['html']}  (seconds per stage: {res['timings']})")
     return 0

@@ -34,7 +34,7 @@ LAYERS = {
     "estimators": 4,  # the subpackage estimators/*
     "sensitivity": 5, "refute": 5, "medsens": 5, "joint": 5,
     "compare": 6, "report": 6, "coverage": 6, "screening": 6,
-    "cli": 7, "_cli_io": 7, "cli_lm": 7, "demo": 7, "demo_neurons": 7, "study": 7, "__main__": 7,
+    "cli": 7, "_cli_io": 7, "cli_lm": 7, "demo": 7, "demo_neurons": 7, "study": 7, "study_checks": 7, "__main__": 7,
     "lm": "side",  # the subpackage lm/*
 }
 SAME_LAYER = {
@@ -43,7 +43,7 @@ SAME_LAYER = {
     ("bootstrap", "inference"), ("bootstrap", "weights"), ("weights", "balance"), ("bootstrap", "folds"),
     ("sensitivity", "medsens"),
     ("cli", "demo"), ("cli", "_cli_io"), ("demo", "demo_neurons"), ("demo", "study"), ("__main__", "cli"),
-    ("cli", "cli_lm"), ("cli_lm", "demo"),
+    ("cli", "cli_lm"), ("cli_lm", "demo"), ("study", "study_checks"), ("demo", "study_checks"),
 }
 SUBPACKAGES = {"estimators", "lm"}
 LM_IMPORTERS = {"estimators.patching"}  # lazily only; layer 7 may import lm anywhere

@@ -106,3 +106,22 @@ def test_prompt_subset_maps_rows_and_bad_input():
         PromptSubset(exact, [0, 100])
     with pytest.raises(ValueError, match="select: expected"):
         screen_and_confirm(data, patcher=exact, select=0)
+
+
+def test_prompt_subset_random_copy_keeps_the_subset():
+    """The null model of a subset is the random copy of the whole patcher, restricted to the same prompts."""
+
+    class Fake:
+        def __init__(self, seed=None):
+            self.seed, self.n_prompts = seed, 10
+
+        def base_scores(self):
+            return np.arange(10.0) + (0 if self.seed is None else 100 * (self.seed + 1))
+
+        def random_copy(self, seed=0):
+            return Fake(seed)
+
+    sub = PromptSubset(Fake(), [1, 4, 7])
+    null = sub.random_copy(3)
+    assert isinstance(null, PromptSubset) and null.n_prompts == 3 and null.patcher.seed == 3
+    assert np.array_equal(null.base_scores(), [401.0, 404.0, 407.0])

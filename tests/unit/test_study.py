@@ -134,6 +134,10 @@ class StubScorer:
         return np.array(out, dtype=float).reshape(len(texts), 2)
 
 
+def p_nie(result, unit):
+    return result.effect(unit, "nie", "treated").estimate
+
+
 @pytest.mark.lm
 def test_run_study_end_to_end_on_a_tiny_model(tmp_path):
     pytest.importorskip("torch")
@@ -148,11 +152,20 @@ def test_run_study_end_to_end_on_a_tiny_model(tmp_path):
     lm = tiny_model("llama", seed=5, n_layers=3)
     out = run_study(tmp_path / "study", n_prompts=None, model=lm, prompts=pd.DataFrame({"text": texts}),
                     scorer=StubScorer(), topics=topics, quantile=0.5, n_samples=4, max_new_tokens=4, n_boot=20,
-                    quick=True, batch_size=16, secondary=False)
+                    quick=True, batch_size=16, secondary=False, exact_check=4, null_layers=[2])
     md = out["md"].read_text()
+    assert not out["failures"], out["failures"]
     for heading in ("Summary", "Design table", "Outcome", "Identification", "Localization",
-                    "Estimator robustness against the patching NIE", "Estimator robustness: summary", "Provenance"):
+                    "Estimator robustness against the patching NIE", "Estimator robustness: summary", "Null model",
+                    "Sensitivity of the DML NIE", "Benchmarks: strength of topic", "Provenance"):
         assert heading in md, heading
+    checks = out["checks"]
+    null = checks["null"]  # the trained model's patching NIE of layer 2, against the random copy's
+    assert list(null.unit) == ["mlp_out.L2"] and null.estimate.iloc[0] == p_nie(out["patching"], "mlp_out.L2")
+    assert np.isfinite(null.new_estimate).all() and null.new_estimate.iloc[0] != null.estimate.iloc[0]
+    assert set(checks["benchmark"].to_frame().k) == {1, 2, 3}
+    assert "refutation" not in checks  # refute_units=0 (24 prompts: halves too small for DML's folds)
+    assert "Null model (randomly initialised copy" in "\n".join(out["lines"])
     design = out["design"].set_index("topic")
     assert design.loc["all", "n_treated"] + design.loc["all", "n_control"] == 24
     assert out["design"].attrs["instrument"] == "stub_lexical"
@@ -169,12 +182,58 @@ def test_run_study_end_to_end_on_a_tiny_model(tmp_path):
     assert np.allclose(loc.mde_80[ok], 2.8015852 * loc.se[ok], rtol=1e-6) and np.isnan(loc.mde_80[~ok]).all()
 
 
-def test_demo_full_dispatches_to_the_powered_design(monkeypatch):
+def test_demo_dispatches_to_the_study_designs(monkeypatch):
     from deconfound import cli, demo, study
 
     calls = []
-    monkeypatch.setattr(study, "run_full", lambda **kw: calls.append(kw) or 0)
-    assert cli.main(["demo", "--full", "--quick", "--n-prompts", "150", "--out", "somewhere"]) == 0
-    assert calls == [{"out": "somewhere", "quick": True, "n_prompts": 150, "seed": 0}]
-    with pytest.raises(ValueError, match="no neurons/layer_step options"):
-        demo.run_llm(full=True, layer_step=2)
+    monkeypatch.setattr(study, "run_demo", lambda **kw: calls.append(kw) or 0)
+    assert cli.main(["demo", "--full", "--n-prompts", "150", "--out", "somewhere"]) == 0
+    assert cli.main(["demo", "--quick", "--out", "q"]) == 0
+    assert cli.main(["demo", "--out", "d"]) == 0
+    assert [c["design"] for c in calls] == ["full", "quick", "default"]
+    assert calls[0] == {"out": "somewhere", "design": "full", "n_prompts": 150, "seed": 0, "model": "smollm2-135m",
+                        "dtype": "float32", "device": "cpu"}
+    assert calls[1]["n_prompts"] is None
+    with pytest.raises(ValueError, match="got both"):
+        demo.run_llm(full=True, quick=True)
+    assert cli.main(["demo", "--full", "--quick"]) != 0
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="design: expected one of"):
+        study.run_demo(design="huge")
+
+
+def test_designs_name_their_null_layers_among_their_layers():
+    from deconfound.study import DESIGNS, FULL_N
+
+    assert DESIGNS["full"]["n_prompts"] == FULL_N == 1500 and DESIGNS["full"]["layers"] == "all"
+    for name, d in DESIGNS.items():
+        layers = range(30) if d["layers"] == "all" else d["layers"]
+        assert set(d["null_layers"]) <= set(layers), name
+        assert d["n_samples"] >= 2, name  # the Monte Carlo error needs two samples per prompt
+
+
+def test_split_refutation_selects_on_one_half_and_refutes_on_the_other():
+    from sklearn.linear_model import LogisticRegression
+
+    from deconfound import get_estimator, simulate
+    from deconfound.demo import split_halves
+    from deconfound.study_checks import split_refutation
+
+    data, truth = simulate.topic_mediation(800, n_units=4, seed=3)
+    est = get_estimator("dml", n_folds=3, propensity_learner=LogisticRegression(max_iter=1000), random_state=0,
+                        population="att")
+    table, chosen, held = split_refutation(est, data, n_units=2, seed=1)
+    first, second = split_halves(data, 1)
+    # the selection: |NIE (treated)| of an independent fit on the first half only
+    sel = est.fit(data.subset(first), graph="topic_mediation")
+    expect = sorted(data.units, key=lambda u: -abs(sel.effect(u, "nie", "treated").estimate))[:2]
+    assert chosen == expect
+    # the held-out fit is the fit on the second half only
+    again = est.fit(data.subset(second).select_units(chosen), graph="topic_mediation")
+    for u in chosen:
+        assert held.effect(u, "nie", "treated").estimate == again.effect(u, "nie", "treated").estimate
+    assert held.n == len(second)
+    assert set(table.refuter) == {"placebo_treatment", "random_common_cause", "dummy_outcome"}
+    assert set(table.unit) == set(chosen)
+    orig = table[(table.effect == "nie") & (table.arm == "treated")].groupby("unit").estimate.first()
+    assert np.allclose([orig[u] for u in chosen], [held.effect(u, "nie", "treated").estimate for u in chosen])
