@@ -253,6 +253,18 @@ def test_units_and_inputs_are_checked():
 SHORT = ["you are a stupid idiot", "the doctor said", "shut up you dumb fool", "he", "the game was great"]
 
 
+def evaluate_counting_rows(lm, patcher, reqs, n_layers=4):
+    """``patcher.evaluate(reqs)`` and, per call of each layer's MLP, (layer, rows it ran)."""
+    layers_run = []
+    hooks = [bind(lm.model, f"mlp_out.L{j}").module.register_forward_hook(
+        lambda m, a, o, j=j: layers_run.append((j, a[0].shape[0]))) for j in range(n_layers)]
+    try:
+        return patcher.evaluate(reqs), layers_run
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_resumed_rows_equal_naive_full_recompute_on_every_architecture(arch):
     """Rows of every layer and site kind mixed in one batch, a one-token prompt among them (empty prefix)."""
@@ -263,14 +275,7 @@ def test_resumed_rows_equal_naive_full_recompute_on_every_architecture(arch):
     units = [as_unit("mlp_out.L0"), as_unit("attn_out.L3"), as_unit("resid_post.L2"), as_unit("mlp_out.L1"),
              as_unit(("mlp_neurons.L3", [1, 9])), as_unit("attn_out.L1"), as_unit("resid_post.L3")]
     reqs = [(u, rng.integers(0, len(SHORT), size=3), rng.normal(scale=2.0, size=(3, p.dim(u)))) for u in units]
-    layers_run = []  # rows that ran each layer's MLP
-    hooks = [bind(lm.model, f"mlp_out.L{j}").module.register_forward_hook(
-        lambda m, a, o, j=j: layers_run.append((j, a[0].shape[0]))) for j in range(4)]
-    try:
-        results = p.evaluate(reqs)
-    finally:
-        for h in hooks:
-            h.remove()
+    results, layers_run = evaluate_counting_rows(lm, p, reqs)
     # the patched pass (the last 4 calls, after the prefix passes): layer j ran the rows patched at layers <= j
     assert layers_run[-4:] == [(j, sum(3 for u in units if u.site.layer <= j)) for j in range(4)]
     for (unit, pidx, vals), res in zip(reqs, results):

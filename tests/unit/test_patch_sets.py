@@ -17,7 +17,7 @@ from deconfound.errors import DataError, ModelSiteError  # noqa: E402
 from deconfound.lm.hooks import capture, patch  # noqa: E402
 from deconfound.lm.models import tiny_model  # noqa: E402
 from deconfound.lm.patch import NextTokenMass, Patcher, PatchSet, PatchUnit, as_unit  # noqa: E402
-from deconfound.lm.sites import bind  # noqa: E402
+from test_patch_engine import evaluate_counting_rows  # noqa: E402
 
 pytestmark = pytest.mark.lm
 
@@ -55,14 +55,7 @@ def test_sets_equal_naive_recompute_and_resume_at_the_lowest_layer(arch):
     p = Patcher(lm, PROMPTS, outcome=NextTokenMass(ids), batch_size=64)
     units = [p.unit(s) for s in SETS] + [p.unit("attn_out.L3")]  # one single unit in the same batch
     reqs = [(u, rng.integers(0, len(PROMPTS), size=3), rng.normal(scale=2.0, size=(3, p.dim(u)))) for u in units]
-    layers_run = []
-    hooks = [bind(lm.model, f"mlp_out.L{j}").module.register_forward_hook(
-        lambda m, a, o, j=j: layers_run.append((j, a[0].shape[0]))) for j in range(4)]
-    try:
-        results = p.evaluate(reqs)
-    finally:
-        for h in hooks:
-            h.remove()
+    results, layers_run = evaluate_counting_rows(lm, p, reqs)
     lowest = [min(u.site.layer for u in (s.units if isinstance(s, PatchSet) else (s,))) for s in units]
     assert lowest == [1, 0, 1, 3, 3]
     # the patched pass: layer j ran the rows whose lowest patched layer is <= j

@@ -22,6 +22,7 @@ from ..bootstrap import draw_counts
 from ..inference import Effect
 from ..results import MediationResult
 from ._patching_checks import MEAN_PATCH, PatchingResult, donor_distance, exact_check
+from ._learners import _arm_constant
 from ._patching_design import _Design, _feasible, _normalize
 from .base import MediationEstimator, register, sample_roles
 
@@ -250,9 +251,7 @@ class PatchingMediation(MediationEstimator):
             raise NotImplementedError("patching: expected data without a weights role, got one (the bootstrap "
                                       "would treat weighted prompts as equal); use parametric, dml or weighting")
         if cluster is not None:  # whole clusters; by arm only if no cluster spans both arms
-            codes = np.unique(cluster, return_inverse=True)[1].reshape(-1)
-            t_of = np.bincount(codes, weights=data.t) / np.bincount(codes)
-            stratify = ("treatment",) if np.all((t_of == 0) | (t_of == 1)) else None
+            stratify = ("treatment",) if _arm_constant(cluster, data.t) else None
         counts = draw_counts(data, int(self.n_boot), stratify=stratify, random_state=int(self.random_state),
                              cluster=cluster)
         allc = np.vstack([np.ones((1, data.n), counts.dtype), counts])[:, design.rows].astype(float)
