@@ -334,12 +334,11 @@ class WeightingMediation(MediationEstimator):
                                     pots["y10"] - pots["y00"], pots["y11"] - pots["y01"]]))
             effects[u] = _assemble(raw, level)
         ok = [u for u in units if "potential_outcomes" in diagnostics[u]]
-        extreme = {u: diagnostics[u]["share_extreme"] for u in ok}
-        if extreme:
-            worst = max(extreme, key=extreme.get)
-            near = [u for u in ok if extreme[u] > SEPARATION_SHARE]
+        near = [u for u in ok if diagnostics[u]["share_extreme"] > SEPARATION_SHARE]
+        if near:
             warn_uncalibrated("weighting-separation", n=data.n, n_treated=data.n_treated,
-                              share_extreme=extreme[worst], what=f" (units {near[:5]}{' ...' if len(near) > 5 else ''})")
+                              share_extreme=max(diagnostics[u]["share_extreme"] for u in near),
+                              what=f" (units {near[:5]}{' ...' if len(near) > 5 else ''})")
         if self.n_boot and ok:
             boot, caught = run_bootstrap(_WeightingStatistic(self, ok, cols, cs, sw), data, self, cluster, level,
                                          n_jobs, backend)
