@@ -23,6 +23,7 @@ class _Outcome:
     name = "outcome"
     differentiable = False
     rows_per_request = 1
+    one_token = False  # scores a row from one new token and drops its cache (rows can resume mid-stack)
 
     def prepare(self, patcher) -> None:
         return None
@@ -115,12 +116,15 @@ class NextTokenMass(_Outcome):
         self._ids = single
         self._multi = multi
         self._rows = _word_rows(multi)
+        self.one_token = not multi
         self.rows_per_request = max(1, sum(len(inputs) for inputs, _ in self._rows.values()))
 
     def batch(self, patcher, pidx, groups, grad=False):
         torch = require_torch()
         r = len(pidx)
-        out, cache, mask, nxt = patcher._forward(pidx, patcher._last_tokens(pidx), groups, keep_cache=True)
+        # the cache is kept only for the multi-piece words' continuations
+        got = patcher._forward(pidx, patcher._last_tokens(pidx), groups, keep_cache=bool(self._multi))
+        out, cache, mask, nxt = got if self._multi else (got, None, None, None)
         logp0 = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
         ids = torch.as_tensor(self._ids, device=logp0.device)
         mass = logp0[:, ids].exp().sum(dim=-1)
@@ -130,9 +134,7 @@ class NextTokenMass(_Outcome):
         firsts = torch.as_tensor([s[0] for s in self._multi], device=dev)
         term = logp0[:, firsts]  # (R, n_words): log p of each word's first piece
         layers = [(layer.keys, layer.values) for layer in cache.layers]
-        from transformers import DynamicCache
-
-        from .sampling import windowed
+        from .sampling import stored_cache
 
         with torch.no_grad():
             p0 = logp0.exp().cpu().numpy()
@@ -157,7 +159,7 @@ class NextTokenMass(_Outcome):
                 rows_mask = torch.cat([mask.repeat_interleave(m, dim=0),
                                        torch.ones((r * m, length), dtype=mask.dtype, device=dev)], dim=1)
                 pos = nxt.repeat_interleave(m)[:, None] + torch.arange(length, device=dev)[None, :]
-                rebuilt = windowed(DynamicCache(kv, config=patcher.lm.model.config), mask.shape[1])
+                rebuilt = stored_cache(kv, patcher.lm.model.config, mask.shape[1])
                 res = patcher.lm.model(input_ids=x, attention_mask=rows_mask, position_ids=pos, use_cache=True,
                                        **{patcher._cache_kw: rebuilt})
                 patcher.n_forward += 1

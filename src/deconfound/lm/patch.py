@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import DataError, ModelSiteError
 from ._torch import require_torch, set_threads
-from .sampling import default_id, eos_ids, forward_kwargs, sample_tokens, sample_uniforms, windowed
+from .sampling import default_id, eos_ids, forward_kwargs, sample_tokens, sample_uniforms, stored_cache
 from ._null import fresh_outcome
 from ._resume import decoder_layers, empty_cache, layer_inputs, resumed, row_state, start_counts, start_layers
 from .hooks import _register
@@ -87,7 +87,9 @@ class Patcher:
         ``"next_token_mass"`` (default), ``"reweight"``, ``"generate"`` or an instance of
         :class:`NextTokenMass`, :class:`Reweight`, :class:`Generate`.
     batch_size : int
-        Rows per forward pass (for sampled outcomes, rows x samples).
+        Rows per forward pass (for sampled outcomes, rows x samples). Rows that enter the decoder stack at
+        their patched layer are batched by work instead: a pass holds as many as run the layers of
+        ``batch_size`` full-depth rows (at most 4 ``batch_size``).
     cache_prompts : int
         Prompt prefix caches kept in memory at once.
     cache_bytes : int, optional
@@ -277,8 +279,6 @@ class Patcher:
         holds only the batch's first ``rows_per_layer[j]`` rows. A sliding-window layer's stored positions
         (its last window) are right-aligned."""
         torch = require_torch()
-        from transformers import DynamicCache
-
         dev = self._device
         plen = torch.as_tensor(self._plen[pidx], dtype=torch.long, device=dev)
         width = int(plen.max())
@@ -313,7 +313,7 @@ class Patcher:
                         full[sel[use], :, lw - t.shape[2]:] = t.index_select(0, rows[use])
                 kv.append(full)
             layers.append(tuple(kv))
-        return windowed(DynamicCache(layers, config=self.lm.model.config), width), mask, plen, parts
+        return stored_cache(layers, self.lm.model.config, width), mask, plen, parts
 
     # ---- forward passes --------------------------------------------------------------------
     def _last_tokens(self, pidx):  # noqa: D102
@@ -538,6 +538,22 @@ class Patcher:
                             + (f", range [{p.min()}, {p.max()}]" if np.issubdtype(p.dtype, np.number) else ""))
         return p.astype(np.int64)
 
+    def _blocks(self, order, per, starts=None):
+        """``order`` cut into forward passes of ``per`` rows; or, with each row's start layer ``starts`` (rows
+        that resume), of as many rows as run the layers of ``per`` full-depth rows (the same layer work and
+        prefix-cache memory per pass), at most 4 ``per``."""
+        if starts is None:
+            return [order[s:s + per] for s in range(0, len(order), per)]
+        work = np.cumsum(self._n_layers - starts[order])
+        out, lo = [], 0
+        while lo < len(order):
+            done = work[lo - 1] if lo else 0
+            hi = int(np.searchsorted(work, done + per * self._n_layers, side="right"))
+            hi = min(max(hi, lo + 1), lo + 4 * per)
+            out.append(order[lo:hi])
+            lo = hi
+        return out
+
     def _run(self, pidx, spec, grad=False):
         """Score rows in batches sorted by prefix length; ``spec`` is (requests, request of row, local row)."""
         torch = require_torch()
@@ -551,8 +567,8 @@ class Patcher:
             grads = [np.zeros_like(v) for _, _, v in spec[0]]
         layer_of = np.asarray([start_layer(unit) for unit, _, _ in spec[0]]) if spec else None
         upcoming = pidx[order][np.sort(np.unique(pidx[order], return_index=True)[1])]  # prompts in visiting order
-        for start in range(0, n, per):
-            sel = order[start:start + per]
+        resumes = bool(spec) and self.resume and not self._windowed and self.outcome.one_token
+        for sel in self._blocks(order, per, layer_of[spec[1]] if resumes else None):
             if spec:  # rows sorted by their lowest patched layer: each enters the decoder stack there
                 sel = sel[np.argsort(layer_of[spec[1][sel]], kind="stable")]
             if any(int(i) not in self._where for i in pidx[sel]):  # build prefix caches for the next block at once

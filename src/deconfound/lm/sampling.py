@@ -121,14 +121,25 @@ def sample_tokens(logits, u, temperature: float = 1.0, top_p: float = 1.0):
     return out
 
 
-def windowed(cache, width: int):
-    """Mark a cache built from stored key/value tensors as holding ``width`` positions.
+def stored_cache(kv, config, width: int):
+    """A transformers DynamicCache holding the stored per-layer ``(keys, values)`` ``kv`` of ``width`` positions.
 
-    A sliding-window layer of transformers keeps only the last ``window - 1`` positions and places the
-    attention mask by the count of positions it has seen; rebuilt from stored tensors it would count only
-    the stored ones and misplace the mask of a prompt longer than the window.
+    A full-attention layer takes the tensors as they are (transformers' own constructor would copy them). A
+    sliding-window layer goes through its own update, which keeps only the last ``window - 1`` positions and
+    places the attention mask by the count of positions it has seen; rebuilt from stored tensors it would count
+    only the stored ones and misplace the mask of a prompt longer than the window, so the count is set to
+    ``width``.
     """
-    for layer in getattr(cache, "layers", ()):
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache(config=config)
+    for layer, (keys, values) in zip(cache.layers, kv):
+        if type(layer) is DynamicLayer:
+            layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys, values
+        else:
+            layer.update(keys, values)
         if hasattr(layer, "cumulative_length"):
             layer.cumulative_length = int(width)
     return cache
