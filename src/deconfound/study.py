@@ -10,7 +10,9 @@ Pieces, each usable alone:
 - :func:`mc_error`: the Monte Carlo error the sampled continuation outcome adds (SD across samples / sqrt(k)).
 - :func:`robustness_table`, :func:`robustness_summary`: each observational estimator against the patching
   NIE on the treated, per layer (bias, CI coverage of the patching value), and Spearman rank agreement.
-- :func:`mde`: the minimum detectable difference at a given power for a normal test.
+- :func:`mde`: the minimum detectable difference at a given power for a normal test; :func:`localization_mde`
+  adds it to the localization test, with :func:`prompts_for_signal`, the prompts at which the index would become
+  estimable.
 - :func:`run_study`: the whole design on a language model; :func:`run_demo` runs it at the sizes of
   :data:`DESIGNS` (``deconfound demo``, ``--quick``, ``--full``). The null model, sensitivity and refuters are
   in :mod:`deconfound.study_checks`.
@@ -30,6 +32,11 @@ from .errors import DataError, PositivityError
 ADJUSTED, UNADJUSTED = "topic_mediation", "unadjusted_mediation"
 DEFAULT_QUANTILE = 0.5
 FULL_N = 1500
+
+
+def _count(v: float) -> str:
+    """A row count for prose: infinite (no squared effect above the noise), or rounded to 2 significant digits."""
+    return "infinitely many" if np.isinf(v) else "an unknown number of" if np.isnan(v) else f"{float(f'{v:.2g}'):,.0f}"
 
 
 def _say(msg: str) -> None:
@@ -196,14 +203,40 @@ def mde(se_of_difference, alpha: float = 0.05, power: float = 0.8):
     return float(out) if out.ndim == 0 else out
 
 
-def localization_mde(diff: pd.DataFrame, level: float = 0.95, power: float = 0.8) -> pd.DataFrame:
-    """Add ``se`` (from the column when present, else the CI width / (2 z)) and ``mde`` to a
-    :func:`deconfound.compare.localization_difference` frame."""
+def prompts_for_signal(signal_cv, n: int, target: float | None = None):
+    """Rows (prompts) at which a curve's ``signal_cv`` would fall to ``target`` (default
+    :data:`deconfound.compare.MAX_SIGNAL_CV`, where the localization index becomes estimable): ``n (cv / target)^2``.
+
+    For fixed true effects, S2 = sum(a^2 - s^2) estimates sum alpha^2 whatever n, while its SD, about
+    ``2 sqrt(sum alpha^2 s^2)``, shrinks like 1/sqrt(n) as every s^2 does; so cv scales like 1/sqrt(n). The
+    extrapolation takes the estimated S2 as the truth. Far above 1 (S2 within its noise) it is a scale, not a
+    requirement: there the noise term of SD(S2) (order s^2) falls faster than 1/sqrt(n), and in simulations from
+    such starts it overstated the rows needed by up to 2x (tests/statistical/test_localization_power.py). NaN
+    stays NaN; an infinite cv (S2 <= 0) needs infinitely many rows.
+    """
+    from .compare import MAX_SIGNAL_CV
+
+    target = MAX_SIGNAL_CV if target is None else target
+    if not target > 0 or not n > 0:
+        raise ValueError(f"target, n: expected positive numbers, got {target!r}, {n!r}")
+    cv = np.asarray(signal_cv, dtype=float)
+    out = n * (cv / target) ** 2
+    return float(out) if out.ndim == 0 else out
+
+
+def localization_mde(diff: pd.DataFrame, level: float = 0.95, power: float = 0.8, n: int | None = None) -> pd.DataFrame:
+    """Add ``se`` (from the column when present, else the CI width / (2 z)) and ``mde_80`` to a
+    :func:`deconfound.compare.localization_difference` frame; with ``n`` (its rows), also ``n_for_signal``: the
+    rows at which the noisier curve's ``signal_cv`` would reach the estimable limit (:func:`prompts_for_signal`),
+    the design's scale when the index is not estimable (then ``mde_80`` is NaN)."""
     z = stats.norm.ppf(1 - (1 - level) / 2)
     out = diff.copy()
     if "se" not in out.columns:
         out["se"] = (out.ci_upper - out.ci_lower) / (2 * z)
     out["mde_80"] = mde(out.se.to_numpy(), alpha=1 - level, power=power)
+    if n is not None and {"signal_cv_adjusted", "signal_cv_unadjusted"} <= set(out.columns):
+        worst = np.fmax(out.signal_cv_adjusted.to_numpy(float), out.signal_cv_unadjusted.to_numpy(float))
+        out["n_for_signal"] = prompts_for_signal(worst, n)
     return out
 
 
@@ -287,7 +320,7 @@ def run_study(out="study_out", n_prompts: int | None = FULL_N, layers="all", qui
     dict with ``html``/``md`` paths, ``data``, ``design``, ``robustness``, ``summary`` (per estimator),
     ``localization`` (with ``se`` and ``mde_80``), ``mc`` (Monte Carlo error) and ``timings`` (seconds per stage).
     """
-    from .compare import localization_difference
+    from .compare import MAX_SIGNAL_CV, localization_difference
     from .data import MediationData, overlap_rows
     from .estimators import get_estimator
     from .identification import identification
@@ -383,7 +416,8 @@ def run_study(out="study_out", n_prompts: int | None = FULL_N, layers="all", qui
     lap("null model, sensitivity, refuters")
     rob = robustness_table(p_adj, results) if results else pd.DataFrame()
     summ = robustness_summary(rob) if len(rob) else pd.DataFrame()
-    loc = localization_mde(localization_difference(p_adj, p_raw, n_draws=500 if quick else 2000, random_state=seed))
+    loc = localization_mde(localization_difference(p_adj, p_raw, n_draws=500 if quick else 2000, random_state=seed),
+                           n=data.n)
     ident = identification(ADJUSTED, data, mediator="layer", estimator="patching", population="att",
                            sensitivity=checks.get("sensitivity"), benchmark=checks.get("benchmark"))
     second = None
@@ -426,7 +460,9 @@ def run_study(out="study_out", n_prompts: int | None = FULL_N, layers="all", qui
         rep.table(f"Patching checks (topic-adjusted): gap of the mean patch to the exact NIE on {exact_check} treated "
                   "prompts x 16 donors per layer (NaN: not checked), and the donor's Mahalanobis distance", gaps)
     rep.table("Localization: adjusted minus unadjusted patching, with the minimum detectable difference at 80% "
-              "power (mde_80 = 2.80 SE)", loc)
+              "power (mde_80 = 2.80 SE) and the prompts at which the noisier curve's signal_cv would reach "
+              f"{MAX_SIGNAL_CV} (n_for_signal = n (cv / {MAX_SIGNAL_CV})^2, taking the estimated squared effect as the "
+              "truth)", loc)
     if len(rob):
         rep.table("Estimator robustness against the patching NIE (per layer)", rob)
         rep.table("Estimator robustness: summary", summ)
@@ -450,7 +486,9 @@ def run_study(out="study_out", n_prompts: int | None = FULL_N, layers="all", qui
     else:
         conc = (f"Concentration of the squared NIE (noise-corrected): {verdict} (coefficient of variation of the "
                 f"total squared effect: adjusted {ent.signal_cv_adjusted:.2f}, unadjusted "
-                f"{ent.signal_cv_unadjusted:.2f}), so no difference or MDE is computed.")
+                f"{ent.signal_cv_unadjusted:.2f}; below {MAX_SIGNAL_CV} needed), so no difference or MDE is computed. "
+                f"Scale: the curves would reach {MAX_SIGNAL_CV} at about {_count(ent.n_for_signal)} prompts "
+                f"(n (cv / {MAX_SIGNAL_CV})^2 from {data.n}, taking the estimated squared effect as the truth).")
     lines = [head, conc, *check_lines(checks)]
     rep.sections.insert(0, ("text", "Summary", "\n\n".join(lines)))
     paths = rep.write(out)

@@ -14,7 +14,7 @@ from deconfound import MediationData
 from deconfound.errors import DataError, PositivityError
 from deconfound.inference import Effect
 from deconfound.study import (
-    design_table, localization_mde, mc_error, mde, robustness_summary, robustness_table, treatment_rule,
+    design_table, localization_mde, mc_error, mde, prompts_for_signal, robustness_summary, robustness_table, treatment_rule,
 )
 
 
@@ -117,6 +117,23 @@ def test_mde_formula():
     assert out.se.iloc[0] == pytest.approx(0.1, rel=1e-3) and out.mde_80.iloc[0] == pytest.approx(0.1 * z, rel=1e-3)
 
 
+
+def test_prompts_for_signal_closed_form():
+    # n (cv / 0.3)^2: the demo's cv 7.28 at 91 prompts needs 91 * (7.28 / 0.3)^2 = 53,587 prompts
+    assert prompts_for_signal(7.28, 91) == pytest.approx(91 * (7.28 / 0.3) ** 2) == pytest.approx(53587.3, abs=0.1)
+    assert prompts_for_signal(0.6, 100, target=0.2) == pytest.approx(900.0)
+    out = prompts_for_signal(np.array([0.3, np.inf, np.nan]), 50)
+    assert out[0] == pytest.approx(50.0) and np.isinf(out[1]) and np.isnan(out[2])
+    with pytest.raises(ValueError, match="expected positive"):
+        prompts_for_signal(1.0, 0)
+    # the frame takes the noisier curve; without n it adds no column
+    diff = pd.DataFrame({"index": ["concentration"], "ci_lower": [np.nan], "ci_upper": [np.nan], "se": [np.nan],
+                         "signal_cv_adjusted": [0.6], "signal_cv_unadjusted": [1.2]})
+    out = localization_mde(diff, n=40)
+    assert out.n_for_signal.iloc[0] == pytest.approx(40 * 16.0) and np.isnan(out.mde_80.iloc[0])
+    assert "n_for_signal" not in localization_mde(diff).columns
+
+
 BAD = {"stupid", "idiot", "hate", "dumb", "fool", "ugly"}
 
 
@@ -180,6 +197,11 @@ def test_run_study_end_to_end_on_a_tiny_model(tmp_path):
     loc = out["localization"]  # on 24 prompts the noise-corrected index may be NaN (too noisy): then so is its MDE
     ok = np.isfinite(loc.se)
     assert np.allclose(loc.mde_80[ok], 2.8015852 * loc.se[ok], rtol=1e-6) and np.isnan(loc.mde_80[~ok]).all()
+    conc = loc.set_index("index").loc["concentration"]  # the design's scale, printed when the index is NaN
+    cv = max(conc.signal_cv_adjusted, conc.signal_cv_unadjusted)
+    assert conc.n_for_signal == pytest.approx(out["data"].n * (cv / 0.3) ** 2)
+    if not np.isfinite(conc.difference):
+        assert "Scale: the curves would reach 0.3 at about" in out["lines"][1]
 
 
 def test_demo_dispatches_to_the_study_designs(monkeypatch):
