@@ -76,3 +76,50 @@ def test_progress_bar_over_units_only_when_asked_or_on_a_terminal(capsys):
     assert "interventional: units" not in capsys.readouterr().err
     InterventionalMediation(n_folds=2).fit(data, progress=True)
     assert "interventional: units" in capsys.readouterr().err
+
+
+def _near_separation(n, seed, dim=20, shift=1.5):
+    """Both units shift by ``shift`` / sqrt(dim) per coordinate under T; Y = 0.3 T + 0.3 m_0 + topic + noise, so
+    the interventional NIE on the treated is 0.3 * shift / sqrt(dim) and a 20-dimensional M nearly separates T."""
+    import pandas as pd
+
+    from deconfound.data import MediationData
+
+    rng = np.random.default_rng(seed)
+    k = rng.integers(3, size=n)
+    t = (rng.random(n) < 0.5).astype(np.int8)
+    z = rng.normal(size=(n, dim)) + shift * t[:, None] / np.sqrt(dim)
+    m = rng.normal(size=(n, dim)) + shift * t[:, None] / np.sqrt(dim)
+    y = 0.3 * t + 0.3 * m[:, 0] + 0.2 * k + rng.normal(size=n)
+    x = pd.DataFrame({"topic": pd.Categorical([f"t{j}" for j in k])})
+    return MediationData.from_arrays(t=t, y=y, mediators={"z": z, "m": m}, x=x), 0.3 * shift / np.sqrt(dim)
+
+
+def test_extreme_weights_warn_and_the_estimate_is_far_off():
+    from deconfound._calibration import MIN_WEIGHT_ESS
+    from deconfound.errors import CalibrationWarning
+
+    data, truth = _near_separation(100, seed=100)
+    with pytest.warns(CalibrationWarning, match=r"interventional \(units \['m'\]; at m the treated arm's weights "
+                      r"have a Kish ESS of \d\.\d rows, for its NIE \(treated\)"):
+        res = InterventionalMediation(random_state=0).fit(data, units="m")
+    d = res.diagnostics["m"]
+    assert d["weight_ess_treated"] < 2 and d["weight_ess"] == min(d["weight_ess_treated"], d["weight_ess_control"])
+    assert d["weight_ess"] < MIN_WEIGHT_ESS
+    e = res.effect("m", "nie", "treated")
+    assert abs(e.estimate - truth) > 100 * np.std(data.y)  # an outcome of SD 1.1, an NIE off by over 100 SD
+
+
+def test_well_overlapped_default_data_do_not_warn():
+    import warnings
+
+    from deconfound.errors import CalibrationWarning
+
+    data, truth = simulate.intermediate_confounding(1500, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CalibrationWarning)
+        res = InterventionalMediation(random_state=0).fit(data, units="m")
+    d = res.diagnostics["m"]
+    assert d["weight_ess"] > 50 and 0 < d["weight_ess_share"] <= 1
+    e = res.effect("m", "nie", "treated")
+    assert abs(e.estimate - truth["nie_treated"]) <= 3 * e.se

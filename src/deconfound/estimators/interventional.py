@@ -40,12 +40,14 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
+from .._calibration import MIN_WEIGHT_ESS, warn_uncalibrated
 from ..folds import data_folds
 from ..graph import resolve
 from ..inference import Effect
 from ..parallel import progress_iter
 from ..positivity import check_positivity, outside_population, population_note
 from ..results import MediationResult, add_derived
+from ._learners import _kish
 from .base import MediationEstimator, attach_roles, check_units, register, sample_roles
 from .dml_scores import weighted_mean_scores
 
@@ -138,6 +140,18 @@ def _theta_scores(a, t, y, z, m, w, test, nu, k):
     d_z = is_a / nu["g"][a] * (u_obs - theta_x)
     d_m = is_ap / nu["g"][ap] * (v - theta_x)
     return theta_x, d_y + d_z + d_m, ratio
+
+
+def weight_spread(ratios, t, g1=None, sw=None) -> dict:
+    """How uneven the weights of the residual term ``1{A=a} r (Y - b)`` are (a row's weight is r, times g_1(X)
+    for the ATT, times its sampling weight): ``weight_ess_treated`` and ``weight_ess_control``, the Kish ESS in
+    rows of the weights in theta(1, 0) (NIE treated, NDE control) and theta(0, 1) (NIE control, NDE treated),
+    ``weight_ess`` the smaller, and ``weight_ess_share`` that ESS over its arm's row count."""
+    wt = ratios * (1.0 if g1 is None else g1) * (1.0 if sw is None else sw)
+    ess = {a: _kish(wt[t == a]) for a in (0, 1)}
+    low = min(ess, key=ess.get)
+    return {"weight_ess_treated": ess[1], "weight_ess_control": ess[0], "weight_ess": ess[low],
+            "weight_ess_share": ess[low] / max(int((t == low).sum()), 1)}
 
 
 def _population_mean(theta_x, rest, t, g1, population, sw):
@@ -243,6 +257,15 @@ class InterventionalMediation(MediationEstimator):
             m = reduce_block(data.mediator(unit), self.n_components, self.random_state)
             effects[unit], diagnostics[unit] = self._unit(t, y, z, m, w, folds, k, **roles)
             diagnostics[unit]["intermediate"] = earlier
+        thin = [u for u in units if diagnostics[u]["weight_ess"] < MIN_WEIGHT_ESS]
+        if thin:
+            worst = min(thin, key=lambda u: diagnostics[u]["weight_ess"])
+            d = diagnostics[worst]
+            arm = "treated" if d["weight_ess_treated"] <= d["weight_ess_control"] else "control"
+            rows = "NIE (treated) and NDE (control)" if arm == "treated" else "NIE (control) and NDE (treated)"
+            warn_uncalibrated("interventional-weights", n=data.n, n_treated=data.n_treated, weight_ess=d["weight_ess"],
+                              what=f" (units {thin[:5]}{' ...' if len(thin) > 5 else ''}; at {worst} the {arm} "
+                                   f"arm's weights have a Kish ESS of {d['weight_ess']:.1f} rows, for its {rows})")
         note = population_note(data, self.population)
         settings = {**self.get_params(), "method": "cross-fitted one-step", "n_folds": self.n_folds,
                     "estimand": "interventional effects (Z = earlier units)",
@@ -260,7 +283,7 @@ class InterventionalMediation(MediationEstimator):
     def _unit(self, t, y, z, m, w, folds, k, *, cluster, sw):
         n = len(t)
         pieces = {key: (np.empty(n), np.empty(n)) for key in ("t10", "t01", "y1", "y0")}
-        g1_all, ratio_max = np.empty(n), 0.0
+        g1_all, ratios = np.empty(n), np.empty(n)  # ratios: each row's density ratio in the theta(A, 1 - A) term
         for f in np.unique(folds):
             test, train = folds == f, folds != f
             nu = _nuisances(t, y, z, m, w, train, test, k)
@@ -268,7 +291,7 @@ class InterventionalMediation(MediationEstimator):
             for a, key in ((1, "t10"), (0, "t01")):
                 th, rest, ratio = _theta_scores(a, t, y, z, m, w, test, nu, k)
                 pieces[key][0][test], pieces[key][1][test] = th, rest
-                ratio_max = max(ratio_max, float(ratio[t[test] == a].max(initial=0.0)))
+                ratios[np.flatnonzero(test)[t[test] == a]] = ratio[t[test] == a]
             for a, key in ((1, "y1"), (0, "y0")):  # E[Y(a)] by AIPW
                 tt = t[test]
                 pieces[key][0][test] = nu["mu"][a]
@@ -280,7 +303,8 @@ class InterventionalMediation(MediationEstimator):
         eff = {("nie", "treated"): terms["y1"] - terms["t10"], ("nie", "control"): terms["t01"] - terms["y0"],
                ("nde", "control"): terms["t10"] - terms["y0"], ("nde", "treated"): terms["y1"] - terms["t01"],
                ("te", "average"): terms["y1"] - terms["y0"]}
-        diag = {"z_levels": k, "z_counts": np.bincount(z, minlength=k).tolist(), "max_density_ratio": ratio_max,
+        diag = {"z_levels": k, "z_counts": np.bincount(z, minlength=k).tolist(), "max_density_ratio": float(ratios.max()),
+                **weight_spread(ratios, t, g1_all if self.population == "att" else None, sw),
                 "potential_outcomes": {"E[Y(1)]": terms["y1"], "E[Y(0)]": terms["y0"],
                                        "theta(1,0)": terms["t10"], "theta(0,1)": terms["t01"]}}
         return add_derived(eff), diag
