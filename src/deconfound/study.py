@@ -467,6 +467,9 @@ def run_study(out="study_out", n_prompts: int | None = FULL_N, layers="all", qui
         rep.table("Estimator robustness against the patching NIE (per layer)", rob)
         rep.table("Estimator robustness: summary", summ)
     _report_checks(rep, checks, figs)
+    said = pd.DataFrame([(k, w) for k, r in results.items() for w in r.warnings], columns=["estimator", "warning"])
+    if len(said):  # e.g. extreme weights behind an estimate
+        rep.table("Estimator warnings (observational, topic-adjusted)", said)
     if failures:
         rep.table("Estimators and checks that failed", pd.DataFrame({"estimator": list(failures), "error": list(failures.values())}))
     if second:

@@ -103,6 +103,7 @@ def test_extreme_weights_warn_and_the_estimate_is_far_off():
     with pytest.warns(CalibrationWarning, match=r"interventional \(units \['m'\]; at m the treated arm's weights "
                       r"have a Kish ESS of \d\.\d rows, for its NIE \(treated\)"):
         res = InterventionalMediation(random_state=0).fit(data, units="m")
+    assert len(res.warnings) == 1 and "Kish ESS" in res.warnings[0]  # kept with the result, for the report
     d = res.diagnostics["m"]
     assert d["weight_ess_treated"] < 2 and d["weight_ess"] == min(d["weight_ess_treated"], d["weight_ess_control"])
     assert d["weight_ess"] < MIN_WEIGHT_ESS
@@ -120,6 +121,6 @@ def test_well_overlapped_default_data_do_not_warn():
         warnings.simplefilter("error", CalibrationWarning)
         res = InterventionalMediation(random_state=0).fit(data, units="m")
     d = res.diagnostics["m"]
-    assert d["weight_ess"] > 50 and 0 < d["weight_ess_share"] <= 1
+    assert not res.warnings and d["weight_ess"] > 50 and 0 < d["weight_ess_share"] <= 1
     e = res.effect("m", "nie", "treated")
     assert abs(e.estimate - truth["nie_treated"]) <= 3 * e.se

@@ -197,6 +197,8 @@ def test_run_study_end_to_end_on_a_tiny_model(tmp_path):
     loc = out["localization"]  # on 24 prompts the noise-corrected index may be NaN (too noisy): then so is its MDE
     ok = np.isfinite(loc.se)
     assert np.allclose(loc.mde_80[ok], 2.8015852 * loc.se[ok], rtol=1e-6) and np.isnan(loc.mde_80[~ok]).all()
+    said = [(k, w) for k, r in out["observational"].items() for w in r.warnings]
+    assert ("Estimator warnings" in md) == bool(said)
     conc = loc.set_index("index").loc["concentration"]  # the design's scale, printed when the index is NaN
     cv = max(conc.signal_cv_adjusted, conc.signal_cv_unadjusted)
     assert conc.n_for_signal == pytest.approx(out["data"].n * (cv / 0.3) ** 2)

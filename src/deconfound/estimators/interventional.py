@@ -257,15 +257,17 @@ class InterventionalMediation(MediationEstimator):
             m = reduce_block(data.mediator(unit), self.n_components, self.random_state)
             effects[unit], diagnostics[unit] = self._unit(t, y, z, m, w, folds, k, **roles)
             diagnostics[unit]["intermediate"] = earlier
+        warns = []
         thin = [u for u in units if diagnostics[u]["weight_ess"] < MIN_WEIGHT_ESS]
         if thin:
             worst = min(thin, key=lambda u: diagnostics[u]["weight_ess"])
             d = diagnostics[worst]
             arm = "treated" if d["weight_ess_treated"] <= d["weight_ess_control"] else "control"
             rows = "NIE (treated) and NDE (control)" if arm == "treated" else "NIE (control) and NDE (treated)"
-            warn_uncalibrated("interventional-weights", n=data.n, n_treated=data.n_treated, weight_ess=d["weight_ess"],
-                              what=f" (units {thin[:5]}{' ...' if len(thin) > 5 else ''}; at {worst} the {arm} "
-                                   f"arm's weights have a Kish ESS of {d['weight_ess']:.1f} rows, for its {rows})")
+            what = (f" (units {thin[:5]}{' ...' if len(thin) > 5 else ''}; at {worst} the {arm} arm's weights have "
+                    f"a Kish ESS of {d['weight_ess']:.1f} rows, for its {rows})")
+            warns.append(warn_uncalibrated("interventional-weights", n=data.n, n_treated=data.n_treated,
+                                           weight_ess=d["weight_ess"], what=what))
         note = population_note(data, self.population)
         settings = {**self.get_params(), "method": "cross-fitted one-step", "n_folds": self.n_folds,
                     "estimand": "interventional effects (Z = earlier units)",
@@ -278,7 +280,7 @@ class InterventionalMediation(MediationEstimator):
             "interventional", effects, n=data.n, n_treated=data.n_treated,
             population="overlap" if note else self.population,
             graph=getattr(graph, "name", graph) or "topic_mediation", adjustment=adj.as_dict(), level=self.level,
-            random_state=self.random_state, settings=settings, diagnostics=diagnostics)
+            random_state=self.random_state, settings=settings, diagnostics=diagnostics, warnings=warns)
 
     def _unit(self, t, y, z, m, w, folds, k, *, cluster, sw):
         n = len(t)
