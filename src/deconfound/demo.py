@@ -17,6 +17,7 @@ from . import report as rp
 from .compare import MAX_SIGNAL_CV, compare_estimators, localization, localization_difference
 from .data import overlap_rows
 from .estimators import get_estimator
+from .study import prompts_for_signal, signal_scale
 from .study_checks import patching_checks as _patching_checks
 from .study_checks import split_halves  # demo.split_halves, as before
 
@@ -362,7 +363,8 @@ def summary_lines(adj, unadj, diff, units, *, effect, arm, main, estimand="NIE",
         loc = [f"Concentration of the squared {name} not estimated: the curves' total squared effect is too noisy "
                f"(coefficient of variation adjusted {cv(conc.signal_cv_adjusted)}, unadjusted "
                f"{cv(conc.signal_cv_unadjusted)}; a ratio needs it below {MAX_SIGNAL_CV}), so localization is "
-               "not compared."]
+               "not compared. " + signal_scale(prompts_for_signal(max(conc.signal_cv_adjusted, conc.signal_cv_unadjusted),
+                                                                  adj.n), adj.n)]
     else:
         loc = [f"Concentration of the squared {name} (noise-corrected): adjusted {conc.adjusted:.3f}, unadjusted "
                f"{conc.unadjusted:.3f}; difference {conc.difference:+.3f} (95% CI {conc.ci_lower:+.3f} to "

@@ -34,9 +34,17 @@ DEFAULT_QUANTILE = 0.5
 FULL_N = 1500
 
 
-def _count(v: float) -> str:
-    """A row count for prose: infinite (no squared effect above the noise), or rounded to 2 significant digits."""
-    return "infinitely many" if np.isinf(v) else "an unknown number of" if np.isnan(v) else f"{float(f'{v:.2g}'):,.0f}"
+def signal_scale(n_needed: float, n: int, rows: str = "rows") -> str:
+    """The sentence that gives a not-estimable localization index its scale (``n_needed`` from
+    :func:`prompts_for_signal`, rounded to 2 significant digits)."""
+    from .compare import MAX_SIGNAL_CV
+
+    if np.isnan(n_needed):
+        return ""
+    if np.isinf(n_needed):
+        return "Scale: no squared effect above the noise, so no number of rows makes the index estimable for these curves."
+    return (f"Scale: the curves would reach {MAX_SIGNAL_CV} at about {float(f'{n_needed:.2g}'):,.0f} {rows} "
+            f"(n (cv / {MAX_SIGNAL_CV})^2 from {n}, taking the estimated squared effect as the truth).")
 
 
 def _say(msg: str) -> None:
@@ -491,8 +499,7 @@ def run_study(out="study_out", n_prompts: int | None = FULL_N, layers="all", qui
         conc = (f"Concentration of the squared NIE (noise-corrected): {verdict} (coefficient of variation of the "
                 f"total squared effect: adjusted {ent.signal_cv_adjusted:.2f}, unadjusted "
                 f"{ent.signal_cv_unadjusted:.2f}; below {MAX_SIGNAL_CV} needed), so no difference or MDE is computed. "
-                f"Scale: the curves would reach {MAX_SIGNAL_CV} at about {_count(ent.n_for_signal)} prompts "
-                f"(n (cv / {MAX_SIGNAL_CV})^2 from {data.n}, taking the estimated squared effect as the truth).")
+                + signal_scale(ent.n_for_signal, data.n, "prompts"))
     lines = [head, conc, *check_lines(checks)]
     rep.sections.insert(0, ("text", "Summary", "\n\n".join(lines)))
     paths = rep.write(out)

@@ -14,7 +14,8 @@ from deconfound import MediationData
 from deconfound.errors import DataError, PositivityError
 from deconfound.inference import Effect
 from deconfound.study import (
-    design_table, localization_mde, mc_error, mde, prompts_for_signal, robustness_summary, robustness_table, treatment_rule,
+    design_table, localization_mde, mc_error, mde, prompts_for_signal, robustness_summary, robustness_table, signal_scale,
+    treatment_rule,
 )
 
 
@@ -132,6 +133,24 @@ def test_prompts_for_signal_closed_form():
     out = localization_mde(diff, n=40)
     assert out.n_for_signal.iloc[0] == pytest.approx(40 * 16.0) and np.isnan(out.mde_80.iloc[0])
     assert "n_for_signal" not in localization_mde(diff).columns
+    # the sentence beside a NaN index: 2 significant digits, and no number where none exists
+    assert "about 54,000 prompts (n (cv / 0.3)^2 from 91" in signal_scale(prompts_for_signal(7.2769, 91), 91, "prompts")
+    assert "no number of rows" in signal_scale(np.inf, 40) and signal_scale(np.nan, 40) == ""
+
+
+def test_demo_summary_gives_the_scale_when_the_index_is_not_estimable():
+    from types import SimpleNamespace
+
+    from deconfound.demo import summary_lines
+
+    eff = SimpleNamespace(estimate=0.01)
+    res = SimpleNamespace(n=200, n_treated=90, effect=lambda u, e, a: eff)
+    nan = float("nan")
+    diff = pd.DataFrame([{"index": k, "adjusted": nan, "unadjusted": nan, "difference": nan, "ci_lower": nan,
+                          "ci_upper": nan, "p_value": nan, "signal_cv_adjusted": 1.5, "signal_cv_unadjusted": 0.6}
+                         for k in ("concentration", "effective_units", "renyi2_entropy")])
+    lines = summary_lines(res, res, diff, ["u0", "u1"], effect="nie", arm="treated", main="dml")
+    assert "at about 5,000 rows (n (cv / 0.3)^2 from 200" in lines[1]  # 200 * (1.5 / 0.3)^2 = 5,000
 
 
 BAD = {"stupid", "idiot", "hate", "dumb", "fool", "ugly"}
@@ -203,7 +222,7 @@ def test_run_study_end_to_end_on_a_tiny_model(tmp_path):
     cv = max(conc.signal_cv_adjusted, conc.signal_cv_unadjusted)
     assert conc.n_for_signal == pytest.approx(out["data"].n * (cv / 0.3) ** 2)
     if not np.isfinite(conc.difference):
-        assert "Scale: the curves would reach 0.3 at about" in out["lines"][1]
+        assert signal_scale(conc.n_for_signal, out["data"].n, "prompts") in out["lines"][1]
 
 
 def test_demo_dispatches_to_the_study_designs(monkeypatch):
