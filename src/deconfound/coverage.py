@@ -6,6 +6,10 @@ the estimate, SE, CI and p-value beside the exact truth of the population the re
 the bias in SE units, the coverage of the CIs, their mean length, the ratio of the mean SE to the Monte Carlo
 SD, and the size (true effect 0) or power (true effect not 0) of the test of no effect.
 
+The ``localization`` cells study a test instead of an estimator: :func:`deconfound.compare.localization_difference`
+(adjusted minus unadjusted concentration of a per-unit curve) on curves of :func:`simulate.localization_curves`,
+with the adjusted curve 1.5x noisier; identical true curves give its size, a flat adjusted curve its power.
+
 ``make coverage`` runs the full grid and writes ``docs/coverage.md``; a reduced grid runs in the test suite.
 
 Examples
@@ -28,19 +32,25 @@ import numpy as np
 import pandas as pd
 
 from . import simulate
+from .compare import localization_difference, localization_indices
 from .estimators import get_estimator
+from .inference import Effect
 from .parallel import run_tasks
+from .results import MediationResult
 
 LOW, HIGH = 0.93, 0.97  # acceptance band for 95% CIs
 MAX_SIZE = 0.07  # acceptance for tests at nominal 0.05
 KEYS = (("nie", "control"), ("nie", "treated"), ("nde", "control"), ("nde", "treated"), ("te", "average"))
 OBSERVATIONAL = ("parametric", "weighting", "dml", "econml_diff", "econml_te", "eb_total")
+# localization_difference with its default (debiased concentration) and with method="abs" (entropy of |a|)
+LOCALIZATION_TESTS = ("localization", "localization_abs")
+LOC_UNIT_SD = 2.0  # per-unit SE of the unadjusted curve 2 / sqrt(n): 0.045 at n = 2,000, 0.115 at n = 300
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One data-generating process at one n. ``kind`` is "mediation" (simulate.topic_mediation) or "patching"
-    (simulate.toy_patching)."""
+    """One data-generating process at one n. ``kind`` is "mediation" (simulate.topic_mediation), "patching"
+    (simulate.toy_patching) or "localization" (simulate.localization_curves, per-unit SE ``unit_sd / sqrt(n)``)."""
 
     name: str
     n: int
@@ -77,6 +87,10 @@ def grid(kind: str = "full") -> list[Cell]:
     for n in sizes[:2]:
         cells.append(Cell(f"patching-n{n}", n, dict(c=0.25), kind="patching", estimators=("patching",),
                           note="toy patcher, quadratic g (mean patch differs from the exact NIE)"))
+    for n in sizes[:2]:
+        for adjusted, what in (("same", "identical true curves (size)"), ("flat", "flat adjusted curve (power)")):
+            cells.append(Cell(f"localization-{adjusted}-n{n}", n, dict(adjusted=adjusted, unit_sd=LOC_UNIT_SD),
+                              kind="localization", estimators=LOCALIZATION_TESTS, note=what))
     return cells
 
 
@@ -118,6 +132,31 @@ def _rows_patching(name, cell, seed, settings):
     return rows
 
 
+def _curve_result(curve) -> MediationResult:
+    effects = {f"u{i}": {("nie", "treated"): Effect.from_draws(e, curve["draws"][:, i])}
+               for i, e in enumerate(curve["estimate"])}
+    return MediationResult("curve", effects, n=0, n_treated=0)
+
+
+def _rows_localization(name, cell, seed, settings):
+    """One row: the adjusted-minus-unadjusted index of localization_difference beside its true value. With
+    ``signal_cv`` above the threshold the debiased index is not estimable: the row's estimate, CI and p-value are
+    NaN (no rejection)."""
+    curves = simulate.localization_curves(cell.sim["unit_sd"] / np.sqrt(cell.n), adjusted=cell.sim["adjusted"],
+                                          seed=seed)
+    method = "abs" if name == "localization_abs" else "debiased"
+    index = "entropy" if method == "abs" else "concentration"
+    diff = localization_difference(_curve_result(curves["adjusted"]), _curve_result(curves["unadjusted"]),
+                                   method=method, **settings).set_index("index").loc[index]
+    if method == "abs":
+        truth = np.subtract(*[localization_indices(curves[k]["truth"])["entropy"] for k in ("adjusted", "unadjusted")])
+    else:
+        truth = curves["adjusted"]["concentration"] - curves["unadjusted"]["concentration"]
+    eff = Effect(float(diff.difference), float(diff.se), (float(diff.ci_lower), float(diff.ci_upper)),
+                 float(diff.p_value), 0.95)
+    return [_row(name, cell, seed, "curve", (index, "adj-unadj"), eff, "-", float(truth))]
+
+
 def _row(name, cell, seed, unit, key, eff, population, truth):
     return {"estimator": name, "cell": cell.name, "n": cell.n, "seed": seed, "unit": unit, "effect": key[0],
             "arm": key[1], "population": population, "estimate": eff.estimate, "se": eff.se,
@@ -126,7 +165,7 @@ def _row(name, cell, seed, unit, key, eff, population, truth):
 
 def _one(task):
     name, cell, seed, settings = task
-    fn = _rows_patching if cell.kind == "patching" else _rows_mediation
+    fn = {"patching": _rows_patching, "localization": _rows_localization}.get(cell.kind, _rows_mediation)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -159,21 +198,27 @@ def run(estimators=None, cells=None, *, reps: int = 200, seed: int = 0, settings
 
 
 def summarize(rows: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
-    """Per estimator, cell, effect and arm: reps, bias/SE, coverage, CI length, SE/SD, rejection rate."""
+    """Per estimator, cell, effect and arm: reps, bias/SE, coverage, CI length, SE/SD, rejection rate.
+
+    ``undefined`` is the share of data sets without a finite CI (an index that is not estimable there); coverage,
+    bias and CI length are over the others, and the rejection rate over all of them (undefined: no rejection)."""
     ok = rows[rows.get("error").isna()] if "error" in rows else rows
     ok = ok[np.isfinite(ok.truth.astype(float))]
     out = []
     for key, g in ok.groupby(["estimator", "cell", "n", "unit", "effect", "arm", "population"], sort=False):
         err = g.estimate - g.truth
-        covered = (g.ci_lower <= g.truth) & (g.truth <= g.ci_upper)
+        defined = np.isfinite(g.ci_lower) & np.isfinite(g.ci_upper)
+        covered = ((g.ci_lower <= g.truth) & (g.truth <= g.ci_upper))[defined]
         sd = float(g.estimate.std(ddof=1)) if len(g) > 1 else np.nan
         null = bool(np.allclose(g.truth, 0.0, atol=1e-12))
         out.append(dict(zip(("estimator", "cell", "n", "unit", "effect", "arm", "population"), key),
                         reps=len(g), truth=float(g.truth.mean()), bias=float(err.mean()),
                         bias_se=float(err.mean() / g.se.mean()) if g.se.mean() > 0 else np.nan,
-                        coverage=float(covered.mean()), ci_length=float((g.ci_upper - g.ci_lower).mean()),
+                        coverage=float(covered.mean()) if len(covered) else np.nan,
+                        ci_length=float((g.ci_upper - g.ci_lower)[defined].mean()),
                         se_sd=float(g.se.mean() / sd) if sd and sd > 0 else np.nan,
                         test="size" if null else "power", reject=float((g.p_value < 1 - level).mean()),
+                        undefined=float(1 - defined.mean()),
                         warned=float(g.warned.mean()) if "warned" in g else 0.0))
     table = pd.DataFrame(out)
     if len(table):
