@@ -37,6 +37,7 @@ from .compare import localization_difference, localization_indices
 from .estimators import get_estimator
 from .inference import Effect
 from .parallel import run_tasks
+from .refute import REFUTERS
 from .results import MediationResult
 
 LOW, HIGH = 0.93, 0.97  # acceptance band for 95% CIs
@@ -45,13 +46,18 @@ KEYS = (("nie", "control"), ("nie", "treated"), ("nde", "control"), ("nde", "tre
 OBSERVATIONAL = ("parametric", "weighting", "dml", "econml_diff", "econml_te", "eb_total")
 # localization_difference with its default (debiased concentration) and with method="abs" (entropy of |a|)
 LOCALIZATION_TESTS = ("localization", "localization_abs")
+# refuters whose size the grid measures (on correctly specified data), and the rows it reads from each
+REFUTER_SIZE = ("placebo_treatment", "data_subset", "random_common_cause", "dummy_outcome", "unobserved_confounder")
+REFUTER_KEYS = (("te", "average"), ("nie", "average"), ("nie", "treated"), ("nde", "control"))
 LOC_UNIT_SD = 2.0  # per-unit SE of the unadjusted curve 2 / sqrt(n): 0.045 at n = 2,000, 0.115 at n = 300
 
 
 @dataclass(frozen=True)
 class Cell:
     """One data-generating process at one n. ``kind`` is "mediation" (simulate.topic_mediation), "patching"
-    (simulate.toy_patching) or "localization" (simulate.localization_curves, per-unit SE ``unit_sd / sqrt(n)``)."""
+    (simulate.toy_patching), "localization" (simulate.localization_curves, per-unit SE ``unit_sd / sqrt(n)``) or
+    "refute" (every refuter of REFUTER_SIZE with its defaults after the estimator's default fit on
+    simulate.topic_mediation)."""
 
     name: str
     n: int
@@ -88,6 +94,8 @@ def grid(kind: str = "full") -> list[Cell]:
     for n in sizes[:2]:
         cells.append(Cell(f"patching-n{n}", n, dict(c=0.25), kind="patching", estimators=("patching",),
                           note="toy patcher, quadratic g (mean patch differs from the exact NIE)"))
+    cells.append(Cell("refute-linear-n300", 300, DGPS["linear"][0], kind="refute",
+                      note="refuters on the linear process (correctly specified): their size"))
     for n in sizes[:2]:
         for adjusted, what in (("same", "identical true curves (size)"), ("flat", "flat adjusted curve (power)")):
             cells.append(Cell(f"localization-{adjusted}-n{n}", n, dict(adjusted=adjusted, unit_sd=LOC_UNIT_SD),
@@ -158,6 +166,22 @@ def _rows_localization(name, cell, seed, settings):
     return [_row(name, cell, seed, "curve", (index, "adj-unadj"), eff, "-", float(truth))]
 
 
+def _rows_refute(name, cell, seed, settings):
+    """Per refuter of REFUTER_SIZE, unit u0 and effect of REFUTER_KEYS: its p-value and whether it passed."""
+    data, _ = simulate.topic_mediation(cell.n, seed=seed, **cell.sim)
+    est = get_estimator(name, **settings)
+    orig = est.fit(data)
+    rows = []
+    for ref in REFUTER_SIZE:
+        frame = REFUTERS[ref](est, data, random_state=seed, original=orig).to_frame()
+        for r in frame[frame.unit == "u0"].itertuples():
+            if (r.effect, r.arm) in REFUTER_KEYS:
+                rows.append({"estimator": name, "cell": cell.name, "n": cell.n, "seed": seed, "refuter": ref,
+                             "unit": r.unit, "effect": r.effect, "arm": r.arm, "p_value": r.p_value,
+                             "passed": bool(r.passed), "truth": np.nan})
+    return rows
+
+
 def _row(name, cell, seed, unit, key, eff, population, truth):
     return {"estimator": name, "cell": cell.name, "n": cell.n, "seed": seed, "unit": unit, "effect": key[0],
             "arm": key[1], "population": population, "estimate": eff.estimate, "se": eff.se,
@@ -166,7 +190,8 @@ def _row(name, cell, seed, unit, key, eff, population, truth):
 
 def _one(task):
     name, cell, seed, settings = task
-    fn = {"patching": _rows_patching, "localization": _rows_localization}.get(cell.kind, _rows_mediation)
+    fn = {"patching": _rows_patching, "localization": _rows_localization, "refute": _rows_refute}.get(
+        cell.kind, _rows_mediation)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -204,7 +229,9 @@ def summarize(rows: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
     ``undefined`` is the share of data sets without a finite CI (an index that is not estimable there); coverage,
     bias and CI length are over the others, and the rejection rate over all of them (undefined: no rejection)."""
     ok = rows[rows.get("error").isna()] if "error" in rows else rows
-    ok = ok[np.isfinite(ok.truth.astype(float))]
+    ok = ok[np.isfinite(ok.truth.astype(float))] if "truth" in ok else ok.iloc[:0]
+    if not len(ok):  # e.g. refuter rows only (summarize_refuters reads those)
+        return pd.DataFrame()
     out = []
     for key, g in ok.groupby(["estimator", "cell", "n", "unit", "effect", "arm", "population"], sort=False):
         err = g.estimate - g.truth
@@ -229,6 +256,22 @@ def summarize(rows: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
     return table
 
 
+def summarize_refuters(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per estimator, cell, refuter, unit, effect and arm: the share of correctly specified data sets on which the
+    refuter failed (its size at alpha 0.05; for unobserved_confounder the share whose conclusion changed)."""
+    if "refuter" not in rows:
+        return pd.DataFrame()
+    ref = rows[rows.refuter.notna()]
+    if "error" in ref:
+        ref = ref[ref.error.isna()]
+    keys = ["estimator", "cell", "refuter", "unit", "effect", "arm"]
+    table = (ref.groupby(keys, sort=False)
+             .agg(reps=("seed", "nunique"), fail=("passed", lambda v: 1 - v.astype(bool).mean()),
+                  warned=("warned", "mean")).reset_index())
+    table["passes"] = table.fail <= MAX_SIZE
+    return table
+
+
 def failures(rows: pd.DataFrame) -> pd.DataFrame:
     """Fits that raised, per estimator and cell, with the first message."""
     if "error" not in rows:
@@ -240,11 +283,12 @@ def failures(rows: pd.DataFrame) -> pd.DataFrame:
 
 def to_markdown(table: pd.DataFrame, fails: pd.DataFrame, *, commit: str, reps: int, seconds: float,
                 grid_name: str, command: str | None = None, sources: pd.DataFrame | None = None,
-                notes: str = "") -> str:
+                notes: str = "", refuters: pd.DataFrame | None = None) -> str:
     """docs/coverage.md: how the study was run, the acceptance, every cell, and the cells that fail.
 
     ``sources`` (per estimator: cells, reps, commit; :func:`sources`) says where each estimator's rows come from
-    when some were kept from an earlier run; ``notes`` (markdown) is placed after the header."""
+    when some were kept from an earlier run; ``notes`` (markdown) is placed after the header; ``refuters`` is
+    :func:`summarize_refuters`."""
     command = command or f"python -m deconfound.coverage --grid {grid_name} --reps {reps}"
     lines = ["# Calibration of the defaults", "",
              f"Generated by `{command}` at commit `{commit}`, in {seconds / 60:.1f} minutes. Every estimator runs "
@@ -284,6 +328,13 @@ def to_markdown(table: pd.DataFrame, fails: pd.DataFrame, *, commit: str, reps: 
         lines += ["", "## Every cell", ""]
         for est, g in table.groupby("estimator", sort=False):
             lines += [f"### {est}", "", _md(g.drop(columns=["estimator"])), ""]
+    if refuters is not None and len(refuters):
+        lines += ["## Refuters on correctly specified data", "",
+                  "Each refuter at its defaults after the estimator's default fit on the `linear` process (unit u0, "
+                  "whose effects are identified and correctly modelled), so every failure is a false alarm: `fail` "
+                  f"is the refuter's size at alpha 0.05 (acceptance: at most {MAX_SIZE}). For "
+                  "`unobserved_confounder` it is the share of data sets whose conclusion (sign and significance) "
+                  "changed under the simulated confounder of its default strength.", "", _md(refuters), ""]
     if len(fails):
         lines += ["## Fits that raised", "", _md(fails), ""]
     return "\n".join(lines) + "\n"
@@ -326,11 +377,15 @@ def _kept_notes(path) -> str:
 
 
 def _commit() -> str:
+    """HEAD's short hash, with "+changes" when the sources differ from it (the rows then come from neither)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True,
+                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return head + ("+changes" if dirty else "")
 
 
 def main(argv=None) -> int:
@@ -354,10 +409,10 @@ def main(argv=None) -> int:
             ap.error(f"--cells: expected names from {[c.name for c in cells]}, got {unknown}")
         cells = [c for c in cells if c.name in wanted]
     ests = args.estimators.split(",") if args.estimators else None
+    commit = _commit()  # before the run: the code that computes the rows
     start = time.time()
     rows = run(ests, cells, reps=args.reps, n_jobs=args.n_jobs)
     seconds = time.time() - start
-    commit = _commit()
     rows["commit"] = commit
     if args.keep:
         old = _read_rows(args.keep)
@@ -370,7 +425,7 @@ def main(argv=None) -> int:
     command = "python -m deconfound.coverage " + " ".join(argv if argv is not None else sys.argv[1:])
     Path(args.out).write_text(to_markdown(table, failures(rows), commit=commit, reps=args.reps, seconds=seconds,
                                           grid_name=args.grid, command=command, sources=sources(rows),
-                                          notes=_kept_notes(args.out)))
+                                          notes=_kept_notes(args.out), refuters=summarize_refuters(rows)))
     print(f"wrote {args.out}: {len(table)} rows, {int((~table.passes).sum()) if len(table) else 0} outside the "
           f"acceptance, {seconds / 60:.1f} min")
     return 0
