@@ -91,3 +91,9 @@ def test_main_keeps_earlier_rows_it_does_not_recompute(tmp_path, monkeypatch):
     assert set(rows[rows.estimator == "old"].commit) == {"abc1234"}
     md = (tmp_path / "cov.md").read_text()
     assert "| old | 1 | 2 | abc1234 |" in md and "- hand-written." in md and "### localization" in md
+    rows[rows.estimator == "localization"].to_csv("new.csv")
+    cv.main(["--reps", "0", "--keep", "new.csv,earlier.csv", "--out", "cov.md", "--rows", "again.csv"])
+    assert "Assembled by" in (tmp_path / "cov.md").read_text()  # --reps 0: no new fits, the rows kept as they were
+    assert len(pd.read_csv("again.csv", index_col=0)) == len(rows)
+    with pytest.raises(SystemExit):  # the same estimator x cell in two files: which one would be meant?
+        cv.main(["--reps", "0", "--keep", "rows.csv,earlier.csv", "--out", "cov.md"])
