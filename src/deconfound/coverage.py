@@ -250,6 +250,7 @@ def summarize(rows: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
                         warned=float(g.warned.mean()) if "warned" in g else 0.0))
     table = pd.DataFrame(out)
     if len(table):
+        table["n"] = table.n.astype(int)  # rows read back from a file with other kinds' rows may hold it as float
         cov_ok = table.coverage.between(LOW, HIGH)
         size_ok = (table.test != "size") | (table.reject <= MAX_SIZE)
         table["passes"] = cov_ok & size_ok
