@@ -9,6 +9,8 @@ SD, and the size (true effect 0) or power (true effect not 0) of the test of no 
 The ``localization`` cells study a test instead of an estimator: :func:`deconfound.compare.localization_difference`
 (adjusted minus unadjusted concentration of a per-unit curve) on curves of :func:`simulate.localization_curves`,
 with the adjusted curve 1.5x noisier; identical true curves give its size, a flat adjusted curve its power.
+The ``refute`` cell runs every refuter of ``REFUTER_SIZE`` after each estimator's default fit on correctly
+specified data: :func:`summarize_refuters` gives their false-alarm rates.
 
 ``make coverage`` runs the full grid and writes ``docs/coverage.md``; a reduced grid runs in the test suite.
 
