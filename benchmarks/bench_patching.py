@@ -3,7 +3,8 @@ naive batch-1 patching and nnsight (batched), for short and 32-token prompts.
 
 Workload per setting: ``--prompts`` prompts; every ``mlp_out`` layer; ``--donors`` donor vectors per prompt and
 layer (a donor is another prompt's activation), so a batch mixes rows of all layers. The score is the
-next-token toxic mass. Settings: short prompts (5-8 tokens) and 32-token prompts.
+next-token toxic mass. Settings: short prompts (5-8 tokens) and 32-token prompts; and ``reweight``, teacher-forced
+continuations on short prompts (resumed against full-depth rows only; see :func:`run_reweight`).
 
 - **resume**: :class:`deconfound.lm.patch.Patcher` (prefix KV cache, batched rows, each row entering the decoder
   stack at its patched layer), a fresh one per round, so the prompt caches are built inside the timed region.
@@ -170,6 +171,43 @@ def run_setting(lm, args, lo, hi, seed):
     return out
 
 
+class _Length:
+    """A deterministic stand-in scorer for the reweight setting: the text's length in characters, mod 5, / 4."""
+
+    name, columns, primary = "length", ["length"], "length"
+
+    def score(self, texts):
+        return np.array([[len(t) % 5 / 4] for t in texts])
+
+
+def run_reweight(lm, args, seed):
+    """Teacher-forced continuations (``reweight``, 4 of 8 tokens per prompt), one donor per prompt and layer:
+    resumed rows enter at their layer from unpatched base rows run in the same pass, against every row running
+    every layer; both with the prompt caches and continuations prepared."""
+    from deconfound.lm.patch import NextTokenMass, Patcher, Reweight
+
+    prompts = make_prompts(lm.tokenizer, args.prompts, 5, 8, seed)
+    units = [f"mlp_out.L{layer}" for layer in range(lm.n_layers)]
+    acts = Patcher(lm, prompts, outcome=NextTokenMass(outcome_ids(lm))).activations(units)
+    rng = np.random.default_rng(seed)
+    reqs = [(u, np.arange(len(prompts)), acts[u][rng.permutation(len(prompts))]) for u in units]
+    side = {r: Patcher(lm, prompts, outcome=Reweight(_Length(), n_samples=4, max_new_tokens=8, seed=seed),
+                       batch_size=args.batch_size, resume=r) for r in (True, False)}
+    res = {r: p.evaluate(reqs) for r, p in side.items()}
+    got = {r: np.concatenate([x.scores for x in v]) for r, v in res.items()}
+    ess = {r: np.concatenate([x.extras["ess"] for x in v]) for r, v in res.items()}  # varies with every weight
+    times = _timed({"resume_warm": lambda: side[True].evaluate(reqs),
+                    "current_warm": lambda: side[False].evaluate(reqs)}, args.rounds)
+    n_eval = len(units) * len(prompts)
+    rate = {k: n_eval / min(v) for k, v in times.items()}
+    return {"n_prompts": len(prompts), "units": len(units), "samples": 4, "new_tokens": 8,
+            "patched_evaluations": n_eval, "seconds_all": times, "evaluations_per_second": rate,
+            "ratios": {"resume_warm_vs_current_warm": rate["resume_warm"] / rate["current_warm"]},
+            "max_abs_diff": {"resume_vs_current_all": float(np.abs(got[True] - got[False]).max()),
+                             "ess_resume_vs_current": float(np.abs(ess[True] - ess[False]).max()),
+                             "ess_spread": float(np.ptp(ess[True]))}}
+
+
 def _nnsight_side(lm, batches, ids_t):
     """nnsight's batched recompute as a callable, or a dict saying why it is absent."""
     if importlib.util.find_spec("nnsight") is None:
@@ -256,7 +294,7 @@ def main(argv=None):
                         help="layers whose variants are timed with the recompute sides")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--settings", default="short,long")
+    parser.add_argument("--settings", default="short,long,reweight")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_patching.json"))
     args = parser.parse_args(argv)
 
@@ -269,8 +307,11 @@ def main(argv=None):
               "rounds": args.rounds, "threads": torch.get_num_threads(), "outcome": "next_token_mass",
               "target_ratio_resume_vs_current": 1.8, "flop_ceiling": flop_ceiling(lm.model), "settings": {}}
     for k, name in enumerate(args.settings.split(",")):
-        lo, hi = SETTINGS[name]
-        result["settings"][name] = {"tokens": [lo, hi], **run_setting(lm, args, lo, hi, seed=k)}
+        if name == "reweight":
+            result["settings"][name] = run_reweight(lm, args, seed=k)
+        else:
+            lo, hi = SETTINGS[name]
+            result["settings"][name] = {"tokens": [lo, hi], **run_setting(lm, args, lo, hi, seed=k)}
         print(name, json.dumps({key: result["settings"][name][key] for key in
                                 ("evaluations_per_second", "ratios", "max_abs_diff")}, indent=1))
     if importlib.util.find_spec("nnsight") is not None:

@@ -6,6 +6,12 @@ the estimate, SE, CI and p-value beside the exact truth of the population the re
 the bias in SE units, the coverage of the CIs, their mean length, the ratio of the mean SE to the Monte Carlo
 SD, and the size (true effect 0) or power (true effect not 0) of the test of no effect.
 
+The ``localization`` cells study a test instead of an estimator: :func:`deconfound.compare.localization_difference`
+(adjusted minus unadjusted concentration of a per-unit curve) on curves of :func:`simulate.localization_curves`,
+with the adjusted curve 1.5x noisier; identical true curves give its size, a flat adjusted curve its power.
+The ``refute`` cell runs every refuter of ``REFUTER_SIZE`` after each estimator's default fit on correctly
+specified data: :func:`summarize_refuters` gives their false-alarm rates.
+
 ``make coverage`` runs the full grid and writes ``docs/coverage.md``; a reduced grid runs in the test suite.
 
 Examples
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -28,19 +35,31 @@ import numpy as np
 import pandas as pd
 
 from . import simulate
+from .compare import localization_difference, localization_indices
 from .estimators import get_estimator
+from .inference import Effect
 from .parallel import run_tasks
+from .refute import REFUTERS
+from .results import MediationResult
 
 LOW, HIGH = 0.93, 0.97  # acceptance band for 95% CIs
 MAX_SIZE = 0.07  # acceptance for tests at nominal 0.05
 KEYS = (("nie", "control"), ("nie", "treated"), ("nde", "control"), ("nde", "treated"), ("te", "average"))
 OBSERVATIONAL = ("parametric", "weighting", "dml", "econml_diff", "econml_te", "eb_total")
+# localization_difference with its default (debiased concentration) and with method="abs" (entropy of |a|)
+LOCALIZATION_TESTS = ("localization", "localization_abs")
+# refuters whose size the grid measures (on correctly specified data), and the rows it reads from each
+REFUTER_SIZE = ("placebo_treatment", "data_subset", "random_common_cause", "dummy_outcome", "unobserved_confounder")
+REFUTER_KEYS = (("te", "average"), ("nie", "average"), ("nie", "treated"), ("nde", "control"))
+LOC_UNIT_SD = 2.0  # per-unit SE of the unadjusted curve 2 / sqrt(n): 0.045 at n = 2,000, 0.115 at n = 300
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One data-generating process at one n. ``kind`` is "mediation" (simulate.topic_mediation) or "patching"
-    (simulate.toy_patching)."""
+    """One data-generating process at one n. ``kind`` is "mediation" (simulate.topic_mediation), "patching"
+    (simulate.toy_patching), "localization" (simulate.localization_curves, per-unit SE ``unit_sd / sqrt(n)``) or
+    "refute" (every refuter of REFUTER_SIZE with its defaults after the estimator's default fit on
+    simulate.topic_mediation)."""
 
     name: str
     n: int
@@ -77,6 +96,12 @@ def grid(kind: str = "full") -> list[Cell]:
     for n in sizes[:2]:
         cells.append(Cell(f"patching-n{n}", n, dict(c=0.25), kind="patching", estimators=("patching",),
                           note="toy patcher, quadratic g (mean patch differs from the exact NIE)"))
+    cells.append(Cell("refute-linear-n300", 300, DGPS["linear"][0], kind="refute",
+                      note="refuters on the linear process (correctly specified): their size"))
+    for n in sizes[:2]:
+        for adjusted, what in (("same", "identical true curves (size)"), ("flat", "flat adjusted curve (power)")):
+            cells.append(Cell(f"localization-{adjusted}-n{n}", n, dict(adjusted=adjusted, unit_sd=LOC_UNIT_SD),
+                              kind="localization", estimators=LOCALIZATION_TESTS, note=what))
     return cells
 
 
@@ -118,6 +143,47 @@ def _rows_patching(name, cell, seed, settings):
     return rows
 
 
+def _curve_result(curve) -> MediationResult:
+    effects = {f"u{i}": {("nie", "treated"): Effect.from_draws(e, curve["draws"][:, i])}
+               for i, e in enumerate(curve["estimate"])}
+    return MediationResult("curve", effects, n=0, n_treated=0)
+
+
+def _rows_localization(name, cell, seed, settings):
+    """One row: the adjusted-minus-unadjusted index of localization_difference beside its true value. With
+    ``signal_cv`` above the threshold the debiased index is not estimable: the row's estimate, CI and p-value are
+    NaN (no rejection)."""
+    curves = simulate.localization_curves(cell.sim["unit_sd"] / np.sqrt(cell.n), adjusted=cell.sim["adjusted"],
+                                          seed=seed)
+    method = "abs" if name == "localization_abs" else "debiased"
+    index = "entropy" if method == "abs" else "concentration"
+    diff = localization_difference(_curve_result(curves["adjusted"]), _curve_result(curves["unadjusted"]),
+                                   method=method, **settings).set_index("index").loc[index]
+    if method == "abs":
+        truth = np.subtract(*[localization_indices(curves[k]["truth"])["entropy"] for k in ("adjusted", "unadjusted")])
+    else:
+        truth = curves["adjusted"]["concentration"] - curves["unadjusted"]["concentration"]
+    eff = Effect(float(diff.difference), float(diff.se), (float(diff.ci_lower), float(diff.ci_upper)),
+                 float(diff.p_value), 0.95)
+    return [_row(name, cell, seed, "curve", (index, "adj-unadj"), eff, "-", float(truth))]
+
+
+def _rows_refute(name, cell, seed, settings):
+    """Per refuter of REFUTER_SIZE, unit u0 and effect of REFUTER_KEYS: its p-value and whether it passed."""
+    data, _ = simulate.topic_mediation(cell.n, seed=seed, **cell.sim)
+    est = get_estimator(name, **settings)
+    orig = est.fit(data)
+    rows = []
+    for ref in REFUTER_SIZE:
+        frame = REFUTERS[ref](est, data, random_state=seed, original=orig).to_frame()
+        for r in frame[frame.unit == "u0"].itertuples():
+            if (r.effect, r.arm) in REFUTER_KEYS:
+                rows.append({"estimator": name, "cell": cell.name, "n": cell.n, "seed": seed, "refuter": ref,
+                             "unit": r.unit, "effect": r.effect, "arm": r.arm, "p_value": r.p_value,
+                             "passed": bool(r.passed), "truth": np.nan})
+    return rows
+
+
 def _row(name, cell, seed, unit, key, eff, population, truth):
     return {"estimator": name, "cell": cell.name, "n": cell.n, "seed": seed, "unit": unit, "effect": key[0],
             "arm": key[1], "population": population, "estimate": eff.estimate, "se": eff.se,
@@ -126,7 +192,8 @@ def _row(name, cell, seed, unit, key, eff, population, truth):
 
 def _one(task):
     name, cell, seed, settings = task
-    fn = _rows_patching if cell.kind == "patching" else _rows_mediation
+    fn = {"patching": _rows_patching, "localization": _rows_localization, "refute": _rows_refute}.get(
+        cell.kind, _rows_mediation)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -159,27 +226,52 @@ def run(estimators=None, cells=None, *, reps: int = 200, seed: int = 0, settings
 
 
 def summarize(rows: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
-    """Per estimator, cell, effect and arm: reps, bias/SE, coverage, CI length, SE/SD, rejection rate."""
+    """Per estimator, cell, effect and arm: reps, bias/SE, coverage, CI length, SE/SD, rejection rate.
+
+    ``undefined`` is the share of data sets without a finite CI (an index that is not estimable there); coverage,
+    bias and CI length are over the others, and the rejection rate over all of them (undefined: no rejection)."""
     ok = rows[rows.get("error").isna()] if "error" in rows else rows
-    ok = ok[np.isfinite(ok.truth.astype(float))]
+    ok = ok[np.isfinite(ok.truth.astype(float))] if "truth" in ok else ok.iloc[:0]
+    if not len(ok):  # e.g. refuter rows only (summarize_refuters reads those)
+        return pd.DataFrame()
     out = []
     for key, g in ok.groupby(["estimator", "cell", "n", "unit", "effect", "arm", "population"], sort=False):
         err = g.estimate - g.truth
-        covered = (g.ci_lower <= g.truth) & (g.truth <= g.ci_upper)
+        defined = np.isfinite(g.ci_lower) & np.isfinite(g.ci_upper)
+        covered = ((g.ci_lower <= g.truth) & (g.truth <= g.ci_upper))[defined]
         sd = float(g.estimate.std(ddof=1)) if len(g) > 1 else np.nan
         null = bool(np.allclose(g.truth, 0.0, atol=1e-12))
         out.append(dict(zip(("estimator", "cell", "n", "unit", "effect", "arm", "population"), key),
                         reps=len(g), truth=float(g.truth.mean()), bias=float(err.mean()),
                         bias_se=float(err.mean() / g.se.mean()) if g.se.mean() > 0 else np.nan,
-                        coverage=float(covered.mean()), ci_length=float((g.ci_upper - g.ci_lower).mean()),
+                        coverage=float(covered.mean()) if len(covered) else np.nan,
+                        ci_length=float((g.ci_upper - g.ci_lower)[defined].mean()),
                         se_sd=float(g.se.mean() / sd) if sd and sd > 0 else np.nan,
                         test="size" if null else "power", reject=float((g.p_value < 1 - level).mean()),
+                        undefined=float(1 - defined.mean()),
                         warned=float(g.warned.mean()) if "warned" in g else 0.0))
     table = pd.DataFrame(out)
     if len(table):
+        table["n"] = table.n.astype(int)  # rows read back from a file with other kinds' rows may hold it as float
         cov_ok = table.coverage.between(LOW, HIGH)
         size_ok = (table.test != "size") | (table.reject <= MAX_SIZE)
         table["passes"] = cov_ok & size_ok
+    return table
+
+
+def summarize_refuters(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per estimator, cell, refuter, unit, effect and arm: the share of correctly specified data sets on which the
+    refuter failed (its size at alpha 0.05; for unobserved_confounder the share whose conclusion changed)."""
+    if "refuter" not in rows:
+        return pd.DataFrame()
+    ref = rows[rows.refuter.notna()]
+    if "error" in ref:
+        ref = ref[ref.error.isna()]
+    keys = ["estimator", "cell", "refuter", "unit", "effect", "arm"]
+    table = (ref.groupby(keys, sort=False)
+             .agg(reps=("seed", "nunique"), fail=("passed", lambda v: 1 - v.astype(bool).mean()),
+                  warned=("warned", "mean")).reset_index())
+    table["passes"] = table.fail <= MAX_SIZE
     return table
 
 
@@ -193,23 +285,42 @@ def failures(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame, fails: pd.DataFrame, *, commit: str, reps: int, seconds: float,
-                grid_name: str) -> str:
-    """docs/coverage.md: how the study was run, the acceptance, every cell, and the cells that fail."""
-    lines = ["# Calibration of the defaults", "",
-             f"Generated by `make coverage` (`python -m deconfound.coverage --grid {grid_name} --reps {reps}`) at "
-             f"commit `{commit}`, in {seconds / 60:.1f} minutes. Every estimator runs with its default settings.",
-             "", "Acceptance: 95% CIs cover within "
+                grid_name: str, command: str | None = None, sources: pd.DataFrame | None = None,
+                notes: str = "", refuters: pd.DataFrame | None = None) -> str:
+    """docs/coverage.md: how the study was run, the acceptance, every cell, and the cells that fail.
+
+    ``sources`` (per estimator: cells, reps, commit; :func:`sources`) says where each estimator's rows come from
+    when some were kept from an earlier run; ``notes`` (markdown) is placed after the header; ``refuters`` is
+    :func:`summarize_refuters`."""
+    command = command or f"python -m deconfound.coverage --grid {grid_name} --reps {reps}"
+    made = (f"Generated by `{command}` at commit `{commit}`, in {seconds / 60:.1f} minutes." if reps else
+            f"Assembled by `{command}` at commit `{commit}` from the rows of earlier runs (no new fits).")
+    lines = ["# Calibration of the defaults", "", made + " Every estimator runs with its default settings.", ""]
+    if sources is not None and len(sources):
+        lines += ["Rows per estimator (cells, data sets per cell, the commit they were computed at):", "",
+                  _md(sources), ""]
+    lines += [notes.strip(), ""] if notes.strip() else []
+    lines += [             "Acceptance: 95% CIs cover within "
              f"[{LOW}, {HIGH}] and tests of no effect reject at most {MAX_SIZE} of the time at nominal 0.05 where the "
-             f"true effect is 0 (rows marked `size`). With {reps} replicates the Monte Carlo SE of a coverage of "
-             f"0.95 is {np.sqrt(0.95 * 0.05 / max(reps, 1)):.3f}.", "",
+             "true effect is 0 (rows marked `size`). With 100 (200) replicates the Monte Carlo SE of a coverage "
+             "of 0.95 is 0.022 (0.015).", "",
              "Columns: `bias_se` is the mean error divided by the mean SE; `se_sd` the mean SE over the Monte Carlo "
              "SD of the estimates (1 when the SEs are right); `reject` the share of p-values below 0.05; `warned` the "
-             "share of fits that warned.", "",
+             "share of fits that warned; `undefined` the share of data sets without a finite CI (an index that "
+             "is not estimable there: coverage, bias and CI length are over the others, and such a data set counts "
+             "as no rejection).", "",
              "## Data-generating processes", ""]
     for name, (sim, note) in DGPS.items():
         lines.append(f"- `{name}`: {note} (`simulate.topic_mediation({', '.join(f'{k}={v!r}' for k, v in sim.items())})`)")
     lines += ["- `patching`: `simulate.toy_patching`, a toy patcher with a quadratic outcome g; the truth is the "
-              "estimand the estimator reports (mean-patch contrast or exact NIE, on the treated)", ""]
+              "estimand the estimator reports (mean-patch contrast or exact NIE, on the treated)",
+              "- `localization`: not an estimator but the test of `compare.localization_difference` (adjusted minus "
+              "unadjusted localization of a 10-unit effect curve) on `simulate.localization_curves(se)` with "
+              f"se = {LOC_UNIT_SD:g} / sqrt(n) for the unadjusted curve and 1.5 se for the adjusted one (correlated "
+              "0.9, 200 joint draws, like two bootstrapped fits on the same rows). `same`: identical true curves "
+              "(size); `flat`: the adjusted curve flat with the same total effect (power). `localization` is the "
+              "default (debiased concentration, row `concentration`), `localization_abs` is `method='abs'` (entropy "
+              "of |estimate|, row `entropy`)", ""]
     if len(table):
         bad = table[~table.passes]
         lines += ["## Cells outside the acceptance", ""]
@@ -220,6 +331,13 @@ def to_markdown(table: pd.DataFrame, fails: pd.DataFrame, *, commit: str, reps: 
         lines += ["", "## Every cell", ""]
         for est, g in table.groupby("estimator", sort=False):
             lines += [f"### {est}", "", _md(g.drop(columns=["estimator"])), ""]
+    if refuters is not None and len(refuters):
+        lines += ["## Refuters on correctly specified data", "",
+                  "Each refuter at its defaults after the estimator's default fit on the `linear` process (unit u0, "
+                  "whose effects are identified and correctly modelled), so every failure is a false alarm: `fail` "
+                  f"is the refuter's size at alpha 0.05 (acceptance: at most {MAX_SIZE}). For "
+                  "`unobserved_confounder` it is the share of data sets whose conclusion (sign and significance) "
+                  "changed under the simulated confounder of its default strength.", "", _md(refuters), ""]
     if len(fails):
         lines += ["## Fits that raised", "", _md(fails), ""]
     return "\n".join(lines) + "\n"
@@ -241,12 +359,36 @@ def _cell(v) -> str:
     return str(v)
 
 
+def sources(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per estimator and commit: the cells and the data sets per cell behind the rows."""
+    rows = rows if "commit" in rows else rows.assign(commit="unknown")
+    per_cell = rows.groupby(["estimator", "commit", "cell"], sort=False).seed.nunique().reset_index()
+    return (per_cell.groupby(["estimator", "commit"], sort=False)
+            .agg(cells=("cell", "nunique"), reps=("seed", "max")).reset_index()[["estimator", "cells", "reps", "commit"]])
+
+
+def _read_rows(path) -> pd.DataFrame:
+    return pd.read_parquet(path) if str(path).endswith(".parquet") else pd.read_csv(path, index_col=0)
+
+
+def _kept_notes(path) -> str:
+    """The hand-written "## What the table shows" section of an existing docs/coverage.md (kept on a rewrite)."""
+    text = Path(path).read_text() if Path(path).exists() else ""
+    start = text.find("## What the table shows")
+    end = text.find("## Data-generating processes", start)
+    return text[start:end] if start >= 0 and end > start else ""
+
+
 def _commit() -> str:
+    """HEAD's short hash, with "+changes" when the sources differ from it (the rows then come from neither)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True,
+                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return head + ("+changes" if dirty else "")
 
 
 def main(argv=None) -> int:
@@ -258,6 +400,10 @@ def main(argv=None) -> int:
     ap.add_argument("--n-jobs", type=int, default=1)
     ap.add_argument("--out", default="docs/coverage.md")
     ap.add_argument("--rows", default=None, help="also write the per-replicate rows (parquet or csv)")
+    ap.add_argument("--keep", default=None, help="comma list of per-replicate rows of earlier runs (--rows): the "
+                    "estimator x cell pairs this run does not compute are kept from them, with their commit "
+                    "(--reps 0: only assemble them)")
+    ap.add_argument("--keep-commit", default="unknown", help="the commit of --keep rows that have no commit column")
     args = ap.parse_args(argv)
     cells = grid(args.grid)
     if args.cells:
@@ -267,14 +413,29 @@ def main(argv=None) -> int:
             ap.error(f"--cells: expected names from {[c.name for c in cells]}, got {unknown}")
         cells = [c for c in cells if c.name in wanted]
     ests = args.estimators.split(",") if args.estimators else None
+    commit = _commit()  # before the run: the code that computes the rows
     start = time.time()
-    rows = run(ests, cells, reps=args.reps, n_jobs=args.n_jobs)
+    rows = run(ests, cells, reps=args.reps, n_jobs=args.n_jobs) if args.reps > 0 else pd.DataFrame(
+        columns=["estimator", "cell", "seed"])
     seconds = time.time() - start
+    rows["commit"] = commit
+    if args.keep:
+        kept = [_read_rows(f) for f in args.keep.split(",")]
+        pairs = [set(zip(k.estimator, k.cell)) for k in kept]
+        twice = sorted(set.union(*[a & b for i, a in enumerate(pairs) for b in pairs[i + 1:]], set()))
+        if twice:
+            ap.error(f"--keep: expected files with different estimator x cell pairs, got {twice} in more than one")
+        old = pd.concat(kept, ignore_index=True)
+        old = old if "commit" in old else old.assign(commit=args.keep_commit)
+        done = set(zip(rows.estimator, rows.cell))
+        rows = pd.concat([old[[pair not in done for pair in zip(old.estimator, old.cell)]], rows], ignore_index=True)
     if args.rows:
         (rows.to_parquet if args.rows.endswith(".parquet") else rows.to_csv)(args.rows)
     table = summarize(rows)
-    Path(args.out).write_text(to_markdown(table, failures(rows), commit=_commit(), reps=args.reps,
-                                          seconds=seconds, grid_name=args.grid))
+    command = "python -m deconfound.coverage " + " ".join(argv if argv is not None else sys.argv[1:])
+    Path(args.out).write_text(to_markdown(table, failures(rows), commit=commit, reps=args.reps, seconds=seconds,
+                                          grid_name=args.grid, command=command, sources=sources(rows),
+                                          notes=_kept_notes(args.out), refuters=summarize_refuters(rows)))
     print(f"wrote {args.out}: {len(table)} rows, {int((~table.passes).sum()) if len(table) else 0} outside the "
           f"acceptance, {seconds / 60:.1f} min")
     return 0

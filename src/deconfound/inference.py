@@ -65,7 +65,10 @@ class Effect:
     def from_draws(cls, estimate: float, draws, *, level: float = 0.95, ci: str = "percentile") -> "Effect":
         """Bootstrap / simulation inference: SE = sd of draws; percentile (default) or normal CI.
 
-        With the percentile CI the p-value is :func:`draw_p_value` (add-one, two-sided, never 0)."""
+        Percentiles are median-unbiased (Hyndman and Fan's type 8): numpy's default linear interpolation puts the
+        2.5% and 97.5% points of B = 200 draws about 2.5% too close together (0.92 coverage instead of 0.94 for
+        patching at n = 300 in the calibration study). With the percentile CI the p-value is :func:`draw_p_value`
+        (add-one, two-sided, never 0)."""
         d = np.asarray(draws, dtype=float)
         se = float(np.std(d, ddof=1)) if len(d) > 1 else float("nan")
         if ci == "normal":
@@ -73,7 +76,7 @@ class Effect:
             eff.draws = d
             return eff
         a = (1 - level) / 2
-        lo, hi = np.quantile(d, [a, 1 - a])
+        lo, hi = np.quantile(d, [a, 1 - a], method="median_unbiased")
         p = draw_p_value(d)
         return cls(float(estimate), se, (float(lo), float(hi)), p, level, draws=d, method="percentile")
 

@@ -8,6 +8,7 @@ from deconfound.compare import (Comparison, compare_estimators, joint_draws, loc
 from deconfound.estimators.base import MediationEstimator
 from deconfound.inference import Effect
 from deconfound.results import MediationResult, add_derived
+from deconfound.simulate import localization_curves
 
 
 def _gini_pairs(a):
@@ -132,27 +133,18 @@ def _draws_result(est, draws):
     return MediationResult("fake", effs, n=100, n_treated=50)
 
 
-def _curve_pairs(adjusted_truth, n_rep, seed, s=0.07, ratio=1.5, rho=0.9, n_draws=200):
-    """Pairs of noisy curves (unadjusted SE s, adjusted SE ratio * s, correlated rho) with bootstrap-like draws."""
-    rng = np.random.default_rng(seed)
-    truth = np.array([1.0, 0.8, 0.6, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05, 0.0])
-
-    def noise(shape):
-        z1, z2 = rng.standard_normal(shape), rng.standard_normal(shape)
-        return s * z1, ratio * s * (rho * z1 + np.sqrt(1 - rho**2) * z2)
-
-    for _ in range(n_rep):
-        eu, ea = noise(truth.shape)
-        du, da = noise((n_draws, len(truth)))
-        ta = truth if adjusted_truth is None else adjusted_truth(truth)
-        yield _draws_result(ta + ea, ta + ea + da), _draws_result(truth + eu, truth + eu + du)
+def _curve_pairs(adjusted, n_rep, seed, se=0.07):
+    """Pairs of noisy curves of simulate.localization_curves (unadjusted SE se, adjusted 1.5 se, correlated)."""
+    for r in range(n_rep):
+        c = localization_curves(se, adjusted=adjusted, seed=[seed, r])
+        yield tuple(_draws_result(c[k]["estimate"], c[k]["draws"]) for k in ("adjusted", "unadjusted"))
 
 
 @pytest.mark.slow
 def test_default_localization_test_has_its_size_with_a_noisier_adjusted_curve():
     """Identical true curves, adjusted SE 1.5x: the default test rejects at most 7% at nominal 5%."""
     rej = [localization_difference(a, u).set_index("index").loc["concentration"]
-           for a, u in _curve_pairs(None, 300, seed=0)]
+           for a, u in _curve_pairs("same", 300, seed=0)]
     size = np.mean([r.ci_lower > 0 or r.ci_upper < 0 for r in rej])
     assert size <= 0.07
     assert abs(np.mean([r.difference for r in rej])) < 0.01  # no drift toward "spread" (true difference 0)
@@ -161,9 +153,8 @@ def test_default_localization_test_has_its_size_with_a_noisier_adjusted_curve():
 @pytest.mark.slow
 def test_default_localization_test_detects_a_spread_out_adjusted_curve():
     """Adjusted curve flat (same total |effect|): concentration 0.10 against 0.29; power above 0.8."""
-    flat = lambda t: np.full(len(t), t.sum() / len(t))  # noqa: E731
     rej = [localization_difference(a, u).set_index("index").loc["concentration"].ci_upper < 0
-           for a, u in _curve_pairs(flat, 100, seed=1)]
+           for a, u in _curve_pairs("flat", 100, seed=1)]
     assert np.mean(rej) > 0.8
 
 

@@ -58,3 +58,42 @@ def test_grid_names_and_bad_grid():
     assert "dim576-n300" not in names
     with pytest.raises(ValueError, match="expected 'full' or 'ci'"):
         cv.grid("huge")
+
+
+def test_undefined_rows_count_as_no_rejection_and_leave_coverage_to_the_others():
+    rows = _rows([0.1, 0.2, np.nan, np.nan], [1.0, 1.0, np.nan, np.nan], 0.0, [0.01, 0.5, np.nan, np.nan])
+    s = cv.summarize(rows).iloc[0]
+    assert s.undefined == pytest.approx(0.5)
+    assert s.reject == pytest.approx(1 / 4)  # one rejection over all four data sets; NaN p-values do not reject
+    assert s.coverage == 1.0 and s.bias == pytest.approx(0.15)  # over the two defined ones
+
+
+def test_refuter_rows_are_summarized_as_failure_rates():
+    base = {"estimator": "e", "cell": "refute-c", "n": 10, "unit": "u0", "effect": "te", "arm": "average",
+            "p_value": 0.5, "truth": np.nan, "warned": False}
+    rows = pd.DataFrame([{**base, "seed": s, "refuter": r, "passed": s != 0 or r == "dummy_outcome"}
+                         for s in range(10) for r in ("placebo_treatment", "dummy_outcome")])
+    assert cv.summarize(rows).empty  # refuter rows have no truth: not an estimator's row
+    t = cv.summarize_refuters(rows).set_index("refuter")
+    assert t.loc["placebo_treatment", "fail"] == pytest.approx(0.1) and not t.loc["placebo_treatment", "passes"]
+    assert t.loc["dummy_outcome", "fail"] == 0 and t.loc["dummy_outcome", "reps"] == 10
+
+
+def test_main_keeps_earlier_rows_it_does_not_recompute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    earlier = _rows([0.0, 0.5], [1.0, 1.0], 0.0, [0.9, 0.6]).assign(estimator="old", cell="linear-n300", warned=False)
+    earlier.to_csv("earlier.csv")
+    (tmp_path / "cov.md").write_text("# x\n\n## What the table shows\n\n- hand-written.\n\n## Data-generating processes\n")
+    cv.main(["--grid", "ci", "--reps", "2", "--estimators", "localization", "--cells", "localization-same-n2000",
+             "--keep", "earlier.csv", "--keep-commit", "abc1234", "--rows", "rows.csv", "--out", "cov.md"])
+    rows = pd.read_csv("rows.csv", index_col=0)
+    assert set(rows.estimator) == {"old", "localization"}
+    assert set(rows[rows.estimator == "old"].commit) == {"abc1234"}
+    md = (tmp_path / "cov.md").read_text()
+    assert "| old | 1 | 2 | abc1234 |" in md and "- hand-written." in md and "### localization" in md
+    rows[rows.estimator == "localization"].to_csv("new.csv")
+    cv.main(["--reps", "0", "--keep", "new.csv,earlier.csv", "--out", "cov.md", "--rows", "again.csv"])
+    assert "Assembled by" in (tmp_path / "cov.md").read_text()  # --reps 0: no new fits, the rows kept as they were
+    assert len(pd.read_csv("again.csv", index_col=0)) == len(rows)
+    with pytest.raises(SystemExit):  # the same estimator x cell in two files: which one would be meant?
+        cv.main(["--reps", "0", "--keep", "rows.csv,earlier.csv", "--out", "cov.md"])

@@ -41,7 +41,7 @@ SAME_LAYER = {
     ("_validation", "errors"), ("_calibration", "errors"),
     ("data", "_store"), ("data", "positivity"), ("simulate", "data"), ("neurons", "data"),
     ("bootstrap", "inference"), ("bootstrap", "weights"), ("weights", "balance"), ("bootstrap", "folds"),
-    ("sensitivity", "medsens"),
+    ("sensitivity", "medsens"), ("coverage", "compare"),
     ("cli", "demo"), ("cli", "_cli_io"), ("demo", "demo_neurons"), ("demo", "study"), ("__main__", "cli"),
     ("cli", "cli_lm"), ("cli_lm", "demo"), ("study", "study_checks"), ("demo", "study_checks"),
 }

@@ -15,6 +15,7 @@ from deconfound.lm.extract import run_batch  # noqa: E402
 from deconfound.lm.hooks import capture, patch  # noqa: E402
 from deconfound.lm.models import TINY_ARCHS, tiny_model  # noqa: E402
 from deconfound.lm.sites import bind  # noqa: E402
+from deconfound.lm._resume import base_rows  # noqa: E402
 from deconfound.lm.patch import Generate, NextTokenMass, Patcher, PatchUnit, Reweight, as_unit  # noqa: E402
 
 pytestmark = pytest.mark.lm
@@ -305,3 +306,36 @@ def test_resumed_generation_and_gradients_equal_the_full_pass(arch):
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
         np.testing.assert_allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4)
         assert np.abs(a.grad).max() > 0
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_resumed_continuations_equal_the_full_pass_on_every_architecture(arch):
+    """Teacher-forced continuations (several new tokens) enter at their layer from unpatched base rows run in
+    the same pass, one per prompt and continuation."""
+    lm = tiny_model(arch, seed=9, n_layers=4)
+    units = [as_unit(u) for u in ("mlp_out.L3", "attn_out.L2", "resid_post.L3", "mlp_out.L1", "mlp_out.L2")]
+    got, outs = {}, {}
+    for resume in (True, False):
+        rng = np.random.default_rng(6)
+        outs[resume] = Reweight(WordScorer(), n_samples=3, max_new_tokens=3, seed=5)
+        p = Patcher(lm, SHORT, outcome=outs[resume], batch_size=75, resume=resume)  # one pass: 25 rows x 3
+        reqs = [(u, np.arange(len(SHORT)), rng.normal(scale=2.0, size=(len(SHORT), p.dim(u)))) for u in units]
+        got[resume] = evaluate_counting_rows(lm, p, reqs)
+    for a, b in zip(got[True][0], got[False][0]):
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(a.extras["ess"], b.extras["ess"], rtol=1e-5)
+        assert np.ptp(a.scores) > 0
+    # the base rows: one per prompt and distinct continuation input; then the rows patched at layers <= j
+    n_base = sum(len({tuple(c[:-1]) for c in conts}) for conts in outs[True].tokens)
+    assert [rows for _, rows in got[True][1][-4:]] == [n_base, n_base + 15, n_base + 45, n_base + 75]
+    assert [rows for _, rows in got[False][1][-4:]] == [75] * 4
+
+
+def test_base_rows_are_used_only_where_they_save_layers():
+    pidx = np.array([0, 0, 1, 1, 1])
+    tokens = np.array([[5, 6], [5, 6], [7, 8], [7, 9], [7, 8]])
+    first, source = base_rows(pidx, tokens, np.array([3, 3, 3, 3, 3]), 4)  # 3 base rows x 4 layers < 15 saved
+    np.testing.assert_array_equal(pidx[first], [0, 1, 1])
+    np.testing.assert_array_equal(tokens[first], [[5, 6], [7, 8], [7, 9]])
+    np.testing.assert_array_equal(source, [0, 0, 1, 2, 1])
+    assert base_rows(pidx, tokens, np.array([1, 1, 2, 3, 3]), 4) is None  # 12 layers for base rows, 10 saved

@@ -109,7 +109,19 @@ def start_counts(starts: np.ndarray, n_layers: int) -> np.ndarray:
     return np.searchsorted(starts, np.arange(n_layers), side="right")
 
 
-def _entry(forward, j, prev, n, total, resid, cache, last_kv):
+def base_rows(pidx, tokens, starts, n_layers: int):
+    """For rows of several new tokens: the rows to run unpatched from layer 0 so that the others can enter at
+    their layer from them, as ``(first, source)``: row ``first[b]`` of the batch is base row b's prompt and
+    tokens, and row r enters from base row ``source[r]``. None when the base rows would cost more layers than
+    resuming saves (each row's layers below its start)."""
+    keys = np.concatenate([np.asarray(pidx)[:, None], np.asarray(tokens)], axis=1)
+    _, first, source = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    if int(np.sum(starts)) <= len(first) * n_layers:
+        return None
+    return first, source.reshape(-1)
+
+
+def _entry(forward, j, prev, n, total, resid, cache, last_kv, source=None):
     torch = require_torch()
 
     def run(hidden, *args, **kwargs):
@@ -118,7 +130,9 @@ def _entry(forward, j, prev, n, total, resid, cache, last_kv):
             if last_kv is not None:
                 layer_cache.update(*last_kv)
             return hidden
-        if n > prev:  # rows [prev, n) enter the stack here
+        if n > prev and source is not None:  # rows [prev, n) enter from their (started) base rows
+            hidden = torch.cat([hidden[:prev], hidden[source[prev:n]], hidden[n:]]) if j else hidden
+        elif n > prev:  # rows [prev, n) enter the stack here, from their cached input
             enter = resid[prev:n, None].to(hidden.dtype).expand(-1, hidden.shape[1], -1)
             hidden = torch.cat([hidden[:prev], enter, hidden[n:]])
         if n == total:
@@ -140,7 +154,7 @@ def _entry(forward, j, prev, n, total, resid, cache, last_kv):
 
 
 @contextmanager
-def resumed(model, starts: np.ndarray, resid, cache, last_kv=None):
+def resumed(model, starts: np.ndarray, resid, cache, last_kv=None, source=None):
     """Within the block, row r of the next model call enters the decoder stack at layer ``starts[r]``.
 
     Parameters
@@ -154,6 +168,9 @@ def resumed(model, starts: np.ndarray, resid, cache, last_kv=None):
         The prefix cache passed to the model call (all R rows).
     last_kv : list of (keys, values), each (R, heads, 1, head_dim), optional
         The new token's unpatched keys and values per layer. Give it when the cache is used after the call.
+    source : int tensor (R,), optional
+        Instead of ``resid``: row r enters with the layer input of row ``source[r]``, an unpatched row that
+        starts at 0 (see :func:`base_rows`); any number of new tokens.
     """
     starts = np.asarray(starts)
     if starts.size and np.any(np.diff(starts) < 0):
@@ -167,8 +184,9 @@ def resumed(model, starts: np.ndarray, resid, cache, last_kv=None):
             layer = layers[j]
             changed.append((layer, layer.__dict__.get("forward")))
             prev = int(counts[j - 1]) if j else 0
-            layer.forward = _entry(layer.forward, j, prev, int(counts[j]), total, resid[j], cache,
-                                   None if last_kv is None else last_kv[j])
+            layer.forward = _entry(layer.forward, j, prev, int(counts[j]), total,
+                                   None if resid is None else resid[j], cache,
+                                   None if last_kv is None else last_kv[j], source)
         yield
     finally:
         for layer, own in changed:

@@ -28,9 +28,10 @@ import numpy as np
 
 from ..errors import DataError, ModelSiteError
 from ._torch import require_torch, set_threads
-from .sampling import default_id, eos_ids, forward_kwargs, sample_tokens, sample_uniforms, stored_cache
+from ._prefix import gather, has_sliding_window, prefix_cache_bytes, prefix_group
+from .sampling import default_id, eos_ids, forward_kwargs, sample_tokens, sample_uniforms
 from ._null import fresh_outcome
-from ._resume import decoder_layers, empty_cache, layer_inputs, resumed, row_state, start_counts, start_layers
+from ._resume import base_rows, decoder_layers, empty_cache, resumed, row_state, start_counts, start_layers
 from .hooks import _register
 from .models import LoadedModel, as_loaded
 from .outcomes import OUTCOMES, Generate, NextTokenMass, Reweight, as_outcome
@@ -41,27 +42,6 @@ __all__ = ["PatchUnit", "PatchSet", "PatchRequest", "PatchScores", "Patcher", "N
            "Generate", "OUTCOMES", "as_unit"]
 
 # ---- the engine ----------------------------------------------------------------------------------
-
-
-def prefix_cache_bytes(model, tokens: float) -> int:
-    """Bytes of keys and values that ``tokens`` prefix positions of one prompt take, in the model's dtype."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head")
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd")
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
-    size = next(model.parameters()).element_size()
-    return int(2 * layers * kv_heads * head_dim * size * tokens)
-
-
-def _has_sliding_window(config, longest: int) -> bool:
-    """Whether an attention layer keeps only a sliding window of positions shorter than the longest prompt."""
-    win = getattr(config, "sliding_window", None)
-    if win is None or getattr(config, "use_sliding_window", True) is False or longest < int(win):
-        return False
-    types = getattr(config, "layer_types", None)
-    return True if not types else any("sliding" in str(t) for t in types)
 
 
 def _looks_like_prompts(obj) -> bool:
@@ -155,7 +135,7 @@ class Patcher:
         self.pad_id = tok.pad_token_id
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self._n_layers = len(decoder_layers(model))
-        self._windowed = _has_sliding_window(model.config, max(len(x) for x in self.tokens))
+        self._windowed = has_sliding_window(model.config, max(len(x) for x in self.tokens))
         self._device = self.lm.device
         self._last = torch.as_tensor([x[-1] for x in self.tokens], dtype=torch.long)
         self._plen = np.asarray([len(x) - 1 for x in self.tokens])
@@ -238,82 +218,10 @@ class Patcher:
             members = need[start:stop]
             gid = self._next_gid
             self._next_gid += 1
-            self._groups[gid] = self._prefix_group(members, int(length))
+            self._groups[gid] = prefix_group(self, members, int(length))
             for row, i in enumerate(members):
                 self._where[i] = (gid, row)
             start = stop
-
-    def _prefix_group(self, members, length):
-        """``(prefix length, [(K, V)] per layer, members, last-token layer inputs)`` of prompts of one length.
-
-        Full attention: one pass over the whole prompt caches the prefix plus the last token and every layer's
-        input at the last token (for resumed rows). A sliding window keeps only its last positions, so there
-        the prefix alone is run (nothing resumes)."""
-        torch = require_torch()
-        dev = self._device
-        if self._windowed:
-            kv = None
-            if length > 0:
-                ids = torch.as_tensor([self.tokens[i][:-1] for i in members], dtype=torch.long, device=dev)
-                pos = torch.arange(length, device=dev).expand(len(members), -1)
-                with torch.no_grad():
-                    out = self.lm.model(input_ids=ids, position_ids=pos, attention_mask=torch.ones_like(ids),
-                                        use_cache=True)
-                self.n_forward += 1
-                cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-                kv = [(layer.keys, layer.values) for layer in cache.layers]
-            return length, kv, members, None
-        ids = torch.as_tensor([self.tokens[i] for i in members], dtype=torch.long, device=dev)
-        pos = torch.arange(length + 1, device=dev).expand(len(members), -1)
-        resid: list = []
-        with torch.no_grad(), layer_inputs(self.lm.model, resid):
-            out = self.lm.model(input_ids=ids, position_ids=pos, attention_mask=torch.ones_like(ids), use_cache=True)
-        self.n_forward += 1
-        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-        kv = [(layer.keys, layer.values) for layer in cache.layers]  # the whole prompt: prefix + last token
-        return length, kv, members, torch.stack(resid)
-
-    def _gather(self, pidx, rows_per_layer=None):
-        """The batch's prefix cache (left-padded with zeros), its attention mask, prefix lengths and the
-        batch's cache groups ``[(batch rows, group rows, group)]``. With ``rows_per_layer``, layer j's cache
-        holds only the batch's first ``rows_per_layer[j]`` rows. A sliding-window layer's stored positions
-        (its last window) are right-aligned."""
-        torch = require_torch()
-        dev = self._device
-        plen = torch.as_tensor(self._plen[pidx], dtype=torch.long, device=dev)
-        width = int(plen.max())
-        mask = (torch.arange(width, device=dev)[None, :] >= (width - plen)[:, None]).long()
-        where = [self._where[int(i)] for i in pidx]
-        parts = []
-        for g in sorted({g for g, _ in where}):
-            sel = [r for r, (gg, _) in enumerate(where) if gg == g]
-            rows = torch.as_tensor([where[r][1] for r in sel], dtype=torch.long, device=dev)
-            parts.append((torch.as_tensor(sel, dtype=torch.long, device=dev), rows, self._groups[g]))
-        if width == 0:
-            return None, mask, plen, parts
-        ref = next(p[2][1] for p in parts if p[2][1] is not None)
-        layers = []
-        for li in range(len(ref)):
-            n = len(pidx) if rows_per_layer is None else int(rows_per_layer[li])
-            kv = []
-            for which in (0, 1):
-                # the prefix of each group (the whole-prompt caches also hold the last token)
-                stored = [(sel, rows, g[1][li][which] if self._windowed else g[1][li][which][:, :, :g[0]])
-                          for sel, rows, g in parts if g[0]]
-                if len(parts) == 1 and stored[0][2].shape[2] == width:
-                    kv.append(stored[0][2].index_select(0, stored[0][1][:n]))
-                    continue
-                lw = max(t.shape[2] for _, _, t in stored)
-                shape = list(ref[li][which].shape)
-                shape[0], shape[2] = n, lw
-                full = torch.zeros(shape, dtype=ref[li][which].dtype, device=dev)
-                for sel, rows, t in stored:
-                    use = sel < n
-                    if bool(use.any()):
-                        full[sel[use], :, lw - t.shape[2]:] = t.index_select(0, rows[use])
-                kv.append(full)
-            layers.append(tuple(kv))
-        return stored_cache(layers, self.lm.model.config, width), mask, plen, parts
 
     # ---- forward passes --------------------------------------------------------------------
     def _last_tokens(self, pidx):  # noqa: D102
@@ -351,24 +259,37 @@ class Patcher:
     def _forward(self, pidx, tokens, groups, capture=None, keep_cache=False):
         """Run ``tokens`` (R, k) after each row's prefix cache, with the row-wise patches ``groups``.
 
-        With one new token, no capture, and rows sorted by their patched layer (as :meth:`_run` makes them),
-        each row enters the decoder stack at its patched layer (see :mod:`deconfound.lm._resume`).
+        Without capture, and with rows sorted by their patched layer (as :meth:`_run` makes them), each row
+        enters the decoder stack at its patched layer (see :mod:`deconfound.lm._resume`): from the cached last
+        token with one new token, from unpatched base rows run alongside with several.
         """
         torch = require_torch()
         pidx = np.asarray(pidx)
         self._ensure_prefix(pidx)
         r, k = tokens.shape
-        starts = start_layers(groups, r) if (self.resume and not self._windowed and capture is None and k == 1) else None
+        starts = start_layers(groups, r) if (self.resume and not self._windowed and capture is None) else None
+        base = None
+        if starts is not None and k > 1:
+            base = None if keep_cache else base_rows(pidx, tokens.cpu().numpy(), starts, self._n_layers)
+            if base is None:
+                starts = None
+            else:  # the base rows go first, start at 0 and are dropped from the output
+                first, source = base
+                pidx, tokens = np.concatenate([pidx[first], pidx]), torch.cat([tokens[first], tokens])
+                groups = [(unit, rows + len(first), vals) for unit, rows, vals in groups]
+                starts = np.concatenate([np.zeros(len(first), dtype=starts.dtype), starts])
+                source = torch.as_tensor(np.concatenate([np.arange(len(first)), source]), device=self._device)
+                r = len(pidx)
         # resumed: layer j's prefix keys only for the rows started there, unless the cache is kept
         keep = None if starts is None or keep_cache else np.maximum(start_counts(starts, self._n_layers), 1)
-        cache, pmask, plen, parts = self._gather(pidx, keep)
+        cache, pmask, plen, parts = gather(self, pidx, keep)
         mask = torch.cat([pmask, torch.ones((r, k), dtype=pmask.dtype, device=pmask.device)], dim=1)
         pos = plen[:, None] + torch.arange(k, device=plen.device)[None, :]
         entry = contextlib.nullcontext()
         if starts is not None:
             cache = empty_cache(self.lm.model) if cache is None else cache
-            resid, last_kv = row_state(parts, r, keep_cache)
-            entry = resumed(self.lm.model, starts, resid, cache, last_kv)
+            resid, last_kv = row_state(parts, r, keep_cache) if base is None else (None, None)
+            entry = resumed(self.lm.model, starts, resid, cache, last_kv, None if base is None else source)
         kwargs = {} if cache is None else {self._cache_kw: cache}
         handles = self._install(groups, capture)
         try:
@@ -379,6 +300,8 @@ class Patcher:
             for h in handles:
                 h.remove()
         self.n_forward += 1
+        if base is not None:
+            out.logits = out.logits[len(base[0]):]
         if keep_cache:
             new = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
             return out, new, mask, pos[:, -1] + 1
