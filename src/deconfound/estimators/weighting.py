@@ -382,7 +382,7 @@ class WeightingMediation(MediationEstimator):
 
 def _unit_warnings(u, diag, n, est) -> list:
     out = []
-    if diag["separable"]:
+    if max(diag["share_trimmed"], diag["share_extreme"]) > est.warn_share:  # else "no estimate" says why
         out.append(f"unit {u!r}: p(M,X) is near-separable: {diag['share_extreme']:.1%} of the {n} rows have "
                    f"p(M,X) below 0.01 or above 0.99 (range {diag['pmx_min']:.3g} to {diag['pmx_max']:.3g}); the "
                    "cross-world means rest on few rows and may be unstable")
