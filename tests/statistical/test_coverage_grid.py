@@ -37,6 +37,15 @@ def test_a_cell_that_cannot_pass_warns_at_fit_time():
     assert rows.warning.str.contains("interaction=True").mean() >= 0.9
 
 
+def test_parametric_on_a_nonlinear_outcome_warns_at_fit_time():
+    rows = cv.run(["parametric"], [c for c in cv.grid("full") if c.name == "probit-n2000"], reps=20, seed=950,
+                  progress=False)
+    table = cv.summarize(rows)
+    causal = table[(table.unit == "u0") & (table.effect == "nde")]
+    assert (causal.coverage < 0.6).all()  # the default linear outcome model is biased there ...
+    assert (table.warned >= 0.9).all()  # ... and says so when it is fitted (RESET or the interaction test)
+
+
 def test_localization_cells_size_power_and_undefined_share():
     """The grid's localization test (default: debiased concentration) under an adjusted curve 1.5x noisier.
 

@@ -158,7 +158,7 @@ class ParametricMediation(MediationEstimator):
                            mediator_family=self.mediator_family, weights=weights, groups=groups)
             model.fit()
             if not self.interaction:
-                note = _interaction_note(model)
+                note = _specification_note(model)
                 if note:
                     warnings.warn(note, CalibrationWarning, stacklevel=2)
                     notes.append(note)
@@ -232,26 +232,39 @@ def _patterns(x1: np.ndarray, x2: np.ndarray, weights=None):
     return rows[:, :x1.shape[1]], rows[:, x1.shape[1]:], share, member
 
 
-def _interaction_note(model: "_Model", alpha: float = 0.01) -> str | None:
-    """A note when a gaussian outcome fitted without T x M terms rejects their omission (F test at ``alpha``):
-    the default model then gives wrong ACMEs in both arms (the interaction cell of docs/coverage.md)."""
-    if model.family != "gaussian" or model.robust:
-        return None
-    extra = model.t[:, None] * model.m
+def _omitted_f(model: "_Model", extra) -> tuple[float, float]:
+    """F statistic and p-value of adding the columns ``extra`` to the gaussian outcome model (NaN, 1 when they
+    add nothing)."""
     w1 = np.column_stack([model.w, extra])
     coef, *_ = np.linalg.lstsq(w1, model.y, rcond=None)
     rss1 = float(((model.y - w1 @ coef) ** 2).sum())
     df1 = model.n - np.linalg.matrix_rank(w1)
     k = np.linalg.matrix_rank(w1) - np.linalg.matrix_rank(model.w)
     if k <= 0 or df1 <= 0 or rss1 <= 0:
-        return None
+        return float("nan"), 1.0
     f = (model.out_rss - rss1) / k / (rss1 / df1)
-    p = float(stats.f.sf(f, k, df1))
-    if p >= alpha:
+    return float(f), float(stats.f.sf(f, k, df1))
+
+
+def _specification_note(model: "_Model", alpha: float = 0.01) -> str | None:
+    """A note when the default gaussian outcome model is rejected at ``alpha``: first by an F test of the T x M
+    terms it leaves out (the interaction cell of docs/coverage.md), else by Ramsey's RESET (the squared and cubed
+    fitted values; an outcome nonlinear in T, M or X, the probit cell). Its effects are then biased."""
+    if model.family != "gaussian" or model.robust:
         return None
-    return (f"parametric: unit {model.unit!r}'s outcome shows a T x M interaction the default model leaves out "
-            f"(F = {f:.3g}, p = {p:.2g}); its ACMEs are then biased in both arms (see the interaction cell of "
-            "docs/coverage.md): refit with interaction=True")
+    f, p = _omitted_f(model, model.t[:, None] * model.m)
+    if p < alpha:
+        return (f"parametric: unit {model.unit!r}'s outcome shows a T x M interaction the default model leaves "
+                f"out (F = {f:.3g}, p = {p:.2g}); its ACMEs are then biased in both arms (see the interaction cell "
+                "of docs/coverage.md): refit with interaction=True")
+    fitted = model.w @ np.asarray(model.gamma).reshape(-1)
+    z = (fitted - fitted.mean()) / max(float(fitted.std()), 1e-300)
+    f, p = _omitted_f(model, np.column_stack([z**2, z**3]))
+    if p < alpha:
+        return (f"parametric: unit {model.unit!r}'s outcome is not linear in the default model's terms (RESET "
+                f"F = {f:.3g}, p = {p:.2g}); its effects are then biased (see the probit cell of docs/coverage.md): "
+                "use dml, or an outcome_family that fits the outcome")
+    return None
 
 
 class _Model:
