@@ -211,6 +211,10 @@ def run(estimators=None, cells=None, *, reps: int = 200, seed: int = 0, settings
     the same for every estimator."""
     cells = grid("full") if cells is None else list(cells)
     settings = settings or {}
+    runnable = {e for cell in cells for e in cell.estimators}
+    missing = [e for e in (estimators or ()) if e not in runnable]
+    if missing:
+        raise ValueError(f"estimators: expected names the chosen cells run ({sorted(runnable)}), got {missing}")
     tasks = []
     for cell in cells:
         names = cell.estimators if estimators is None else [e for e in estimators if e in cell.estimators]

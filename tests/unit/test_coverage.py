@@ -97,3 +97,8 @@ def test_main_keeps_earlier_rows_it_does_not_recompute(tmp_path, monkeypatch):
     assert len(pd.read_csv("again.csv", index_col=0)) == len(rows)
     with pytest.raises(SystemExit):  # the same estimator x cell in two files: which one would be meant?
         cv.main(["--reps", "0", "--keep", "rows.csv,earlier.csv", "--out", "cov.md"])
+
+
+def test_an_estimator_no_chosen_cell_runs_is_named():
+    with pytest.raises(ValueError, match=r"expected names the chosen cells run .*got \['interventional'\]"):
+        cv.run(["interventional"], [c for c in cv.grid("ci") if c.name == "linear-n300"], reps=1)
