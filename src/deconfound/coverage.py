@@ -45,7 +45,7 @@ from .results import MediationResult
 LOW, HIGH = 0.93, 0.97  # acceptance band for 95% CIs
 MAX_SIZE = 0.07  # acceptance for tests at nominal 0.05
 KEYS = (("nie", "control"), ("nie", "treated"), ("nde", "control"), ("nde", "treated"), ("te", "average"))
-OBSERVATIONAL = ("parametric", "weighting", "dml", "econml_diff", "econml_te", "eb_total")
+OBSERVATIONAL = ("parametric", "weighting", "dml", "econml_diff", "econml_te", "eb_total", "interventional")
 # localization_difference with its default (debiased concentration) and with method="abs" (entropy of |a|)
 LOCALIZATION_TESTS = ("localization", "localization_abs")
 # refuters whose size the grid measures (on correctly specified data), and the rows it reads from each

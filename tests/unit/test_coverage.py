@@ -100,5 +100,5 @@ def test_main_keeps_earlier_rows_it_does_not_recompute(tmp_path, monkeypatch):
 
 
 def test_an_estimator_no_chosen_cell_runs_is_named():
-    with pytest.raises(ValueError, match=r"expected names the chosen cells run .*got \['interventional'\]"):
-        cv.run(["interventional"], [c for c in cv.grid("ci") if c.name == "linear-n300"], reps=1)
+    with pytest.raises(ValueError, match=r"expected names the chosen cells run .*got \['patching'\]"):
+        cv.run(["patching"], [c for c in cv.grid("ci") if c.name == "linear-n300"], reps=1)
