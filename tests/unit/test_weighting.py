@@ -401,10 +401,10 @@ def test_a_unit_without_extreme_scores_is_not_called_near_separable():
     'no estimate' message only (it used to be called near-separable with '0.0% of the rows')."""
     from deconfound.estimators.weighting import _unit_warnings
 
-    diag = {"separable": True, "separated": False, "share_trimmed": 0.0, "share_extreme": 0.0, "pmx_min": 0.02,
+    diag = {"separable": False, "separated": False, "share_trimmed": 0.0, "share_extreme": 0.0, "pmx_min": 0.02,
             "pmx_max": 0.94, "n_trimmed": 0, "ess_y10": 35.7, "ess_y01": 8.9, "n_kept": 91}
     msgs = _unit_warnings("u", diag, 91, WeightingMediation())
     assert not any("near-separable" in m for m in msgs)
     assert any(m.startswith("unit 'u': no estimate: a cross-world mean rests on fewer than 10") for m in msgs)
-    assert any("near-separable" in m for m in _unit_warnings("u", {**diag, "share_extreme": 0.2}, 91,
+    assert any("near-separable" in m for m in _unit_warnings("u", {**diag, "share_extreme": 0.2, "separable": True}, 91,
                                                                WeightingMediation()))

@@ -100,7 +100,7 @@ def _unit(m, bm, t, y, f, h, px_blocks, est, fixed_c, *, analytic: bool):
         ak = a[k] * keep
         diag[f"ess_{k}"] = _kish(a[k], w)
         diag[f"max_share_{k}"] = float(ak.max() / ak.sum()) if ak.sum() > 0 else float("nan")
-    diag["separable"] = bool(max(diag["share_trimmed"], diag["share_extreme"]) > est.warn_share or not ok)
+    diag["separable"] = bool(max(diag["share_trimmed"], diag["share_extreme"]) > est.warn_share)
     diag["separated"] = separated
     if not ok:
         return None, None, diag, c
@@ -382,7 +382,7 @@ class WeightingMediation(MediationEstimator):
 
 def _unit_warnings(u, diag, n, est) -> list:
     out = []
-    if max(diag["share_trimmed"], diag["share_extreme"]) > est.warn_share:  # else "no estimate" says why
+    if diag["separable"]:  # a unit without an estimate for other reasons: "no estimate" says why
         out.append(f"unit {u!r}: p(M,X) is near-separable: {diag['share_extreme']:.1%} of the {n} rows have "
                    f"p(M,X) below 0.01 or above 0.99 (range {diag['pmx_min']:.3g} to {diag['pmx_max']:.3g}); the "
                    "cross-world means rest on few rows and may be unstable")

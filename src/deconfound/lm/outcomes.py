@@ -120,17 +120,20 @@ class NextTokenMass(_Outcome):
         self._multi = multi
         self._rows = _word_rows(multi)  # the rows max_rows counts
         self._nodes = _word_nodes(multi)
-        self.one_token = not multi
         # a prompt runs its chosen words' distinct prefixes (a few dozen per depth), batch_size (prompt, prefix)
         # pairs per forward pass: blocks of batch_size / 8 prompts fill those passes (a pass reads every weight
         # once, about 0.14 CPU s on SmolLM2, so fewer and fuller passes are what saves time)
         self.rows_per_request = 8 if multi else 1
 
+    @property
+    def one_token(self) -> bool:  # without multi-token words a row is scored from its one new token
+        return not self._multi
+
     def batch(self, patcher, pidx, groups, grad=False):
         torch = require_torch()
         # the cache is kept only for the multi-piece words' continuations
-        got = patcher._forward(pidx, patcher._last_tokens(pidx), groups, keep_cache=bool(self._multi))
-        out, cache, mask, nxt = got if self._multi else (got, None, None, None)
+        got = patcher._forward(pidx, patcher._last_tokens(pidx), groups, keep_cache=not self.one_token)
+        out, cache, mask, nxt = (got, None, None, None) if self.one_token else got
         logp0 = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
         ids = torch.as_tensor(self._ids, device=logp0.device)
         mass = logp0[:, ids].exp().sum(dim=-1)
