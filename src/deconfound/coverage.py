@@ -24,6 +24,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -204,22 +205,25 @@ def _one(task):
     return [{**r, "warned": bool(caught), "warning": first} for r in rows]
 
 
+def groups(estimators=None, cells=None) -> list[tuple[Cell, str]]:
+    """The (cell, estimator) pairs a run fits: each cell's estimators, or those of ``estimators`` it runs."""
+    cells = grid("full") if cells is None else list(cells)
+    runnable = {e for cell in cells for e in cell.estimators}
+    missing = [e for e in (estimators or ()) if e not in runnable]
+    if missing:
+        raise ValueError(f"estimators: expected names the chosen cells run ({sorted(runnable)}), got {missing}")
+    return [(cell, name) for cell in cells
+            for name in (cell.estimators if estimators is None else [e for e in estimators if e in cell.estimators])]
+
+
 def run(estimators=None, cells=None, *, reps: int = 200, seed: int = 0, settings=None, backend: str = "local",
         n_jobs: int = 1, progress: bool = True) -> pd.DataFrame:
     """Fit each estimator with its defaults (plus ``settings[name]``, for studies of other settings) on ``reps``
     data sets per cell; one row per replicate, unit, effect and arm. Replicate r uses data seed ``seed + r``,
     the same for every estimator."""
-    cells = grid("full") if cells is None else list(cells)
     settings = settings or {}
-    runnable = {e for cell in cells for e in cell.estimators}
-    missing = [e for e in (estimators or ()) if e not in runnable]
-    if missing:
-        raise ValueError(f"estimators: expected names the chosen cells run ({sorted(runnable)}), got {missing}")
-    tasks = []
-    for cell in cells:
-        names = cell.estimators if estimators is None else [e for e in estimators if e in cell.estimators]
-        for name in names:
-            tasks += [(name, cell, seed + r, dict(settings.get(name, {}))) for r in range(reps)]
+    tasks = [(name, cell, seed + r, dict(settings.get(name, {})))
+             for cell, name in groups(estimators, cells) for r in range(reps)]
     if backend == "local" and n_jobs in (None, 1):
         from tqdm.auto import tqdm
 
@@ -306,8 +310,7 @@ def to_markdown(table: pd.DataFrame, fails: pd.DataFrame, *, commit: str, reps: 
     lines += [notes.strip(), ""] if notes.strip() else []
     lines += [             "Acceptance: 95% CIs cover within "
              f"[{LOW}, {HIGH}] and tests of no effect reject at most {MAX_SIZE} of the time at nominal 0.05 where the "
-             "true effect is 0 (rows marked `size`). With 100 (200) replicates the Monte Carlo SE of a coverage "
-             "of 0.95 is 0.022 (0.015).", "",
+             "true effect is 0 (rows marked `size`). " + _mc_note(table), "",
              "Columns: `bias_se` is the mean error divided by the mean SE; `se_sd` the mean SE over the Monte Carlo "
              "SD of the estimates (1 when the SEs are right); `reject` the share of p-values below 0.05; `warned` the "
              "share of fits that warned; `undefined` the share of data sets without a finite CI (an index that "
@@ -347,6 +350,13 @@ def to_markdown(table: pd.DataFrame, fails: pd.DataFrame, *, commit: str, reps: 
     return "\n".join(lines) + "\n"
 
 
+def _mc_note(table: pd.DataFrame) -> str:
+    """The Monte Carlo SE of a coverage of 0.95 at each number of data sets the table holds."""
+    reps = sorted({int(r) for r in table.reps}) if len(table) and "reps" in table else []
+    ses = ", ".join(f"{np.sqrt(0.95 * 0.05 / r):.3f} with {r}" for r in reps)
+    return f"The Monte Carlo SE of a coverage of 0.95 is {ses} data sets." if reps else ""
+
+
 def _md(frame: pd.DataFrame) -> str:
     cols = list(frame.columns)
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -375,12 +385,19 @@ def _read_rows(path) -> pd.DataFrame:
     return pd.read_parquet(path) if str(path).endswith(".parquet") else pd.read_csv(path, index_col=0)
 
 
+def _write_rows(rows: pd.DataFrame, path) -> None:
+    """Write the rows through a temporary file, so an interrupted write leaves the previous file whole."""
+    tmp = Path(f"{path}.tmp")
+    (rows.to_parquet if str(path).endswith(".parquet") else rows.to_csv)(tmp)
+    os.replace(tmp, path)
+
+
 def _kept_notes(path) -> str:
     """The hand-written "## What the table shows" section of an existing docs/coverage.md (kept on a rewrite)."""
     text = Path(path).read_text() if Path(path).exists() else ""
     start = text.find("## What the table shows")
-    end = text.find("## Data-generating processes", start)
-    return text[start:end] if start >= 0 and end > start else ""
+    ends = [i for i in (text.find("\nAcceptance: ", start), text.find("## Data-generating processes", start)) if i > start]
+    return text[start:min(ends)] if start >= 0 and ends else ""  # up to the generated text that follows it
 
 
 def _commit() -> str:
@@ -407,6 +424,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", default=None, help="comma list of per-replicate rows of earlier runs (--rows): the "
                     "estimator x cell pairs this run does not compute are kept from them, with their commit "
                     "(--reps 0: only assemble them)")
+    ap.add_argument("--resume", action="store_true", help="continue the run whose --rows file is given: the "
+                    "estimator x cell pairs it holds are kept, the others are fitted and added to it")
     ap.add_argument("--keep-commit", default="unknown", help="the commit of --keep rows that have no commit column")
     args = ap.parse_args(argv)
     cells = grid(args.grid)
@@ -418,11 +437,24 @@ def main(argv=None) -> int:
         cells = [c for c in cells if c.name in wanted]
     ests = args.estimators.split(",") if args.estimators else None
     commit = _commit()  # before the run: the code that computes the rows
+    try:
+        todo = groups(ests, cells) if args.reps > 0 else []
+    except ValueError as exc:
+        ap.error(str(exc))
+    rows = pd.DataFrame(columns=["estimator", "cell", "seed", "commit"])
+    if args.resume:
+        if not (args.rows and Path(args.rows).exists()):
+            ap.error(f"--resume: expected the --rows file of the interrupted run, got {args.rows!r}")
+        rows = _read_rows(args.rows)
+        have = set(zip(rows.estimator, rows.cell))
+        todo = [(c, e) for c, e in todo if (e, c.name) not in have]
     start = time.time()
-    rows = run(ests, cells, reps=args.reps, n_jobs=args.n_jobs) if args.reps > 0 else pd.DataFrame(
-        columns=["estimator", "cell", "seed"])
+    for cell, name in todo:  # one (cell, estimator) at a time; --rows holds every finished one
+        new = run([name], [cell], reps=args.reps, n_jobs=args.n_jobs).assign(commit=commit)
+        rows = pd.concat([rows, new], ignore_index=True) if len(rows) else new
+        if args.rows:
+            _write_rows(rows, args.rows)
     seconds = time.time() - start
-    rows["commit"] = commit
     if args.keep:
         kept = [_read_rows(f) for f in args.keep.split(",")]
         pairs = [set(zip(k.estimator, k.cell)) for k in kept]
@@ -434,7 +466,7 @@ def main(argv=None) -> int:
         done = set(zip(rows.estimator, rows.cell))
         rows = pd.concat([old[[pair not in done for pair in zip(old.estimator, old.cell)]], rows], ignore_index=True)
     if args.rows:
-        (rows.to_parquet if args.rows.endswith(".parquet") else rows.to_csv)(args.rows)
+        _write_rows(rows, args.rows)
     table = summarize(rows)
     command = "python -m deconfound.coverage " + " ".join(argv if argv is not None else sys.argv[1:])
     Path(args.out).write_text(to_markdown(table, failures(rows), commit=commit, reps=args.reps, seconds=seconds,

@@ -102,3 +102,38 @@ def test_main_keeps_earlier_rows_it_does_not_recompute(tmp_path, monkeypatch):
 def test_an_estimator_no_chosen_cell_runs_is_named():
     with pytest.raises(ValueError, match=r"expected names the chosen cells run .*got \['patching'\]"):
         cv.run(["patching"], [c for c in cv.grid("ci") if c.name == "linear-n300"], reps=1)
+
+
+def test_main_writes_rows_per_pair_and_resumes_without_refitting(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["--grid", "ci", "--reps", "2", "--estimators", "localization,localization_abs",
+            "--cells", "localization-same-n2000", "--rows", "rows.csv", "--out", "cov.md"]
+    fitted = []
+    real_run = cv.run
+
+    def counting_run(estimators, cells, **kw):
+        fitted.append(estimators[0])
+        if estimators == ["localization_abs"] and len(fitted) == 2:
+            raise KeyboardInterrupt  # interrupted after the first pair was written
+        return real_run(estimators, cells, **kw)
+
+    monkeypatch.setattr(cv, "run", counting_run)
+    with pytest.raises(KeyboardInterrupt):
+        cv.main(args)
+    first = pd.read_csv("rows.csv", index_col=0)
+    assert set(first.estimator) == {"localization"} and not (tmp_path / "rows.csv.tmp").exists()
+    cv.main(args + ["--resume"])
+    assert fitted == ["localization", "localization_abs", "localization_abs"]  # the finished pair is not refitted
+    rows = pd.read_csv("rows.csv", index_col=0)
+    assert set(rows.estimator) == {"localization", "localization_abs"}
+    pd.testing.assert_frame_equal(rows[rows.estimator == "localization"].reset_index(drop=True),
+                                  first.reset_index(drop=True), check_dtype=False)
+    md = (tmp_path / "cov.md").read_text()
+    assert md.count("Acceptance: ") == 1 and "0.015 with 200" not in md and "0.154 with 2 data sets" in md
+    (tmp_path / "cov.md").write_text(md.replace("Acceptance: ", "## What the table shows\n\n- hand.\n\nAcceptance: "))
+    for _ in range(2):  # the notes are kept, the generated text after them is not kept twice
+        cv.main(args + ["--resume"])
+        md = (tmp_path / "cov.md").read_text()
+        assert md.count("Acceptance: ") == 1 and md.count("- hand.") == 1
+    with pytest.raises(SystemExit):
+        cv.main(["--resume", "--rows", "missing.csv", "--reps", "1", "--cells", "localization-same-n2000"])
