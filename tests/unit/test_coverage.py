@@ -137,3 +137,16 @@ def test_main_writes_rows_per_pair_and_resumes_without_refitting(tmp_path, monke
         assert md.count("Acceptance: ") == 1 and md.count("- hand.") == 1
     with pytest.raises(SystemExit):
         cv.main(["--resume", "--rows", "missing.csv", "--reps", "1", "--cells", "localization-same-n2000"])
+
+
+def test_refuters_draw_from_a_stream_other_than_the_data(monkeypatch):
+    seen = []
+
+    def fake(est, data, *, random_state, original):
+        seen.append(random_state)
+        return type("R", (), {"to_frame": lambda self: pd.DataFrame(columns=["unit", "effect", "arm"])})()
+
+    monkeypatch.setattr(cv, "REFUTERS", {r: fake for r in cv.REFUTER_SIZE})
+    cell = next(c for c in cv.grid("ci") if c.kind == "refute")
+    cv._rows_refute("parametric", cell, 7, {})
+    assert seen == [cv.REFUTER_SEED + 7] * len(cv.REFUTER_SIZE) and cv.REFUTER_SEED + 7 != 7

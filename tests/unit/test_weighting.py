@@ -408,3 +408,24 @@ def test_a_unit_without_extreme_scores_is_not_called_near_separable():
     assert any(m.startswith("unit 'u': no estimate: a cross-world mean rests on fewer than 10") for m in msgs)
     assert any("near-separable" in m for m in _unit_warnings("u", {**diag, "share_extreme": 0.2, "separable": True}, 91,
                                                                WeightingMediation()))
+
+
+def test_a_penalized_default_warns_that_the_nie_is_shrunk():
+    """The dim50 cell at n = 300: the default learner is penalized there and the NIE was ~6 SE too small."""
+    from deconfound import simulate
+    from deconfound.errors import CalibrationWarning
+
+    wide, truth = simulate.topic_mediation(300, seed=0, n_topics=4, n_units=1, n_spurious=0, dim=50)
+    with pytest.warns(CalibrationWarning, match=r"units \['u0'\], 53 features.*shrinks p\(M,X\) toward p\(X\)"):
+        res = WeightingMediation().fit(wide)
+    assert np.isfinite(res.diagnostics["u0"]["C"])
+    nie = res.effect("u0", "nie", "treated")
+    assert (truth.value("u0", "nie", "treated", "ate") - nie.estimate) / nie.se > 3  # what the warning is about
+    roomy, _ = simulate.topic_mediation(600, seed=0, n_topics=4, n_units=1, n_spurious=0, dim=50)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = WeightingMediation().fit(roomy)  # 5 rows per feature: unpenalized, no such warning
+    assert res.diagnostics["u0"]["C"] == np.inf and not any("shrinks" in str(w.message) for w in caught)
+    with pytest.warns(CalibrationWarning, match="shrinks"):  # pca below the width is applied at any width
+        assert WeightingMediation(pca=60).fit(wide).diagnostics["u0"]["n_features"] == 53
+    assert quiet_fit(WeightingMediation(pca=5), wide).diagnostics["u0"]["C"] == np.inf  # 8 features: unpenalized

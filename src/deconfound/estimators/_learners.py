@@ -98,12 +98,12 @@ def logit_odds(bm, t, f, *, blocks: bool):
 
 # ---- p(M, X) ------------------------------------------------------------------------------------------------
 def features(m, xc, pca, f):
-    """[M, X], the mediator block replaced by its top ``pca`` principal components when it is wider than 50.
+    """[M, X], the mediator block replaced by its top ``pca`` principal components when it is wider.
 
     The PCA is fitted on the rows repeated by their frequency weights f (bootstrap counts), so a replicate
     refits it on its own resample."""
     m = np.asarray(m, dtype=float)
-    if pca is not None and m.shape[1] > 50:
+    if pca is not None and m.shape[1] > pca:
         rows = np.repeat(np.arange(len(f)), f.astype(np.int64)) if np.any(f != 1) else slice(None)
         m = PCA(n_components=int(pca), svd_solver="covariance_eigh").fit(m[rows]).transform(m)
     return np.column_stack([m, xc]) if xc.shape[1] else m
