@@ -271,6 +271,27 @@ def summarize(rows: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
     return table
 
 
+def overview(table: pd.DataFrame) -> pd.DataFrame:
+    """One line per estimator and process, one column per n: the range of the 95% CIs' coverage over the
+    cell's rows with a nonzero truth ("0.91-0.97"), ``*`` when a test of a zero effect rejects more than
+    MAX_SIZE, ``w`` when most fits warned, and the share of data sets without an estimate when there are any."""
+    if not len(table):
+        return pd.DataFrame()
+    t = table.assign(process=table.cell.str.rsplit("-n", n=1).str[0])
+
+    def cell(g):
+        cov = g.coverage[g.test == "power"] if (g.test == "power").any() else g.coverage
+        lo, hi = f"{cov.min():.2f}", f"{cov.max():.2f}"
+        text = lo if lo == hi else f"{lo}-{hi}"
+        text += "*" if ((g.test == "size") & (g.reject > MAX_SIZE)).any() else ""
+        text += " w" if g.warned.max() > 0.5 else ""
+        return text + (f" ({g.undefined.max():.0%} none)" if g.undefined.max() > 0 else "")
+
+    out = t.groupby(["estimator", "process", "n"], sort=False).apply(cell, include_groups=False).unstack("n")
+    out.columns = [f"n = {n:,}" for n in out.columns]
+    return out.fillna("").reset_index()
+
+
 def summarize_refuters(rows: pd.DataFrame) -> pd.DataFrame:
     """Per estimator, cell, refuter, unit, effect and arm: the share of correctly specified data sets on which the
     refuter failed (its size at alpha 0.05; for unobserved_confounder the share whose conclusion changed)."""
@@ -334,7 +355,14 @@ def to_markdown(table: pd.DataFrame, fails: pd.DataFrame, *, commit: str, reps: 
               "of |estimate|, row `entropy`)", ""]
     if len(table):
         bad = table[~table.passes]
-        lines += ["## Cells outside the acceptance", ""]
+        lines += ["## Overview", "",
+                  "Coverage of the 95% CIs per estimator and process (the range over the units, effects and "
+                  "arms of each cell whose truth is not 0; rows with a zero truth are in the sections below, "
+                  "where the NIEs of a unit T does not move over-cover; `*`: a test of a zero effect rejected "
+                  "more than "
+                  f"{MAX_SIZE}; `w`: most fits warned; `none`: data sets without an estimate). The sections below "
+                  "give every row.", "", _md(overview(table)), "",
+                  "## Cells outside the acceptance", ""]
         if len(bad):
             lines.append(_md(bad))
         else:

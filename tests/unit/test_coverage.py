@@ -150,3 +150,18 @@ def test_refuters_draw_from_a_stream_other_than_the_data(monkeypatch):
     cell = next(c for c in cv.grid("ci") if c.kind == "refute")
     cv._rows_refute("parametric", cell, 7, {})
     assert seen == [cv.REFUTER_SEED + 7] * len(cv.REFUTER_SIZE) and cv.REFUTER_SEED + 7 != 7
+
+
+def test_overview_gives_the_coverage_range_per_estimator_process_and_n():
+    base = dict(estimator="e", unit="u", arm="average", population="ate", reps=10, bias=0.0, bias_se=0.0,
+                ci_length=1.0, se_sd=1.0, passes=True)
+    table = pd.DataFrame([
+        {**base, "cell": "lin-n300", "n": 300, "effect": "te", "coverage": 0.91, "test": "power", "reject": 0.9,
+         "warned": 0.0, "undefined": 0.0},
+        {**base, "cell": "lin-n300", "n": 300, "effect": "nie", "coverage": 0.97, "test": "size", "reject": 0.08,
+         "warned": 0.0, "undefined": 0.0},
+        {**base, "cell": "lin-n2000", "n": 2000, "effect": "te", "coverage": 0.95, "test": "power", "reject": 1.0,
+         "warned": 0.9, "undefined": 0.25}])
+    o = cv.overview(table).set_index(["estimator", "process"])
+    assert o.loc[("e", "lin"), "n = 300"] == "0.91*"  # the range over nonzero truths; a size above 0.07 is starred
+    assert o.loc[("e", "lin"), "n = 2,000"] == "0.95 w (25% none)"
