@@ -39,9 +39,10 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(PY) -m deconfound demo --quick
 
-# the calibration study of every default (docs/coverage.md); COVERAGE_ARGS="--reps 50" for a shorter run
+# the calibration study of every default (docs/coverage.md), its per-replicate rows in coverage-rows.csv (written
+# after every estimator x cell); COVERAGE_ARGS="--resume" continues an interrupted run, "--reps 50" is shorter
 coverage: $(STAMP)
-	$(PY) -m deconfound.coverage --grid full --n-jobs 2 --out docs/coverage.md $(COVERAGE_ARGS)
+	$(PY) -m deconfound.coverage --grid full --n-jobs 2 --rows coverage-rows.csv --out docs/coverage.md $(COVERAGE_ARGS)
 
 BENCH_STAMP := .venv/.installed-bench
 
