@@ -27,6 +27,7 @@ from sklearn.linear_model import LogisticRegressionCV, RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from .._calibration import warn_uncalibrated
 from ..errors import DataError, PositivityError
 from ..folds import data_folds, fold_strata, make_folds
 from ..graph import resolve
@@ -339,6 +340,7 @@ class DMLMediation(MediationEstimator):
         data = attach_roles(data, cluster, weights)  # the roles follow the rows positivity may drop
         data = check_positivity(data, adj.union, drop_unsupported=self.drop_unsupported, what="DML mediation")
         cluster, weights = sample_roles(data)
+        warn_uncalibrated("dml", n=data.n, n_treated=data.n_treated)
         x_first = data.x_design(adj.first_stage)[0]
         x_second = data.x_design(adj.second_stage)[0]
         x_total = data.x_design(adj.total)[0]
