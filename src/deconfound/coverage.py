@@ -414,14 +414,33 @@ def sources(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _read_rows(path) -> pd.DataFrame:
-    return pd.read_parquet(path) if str(path).endswith(".parquet") else pd.read_csv(path, index_col=0)
+    if str(path).endswith(".parquet"):
+        return pd.read_parquet(path)
+    return pd.read_csv(path, index_col=0, dtype={"commit": str})  # a hash of digits ("0123456") stays a hash
 
 
 def _write_rows(rows: pd.DataFrame, path) -> None:
-    """Write the rows through a temporary file, so an interrupted write leaves the previous file whole."""
-    tmp = Path(f"{path}.tmp")
-    (rows.to_parquet if str(path).endswith(".parquet") else rows.to_csv)(tmp)
+    """Write the rows through a temporary file, so an interrupted write leaves the previous file whole. The
+    temporary name ends like ``path``, so a ``.csv.gz`` is gzipped like the file it replaces."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    (rows.to_parquet if path.name.endswith(".parquet") else rows.to_csv)(tmp)
     os.replace(tmp, path)
+
+
+def _resume_problem(held: pd.DataFrame, todo, reps: int, kept) -> str | None:
+    """Why the rows of an interrupted run cannot be continued by this one, or None: a pair this run neither
+    fits nor keeps (--keep), or a fitted pair with other data sets than seeds 0..reps-1."""
+    fit = {(e, c.name) for c, e in todo}
+    other = sorted(set(zip(held.estimator, held.cell)) - fit - set().union(*[set(zip(k.estimator, k.cell))
+                                                                            for k in kept]))
+    if other:
+        return f"expected the rows of this run's estimator x cell pairs (or of --keep), got {other[:5]}"
+    seeds = held.groupby(["estimator", "cell"]).seed.agg(lambda s: sorted({int(v) for v in s}))
+    bad = {pair: len(s) for pair, s in seeds.items() if pair in fit and s != list(range(reps))}
+    if bad:
+        return f"expected {reps} data sets (seeds 0 to {reps - 1}) per pair, as --reps says, got {bad}"
+    return None
 
 
 def _kept_notes(path) -> str:
@@ -474,10 +493,14 @@ def main(argv=None) -> int:
     except ValueError as exc:
         ap.error(str(exc))
     rows = pd.DataFrame(columns=["estimator", "cell", "seed", "commit"])
+    kept = [_read_rows(f) for f in args.keep.split(",")] if args.keep else []
     if args.resume:
         if not (args.rows and Path(args.rows).exists()):
             ap.error(f"--resume: expected the --rows file of the interrupted run, got {args.rows!r}")
         rows = _read_rows(args.rows)
+        problem = _resume_problem(rows, todo, args.reps, kept) if args.reps > 0 else None
+        if problem:
+            ap.error(f"--resume {args.rows}: {problem}")
         have = set(zip(rows.estimator, rows.cell))
         todo = [(c, e) for c, e in todo if (e, c.name) not in have]
     start = time.time()
@@ -487,8 +510,7 @@ def main(argv=None) -> int:
         if args.rows:
             _write_rows(rows, args.rows)
     seconds = time.time() - start
-    if args.keep:
-        kept = [_read_rows(f) for f in args.keep.split(",")]
+    if kept:
         pairs = [set(zip(k.estimator, k.cell)) for k in kept]
         twice = sorted(set.union(*[a & b for i, a in enumerate(pairs) for b in pairs[i + 1:]], set()))
         if twice:

@@ -121,7 +121,7 @@ def test_main_writes_rows_per_pair_and_resumes_without_refitting(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         cv.main(args)
     first = pd.read_csv("rows.csv", index_col=0)
-    assert set(first.estimator) == {"localization"} and not (tmp_path / "rows.csv.tmp").exists()
+    assert set(first.estimator) == {"localization"} and not (tmp_path / ".tmp-rows.csv").exists()
     cv.main(args + ["--resume"])
     assert fitted == ["localization", "localization_abs", "localization_abs"]  # the finished pair is not refitted
     rows = pd.read_csv("rows.csv", index_col=0)
@@ -165,3 +165,36 @@ def test_overview_gives_the_coverage_range_per_estimator_process_and_n():
     o = cv.overview(table).set_index(["estimator", "process"])
     assert o.loc[("e", "lin"), "n = 300"] == "0.91*"  # the range over nonzero truths; a size above 0.07 is starred
     assert o.loc[("e", "lin"), "n = 2,000"] == "0.95 w (25% none)"
+
+
+def _fake_run(estimators, cells, *, reps, **kw):
+    """run() without fits: one null row per data set."""
+    (name,), (cell,) = estimators, cells
+    return _rows([0.0] * reps, [1.0] * reps, 0.0, [0.5] * reps).assign(
+        estimator=name, cell=cell.name, n=cell.n, warned=False, warning="")
+
+
+def test_rows_round_trip_through_gzip_and_keep_the_commit_a_string(tmp_path):
+    rows = _rows([0.0, 1.0], [1.0, 1.0], 0.0, [0.5, 0.5]).assign(commit=["0123456", "1234e56"])
+    for name in ("rows.csv.gz", "rows.csv", "rows.parquet"):
+        cv._write_rows(rows, tmp_path / name)
+        back = cv._read_rows(tmp_path / name)  # a gzip name gets gzip bytes, not plain text
+        assert back.commit.tolist() == ["0123456", "1234e56"]  # a hash of digits is not read as a number
+        assert not [p for p in tmp_path.iterdir() if "tmp" in p.name]
+
+
+def test_resume_refuses_rows_of_another_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cv, "run", _fake_run)
+    args = ["--grid", "ci", "--estimators", "localization,localization_abs", "--cells",
+            "localization-same-n300,localization-same-n2000", "--rows", "rows.csv", "--out", "cov.md"]
+    cv.main(args + ["--reps", "5"])
+    rows = pd.read_csv("rows.csv", index_col=0)
+    rows[~((rows.estimator == "localization_abs") & (rows.cell == "localization-same-n2000"))].to_csv("rows.csv")
+    with pytest.raises(SystemExit):  # 5 data sets held per pair, 3 asked: the table would mix them
+        cv.main(args + ["--reps", "3", "--resume"])
+    with pytest.raises(SystemExit):  # a pair this run does not fit (another --cells, --grid or --estimators)
+        cv.main(args[:5] + ["localization-same-n2000"] + args[6:] + ["--reps", "5", "--resume"])
+    cv.main(args + ["--reps", "5", "--resume"])
+    rows = pd.read_csv("rows.csv", index_col=0)
+    assert rows.groupby(["estimator", "cell"]).seed.nunique().tolist() == [5] * 4
