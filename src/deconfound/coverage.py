@@ -271,21 +271,27 @@ def summarize(rows: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
     return table
 
 
-def overview(table: pd.DataFrame) -> pd.DataFrame:
+def overview(table: pd.DataFrame, fails: pd.DataFrame | None = None) -> pd.DataFrame:
     """One line per estimator and process, one column per n: the range of the 95% CIs' coverage over the
-    cell's rows with a nonzero truth ("0.91-0.97"), ``*`` when a test of a zero effect rejects more than
-    MAX_SIZE, ``w`` when most fits warned, and the share of data sets without an estimate when there are any."""
+    cell's rows with a nonzero truth ("0.91-0.97"; "(truth 0)" after it when every truth is 0), ``*`` when a
+    test of a zero effect rejects more than MAX_SIZE, ``w`` when most fits warned, and the share of data sets
+    without an estimate when there are any: an index not estimable there, or a fit that raised (``fails``,
+    :func:`failures`)."""
     if not len(table):
         return pd.DataFrame()
     t = table.assign(process=table.cell.str.rsplit("-n", n=1).str[0])
+    raised = {} if fails is None or not len(fails) else dict(zip(zip(fails.estimator, fails.cell), fails.failed))
 
     def cell(g):
-        cov = g.coverage[g.test == "power"] if (g.test == "power").any() else g.coverage
+        power = g.test == "power"
+        cov = g.coverage[power] if power.any() else g.coverage
         lo, hi = f"{cov.min():.2f}", f"{cov.max():.2f}"
-        text = lo if lo == hi else f"{lo}-{hi}"
+        text = (lo if lo == hi else f"{lo}-{hi}") + ("" if power.any() else " (truth 0)")
         text += "*" if ((g.test == "size") & (g.reject > MAX_SIZE)).any() else ""
         text += " w" if g.warned.max() > 0.5 else ""
-        return text + (f" ({g.undefined.max():.0%} none)" if g.undefined.max() > 0 else "")
+        k = raised.get((g.name[0], g.cell.iloc[0]), 0)
+        none = float(((g.undefined * g.reps + k) / (g.reps + k)).max())
+        return text + (f" ({none:.0%} none)" if none > 0 else "")
 
     out = t.groupby(["estimator", "process", "n"], sort=False).apply(cell, include_groups=False).unstack("n")
     out.columns = [f"n = {n:,}" for n in out.columns]
@@ -360,8 +366,9 @@ def to_markdown(table: pd.DataFrame, fails: pd.DataFrame, *, commit: str, reps: 
                   "arms of each cell whose truth is not 0; rows with a zero truth are in the sections below, "
                   "where the NIEs of a unit T does not move over-cover; `*`: a test of a zero effect rejected "
                   "more than "
-                  f"{MAX_SIZE}; `w`: most fits warned; `none`: data sets without an estimate). The sections below "
-                  "give every row.", "", _md(overview(table)), "",
+                  f"{MAX_SIZE}; `w`: most fits warned; `none`: data sets without an estimate, including fits that "
+                  "raised; `(truth 0)`: a cell whose truths are all 0). The sections below give every row.", "",
+                  _md(overview(table, fails)), "",
                   "## Cells outside the acceptance", ""]
         if len(bad):
             lines.append(_md(bad))

@@ -198,3 +198,20 @@ def test_resume_refuses_rows_of_another_run(tmp_path, monkeypatch):
     cv.main(args + ["--reps", "5", "--resume"])
     rows = pd.read_csv("rows.csv", index_col=0)
     assert rows.groupby(["estimator", "cell"]).seed.nunique().tolist() == [5] * 4
+
+
+def test_overview_counts_fits_that_raised_as_no_estimate_and_marks_a_zero_truth_cell():
+    base = dict(estimator="e", unit="u", arm="average", population="ate", bias=0.0, bias_se=0.0, ci_length=1.0,
+                se_sd=1.0, passes=True, warned=0.0, reject=0.0)
+    table = pd.DataFrame([
+        {**base, "cell": "lin-n300", "n": 300, "effect": "te", "coverage": 0.95, "test": "power", "reps": 60,
+         "undefined": 0.0},
+        {**base, "cell": "lin-n300", "n": 300, "effect": "nie", "coverage": 0.95, "test": "power", "reps": 60,
+         "undefined": 0.5},
+        {**base, "cell": "same-n300", "n": 300, "effect": "nie", "coverage": 0.97, "test": "size", "reps": 100,
+         "undefined": 0.0}])
+    fails = pd.DataFrame({"estimator": ["e"], "cell": ["lin-n300"], "failed": [40], "message": ["PositivityError"]})
+    o = cv.overview(table, fails).set_index(["estimator", "process"])["n = 300"]
+    assert o[("e", "lin")] == "0.95 (70% none)"  # (40 raised + 30 undefined) of 100 data sets
+    assert o[("e", "same")] == "0.97 (truth 0)"  # no nonzero truth: the coverage shown is of zero truths
+    assert cv.overview(table).set_index(["estimator", "process"])["n = 300"][("e", "lin")] == "0.95 (50% none)"
