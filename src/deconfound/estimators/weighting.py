@@ -191,7 +191,8 @@ class WeightingMediation(MediationEstimator):
         model), its C chosen among ``logspace(-4, 4, 10)`` by 5-fold stratified cross-validated deviance
         (glum), folds seeded by ``random_state``. ``diagnostics[unit]["C"]`` is ``inf`` when unpenalized.
     pca : None, or the number of principal components of the mediator block used instead of its columns
-        when it has more (scikit-learn PCA, fitted inside the estimator; refitted per replicate).
+        when it has more (fitted inside the estimator, the rows weighted by their sampling weights; refitted
+        per replicate).
     population : ``"ate"`` (default) or ``"att"``: the four means, and so every effect, averaged over the
         treated rows' confounder distribution (NIE(treated) = E[Y(1, M(1)) - Y(1, M(0)) | T=1], ...), the
         population of the patching estimator.
@@ -341,9 +342,11 @@ class WeightingMediation(MediationEstimator):
                               what=f" (units {near[:5]}{' ...' if len(near) > 5 else ''})")
         shrunk = [u for u in ok if self.mediator_learner is None and np.isfinite(diagnostics[u]["C"])]
         if shrunk:
+            named = ", ".join(f"{u!r} ({diagnostics[u]['n_features']} features)" for u in shrunk[:5])
+            more = f" and {len(shrunk) - 5} more" if len(shrunk) > 5 else ""
+            arm = min(f[t == 1].sum(), f[t == 0].sum())
             warn_uncalibrated("weighting-penalized", n=data.n, n_treated=data.n_treated, penalized=True,
-                              what=f" (units {shrunk[:5]}{' ...' if len(shrunk) > 5 else ''}, "
-                                   f"{diagnostics[shrunk[0]]['n_features']} features)")
+                              what=f" (units {named}{more} of [M, X] for {arm:g} rows in the smaller arm)")
         if self.n_boot and ok:
             boot, caught = run_bootstrap(_WeightingStatistic(self, ok, cols, cs, sw), data, self, cluster, level,
                                          n_jobs, backend)
