@@ -413,11 +413,16 @@ def _cell(v) -> str:
 
 
 def sources(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per estimator and commit: the cells and the data sets per cell behind the rows."""
+    """Per estimator and commit: the cells and the data sets per cell behind the rows ("100-200" when the
+    cells differ)."""
     rows = rows if "commit" in rows else rows.assign(commit="unknown")
     per_cell = rows.groupby(["estimator", "commit", "cell"], sort=False).seed.nunique().reset_index()
+
+    def span(k):
+        return str(k.max()) if k.min() == k.max() else f"{k.min()}-{k.max()}"
+
     return (per_cell.groupby(["estimator", "commit"], sort=False)
-            .agg(cells=("cell", "nunique"), reps=("seed", "max")).reset_index()[["estimator", "cells", "reps", "commit"]])
+            .agg(cells=("cell", "nunique"), reps=("seed", span)).reset_index()[["estimator", "cells", "reps", "commit"]])
 
 
 def _read_rows(path) -> pd.DataFrame:

@@ -215,3 +215,11 @@ def test_overview_counts_fits_that_raised_as_no_estimate_and_marks_a_zero_truth_
     assert o[("e", "lin")] == "0.95 (70% none)"  # (40 raised + 30 undefined) of 100 data sets
     assert o[("e", "same")] == "0.97 (truth 0)"  # no nonzero truth: the coverage shown is of zero truths
     assert cv.overview(table).set_index(["estimator", "process"])["n = 300"][("e", "lin")] == "0.95 (50% none)"
+
+
+def test_sources_give_the_range_of_data_sets_when_cells_differ():
+    rows = pd.concat([_rows([0.0] * k, [1.0] * k, 0.0, [0.5] * k).assign(cell=c, commit="abc")
+                      for c, k in (("a", 5), ("b", 3), ("c", 5))], ignore_index=True)
+    s = cv.sources(rows).iloc[0]
+    assert (s.cells, str(s.reps)) == (3, "3-5")  # not 5: one cell has 3 data sets
+    assert str(cv.sources(rows[rows.cell != "b"]).iloc[0].reps) == "5"
