@@ -459,3 +459,18 @@ def test_penalized_warning_names_each_unit_with_its_features():
                                                 rf"for {min(wide.n_treated, wide.n - wide.n_treated)} rows"):
         res = WeightingMediation().fit(data)
     assert res.diagnostics["one"]["C"] == np.inf  # 4 features: unpenalized, not named
+
+
+def test_the_statistic_warns_when_its_default_learner_is_penalized():
+    """statistic() (the paired bootstrap of the adjusted against the unadjusted NIE) chooses the same penalty as
+    fit(), so it shrinks the same NIEs toward 0, and says so."""
+    from deconfound import simulate
+    from deconfound.errors import CalibrationWarning
+
+    wide, _ = simulate.topic_mediation(300, seed=0, n_topics=4, n_units=1, n_spurious=0, dim=50)
+    with pytest.warns(CalibrationWarning, match=r"units 'u0' \(53 features\) of \[M, X\] for 149 rows.*shrinks"):
+        stat = WeightingMediation().statistic(wide)
+    assert np.isfinite(stat.cs["u0"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        WeightingMediation(pca=5).statistic(wide)  # 8 features: unpenalized, no warning
