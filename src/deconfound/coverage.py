@@ -286,8 +286,9 @@ def overview(table: pd.DataFrame, fails: pd.DataFrame | None = None) -> pd.DataF
         power = g.test == "power"
         cov = g.coverage[power] if power.any() else g.coverage
         lo, hi = f"{cov.min():.2f}", f"{cov.max():.2f}"
-        text = (lo if lo == hi else f"{lo}-{hi}") + ("" if power.any() else " (truth 0)")
+        text = lo if lo == hi else f"{lo}-{hi}"
         text += "*" if ((g.test == "size") & (g.reject > MAX_SIZE)).any() else ""
+        text += "" if power.any() else " (truth 0)"
         text += " w" if g.warned.max() > 0.5 else ""
         k = raised.get((g.name[0], g.cell.iloc[0]), 0)
         none = float(((g.undefined * g.reps + k) / (g.reps + k)).max())

@@ -215,6 +215,8 @@ def test_overview_counts_fits_that_raised_as_no_estimate_and_marks_a_zero_truth_
     assert o[("e", "lin")] == "0.95 (70% none)"  # (40 raised + 30 undefined) of 100 data sets
     assert o[("e", "same")] == "0.97 (truth 0)"  # no nonzero truth: the coverage shown is of zero truths
     assert cv.overview(table).set_index(["estimator", "process"])["n = 300"][("e", "lin")] == "0.95 (50% none)"
+    table.loc[2, "reject"] = 0.08
+    assert cv.overview(table, fails).set_index(["estimator", "process"])["n = 300"][("e", "same")] == "0.97* (truth 0)"
 
 
 def test_sources_give_the_range_of_data_sets_when_cells_differ():
