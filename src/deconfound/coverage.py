@@ -294,7 +294,14 @@ def overview(table: pd.DataFrame, fails: pd.DataFrame | None = None) -> pd.DataF
         none = float(((g.undefined * g.reps + k) / (g.reps + k)).max())
         return text + (f" ({none:.0%} none)" if none > 0 else "")
 
-    out = t.groupby(["estimator", "process", "n"], sort=False).apply(cell, include_groups=False).unstack("n")
+    texts = t.groupby(["estimator", "process", "n"], sort=False).apply(cell, include_groups=False)
+    if fails is not None and len(fails) and "n" in fails:  # a pair whose every fit raised has no table row
+        have = set(zip(table.estimator, table.cell))
+        gone = fails[np.array([pair not in have for pair in zip(fails.estimator, fails.cell)]) & fails.n.notna()]
+        where = pd.MultiIndex.from_arrays([gone.estimator, gone.cell.str.rsplit("-n", n=1).str[0],
+                                           gone.n.astype(int)], names=texts.index.names)
+        texts = pd.concat([texts, pd.Series("(100% none)", index=where)])
+    out = texts.unstack("n")
     out.columns = [f"n = {n:,}" for n in out.columns]
     return out.fillna("").reset_index()
 
@@ -318,9 +325,10 @@ def summarize_refuters(rows: pd.DataFrame) -> pd.DataFrame:
 def failures(rows: pd.DataFrame) -> pd.DataFrame:
     """Fits that raised, per estimator and cell, with the first message."""
     if "error" not in rows:
-        return pd.DataFrame(columns=["estimator", "cell", "failed", "message"])
+        return pd.DataFrame(columns=["estimator", "cell", "n", "failed", "message"])
     bad = rows[rows.error.notna()]
-    return (bad.groupby(["estimator", "cell"]).agg(failed=("seed", "nunique"), message=("error", "first"))
+    keys = ["estimator", "cell", "n"] if "n" in bad else ["estimator", "cell"]
+    return (bad.groupby(keys, dropna=False).agg(failed=("seed", "nunique"), message=("error", "first"))
             .reset_index())
 
 

@@ -225,3 +225,12 @@ def test_sources_give_the_range_of_data_sets_when_cells_differ():
     s = cv.sources(rows).iloc[0]
     assert (s.cells, str(s.reps)) == (3, "3-5")  # not 5: one cell has 3 data sets
     assert str(cv.sources(rows[rows.cell != "b"]).iloc[0].reps) == "5"
+
+
+def test_overview_lists_a_pair_whose_every_fit_raised():
+    ok = _rows([0.0] * 4, [1.0] * 4, 1.0, [0.5] * 4).assign(cell="lin-n300", n=300)
+    bad = pd.DataFrame([{"estimator": "f", "cell": "lin-n2000", "n": 2000, "seed": s, "error": "PositivityError: x"}
+                        for s in range(4)])
+    rows = pd.concat([ok, bad], ignore_index=True)
+    o = cv.overview(cv.summarize(rows), cv.failures(rows)).set_index(["estimator", "process"])
+    assert o.loc[("f", "lin"), "n = 2,000"] == "(100% none)" and o.loc[("e", "lin"), "n = 300"] == "1.00"
