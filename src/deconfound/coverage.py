@@ -271,23 +271,37 @@ def summarize(rows: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
     return table
 
 
-def overview(table: pd.DataFrame) -> pd.DataFrame:
+def overview(table: pd.DataFrame, fails: pd.DataFrame | None = None) -> pd.DataFrame:
     """One line per estimator and process, one column per n: the range of the 95% CIs' coverage over the
-    cell's rows with a nonzero truth ("0.91-0.97"), ``*`` when a test of a zero effect rejects more than
-    MAX_SIZE, ``w`` when most fits warned, and the share of data sets without an estimate when there are any."""
+    cell's rows with a nonzero truth ("0.91-0.97"; "(truth 0)" after it when every truth is 0), ``*`` when a
+    test of a zero effect rejects more than MAX_SIZE, ``w`` when most fits warned, and the share of data sets
+    without an estimate when there are any: an index not estimable there, or a fit that raised (``fails``,
+    :func:`failures`)."""
     if not len(table):
         return pd.DataFrame()
     t = table.assign(process=table.cell.str.rsplit("-n", n=1).str[0])
+    raised = {} if fails is None or not len(fails) else dict(zip(zip(fails.estimator, fails.cell), fails.failed))
 
     def cell(g):
-        cov = g.coverage[g.test == "power"] if (g.test == "power").any() else g.coverage
+        power = g.test == "power"
+        cov = g.coverage[power] if power.any() else g.coverage
         lo, hi = f"{cov.min():.2f}", f"{cov.max():.2f}"
         text = lo if lo == hi else f"{lo}-{hi}"
         text += "*" if ((g.test == "size") & (g.reject > MAX_SIZE)).any() else ""
+        text += "" if power.any() else " (truth 0)"
         text += " w" if g.warned.max() > 0.5 else ""
-        return text + (f" ({g.undefined.max():.0%} none)" if g.undefined.max() > 0 else "")
+        k = raised.get((g.name[0], g.cell.iloc[0]), 0)
+        none = float(((g.undefined * g.reps + k) / (g.reps + k)).max())
+        return text + (f" ({none:.0%} none)" if none > 0 else "")
 
-    out = t.groupby(["estimator", "process", "n"], sort=False).apply(cell, include_groups=False).unstack("n")
+    texts = t.groupby(["estimator", "process", "n"], sort=False).apply(cell, include_groups=False)
+    if fails is not None and len(fails) and "n" in fails:  # a pair whose every fit raised has no table row
+        have = set(zip(table.estimator, table.cell))
+        gone = fails[np.array([pair not in have for pair in zip(fails.estimator, fails.cell)]) & fails.n.notna()]
+        where = pd.MultiIndex.from_arrays([gone.estimator, gone.cell.str.rsplit("-n", n=1).str[0],
+                                           gone.n.astype(int)], names=texts.index.names)
+        texts = pd.concat([texts, pd.Series("(100% none)", index=where)])
+    out = texts.unstack("n")
     out.columns = [f"n = {n:,}" for n in out.columns]
     return out.fillna("").reset_index()
 
@@ -311,9 +325,10 @@ def summarize_refuters(rows: pd.DataFrame) -> pd.DataFrame:
 def failures(rows: pd.DataFrame) -> pd.DataFrame:
     """Fits that raised, per estimator and cell, with the first message."""
     if "error" not in rows:
-        return pd.DataFrame(columns=["estimator", "cell", "failed", "message"])
+        return pd.DataFrame(columns=["estimator", "cell", "n", "failed", "message"])
     bad = rows[rows.error.notna()]
-    return (bad.groupby(["estimator", "cell"]).agg(failed=("seed", "nunique"), message=("error", "first"))
+    keys = ["estimator", "cell", "n"] if "n" in bad else ["estimator", "cell"]
+    return (bad.groupby(keys, dropna=False).agg(failed=("seed", "nunique"), message=("error", "first"))
             .reset_index())
 
 
@@ -360,8 +375,9 @@ def to_markdown(table: pd.DataFrame, fails: pd.DataFrame, *, commit: str, reps: 
                   "arms of each cell whose truth is not 0; rows with a zero truth are in the sections below, "
                   "where the NIEs of a unit T does not move over-cover; `*`: a test of a zero effect rejected "
                   "more than "
-                  f"{MAX_SIZE}; `w`: most fits warned; `none`: data sets without an estimate). The sections below "
-                  "give every row.", "", _md(overview(table)), "",
+                  f"{MAX_SIZE}; `w`: most fits warned; `none`: data sets without an estimate, including fits that "
+                  "raised; `(truth 0)`: a cell whose truths are all 0). The sections below give every row.", "",
+                  _md(overview(table, fails)), "",
                   "## Cells outside the acceptance", ""]
         if len(bad):
             lines.append(_md(bad))
@@ -406,22 +422,46 @@ def _cell(v) -> str:
 
 
 def sources(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per estimator and commit: the cells and the data sets per cell behind the rows."""
+    """Per estimator and commit: the cells and the data sets per cell behind the rows ("100-200" when the
+    cells differ)."""
     rows = rows if "commit" in rows else rows.assign(commit="unknown")
     per_cell = rows.groupby(["estimator", "commit", "cell"], sort=False).seed.nunique().reset_index()
+
+    def span(k):
+        return str(k.max()) if k.min() == k.max() else f"{k.min()}-{k.max()}"
+
     return (per_cell.groupby(["estimator", "commit"], sort=False)
-            .agg(cells=("cell", "nunique"), reps=("seed", "max")).reset_index()[["estimator", "cells", "reps", "commit"]])
+            .agg(cells=("cell", "nunique"), reps=("seed", span)).reset_index()[["estimator", "cells", "reps", "commit"]])
 
 
 def _read_rows(path) -> pd.DataFrame:
-    return pd.read_parquet(path) if str(path).endswith(".parquet") else pd.read_csv(path, index_col=0)
+    if str(path).endswith(".parquet"):
+        return pd.read_parquet(path)
+    return pd.read_csv(path, index_col=0, dtype={"commit": str})  # a hash of digits ("0123456") stays a hash
 
 
 def _write_rows(rows: pd.DataFrame, path) -> None:
-    """Write the rows through a temporary file, so an interrupted write leaves the previous file whole."""
-    tmp = Path(f"{path}.tmp")
-    (rows.to_parquet if str(path).endswith(".parquet") else rows.to_csv)(tmp)
+    """Write the rows through a temporary file, so an interrupted write leaves the previous file whole. The
+    temporary name ends like ``path``, so a ``.csv.gz`` is gzipped like the file it replaces."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    (rows.to_parquet if path.name.endswith(".parquet") else rows.to_csv)(tmp)
     os.replace(tmp, path)
+
+
+def _resume_problem(held: pd.DataFrame, todo, reps: int, kept) -> str | None:
+    """Why the rows of an interrupted run cannot be continued by this one, or None: a pair this run neither
+    fits nor keeps (--keep), or a fitted pair with other data sets than seeds 0..reps-1."""
+    fit = {(e, c.name) for c, e in todo}
+    other = sorted(set(zip(held.estimator, held.cell)) - fit - set().union(*[set(zip(k.estimator, k.cell))
+                                                                            for k in kept]))
+    if other:
+        return f"expected the rows of this run's estimator x cell pairs (or of --keep), got {other[:5]}"
+    seeds = held.groupby(["estimator", "cell"]).seed.agg(lambda s: sorted({int(v) for v in s}))
+    bad = {pair: len(s) for pair, s in seeds.items() if pair in fit and s != list(range(reps))}
+    if bad:
+        return f"expected {reps} data sets (seeds 0 to {reps - 1}) per pair, as --reps says, got {bad}"
+    return None
 
 
 def _kept_notes(path) -> str:
@@ -474,10 +514,14 @@ def main(argv=None) -> int:
     except ValueError as exc:
         ap.error(str(exc))
     rows = pd.DataFrame(columns=["estimator", "cell", "seed", "commit"])
+    kept = [_read_rows(f) for f in args.keep.split(",")] if args.keep else []
     if args.resume:
         if not (args.rows and Path(args.rows).exists()):
             ap.error(f"--resume: expected the --rows file of the interrupted run, got {args.rows!r}")
         rows = _read_rows(args.rows)
+        problem = _resume_problem(rows, todo, args.reps, kept) if args.reps > 0 else None
+        if problem:
+            ap.error(f"--resume {args.rows}: {problem}")
         have = set(zip(rows.estimator, rows.cell))
         todo = [(c, e) for c, e in todo if (e, c.name) not in have]
     start = time.time()
@@ -487,8 +531,7 @@ def main(argv=None) -> int:
         if args.rows:
             _write_rows(rows, args.rows)
     seconds = time.time() - start
-    if args.keep:
-        kept = [_read_rows(f) for f in args.keep.split(",")]
+    if kept:
         pairs = [set(zip(k.estimator, k.cell)) for k in kept]
         twice = sorted(set.union(*[a & b for i, a in enumerate(pairs) for b in pairs[i + 1:]], set()))
         if twice:

@@ -121,7 +121,7 @@ def test_main_writes_rows_per_pair_and_resumes_without_refitting(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         cv.main(args)
     first = pd.read_csv("rows.csv", index_col=0)
-    assert set(first.estimator) == {"localization"} and not (tmp_path / "rows.csv.tmp").exists()
+    assert set(first.estimator) == {"localization"} and not (tmp_path / ".tmp-rows.csv").exists()
     cv.main(args + ["--resume"])
     assert fitted == ["localization", "localization_abs", "localization_abs"]  # the finished pair is not refitted
     rows = pd.read_csv("rows.csv", index_col=0)
@@ -165,3 +165,72 @@ def test_overview_gives_the_coverage_range_per_estimator_process_and_n():
     o = cv.overview(table).set_index(["estimator", "process"])
     assert o.loc[("e", "lin"), "n = 300"] == "0.91*"  # the range over nonzero truths; a size above 0.07 is starred
     assert o.loc[("e", "lin"), "n = 2,000"] == "0.95 w (25% none)"
+
+
+def _fake_run(estimators, cells, *, reps, **kw):
+    """run() without fits: one null row per data set."""
+    (name,), (cell,) = estimators, cells
+    return _rows([0.0] * reps, [1.0] * reps, 0.0, [0.5] * reps).assign(
+        estimator=name, cell=cell.name, n=cell.n, warned=False, warning="")
+
+
+def test_rows_round_trip_through_gzip_and_keep_the_commit_a_string(tmp_path):
+    rows = _rows([0.0, 1.0], [1.0, 1.0], 0.0, [0.5, 0.5]).assign(commit=["0123456", "1234e56"])
+    for name in ("rows.csv.gz", "rows.csv", "rows.parquet"):
+        cv._write_rows(rows, tmp_path / name)
+        back = cv._read_rows(tmp_path / name)  # a gzip name gets gzip bytes, not plain text
+        assert back.commit.tolist() == ["0123456", "1234e56"]  # a hash of digits is not read as a number
+        assert not [p for p in tmp_path.iterdir() if "tmp" in p.name]
+
+
+def test_resume_refuses_rows_of_another_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cv, "run", _fake_run)
+    args = ["--grid", "ci", "--estimators", "localization,localization_abs", "--cells",
+            "localization-same-n300,localization-same-n2000", "--rows", "rows.csv", "--out", "cov.md"]
+    cv.main(args + ["--reps", "5"])
+    rows = pd.read_csv("rows.csv", index_col=0)
+    rows[~((rows.estimator == "localization_abs") & (rows.cell == "localization-same-n2000"))].to_csv("rows.csv")
+    with pytest.raises(SystemExit):  # 5 data sets held per pair, 3 asked: the table would mix them
+        cv.main(args + ["--reps", "3", "--resume"])
+    with pytest.raises(SystemExit):  # a pair this run does not fit (another --cells, --grid or --estimators)
+        cv.main(args[:5] + ["localization-same-n2000"] + args[6:] + ["--reps", "5", "--resume"])
+    cv.main(args + ["--reps", "5", "--resume"])
+    rows = pd.read_csv("rows.csv", index_col=0)
+    assert rows.groupby(["estimator", "cell"]).seed.nunique().tolist() == [5] * 4
+
+
+def test_overview_counts_fits_that_raised_as_no_estimate_and_marks_a_zero_truth_cell():
+    base = dict(estimator="e", unit="u", arm="average", population="ate", bias=0.0, bias_se=0.0, ci_length=1.0,
+                se_sd=1.0, passes=True, warned=0.0, reject=0.0)
+    table = pd.DataFrame([
+        {**base, "cell": "lin-n300", "n": 300, "effect": "te", "coverage": 0.95, "test": "power", "reps": 60,
+         "undefined": 0.0},
+        {**base, "cell": "lin-n300", "n": 300, "effect": "nie", "coverage": 0.95, "test": "power", "reps": 60,
+         "undefined": 0.5},
+        {**base, "cell": "same-n300", "n": 300, "effect": "nie", "coverage": 0.97, "test": "size", "reps": 100,
+         "undefined": 0.0}])
+    fails = pd.DataFrame({"estimator": ["e"], "cell": ["lin-n300"], "failed": [40], "message": ["PositivityError"]})
+    o = cv.overview(table, fails).set_index(["estimator", "process"])["n = 300"]
+    assert o[("e", "lin")] == "0.95 (70% none)"  # (40 raised + 30 undefined) of 100 data sets
+    assert o[("e", "same")] == "0.97 (truth 0)"  # no nonzero truth: the coverage shown is of zero truths
+    assert cv.overview(table).set_index(["estimator", "process"])["n = 300"][("e", "lin")] == "0.95 (50% none)"
+    table.loc[2, "reject"] = 0.08
+    assert cv.overview(table, fails).set_index(["estimator", "process"])["n = 300"][("e", "same")] == "0.97* (truth 0)"
+
+
+def test_sources_give_the_range_of_data_sets_when_cells_differ():
+    rows = pd.concat([_rows([0.0] * k, [1.0] * k, 0.0, [0.5] * k).assign(cell=c, commit="abc")
+                      for c, k in (("a", 5), ("b", 3), ("c", 5))], ignore_index=True)
+    s = cv.sources(rows).iloc[0]
+    assert (s.cells, str(s.reps)) == (3, "3-5")  # not 5: one cell has 3 data sets
+    assert str(cv.sources(rows[rows.cell != "b"]).iloc[0].reps) == "5"
+
+
+def test_overview_lists_a_pair_whose_every_fit_raised():
+    ok = _rows([0.0] * 4, [1.0] * 4, 1.0, [0.5] * 4).assign(cell="lin-n300", n=300)
+    bad = pd.DataFrame([{"estimator": "f", "cell": "lin-n2000", "n": 2000, "seed": s, "error": "PositivityError: x"}
+                        for s in range(4)])
+    rows = pd.concat([ok, bad], ignore_index=True)
+    o = cv.overview(cv.summarize(rows), cv.failures(rows)).set_index(["estimator", "process"])
+    assert o.loc[("f", "lin"), "n = 2,000"] == "(100% none)" and o.loc[("e", "lin"), "n = 300"] == "1.00"

@@ -416,7 +416,7 @@ def test_a_penalized_default_warns_that_the_nie_is_shrunk():
     from deconfound.errors import CalibrationWarning
 
     wide, truth = simulate.topic_mediation(300, seed=0, n_topics=4, n_units=1, n_spurious=0, dim=50)
-    with pytest.warns(CalibrationWarning, match=r"units \['u0'\], 53 features.*shrinks p\(M,X\) toward p\(X\)"):
+    with pytest.warns(CalibrationWarning, match=r"units 'u0' \(53 features\) of \[M, X\] for 149 rows.*shrinks p\(M,X\) toward p\(X\)"):
         res = WeightingMediation().fit(wide)
     assert np.isfinite(res.diagnostics["u0"]["C"])
     nie = res.effect("u0", "nie", "treated")
@@ -429,3 +429,48 @@ def test_a_penalized_default_warns_that_the_nie_is_shrunk():
     with pytest.warns(CalibrationWarning, match="shrinks"):  # pca below the width is applied at any width
         assert WeightingMediation(pca=60).fit(wide).diagnostics["u0"]["n_features"] == 53
     assert quiet_fit(WeightingMediation(pca=5), wide).diagnostics["u0"]["C"] == np.inf  # 8 features: unpenalized
+
+
+def test_pca_weights_rows_by_sampling_weights_that_are_not_counts():
+    """Sampling weights (scaled to mean 1, so mostly not integers) weight the PCA like copies of the rows: weights
+    c / 2 give the components of the counts c (the rows repeated c times), not those of the rows with weight >= 1."""
+    rng = np.random.default_rng(3)
+    n = 300
+    m = rng.normal(size=(n, 8)) @ rng.normal(size=(8, 8))
+    counts = rng.integers(1, 4, n).astype(float)  # 1, 2 or 3 copies
+    rows = np.repeat(np.arange(n), counts.astype(int))
+    want = _learners.features(m, np.zeros((n, 0)), 3, counts)
+    got = _learners.features(m, np.zeros((n, 0)), 3, counts / 2)  # 0.5, 1, 1.5
+    signs = np.sign(np.sum(want * got, axis=0))
+    np.testing.assert_allclose(got * signs, want, atol=1e-8)
+    top = np.linalg.eigvalsh(np.cov(m[rows].T))[::-1][:3]
+    np.testing.assert_allclose(np.var(want[rows], axis=0, ddof=1), top, rtol=1e-8)  # the repeated rows' PCA
+
+
+def test_penalized_warning_names_each_unit_with_its_features():
+    from deconfound import simulate
+    from deconfound.errors import CalibrationWarning
+
+    wide, _ = simulate.topic_mediation(300, seed=0, n_topics=4, n_units=1, n_spurious=0, dim=50)
+    m = wide.mediator("u0")
+    data = MediationData.from_arrays(t=wide.t, y=wide.y, x=wide.x, mediators={
+        "a": m, "b": np.column_stack([m, np.random.default_rng(1).normal(size=(300, 30))]), "one": m[:, :1]})
+    with pytest.warns(CalibrationWarning, match=r"units 'a' \(53 features\), 'b' \(83 features\) of \[M, X\] "
+                                                rf"for {min(wide.n_treated, wide.n - wide.n_treated)} rows"):
+        res = WeightingMediation().fit(data)
+    assert res.diagnostics["one"]["C"] == np.inf  # 4 features: unpenalized, not named
+
+
+def test_the_statistic_warns_when_its_default_learner_is_penalized():
+    """statistic() (the paired bootstrap of the adjusted against the unadjusted NIE) chooses the same penalty as
+    fit(), so it shrinks the same NIEs toward 0, and says so."""
+    from deconfound import simulate
+    from deconfound.errors import CalibrationWarning
+
+    wide, _ = simulate.topic_mediation(300, seed=0, n_topics=4, n_units=1, n_spurious=0, dim=50)
+    with pytest.warns(CalibrationWarning, match=r"units 'u0' \(53 features\) of \[M, X\] for 149 rows.*shrinks"):
+        stat = WeightingMediation().statistic(wide)
+    assert np.isfinite(stat.cs["u0"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        WeightingMediation(pca=5).statistic(wide)  # 8 features: unpenalized, no warning

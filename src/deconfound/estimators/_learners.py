@@ -18,7 +18,6 @@ import warnings
 import numpy as np
 from scipy.special import expit
 from sklearn.base import clone
-from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
@@ -100,12 +99,14 @@ def logit_odds(bm, t, f, *, blocks: bool):
 def features(m, xc, pca, f):
     """[M, X], the mediator block replaced by its top ``pca`` principal components when it is wider.
 
-    The PCA is fitted on the rows repeated by their frequency weights f (bootstrap counts), so a replicate
-    refits it on its own resample."""
+    The PCA weights the rows by f (bootstrap counts times sampling weights): a count of k is k copies of the
+    row, so a replicate refits it on its own resample, and a weight of 0.5 is half a row, not none."""
     m = np.asarray(m, dtype=float)
     if pca is not None and m.shape[1] > pca:
-        rows = np.repeat(np.arange(len(f)), f.astype(np.int64)) if np.any(f != 1) else slice(None)
-        m = PCA(n_components=int(pca), svd_solver="covariance_eigh").fit(m[rows]).transform(m)
+        w = f / f.sum()
+        centred = m - w @ m
+        vecs = np.linalg.eigh((centred * w[:, None]).T @ centred)[1]  # eigenvalues ascending
+        m = centred @ vecs[:, ::-1][:, :int(pca)]
     return np.column_stack([m, xc]) if xc.shape[1] else m
 
 

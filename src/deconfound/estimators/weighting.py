@@ -191,7 +191,8 @@ class WeightingMediation(MediationEstimator):
         model), its C chosen among ``logspace(-4, 4, 10)`` by 5-fold stratified cross-validated deviance
         (glum), folds seeded by ``random_state``. ``diagnostics[unit]["C"]`` is ``inf`` when unpenalized.
     pca : None, or the number of principal components of the mediator block used instead of its columns
-        when it has more (scikit-learn PCA, fitted inside the estimator; refitted per replicate).
+        when it has more (fitted inside the estimator, the rows weighted by their sampling weights; refitted
+        per replicate).
     population : ``"ate"`` (default) or ``"att"``: the four means, and so every effect, averaged over the
         treated rows' confounder distribution (NIE(treated) = E[Y(1, M(1)) - Y(1, M(0)) | T=1], ...), the
         population of the patching estimator.
@@ -280,12 +281,14 @@ class WeightingMediation(MediationEstimator):
         units = check_units(data, units)
         _, adj = resolve(graph, data)
         cols = list(dict.fromkeys(adj.first_stage + adj.second_stage))
-        cs = {}
+        cs, widths = {}, {}
         if self.mediator_learner is None:
             bm, f, t = _design(data, cols), np.ones(data.n), data.t.astype(int)
             for u in units:
-                zs, _, mask = standardize(features(data.mediator(u), bm.values, self.pca, f), bm.values.shape[1], f)
-                cs[u] = default_c(zs, t, f, mask, self.random_state)
+                z = features(data.mediator(u), bm.values, self.pca, f)
+                zs, _, mask = standardize(z, bm.values.shape[1], f)
+                cs[u], widths[u] = default_c(zs, t, f, mask, self.random_state), z.shape[1]
+            _warn_penalized(data, t, f, {u: w for u, w in widths.items() if np.isfinite(cs[u])})
         return _WeightingStatistic(self, units, cols, cs)
 
     def fit(self, data, *, graph=None, units=None, n_jobs=1, backend="local", cluster=None,
@@ -339,11 +342,9 @@ class WeightingMediation(MediationEstimator):
             warn_uncalibrated("weighting-separation", n=data.n, n_treated=data.n_treated,
                               share_extreme=max(diagnostics[u]["share_extreme"] for u in near),
                               what=f" (units {near[:5]}{' ...' if len(near) > 5 else ''})")
-        shrunk = [u for u in ok if self.mediator_learner is None and np.isfinite(diagnostics[u]["C"])]
-        if shrunk:
-            warn_uncalibrated("weighting-penalized", n=data.n, n_treated=data.n_treated, penalized=True,
-                              what=f" (units {shrunk[:5]}{' ...' if len(shrunk) > 5 else ''}, "
-                                   f"{diagnostics[shrunk[0]]['n_features']} features)")
+        if self.mediator_learner is None:
+            _warn_penalized(data, t, f, {u: diagnostics[u]["n_features"] for u in ok
+                                         if np.isfinite(diagnostics[u]["C"])})
         if self.n_boot and ok:
             boot, caught = run_bootstrap(_WeightingStatistic(self, ok, cols, cs, sw), data, self, cluster, level,
                                          n_jobs, backend)
@@ -383,6 +384,18 @@ class WeightingMediation(MediationEstimator):
                                population=pop, graph=g.name, adjustment=adj.as_dict(), level=level,
                                random_state=self.random_state, settings=settings, diagnostics=diagnostics,
                                warnings=warns)
+
+
+def _warn_penalized(data, t, f, widths: dict) -> None:
+    """The calibration warning for the units (-> their number of features of [M, X]) whose default p(M,X)
+    learner is penalized: its cross-validated penalty shrinks their NIEs toward 0."""
+    if not widths:
+        return
+    named = ", ".join(f"{u!r} ({k} features)" for u, k in list(widths.items())[:5])
+    more = f" and {len(widths) - 5} more" if len(widths) > 5 else ""
+    arm = min(f[t == 1].sum(), f[t == 0].sum())
+    warn_uncalibrated("weighting-penalized", n=data.n, n_treated=data.n_treated, penalized=True, stacklevel=4,
+                      what=f" (units {named}{more} of [M, X] for {arm:g} rows in the smaller arm)")
 
 
 def _unit_warnings(u, diag, n, est) -> list:
