@@ -105,6 +105,7 @@ def features(m, xc, pca, f):
     if pca is not None and m.shape[1] > pca:
         w = f / f.sum()
         centred = m - w @ m
+        # by hand: scikit-learn's PCA takes no row weights
         vecs = np.linalg.eigh((centred * w[:, None]).T @ centred)[1]  # eigenvalues ascending
         m = centred @ vecs[:, ::-1][:, :int(pca)]
     return np.column_stack([m, xc]) if xc.shape[1] else m
