@@ -124,3 +124,21 @@ def test_well_overlapped_default_data_do_not_warn():
     assert not res.warnings and d["weight_ess"] > 50 and 0 < d["weight_ess_share"] <= 1
     e = res.effect("m", "nie", "treated")
     assert abs(e.estimate - truth["nie_treated"]) <= 3 * e.se
+
+
+def test_auto_components_leave_the_smaller_arm_five_rows_per_feature():
+    from deconfound import simulate
+    from deconfound.estimators.interventional import auto_components
+
+    assert auto_components(50, 900, 4) == 50  # roomy: every column
+    assert auto_components(576, 140, 6) == 22  # 140 // 5 - 6
+    assert auto_components(576, 40, 6) == 5  # never below five
+    assert auto_components(3, 40, 6) == 3  # never above the width
+    data, _ = simulate.topic_mediation(300, seed=0, n_topics=4, n_units=1, n_spurious=0, dim=50)
+    small = min(int(data.t.sum()), data.n - int(data.t.sum()))
+    res = get_estimator("interventional").fit(data)
+    assert res.diagnostics["u0"]["n_components"] == small // 5 - 3  # 3 topic columns, one Z level
+    assert get_estimator("interventional", n_components=4).fit(data).diagnostics["u0"]["n_components"] == 4
+    for bad in (0, 2.5, "many", True):
+        with pytest.raises(ValueError, match="n_components: expected 'auto' or an integer"):
+            get_estimator("interventional", n_components=bad).fit(data)

@@ -47,17 +47,26 @@ from ..inference import Effect
 from ..parallel import progress_iter
 from ..positivity import check_positivity, outside_population, population_note
 from ..results import MediationResult, add_derived
-from ._learners import _kish
+from ._learners import EPV, _kish
 from .base import MediationEstimator, attach_roles, check_units, register, sample_roles
 from .dml_scores import weighted_mean_scores
 
 _CLIP = 0.01
+# a fixed 5 components lost the direction T moves in a 50-column block (NIE 1.1-1.4 SE too small at n = 300 and
+# 2,000); every column at n = 2,000 and 25 at n = 300 recovered it (within 0.3 SE)
+MIN_COMPONENTS = 5
 POPULATIONS = ("att", "ate")
 
 
 def _standardize(a: np.ndarray) -> np.ndarray:
     sd = a.std(axis=0)
     return (a - a.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+
+def auto_components(width: int, n_small: int, n_other: int) -> int:
+    """The default number of principal components: as many as leave the smaller arm EPV rows per feature of the
+    density-ratio classifiers (``n_other`` features besides M), at least MIN_COMPONENTS, at most the width."""
+    return int(min(width, max(MIN_COMPONENTS, n_small // EPV - n_other)))
 
 
 def reduce_block(m: np.ndarray, n_components: int, random_state) -> np.ndarray:
@@ -173,7 +182,10 @@ class InterventionalMediation(MediationEstimator):
     intermediate : ``"previous"`` (default: every unit before this one in ``data.units``, as the earlier layers
         of a model), a dict unit -> list of units, or None (no Z: natural effects).
     z_bins : levels of the discrete Z summary (quantiles of the earlier units' first principal component).
-    n_components : the mediator's principal components kept when its block is wider.
+    n_components : the mediator's principal components kept when its block is wider. ``"auto"`` (default):
+        as many as leave the smaller arm 5 rows per feature of the density-ratio classifiers (the components,
+        the confounder design and the Z levels), at least 5 and at most the width; the number used is in
+        ``diagnostics[unit]["n_components"]``.
     n_folds : cross-fitting folds (the shared folds of :func:`deconfound.folds.data_folds`).
     population : ``"att"`` (default, patching's population) or ``"ate"``.
     drop_unsupported : a topic without the rows the population needs raises PositivityError (default); True
@@ -196,7 +208,7 @@ class InterventionalMediation(MediationEstimator):
     True
     """
 
-    def __init__(self, *, intermediate="previous", z_bins: int = 3, n_components: int = 5, n_folds: int = 5,
+    def __init__(self, *, intermediate="previous", z_bins: int = 3, n_components="auto", n_folds: int = 5,
                  population: str = "att", drop_unsupported: bool = False, level: float = 0.95, random_state=0):
         self.intermediate = intermediate
         self.z_bins = z_bins
@@ -212,8 +224,10 @@ class InterventionalMediation(MediationEstimator):
             raise ValueError(f"population: expected one of {POPULATIONS}, got {self.population!r}")
         if not (isinstance(self.z_bins, int) and self.z_bins >= 1):
             raise ValueError(f"z_bins: expected an integer >= 1, got {self.z_bins!r}")
-        if not (isinstance(self.n_components, int) and self.n_components >= 1):
-            raise ValueError(f"n_components: expected an integer >= 1, got {self.n_components!r}")
+        if self.n_components != "auto" and not (isinstance(self.n_components, (int, np.integer))
+                                                and not isinstance(self.n_components, bool)
+                                                and self.n_components >= 1):
+            raise ValueError(f"n_components: expected 'auto' or an integer >= 1, got {self.n_components!r}")
 
     def _earlier(self, data, unit) -> list[str]:
         if self.intermediate is None:
@@ -254,9 +268,12 @@ class InterventionalMediation(MediationEstimator):
             z = z_levels([data.mediator(u) for u in earlier], self.z_bins, self.random_state) if earlier \
                 else np.zeros(data.n, dtype=int)
             k = int(z.max()) + 1
-            m = reduce_block(data.mediator(unit), self.n_components, self.random_state)
+            block = data.mediator(unit)
+            comps = self.n_components if self.n_components != "auto" else auto_components(
+                block.shape[1], int(min(t.sum(), len(t) - t.sum())), w.shape[1] + k - 1)
+            m = reduce_block(block, int(comps), self.random_state)
             effects[unit], diagnostics[unit] = self._unit(t, y, z, m, w, folds, k, **roles)
-            diagnostics[unit]["intermediate"] = earlier
+            diagnostics[unit].update(intermediate=earlier, n_components=int(m.shape[1]))
         warns = []
         thin = [u for u in units if diagnostics[u]["weight_ess"] < MIN_WEIGHT_ESS]
         if thin:
