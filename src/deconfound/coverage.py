@@ -121,8 +121,11 @@ def _rows_mediation(name, cell, seed, settings):
     res = get_estimator(name, **settings).fit(data)
     rows = []
     for unit in res.units:
-        for key, eff in res.effects[unit].items():
-            if key not in KEYS:
+        have = res.effects[unit]
+        # an estimator with one NIE and one NDE per unit (econml_diff) reports them on the "average" arm
+        keys = KEYS if ("nie", "treated") in have else KEYS + (("nie", "average"), ("nde", "average"))
+        for key, eff in have.items():
+            if key not in keys:
                 continue
             rows.append(_row(name, cell, seed, unit, key, eff, res.population,
                              _truth_value(truth, unit, *key, res.population)))

@@ -234,3 +234,13 @@ def test_overview_lists_a_pair_whose_every_fit_raised():
     rows = pd.concat([ok, bad], ignore_index=True)
     o = cv.overview(cv.summarize(rows), cv.failures(rows)).set_index(["estimator", "process"])
     assert o.loc[("f", "lin"), "n = 2,000"] == "(100% none)" and o.loc[("e", "lin"), "n = 300"] == "1.00"
+
+
+def test_an_estimator_with_one_nie_per_unit_is_measured_on_its_average_arm():
+    cell = [c for c in cv.grid("ci") if c.name == "linear-n300"]
+    rows = cv.run(["econml_diff"], cell, reps=1, progress=False)
+    got = set(zip(rows.unit, rows.effect, rows.arm))
+    assert {("u0", "nie", "average"), ("u0", "nde", "average"), ("u0", "te", "average")} <= got
+    assert rows.truth.notna().all()
+    par = cv.run(["parametric"], cell, reps=1, progress=False)
+    assert "average" not in set(par[par.effect == "nie"].arm)  # arm rows only where the arms are reported
