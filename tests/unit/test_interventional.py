@@ -103,7 +103,7 @@ def test_extreme_weights_warn_and_the_estimate_is_far_off():
     with pytest.warns(CalibrationWarning, match=r"interventional \(units \['m'\]; at m the treated arm's weights "
                       r"have a Kish ESS of \d\.\d rows, for its NIE \(treated\)"):
         res = InterventionalMediation(random_state=0).fit(data, units="m")
-    assert len(res.warnings) == 1 and "Kish ESS" in res.warnings[0]  # kept with the result, for the report
+    assert any("Kish ESS" in w for w in res.warnings)  # kept with the result, for the report
     d = res.diagnostics["m"]
     assert d["weight_ess_treated"] < 2 and d["weight_ess"] == min(d["weight_ess_treated"], d["weight_ess_control"])
     assert d["weight_ess"] < MIN_WEIGHT_ESS
@@ -142,3 +142,21 @@ def test_auto_components_leave_the_smaller_arm_five_rows_per_feature():
     for bad in (0, 2.5, "many", True):
         with pytest.raises(ValueError, match="n_components: expected 'auto' or an integer"):
             get_estimator("interventional", n_components=bad).fit(data)
+
+
+def test_a_block_reduced_below_its_width_warns_that_the_nie_may_shrink():
+    from deconfound.errors import CalibrationWarning
+
+    data, _ = simulate.topic_mediation(300, seed=0, n_topics=4, n_units=2, n_spurious=1, dim=80)
+    kept = min(int(data.t.sum()), data.n - int(data.t.sum())) // 5 - 3  # u0: 3 topic columns, no earlier unit
+    with pytest.warns(CalibrationWarning, match=r"interventional \(units \['u0', 'u1'\]: u0 has 80 columns, "
+                      rf"reduced to {kept} principal components\).*counted in the NDE"):
+        res = get_estimator("interventional").fit(data)
+    assert sum("counted in the NDE" in w for w in res.warnings) == 1  # one warning for all units
+    assert res.diagnostics["u0"]["n_components"] == kept < 80
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CalibrationWarning)
+        narrow, _ = simulate.topic_mediation(300, seed=0, n_topics=4, n_units=1, n_spurious=0, dim=20)
+        get_estimator("interventional").fit(narrow)  # 20 columns kept whole: no warning

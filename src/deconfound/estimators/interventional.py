@@ -262,19 +262,27 @@ class InterventionalMediation(MediationEstimator):
         t, y = data.t.astype(int), np.asarray(data.y, dtype=float)
         folds = data_folds(data, self.n_folds, random_state=self.random_state, cluster=cluster)
         roles = {"cluster": cluster, "sw": np.ones(data.n) if sw is None else sw}
-        effects, diagnostics = {}, {}
+        effects, diagnostics, widths = {}, {}, {}
         for unit in progress_iter(units, "interventional: units", progress):
             earlier = self._earlier(data, unit)
             z = z_levels([data.mediator(u) for u in earlier], self.z_bins, self.random_state) if earlier \
                 else np.zeros(data.n, dtype=int)
             k = int(z.max()) + 1
             block = data.mediator(unit)
+            widths[unit] = int(block.shape[1])
             comps = self.n_components if self.n_components != "auto" else auto_components(
                 block.shape[1], int(min(t.sum(), len(t) - t.sum())), w.shape[1] + k - 1)
             m = reduce_block(block, int(comps), self.random_state)
             effects[unit], diagnostics[unit] = self._unit(t, y, z, m, w, folds, k, **roles)
             diagnostics[unit].update(intermediate=earlier, n_components=int(m.shape[1]))
         warns = []
+        cut = {u: w for u, w in widths.items() if diagnostics[u]["n_components"] < w}
+        if cut:
+            first = next(iter(cut))
+            what = (f" (units {list(cut)[:5]}{' ...' if len(cut) > 5 else ''}: {first} has {cut[first]} columns, "
+                    f"reduced to {diagnostics[first]['n_components']} principal components)")
+            warns.append(warn_uncalibrated("interventional-reduced", n=data.n, n_treated=data.n_treated,
+                                           reduced=True, what=what))
         thin = [u for u in units if diagnostics[u]["weight_ess"] < MIN_WEIGHT_ESS]
         if thin:
             worst = min(thin, key=lambda u: diagnostics[u]["weight_ess"])
