@@ -105,3 +105,21 @@ def test_dml_warns_below_the_size_where_its_cis_covered():
         warnings.simplefilter("error", CalibrationWarning)
         big, _ = simulate.topic_mediation(800, n_topics=4, n_units=1, seed=0)
         get_estimator("dml", **cheap).fit(big)
+
+
+def test_dml_warns_when_its_default_learners_meet_a_wide_mediator():
+    """The dim50 cell at n = 300: the NIE was 1.2-1.5 SE too small; at n = 600 the arms have 5 rows per feature."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    cheap = dict(n_rep=1, n_folds=2)
+    wide, _ = simulate.topic_mediation(300, seed=0, n_topics=4, n_units=1, n_spurious=0, dim=50)
+    with pytest.warns(CalibrationWarning, match=r"dml \(units \['u0'\]: 53 features of \[M, X\] for 1\d\d rows in "
+                                                r"the smaller arm\).*shrink the mediator's coefficients"):
+        get_estimator("dml", **cheap).fit(wide)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        get_estimator("dml", pca=5, **cheap).fit(wide)  # 8 features
+        get_estimator("dml", outcome_learner=Ridge(), propensity_learner=LogisticRegression(), **cheap).fit(wide)
+        roomy, _ = simulate.topic_mediation(600, seed=0, n_topics=4, n_units=1, n_spurious=0, dim=50)
+        get_estimator("dml", **cheap).fit(roomy)
+    assert not any("shrink the mediator" in str(w.message) for w in caught)

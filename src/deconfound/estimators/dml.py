@@ -34,6 +34,7 @@ from ..graph import resolve
 from ..parallel import progress_iter, run_tasks
 from ..positivity import check_positivity
 from ..results import MediationResult
+from ._learners import EPV
 from .base import MediationEstimator, attach_roles, check_units, register, sample_roles
 from .dml_scores import CONTRASTS, TERMS, aggregate_unit, overlap_rows, unit_effects  # noqa: F401 - re-exported
 
@@ -321,6 +322,19 @@ class DMLMediation(MediationEstimator):
             raise ValueError(f"level: expected a number in (0, 1), got {self.level!r}")
         return check_learners(self.outcome_learner, self.propensity_learner)
 
+    def _warn_wide(self, data, units, n_x):
+        """Warn when the default learners meet a block with fewer than EPV rows of the smaller arm per feature."""
+        if self.propensity_learner is not None or self.outcome_learner is not None:
+            return
+        small = int(min(data.n_treated, data.n - data.n_treated))
+        width = {u: data.mediator(u).shape[1] for u in units}
+        feats = {u: min(w, self.pca or w) + n_x for u, w in width.items()}
+        wide = [u for u in units if small < EPV * feats[u]]
+        if wide:
+            warn_uncalibrated("dml-wide", n=data.n, n_treated=data.n_treated, wide=True,
+                              what=f" (units {wide[:5]}{' ...' if len(wide) > 5 else ''}: {feats[wide[0]]} features "
+                                   f"of [M, X] for {small} rows in the smaller arm)")
+
     def fit(self, data, *, graph=None, units=None, n_jobs=1, backend="local", cluster=None,
             weights=None, progress=None) -> MediationResult:
         """Estimate every unit in ``units`` (default all).
@@ -343,6 +357,7 @@ class DMLMediation(MediationEstimator):
         warn_uncalibrated("dml", n=data.n, n_treated=data.n_treated)
         x_first = data.x_design(adj.first_stage)[0]
         x_second = data.x_design(adj.second_stage)[0]
+        self._warn_wide(data, units, x_second.shape[1])
         x_total = data.x_design(adj.total)[0]
         t, y = data.t.astype(int), data.y.astype(float)
         splits = []
