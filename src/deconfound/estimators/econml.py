@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._calibration import warn_uncalibrated
 from .._validation import refuse_roles
 from ..errors import MissingDependencyError
 from ..graph import resolve
@@ -227,6 +228,7 @@ class EconMLDifferenceMediation(_EconMLBase):
         g, adj = resolve(graph, data)
         data = check_positivity(data, adj.union, drop_unsupported=self.drop_unsupported, what="EconML")
         t, y = data.t.astype(int), data.y
+        warn_uncalibrated("econml_diff", n=data.n, n_treated=data.n_treated)
         te, te_diag = self._fit_ate(y, t, _design(data, adj.total), 0)
         x_second = data.x_design(adj.second_stage)[0]
         effects, diagnostics, warns = {}, {}, []
