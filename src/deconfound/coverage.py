@@ -306,7 +306,12 @@ def overview(table: pd.DataFrame, fails: pd.DataFrame | None = None) -> pd.DataF
         texts = pd.concat([texts, pd.Series("(100% none)", index=where)])
     out = texts.unstack("n")
     out.columns = [f"n = {n:,}" for n in out.columns]
-    return out.fillna("").reset_index()
+    out = out.fillna("").reset_index()
+    order = {name: i for i, name in enumerate(OBSERVATIONAL + ("patching",) + LOCALIZATION_TESTS)}
+    places = {name: i for i, name in enumerate(DGPS)}
+    key = out.estimator.map(lambda e: order.get(e, len(order))) * 100 + out.process.map(
+        lambda p: places.get(p, len(places)))
+    return out.iloc[np.argsort(key.to_numpy(), kind="stable")].reset_index(drop=True)  # the grid's order
 
 
 def summarize_refuters(rows: pd.DataFrame) -> pd.DataFrame:
