@@ -131,9 +131,13 @@ def test_data_subset_is_stratified_and_uses_the_subset_reference_spread(sim):
     f = np.mean([s.n for s, _ in rec.seen[1:]]) / data.n
     se = res.original.effect("u0", "te", "average").se
     s2 = d.estimate.var(ddof=1)
-    ref = s2 / 2 + f * max(s2 - se**2 * (1 / f - 1), 0)
-    assert row.p_value == pytest.approx(2 * stats.t(1).sf(abs(row.new_estimate - row.estimate) / np.sqrt(ref)),
-                                        rel=1e-9)
+    z = abs(row.new_estimate - row.estimate)  # the p-value by quadrature over sigma^2's fiducial law, 1 df
+    sigma2 = lambda c: s2 / c  # noqa: E731 - (B - 1) S^2 / chi^2_1
+    dens = lambda c: stats.chi2(1).pdf(c) * 2 * stats.norm.sf(z / np.sqrt(  # noqa: E731
+        sigma2(c) / 2 + f * max(sigma2(c) - se**2 * (1 / f - 1), 0)))
+    from scipy import integrate
+
+    assert row.p_value == pytest.approx(integrate.quad(dens, 0, np.inf, limit=200)[0], rel=5e-3)
 
 
 def test_unobserved_confounder_moves_te_and_nde_by_the_implied_amount():
@@ -398,3 +402,24 @@ def test_demo_report_has_the_null_model_checks_of_the_patching_fit(tmp_path):
     text = "".join(p.read_text() for p in tmp_path.glob("*.md"))
     assert "Null-model checks (patching, top 1 units)" in text and "random_directions" in text
     assert "random_model" in text and out["summary"]
+
+
+def test_subset_p_keeps_its_size_when_the_refits_have_noise_of_their_own():
+    """Subset estimates N(0, sigma^2), sigma^2 = sampling part + the refits' own noise; the full fit carries
+    f times that noise. Plugging S^2 into t_2 rejected 0.10 of null data sets when the two parts were equal."""
+    from deconfound.inference import Effect
+
+    rng = np.random.default_rng(0)
+    f, se = 0.8, 1.0
+    spread = se**2 * (1 / f - 1)
+    for extra, low, high in ((0.0, 0.02, 0.06), (spread, 0.035, 0.07), (4 * spread, 0.035, 0.07)):
+        rejected = []
+        for _ in range(3000):
+            est = rng.normal(0, np.sqrt(spread + extra), 3)
+            e0 = Effect.from_se(rng.normal(0, np.sqrt(f * extra)), se)
+            rejected.append(refute._subset_p(est, e0, f) < 0.05)
+        assert low <= np.mean(rejected) <= high, (extra, np.mean(rejected))  # MC SE about 0.004
+    big = Effect.from_se(0.0, 100.0)  # no excess anywhere: the t_{B-1} p-value
+    est = np.array([0.3, -0.1, 0.5])
+    t_p = 2 * stats.t(2).sf(abs(est.mean()) / np.sqrt(est.var(ddof=1) / 3))
+    assert refute._subset_p(est, big, f) == pytest.approx(t_p, rel=5e-3)
