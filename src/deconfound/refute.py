@@ -41,12 +41,12 @@ from .results import MediationResult
 COLUMNS = ["refuter", "unit", "effect", "arm", "estimate", "new_estimate", "new_se", "p_value", "passed"]
 ROW_KEYS = (("te", "average"), ("nie", "control"), ("nie", "treated"), ("nie", "average"), ("nde", "control"),
             ("nde", "treated"), ("nde", "average"))
+FIDUCIAL_POINTS = 400  # quantiles of chi^2_{B-1} over which the subset p-value averages
 RULES = {
     "zero": "expect 0: passed when the new effect's p-value for 0 is >= alpha",
     "stable": "stable: passed when p = 2 Phi(-|new - original| / SE_original) >= alpha",
-    "subset": "stable: passed when p >= alpha, p the average over the fiducial law of sigma^2 given S^2 (S the "
-              "SD of the B subset estimates) of 2 Phi(-|mean(new) - original| / s), s^2 = sigma^2 / B + "
-              "f max(sigma^2 - SE^2 (1/f - 1), 0)",
+    "subset": "stable: passed when p >= alpha, p = 2 Phi(-|mean(new) - original| / s) averaged over sigma^2's "
+              "fiducial law given S^2 (B subset estimates), s^2 = sigma^2 / B + f max(sigma^2 - SE^2 (1/f - 1), 0)",
     "conclusion": "conclusion unchanged: same sign, and significant at alpha in both fits or in neither",
     "null_model": "beats the null: passed when p = Phi(-(|original| - |random model|) / sqrt(SE^2 + SE_random^2)) "
                   "< alpha",
@@ -164,9 +164,6 @@ def _two_sided(z: float) -> float:
     return float(2 * stats.norm.sf(abs(z))) if np.isfinite(z) else float("nan")
 
 
-FIDUCIAL_POINTS = 400  # quantiles of chi^2_{B-1} over which the subset p-value averages
-
-
 def _subset_p(estimates, e0, fraction) -> float:
     """p-value of the mean of B subset estimates against the full-sample one (see :func:`data_subset`)."""
     b, diff = len(estimates), float(np.mean(estimates)) - e0.estimate
@@ -176,8 +173,7 @@ def _subset_p(estimates, e0, fraction) -> float:
     s2 = float(np.var(estimates, ddof=1))
     if not s2 > 0:
         return float(diff == 0)
-    # sigma^2 at evenly spaced quantiles of its fiducial law (B - 1) S^2 / chi^2_{B-1}; the variance of the
-    # difference is sigma^2 / B + f max(sigma^2 - spread, 0) at each, and the p-value is their average
+    # sigma^2 at evenly spaced quantiles of its fiducial law; the p-value averages over them
     chi = stats.chi2.ppf((np.arange(FIDUCIAL_POINTS) + 0.5) / FIDUCIAL_POINTS, b - 1)
     sigma2 = (b - 1) * s2 / chi
     var = sigma2 / b + fraction * np.maximum(sigma2 - spread, 0.0)
@@ -317,16 +313,12 @@ def data_subset(estimator, data, *, graph=None, random_state=0, units=None, orig
                 patcher=None, fraction=0.8, n_subsets=3, strata=None) -> RefutationResult:
     """Re-run on ``n_subsets`` random subsets of ``fraction`` of the rows, drawn within T x topic strata.
 
-    new_estimate is the mean over subsets and new_se the mean of their SEs. Rule: stable, against a null
-    spread measured on the replicates themselves. Given the data, the B subsets (and their refits, with
-    their own folds, tuning and PCA) are independent draws, so the spread S of their estimates measures
-    everything that moves a subset estimate, sigma^2; the mean's variance is sigma^2 / B. The full-sample
-    fit has its own algorithmic noise too: the excess of sigma^2 over the sampling part SE^2 (1/f - 1),
-    scaled to n by f. sigma^2 is known only through S^2 with B - 1 degrees of freedom, and plugging S^2
-    into the excess makes t_{B-1} far too light a reference (size 0.10 when the refits' own noise is as
-    large as the sampling part). So the p-value is a generalized one: the normal p-value averaged over the
-    fiducial law of sigma^2, (B - 1) S^2 / chi^2_{B-1} (it is the t_{B-1} p-value when the excess is 0).
-    With B = 1 the reference is the analytic spread SE^2 (1/f - 1).
+    new_estimate is the mean over subsets and new_se the mean of their SEs. Rule: stable. Given the data the
+    B refits (own folds, tuning, PCA) are independent, with variance sigma^2, so mean - original has variance
+    sigma^2 / B + f max(sigma^2 - SE^2 (1/f - 1), 0), the second term the full fit's own algorithmic noise.
+    sigma^2 is known through S^2 only (B - 1 df); plugging S^2 into both terms under t_{B-1} rejected 0.10 of
+    null data sets when the refits' noise matched the sampling part, so the p-value is the normal one averaged
+    over sigma^2's fiducial law (B - 1) S^2 / chi^2_{B-1} (t_{B-1}'s when the second term is 0); B = 1: SE^2 (1/f - 1).
     """
     fraction = check_probability(fraction, "fraction")
     if not 0 < fraction < 1:
