@@ -87,6 +87,12 @@ RULES = (
 )
 
 
+def few(units, limit: int = 5) -> str:
+    """The first ``limit`` unit names as a list, with " ..." when there are more (for warning texts)."""
+    units = list(units)
+    return f"{units[:limit]}{' ...' if len(units) > limit else ''}"
+
+
 def warn_uncalibrated(estimator: str, *, n: int, n_treated: int, width: int = 1, stacklevel: int = 3,
                       what: str = "", **features) -> str | None:
     """Warn (CalibrationWarning) when the data resemble a failing cell of ``estimator``; returns the message.

@@ -27,7 +27,7 @@ from sklearn.linear_model import LogisticRegressionCV, RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .._calibration import warn_uncalibrated
+from .._calibration import few, warn_uncalibrated
 from ..errors import DataError, PositivityError
 from ..folds import data_folds, fold_strata, make_folds
 from ..graph import resolve
@@ -332,7 +332,7 @@ class DMLMediation(MediationEstimator):
         wide = [u for u in units if small < EPV * feats[u]]
         if wide:
             warn_uncalibrated("dml-wide", n=data.n, n_treated=data.n_treated, wide=True,
-                              what=f" (units {wide[:5]}{' ...' if len(wide) > 5 else ''}: {feats[wide[0]]} features "
+                              what=f" (units {few(wide)}: {feats[wide[0]]} features "
                                    f"of [M, X] for {small} rows in the smaller arm)")
 
     def fit(self, data, *, graph=None, units=None, n_jobs=1, backend="local", cluster=None,

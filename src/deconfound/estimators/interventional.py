@@ -40,7 +40,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from .._calibration import MIN_WEIGHT_ESS, warn_uncalibrated
+from .._calibration import MIN_WEIGHT_ESS, few, warn_uncalibrated
 from ..folds import data_folds
 from ..graph import resolve
 from ..inference import Effect
@@ -279,7 +279,7 @@ class InterventionalMediation(MediationEstimator):
         cut = {u: w for u, w in widths.items() if diagnostics[u]["n_components"] < w}
         if cut:
             first = next(iter(cut))
-            what = (f" (units {list(cut)[:5]}{' ...' if len(cut) > 5 else ''}: {first} has {cut[first]} columns, "
+            what = (f" (units {few(cut)}: {first} has {cut[first]} columns, "
                     f"reduced to {diagnostics[first]['n_components']} principal components)")
             warns.append(warn_uncalibrated("interventional-reduced", n=data.n, n_treated=data.n_treated,
                                            reduced=True, what=what))
@@ -289,7 +289,7 @@ class InterventionalMediation(MediationEstimator):
             d = diagnostics[worst]
             arm = "treated" if d["weight_ess_treated"] <= d["weight_ess_control"] else "control"
             rows = "NIE (treated) and NDE (control)" if arm == "treated" else "NIE (control) and NDE (treated)"
-            what = (f" (units {thin[:5]}{' ...' if len(thin) > 5 else ''}; at {worst} the {arm} arm's weights have "
+            what = (f" (units {few(thin)}; at {worst} the {arm} arm's weights have "
                     f"a Kish ESS of {d['weight_ess']:.1f} rows, for its {rows})")
             warns.append(warn_uncalibrated("interventional-weights", n=data.n, n_treated=data.n_treated,
                                            weight_ess=d["weight_ess"], what=what))

@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import PositivityError
 from ..graph import resolve
 from ..inference import Effect
-from .._calibration import SEPARATION_SHARE, warn_uncalibrated
+from .._calibration import SEPARATION_SHARE, few, warn_uncalibrated
 from ..parallel import progress_iter
 from ..positivity import check_positivity, level_counts, outside_population, population_note, positivity_message
 from ..results import MediationResult, add_derived
@@ -341,7 +341,7 @@ class WeightingMediation(MediationEstimator):
         if near:
             warn_uncalibrated("weighting-separation", n=data.n, n_treated=data.n_treated,
                               share_extreme=max(diagnostics[u]["share_extreme"] for u in near),
-                              what=f" (units {near[:5]}{' ...' if len(near) > 5 else ''})")
+                              what=f" (units {few(near)})")
         if self.mediator_learner is None:
             _warn_penalized(data, t, f, {u: diagnostics[u]["n_features"] for u in ok
                                          if np.isfinite(diagnostics[u]["C"])})
