@@ -7,7 +7,7 @@ show a progress bar on a terminal and stay quiet when piped.
 
 Every subcommand has ``--help``. Bad arguments end with exit code 2 and one line on stderr,
 ``deconfound: error: <what>: expected ..., got ...``; set ``DECONFOUND_DEBUG=1`` to get the traceback instead.
-Library warnings are printed as one line each, ``deconfound: warning: ...``.
+Library warnings are printed as one line each, ``deconfound: warning: ...``, each distinct one once.
 """
 from __future__ import annotations
 
@@ -516,8 +516,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"deconfound: warning: {_one_line(message)}", file=sys.stderr)
+def _warning_printer():
+    """``warnings.showwarning`` for one command: each distinct message once (a demo refits the same estimator
+    many times, and every fit would repeat the same calibration warning)."""
+    seen = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = _one_line(message)
+        if text not in seen:
+            seen.add(text)
+            print(f"deconfound: warning: {text}", file=sys.stderr)
+
+    return show
 
 
 def main(argv=None) -> int:
@@ -529,7 +539,7 @@ def main(argv=None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
+            warnings.showwarning = _warning_printer()
             return int(args.fn(args) or 0)
     except KeyboardInterrupt:
         print("deconfound: interrupted", file=sys.stderr)

@@ -520,3 +520,15 @@ def test_getting_started_cli_commands_run_and_match_python(capsys, tmp_path, mon
     assert (tmp_path / "report" / "report.html").stat().st_size > 10_000
     assert (tmp_path / "medsens.png").read_bytes()[:4] == b"\x89PNG"
     assert set(pd.read_csv(tmp_path / "compare.csv").estimator) == {"parametric", "weighting"}
+
+
+def test_a_repeated_library_warning_is_printed_once(capsys):
+    import warnings as _w
+
+    from deconfound import cli
+
+    show = cli._warning_printer()
+    for text in ("dml: data like the calibration cell", "dml: data like the calibration cell", "other"):
+        show(_w.WarningMessage(text, UserWarning, "f.py", 1).message, UserWarning, "f.py", 1)
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["deconfound: warning: dml: data like the calibration cell", "deconfound: warning: other"]
