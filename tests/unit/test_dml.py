@@ -238,6 +238,33 @@ def test_pca_fitted_on_training_folds_only(monkeypatch):
     assert np.isfinite(res.effect("u0", "nie").estimate)
 
 
+def test_default_outcome_learner_fits_curvature():
+    """The default mu(d,M,X) on a narrow block is an additive spline ridge: on a probit outcome its out-of-fold
+    error against the true E[Y | T, M, X] is a fraction of a linear ridge's. A linear mu leaves dml consistent
+    (its propensities are right here) but its SEs too small: on the probit cell of docs/coverage.md the
+    NIE(treated) covered 0.85 (SE/SD 0.80) with the linear ridge and 0.92 (0.92) with the splines."""
+    from scipy.stats import norm
+    rng = np.random.default_rng(3)
+    n = 3000
+    topic = rng.integers(0, 3, n)
+    t = (rng.random(n) < expit(0.8 * (topic - 1))).astype(int)
+    m = 0.8 * t + 0.5 * topic + rng.normal(size=n)
+    mean = norm.cdf(2.0 * m - 1.0 + 0.4 * t - 0.3 * topic)
+    y = mean + rng.normal(0, 0.1, n)
+    x = np.eye(3)[topic][:, 1:]
+    z = np.column_stack([m, x])
+    folds = make_folds(n, 5, random_state=0)
+    halves = (rng.random(n) < 0.5).astype(int)
+    assert dml_mod.default_outcome_learner(z.shape[1]).steps[1][0] == "splinetransformer"
+    assert len(dml_mod.default_outcome_learner(dml_mod.SPLINE_MAX_COLUMNS + 1).steps) == 2  # wide: plain ridge
+    err = {}
+    for name, learner in (("default", None), ("linear", dml_mod.default_outcome_learner())):
+        _, mumx, _ = dml_mod.unit_nuisances(m[:, None], t, y, x, x, folds, halves, outcome=learner,
+                                            propensity=LogisticRegression(), pca=None, random_state=0)
+        err[name] = np.mean((mumx[t == 1, 1] - mean[t == 1]) ** 2)
+    assert err["default"] < 0.25 * err["linear"], err
+
+
 def test_high_dimensional_mediator_576():
     """d = 576 runs with and without PCA; the TE (X-only nuisances) stays right. The NIE at this n is NOT
     checked: with 576 noise dimensions and n = 600 the M-models are far from their rate (docs say so)."""
@@ -264,9 +291,9 @@ def test_ovb_pieces_follow_the_contract(linear1):
     folds, _ = cross_fit_splits(data, 5, 0)
     x = data.x_design()[0]
     est = DMLMediation()
-    outcome, propensity = dml_mod.check_learners(None, None)
-    t = data.t.astype(int)
-    p1x, mux = shared_nuisances(t, data.y, x, x, folds, outcome=outcome, propensity=propensity, random_state=0)
+    propensity = dml_mod.check_learners(None, None)[1]
+    t = data.t.astype(int)  # outcome=None: the default outcome learner, chosen per regression as fit does
+    p1x, mux = shared_nuisances(t, data.y, x, x, folds, outcome=None, propensity=propensity, random_state=0)
     w1, w0 = t / p1x, (1 - t) / (1 - p1x)
     alpha = w1 / w1.mean() - w0 / w0.mean()
     resid = data.y - np.where(t == 1, mux[:, 1], mux[:, 0])
