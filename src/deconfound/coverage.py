@@ -274,6 +274,11 @@ def summarize(rows: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
     return table
 
 
+def _process(cells: pd.Series) -> pd.Series:
+    """The process of each cell name ("probit-n2000" -> "probit")."""
+    return cells.str.rsplit("-n", n=1).str[0]
+
+
 def overview(table: pd.DataFrame, fails: pd.DataFrame | None = None) -> pd.DataFrame:
     """One line per estimator and process, one column per n: the range of the 95% CIs' coverage over the
     cell's rows with a nonzero truth ("0.91-0.97"; "(truth 0)" after it when every truth is 0), ``*`` when a
@@ -282,7 +287,7 @@ def overview(table: pd.DataFrame, fails: pd.DataFrame | None = None) -> pd.DataF
     :func:`failures`)."""
     if not len(table):
         return pd.DataFrame()
-    t = table.assign(process=table.cell.str.rsplit("-n", n=1).str[0])
+    t = table.assign(process=_process(table.cell))
     raised = {} if fails is None or not len(fails) else dict(zip(zip(fails.estimator, fails.cell), fails.failed))
 
     def cell(g):
@@ -301,7 +306,7 @@ def overview(table: pd.DataFrame, fails: pd.DataFrame | None = None) -> pd.DataF
     if fails is not None and len(fails) and "n" in fails:  # a pair whose every fit raised has no table row
         have = set(zip(table.estimator, table.cell))
         gone = fails[np.array([pair not in have for pair in zip(fails.estimator, fails.cell)]) & fails.n.notna()]
-        where = pd.MultiIndex.from_arrays([gone.estimator, gone.cell.str.rsplit("-n", n=1).str[0],
+        where = pd.MultiIndex.from_arrays([gone.estimator, _process(gone.cell),
                                            gone.n.astype(int)], names=texts.index.names)
         texts = pd.concat([texts, pd.Series("(100% none)", index=where)])
     out = texts.unstack("n")

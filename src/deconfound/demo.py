@@ -17,11 +17,9 @@ from . import report as rp
 from .compare import MAX_SIGNAL_CV, compare_estimators, localization, localization_difference
 from .data import overlap_rows
 from .estimators import get_estimator
-from .study import prompts_for_signal, signal_scale
+from .study import ADJUSTED, UNADJUSTED, prompts_for_signal, signal_scale
 from .study_checks import patching_checks as _patching_checks
 from .study_checks import split_halves  # demo.split_halves, as before
-
-ADJUSTED, UNADJUSTED = "topic_mediation", "unadjusted_mediation"
 
 
 def _say(msg: str) -> None:
