@@ -202,8 +202,11 @@ class EconMLDifferenceMediation(_EconMLBase):
 
     The TE adjusts for the graph's total set; the CDE is the ATE of T with the mediator block added to the
     second-stage controls, E[mu(1,M,X) - mu(0,M,X)], averaged over everyone's (M, X). Both come from
-    DRLearner (or LinearDML) on the same data; the NIE's SE comes from the difference of the two DR score
-    vectors (DRLearner without trimming), otherwise from EconML's two SEs as if independent (flagged).
+    DRLearner (or LinearDML) on the same data and the same folds; the NIE's SE comes from the difference of the
+    two DR score vectors (DRLearner without trimming), otherwise from EconML's two SEs as if independent
+    (flagged). With separate folds for the two models, the fold-to-fold noise of the nuisances entered TE - CDE
+    but not the scores: on the linear process at n = 2,000 (100 data sets) a zero NIE had SE/SD 0.74 and its
+    test rejected 0.12; with shared folds SE/SD 1.01 and 0.02.
 
     Valid only without a T x M interaction (and with a model in which the CDE does not depend on m): then
     CDE = NDE and TE - CDE = NIE. With an interaction the CDE averages the direct effect over the mixed
@@ -234,7 +237,7 @@ class EconMLDifferenceMediation(_EconMLBase):
         effects, diagnostics, warns = {}, {}, []
         for i, u in enumerate(units):
             w = np.hstack([x_second, data.mediator(u).astype(float)])
-            cde, cde_diag = self._fit_ate(y, t, w, 1 + i)
+            cde, cde_diag = self._fit_ate(y, t, w, 0)  # the TE's folds: the nuisances' noise cancels in TE - CDE
             if te.scores is not None and cde.scores is not None:
                 nie = te - cde
             else:
