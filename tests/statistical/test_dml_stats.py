@@ -77,9 +77,8 @@ def test_default_coverage_n2000():
 
 def test_repeated_splits_stabilize_framing_nie():
     """The framing data (n = 265, shipped with statsmodels): the NIE (average) over random_state 0..7 varies
-    less with the default repeated splits than with one split. Measured with the default learners: sd 0.0164
-    with n_rep=1 against 0.0110 with the default n_rep=3 (a ratio of 0.67, the ratio of the sd of a median of
-    three independent draws to one draw's; 16 seeds: 0.0143 and 0.0116)."""
+    less with the default repeated splits than with one split. Measured: sd 0.0157 (range 0.054-0.100) with
+    n_rep=1 against 0.0065 (0.078-0.095) with the default n_rep=3."""
     frame = pd.read_csv(Path(statsmodels.__file__).parent / "stats" / "tests" / "results" / "framing.csv")
     data = MediationData.from_frame(frame, treatment="treat", outcome="cong_mesg",
                                     confounders=["age", "educ", "gender", "income"], mediators="emo")
@@ -90,4 +89,4 @@ def test_repeated_splits_stabilize_framing_nie():
                for s in range(8)]
         spread[n_rep] = np.std(nie, ddof=1)
     assert get_estimator("dml").n_rep > 1
-    assert spread[None] < 0.85 * spread[1], spread
+    assert spread[None] < 0.6 * spread[1], spread

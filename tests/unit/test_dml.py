@@ -1,5 +1,6 @@
 """DMLMediation: an independent re-implementation on the same splits, simulation truths, identities, errors."""
 import importlib
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -238,33 +239,6 @@ def test_pca_fitted_on_training_folds_only(monkeypatch):
     assert np.isfinite(res.effect("u0", "nie").estimate)
 
 
-def test_default_outcome_learner_fits_curvature():
-    """The default mu(d,M,X) on a narrow block is an additive spline ridge: on a probit outcome its out-of-fold
-    error against the true E[Y | T, M, X] is a fraction of a linear ridge's. A linear mu leaves dml consistent
-    (its propensities are right here) but its SEs too small: on the probit cell of docs/coverage.md the
-    NIE(treated) covered 0.85 (SE/SD 0.80) with the linear ridge and 0.92 (0.92) with the splines."""
-    from scipy.stats import norm
-    rng = np.random.default_rng(3)
-    n = 3000
-    topic = rng.integers(0, 3, n)
-    t = (rng.random(n) < expit(0.8 * (topic - 1))).astype(int)
-    m = 0.8 * t + 0.5 * topic + rng.normal(size=n)
-    mean = norm.cdf(2.0 * m - 1.0 + 0.4 * t - 0.3 * topic)
-    y = mean + rng.normal(0, 0.1, n)
-    x = np.eye(3)[topic][:, 1:]
-    z = np.column_stack([m, x])
-    folds = make_folds(n, 5, random_state=0)
-    halves = (rng.random(n) < 0.5).astype(int)
-    assert dml_mod.default_outcome_learner(z.shape[1]).steps[1][0] == "splinetransformer"
-    assert len(dml_mod.default_outcome_learner(dml_mod.SPLINE_MAX_COLUMNS + 1).steps) == 2  # wide: plain ridge
-    err = {}
-    for name, learner in (("default", None), ("linear", dml_mod.default_outcome_learner())):
-        _, mumx, _ = dml_mod.unit_nuisances(m[:, None], t, y, x, x, folds, halves, outcome=learner,
-                                            propensity=LogisticRegression(), pca=None, random_state=0)
-        err[name] = np.mean((mumx[t == 1, 1] - mean[t == 1]) ** 2)
-    assert err["default"] < 0.25 * err["linear"], err
-
-
 def test_high_dimensional_mediator_576():
     """d = 576 runs with and without PCA; the TE (X-only nuisances) stays right. The NIE at this n is NOT
     checked: with 576 noise dimensions and n = 600 the M-models are far from their rate (docs say so)."""
@@ -291,9 +265,9 @@ def test_ovb_pieces_follow_the_contract(linear1):
     folds, _ = cross_fit_splits(data, 5, 0)
     x = data.x_design()[0]
     est = DMLMediation()
-    propensity = dml_mod.check_learners(None, None)[1]
-    t = data.t.astype(int)  # outcome=None: the default outcome learner, chosen per regression as fit does
-    p1x, mux = shared_nuisances(t, data.y, x, x, folds, outcome=None, propensity=propensity, random_state=0)
+    outcome, propensity = dml_mod.check_learners(None, None)
+    t = data.t.astype(int)
+    p1x, mux = shared_nuisances(t, data.y, x, x, folds, outcome=outcome, propensity=propensity, random_state=0)
     w1, w0 = t / p1x, (1 - t) / (1 - p1x)
     alpha = w1 / w1.mean() - w0 / w0.mean()
     resid = data.y - np.where(t == 1, mux[:, 1], mux[:, 0])
@@ -431,3 +405,48 @@ def test_att_scores_closed_forms():
     y0 = res.diagnostics["u0"]["potential_outcomes"]["Y(0,M(0))"]
     assert te.estimate == pytest.approx(mean1 - y0.estimate, abs=1e-12)
     assert [k for k in res.effects["u0"] if k[0] == "te"] == [("te", "average")]
+
+
+def test_curvature_p_matches_statsmodels_f_test():
+    """RESET of the out-of-fold outcome regressions: per arm [1, z] against [1, z, z^2, z^3], jointly over the
+    two arms, equals statsmodels' F test of the stacked arm-specific designs."""
+    import statsmodels.api as sm
+
+    from deconfound.estimators.dml_scores import curvature_p
+    rng = np.random.default_rng(2)
+    n = 400
+    t = (rng.random(n) < 0.4).astype(int)
+    mumx = rng.normal(size=(n, 2))
+    y = np.where(t == 1, mumx[:, 1], mumx[:, 0]) + 0.2 * np.where(t == 1, mumx[:, 1], mumx[:, 0]) ** 2 \
+        + rng.normal(size=n)
+    blocks_r, blocks_f = [], []
+    for d in (0, 1):
+        f = mumx[:, d]
+        z = np.where(t == d, (f - f[t == d].mean()) / f[t == d].std(), 0.0)
+        on = (t == d).astype(float)
+        blocks_r += [on, on * z]
+        blocks_f += [on, on * z, on * z**2, on * z**3]
+    resid = y - np.where(t == 1, mumx[:, 1], mumx[:, 0])
+    full, short = sm.OLS(resid, np.column_stack(blocks_f)).fit(), sm.OLS(resid, np.column_stack(blocks_r)).fit()
+    f_stat, p, df = full.compare_f_test(short)
+    assert df == 4 and curvature_p(t, y, mumx) == pytest.approx(p, rel=1e-8)
+
+
+def test_warns_when_the_outcome_is_curved_in_the_mediator():
+    """The probit cell of docs/coverage.md (NIE(treated) covered 0.85, SE/SD 0.80 at n = 2,000): the RESET of
+    the default ridge's out-of-fold predictions rejects and the fit warns; on the linear process it does not."""
+    from deconfound.errors import CalibrationWarning
+    data, _ = topic_mediation(2000, n_topics=4, n_units=2, outcome="probit", seed=1)
+    with pytest.warns(CalibrationWarning, match=r"dml \(units \['u0'.*RESET p = .*SplineTransformer"):
+        res = DMLMediation().fit(data)
+    assert res.diagnostics["u0"]["curvature_p"] < dml_mod.CURVATURE_ALPHA
+    data, _ = topic_mediation(2000, n_topics=4, n_units=2, seed=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = DMLMediation().fit(data)
+    assert not [w for w in caught if "RESET" in str(w.message)]
+    assert all(res.diagnostics[u]["curvature_p"] > dml_mod.CURVATURE_ALPHA for u in res.units)
+    with warnings.catch_warnings(record=True) as caught:  # a learner the user chose: no advice about the default
+        warnings.simplefilter("always")
+        DMLMediation(**CHEAP).fit(topic_mediation(2000, n_topics=4, outcome="probit", seed=1)[0])
+    assert not [w for w in caught if "RESET" in str(w.message)]

@@ -25,7 +25,7 @@ from sklearn.base import clone
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegressionCV, RidgeCV
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import SplineTransformer, StandardScaler
+from sklearn.preprocessing import StandardScaler
 
 from .._calibration import few, warn_uncalibrated
 from ..errors import DataError, PositivityError
@@ -40,25 +40,13 @@ from .dml_scores import CONTRASTS, TERMS, aggregate_unit, overlap_rows, unit_eff
 
 POPULATIONS = ("ate", "att")
 N_REP, TRIM, CLIP = 3, 0.0, 0.01  # defaults: see DMLMediation's docstring
-# input columns up to which the default outcome learner adds cubic splines of each column (see DMLMediation)
-SPLINE_MAX_COLUMNS = 20
+CURVATURE_ALPHA = 0.001  # RESET p-value of the default outcome regressions below which a fit warns
 
 
 # ---- learners -------------------------------------------------------------------------------------------
-def default_outcome_learner(n_columns: int | None = None):
-    """Standardize, then ridge regression with the penalty chosen by efficient leave-one-out CV.
-
-    With ``n_columns`` at most SPLINE_MAX_COLUMNS, every column is first expanded into cubic B-splines
-    (5 uniform knots, linear beyond the training range), so that the ridge fits an additive curve."""
-    ridge = RidgeCV(alphas=np.logspace(-3, 4, 15))
-    if n_columns is not None and n_columns <= SPLINE_MAX_COLUMNS:
-        return make_pipeline(StandardScaler(), SplineTransformer(n_knots=5, degree=3, extrapolation="linear"), ridge)
-    return make_pipeline(StandardScaler(), ridge)
-
-
-def outcome_for(learner, n_columns: int):
-    """``learner``, or the default outcome learner for a regression on ``n_columns`` inputs when it is None."""
-    return default_outcome_learner(n_columns) if learner is None else learner
+def default_outcome_learner():
+    """Standardize, then ridge regression with the penalty chosen by efficient leave-one-out CV."""
+    return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 15)))
 
 
 def default_propensity_learner(*, legacy_attributes: bool = False, cv=3):
@@ -165,8 +153,8 @@ def shared_nuisances(t, y, x_first, x_total, folds, *, outcome, propensity, rand
         p1x[test] = _fit_predict_proba(propensity, child_seed(random_state, 2, k), x_first, t, train, test,
                                        "p(X)", k)
         for d in (0, 1):
-            mux[test, d] = _fit_predict(outcome_for(outcome, x_total.shape[1]), child_seed(random_state, 3, k, d),
-                                        x_total, y, train & (t == d), [test], f"mu({d},X)", k)[0]
+            mux[test, d] = _fit_predict(outcome, child_seed(random_state, 3, k, d), x_total, y, train & (t == d),
+                                        [test], f"mu({d},X)", k)[0]
     return p1x, mux
 
 
@@ -186,12 +174,12 @@ def unit_nuisances(m, t, y, x_first, x_second, folds, halves, *, outcome, propen
         z = np.hstack([feats, x_second])
         p1mx[test] = _fit_predict_proba(propensity, child_seed(random_state, 5, k), z, t, train, test, "p(M,X)", k)
         for d in (0, 1):
-            on_test, on_b = _fit_predict(outcome_for(outcome, z.shape[1]), child_seed(random_state, 6, k, d), z, y,
-                                         a & (t == d), [test, b], f"mu({d},M,X)", k)
+            on_test, on_b = _fit_predict(outcome, child_seed(random_state, 6, k, d), z, y, a & (t == d), [test, b],
+                                         f"mu({d},M,X)", k)
             nested = np.zeros(n)
             nested[b] = on_b
-            omega[test, d] = _fit_predict(outcome_for(outcome, x_first.shape[1]), child_seed(random_state, 7, k, d),
-                                          x_first, nested, b & (t == 1 - d), [test], f"omega({d},X)", k)[0]
+            omega[test, d] = _fit_predict(outcome, child_seed(random_state, 7, k, d), x_first, nested,
+                                          b & (t == 1 - d), [test], f"omega({d},X)", k)[0]
             mumx[test, d] = on_test
     return p1mx, mumx, omega
 
@@ -216,8 +204,7 @@ class DMLMediation(MediationEstimator):
     Parameters
     ----------
     outcome_learner : scikit-learn regressor for mu(d,M,X), mu(d,X) and omega(d,X); cloned per fold and
-        seeded. Default: standardize + ``RidgeCV``, on cubic B-splines of every input column when the
-        regression has at most SPLINE_MAX_COLUMNS (20) inputs (:func:`default_outcome_learner`; see Notes).
+        seeded. Default: standardize + ``RidgeCV``.
     propensity_learner : scikit-learn classifier with ``predict_proba`` for p(X) and p(M,X). Default:
         standardize + ``LogisticRegressionCV(scoring="neg_log_loss")`` (L2).
     n_folds : K for cross-fitting (default 5). Folds come from :func:`deconfound.folds.data_folds` with
@@ -256,20 +243,18 @@ class DMLMediation(MediationEstimator):
     grows with the outcome models' error (the cap is a wrong p(M,X), corrected only by mu(d,M,X)); 0.01 keeps
     the weights below 100 / p(X) and bites only on near-separated rows.
 
-    Outcome learner. A linear mu(d,M,X) that misses the outcome's curvature leaves the estimator consistent
-    while p(X) and p(M,X) are right, but its estimated influence function omits the error of the fitted
-    propensities, so the SE is too small. On the probit process of docs/coverage.md (Y = Phi(index) + noise;
-    n = 2,000, 100 data sets) the plain ridge gave NIE(treated) coverage 0.85 with SE/SD 0.80; the ridge on
-    cubic B-splines of each column gave 0.92 with SE/SD 0.92, and 0.91-0.98 on the linear process (the plain
-    ridge: 0.92-0.98). Gradient boosting (HistGradientBoostingRegressor, 40 data sets) gave 0.925 but a TE
-    SE 27% too wide and an NIE(treated) bias of -0.35 SE. Splines multiply the columns by 7, so regressions
-    with more than SPLINE_MAX_COLUMNS inputs (a wide block) keep the plain ridge.
+    Outcome learner. A linear mu(d,M,X) that misses the outcome's curve leaves the estimator consistent while
+    p(X) and p(M,X) are right, but its estimated influence function omits the error of the fitted
+    propensities, so the SE is too small: on the probit process of docs/coverage.md (n = 2,000) NIE(treated)
+    covered 0.85 with SE/SD 0.80. A ridge on cubic B-splines of each column covered 0.91-0.98 there, but where
+    the mediator nearly separates the arms (the interaction process) its extrapolation into the other arm's
+    range of M biased NIE and NDE (coverage 0.81-0.89, against 0.92-0.95 for the ridge), so the default stays
+    linear. Each fit tests its outcome regressions instead (``curvature_p``) and warns below CURVATURE_ALPHA.
 
     Repeated splits. On the framing data shipped with statsmodels (n = 265), the NIE (average) over
-    ``random_state`` 0..15 ranged 0.054-0.103 (sd 0.014, about 0.6 SE) with one split, 0.051-0.094 (sd 0.012)
-    with ``n_rep=3`` and 0.060-0.094 (sd 0.009) with ``n_rep=5``; the SE grew by 14% and 16%. (With the plain
-    ridge of earlier versions the sds were 0.016, 0.0065 and 0.0061 over seeds 0..7.) The split spread is part
-    of the SE; five splits cost 5/3 of three, so the default stays 3.
+    ``random_state`` 0..7 ranged 0.054-0.100 (sd 0.016, about 0.7 SE) with one split, 0.078-0.095 (sd 0.0065)
+    with ``n_rep=3`` and 0.080-0.095 (sd 0.0061) with ``n_rep=5``; the SE grew by 12% and 9%. Five splits cost
+    5/3 of three for little more stability, so the default is 3 (three times the cost of one split).
 
     ``result.effects[unit]`` holds nie/nde for arms control/treated/average, one te row ("te", "average")
     and prop_mediated. With ``n_rep`` > 1 every effect (also NDE, averages and prop_mediated) is aggregated
@@ -278,7 +263,8 @@ class DMLMediation(MediationEstimator):
     aggregated SE, so differences with other Effects carry the split variance approximately.
 
     ``result.diagnostics[unit]`` holds ``n_kept``, ``n_trimmed``, ``n_clipped``, ``trim``, ``clip``,
-    ``n_rep``, the propensity ranges, ``potential_outcomes`` (the four E[Y(d, M(d'))] as Effects), ``ovb``
+    ``n_rep``, ``curvature_p`` (:func:`~deconfound.estimators.dml_scores.curvature_p`, the median over the
+    splits; below CURVATURE_ALPHA a fit with the default outcome learner warns), the propensity ranges, ``potential_outcomes`` (the four E[Y(d, M(d'))] as Effects), ``ovb``
     and, with ``n_rep`` > 1, ``split``: per (effect, arm) the per-split ``estimates`` and ``ses`` and their
     ``min``, ``max`` and ``sd``.
 
@@ -374,7 +360,6 @@ class DMLMediation(MediationEstimator):
         """
         units = check_units(data, units)
         outcome, propensity = self._check(data)
-        outcome = None if self.outcome_learner is None else outcome  # the default is chosen per regression width
         g, adj = resolve(graph, data)
         data = attach_roles(data, cluster, weights)  # the roles follow the rows positivity may drop
         data = check_positivity(data, adj.union, drop_unsupported=self.drop_unsupported, what="DML mediation")
@@ -403,6 +388,11 @@ class DMLMediation(MediationEstimator):
             out = run_tasks(_fit_unit, [data.mediator(u) for u in units], backend=backend, n_jobs=n_jobs,
                             shared=common, progress=bool(progress), desc="dml: units")
         n_trimmed = int((~keep).sum())
+        curved = [u for u, (_, diag) in zip(units, out) if diag["curvature_p"] < CURVATURE_ALPHA]
+        if curved and self.outcome_learner is None:
+            p = out[units.index(curved[0])][1]["curvature_p"]
+            warn_uncalibrated("dml-curved", n=data.n, n_treated=data.n_treated, curved=True,
+                              what=f" (units {few(curved)}: RESET p = {p:.2g} for {curved[0]!r})")
         effects, diagnostics, warns = {}, {}, []
         for u, (eff, diag) in zip(units, out):
             effects[u] = eff

@@ -18,6 +18,7 @@ is divided by its mean (Hajek form; each has expectation 1 in both populations).
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 
 from ..errors import PositivityError
 from ..inference import Effect
@@ -117,6 +118,29 @@ def ovb_stages(terms, coef, residuals):
     return [(a, r) for a, r in pairs if np.ndim(a) and np.any(a != 0)]
 
 
+def curvature_p(t, y, mumx) -> float:
+    """p-value of Ramsey's RESET on the out-of-fold outcome regressions: within each arm d, the residual
+    Y - mu(d,M,X) is regressed on [1, z, z^2, z^3] (z: the standardized mu(d,M,X); 1 and z absorb the ridge's
+    shrinkage) and z^2, z^3 of both arms are F-tested jointly (4 df). A small p: mu misses the outcome's curve."""
+    rss = np.zeros(2)
+    df = 0
+    for d in (0, 1):
+        rows = t == d
+        if rows.sum() < 8:
+            return float("nan")
+        f = mumx[rows, d]
+        z = (f - f.mean()) / max(float(f.std()), 1e-300)
+        r = y[rows] - f
+        for i, design in enumerate((np.column_stack([np.ones_like(z), z]),
+                                    np.column_stack([np.ones_like(z), z, z**2, z**3]))):
+            coef, *_ = np.linalg.lstsq(design, r, rcond=None)
+            rss[i] += float(((r - design @ coef) ** 2).sum())
+        df += int(rows.sum()) - 4
+    if rss[1] <= 0:
+        return float("nan")
+    return float(stats.f.sf((rss[0] - rss[1]) / 4 / (rss[1] / df), 4, df))
+
+
 def unit_effects(t, y, keep, shared, unit_nuis, *, clip, normalize, population, level, cluster=None, weights=None):
     """Effects, OVB pieces and diagnostics of one unit on one sample split."""
     p1x, mux = shared
@@ -145,7 +169,8 @@ def unit_effects(t, y, keep, shared, unit_nuis, *, clip, normalize, population, 
         for k, c in ((a1, 0.5), (b1, -0.5), (a0, 0.5), (b0, -0.5)):
             coefs[(kind, "average")][k] = coefs[(kind, "average")].get(k, 0.0) + c
     ovb = {key: _ovb(keep, ovb_stages(terms, coef, residuals)) for key, coef in coefs.items()}
-    diag = {"n_clipped": n_clipped, "pmx_range": (float(p1mx.min()), float(p1mx.max())),
+    diag = {"n_clipped": n_clipped, "curvature_p": curvature_p(tk, yk, m_k),
+            "pmx_range": (float(p1mx.min()), float(p1mx.max())),
             "px_range": (float(p1x.min()), float(p1x.max())),
             "potential_outcomes": {f"Y({a},M({b}))": pos[(a, b)] for a, b in TERMS}, "ovb": ovb}
     return effects, diag
@@ -192,6 +217,7 @@ def aggregate_unit(per_rep: list, level: float):
                          "psi_nu2": np.mean([d["ovb"][key]["psi_nu2"] for _, d in per_rep], axis=0)}
                    for key in first["ovb"]}
     diag["n_clipped"] = int(np.median([d["n_clipped"] for _, d in per_rep]))
+    diag["curvature_p"] = float(np.median([d["curvature_p"] for _, d in per_rep]))
     split = {}
     for key in effects:
         est = np.array([eff[key].estimate for eff, _ in per_rep])
