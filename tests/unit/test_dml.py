@@ -408,28 +408,33 @@ def test_att_scores_closed_forms():
 
 
 def test_curvature_p_matches_statsmodels_f_test():
-    """RESET of the out-of-fold outcome regressions: per arm [1, z] against [1, z, z^2, z^3], jointly over the
-    two arms, equals statsmodels' F test of the stacked arm-specific designs."""
+    """RESET of the out-of-fold outcome regressions: per arm [1, z, x] against [1, z, x, z^2, z^3], jointly over
+    the two arms, equals statsmodels' F test of the stacked arm-specific designs."""
     import statsmodels.api as sm
 
     from deconfound.estimators.dml_scores import curvature_p
     rng = np.random.default_rng(2)
     n = 400
     t = (rng.random(n) < 0.4).astype(int)
-    mumx = rng.normal(size=(n, 2))
-    y = np.where(t == 1, mumx[:, 1], mumx[:, 0]) + 0.2 * np.where(t == 1, mumx[:, 1], mumx[:, 0]) ** 2 \
-        + rng.normal(size=n)
+    x = np.eye(3)[rng.integers(0, 3, n)][:, 1:]
+    mumx = rng.normal(size=(n, 2)) + x[:, :1]
+    fit = np.where(t == 1, mumx[:, 1], mumx[:, 0])
+    y = fit + 0.2 * fit**2 + x[:, 1] + rng.normal(size=n)
     blocks_r, blocks_f = [], []
     for d in (0, 1):
         f = mumx[:, d]
         z = np.where(t == d, (f - f[t == d].mean()) / f[t == d].std(), 0.0)
         on = (t == d).astype(float)
-        blocks_r += [on, on * z]
-        blocks_f += [on, on * z, on * z**2, on * z**3]
-    resid = y - np.where(t == 1, mumx[:, 1], mumx[:, 0])
-    full, short = sm.OLS(resid, np.column_stack(blocks_f)).fit(), sm.OLS(resid, np.column_stack(blocks_r)).fit()
+        base = [on, on * z, on * x[:, 0], on * x[:, 1]]
+        blocks_r += base
+        blocks_f += base + [on * z**2, on * z**3]
+    full = sm.OLS(y - fit, np.column_stack(blocks_f)).fit()
+    short = sm.OLS(y - fit, np.column_stack(blocks_r)).fit()
     f_stat, p, df = full.compare_f_test(short)
-    assert df == 4 and curvature_p(t, y, mumx) == pytest.approx(p, rel=1e-8)
+    assert df == 4 and curvature_p(t, y, mumx, x) == pytest.approx(p, rel=1e-8)
+    assert curvature_p(t, y, mumx, x) < 1e-6  # the z^2 term is there
+    flat = fit + x[:, 1] + rng.normal(size=n)
+    assert curvature_p(t, flat, mumx, x) > 0.01
 
 
 def test_warns_when_the_outcome_is_curved_in_the_mediator():

@@ -192,7 +192,8 @@ def _fit_unit(m, t, y, x_first, x_second, keep, splits, settings):
                               propensity=settings["propensity"], pca=settings["pca"], random_state=seed)
         per_rep.append(unit_effects(t, y, keep, shared, nuis, clip=settings["clip"],
                                     normalize=settings["normalize"], population=settings["population"],
-                                    level=settings["level"], cluster=settings["cluster"], weights=settings["weights"]))
+                                    level=settings["level"], cluster=settings["cluster"], weights=settings["weights"],
+                                    x=x_second))
     return aggregate_unit(per_rep, settings["level"])
 
 

@@ -118,31 +118,37 @@ def ovb_stages(terms, coef, residuals):
     return [(a, r) for a, r in pairs if np.ndim(a) and np.any(a != 0)]
 
 
-def curvature_p(t, y, mumx) -> float:
+def curvature_p(t, y, mumx, x=None) -> float:
     """p-value of Ramsey's RESET on the out-of-fold outcome regressions: within each arm d, the residual
-    Y - mu(d,M,X) is regressed on [1, z, z^2, z^3] (z: the standardized mu(d,M,X); 1 and z absorb the ridge's
-    shrinkage) and z^2, z^3 of both arms are F-tested jointly (4 df). A small p: mu misses the outcome's curve."""
-    rss = np.zeros(2)
-    df = 0
+    Y - mu(d,M,X) is regressed on [1, z, x, z^2, z^3] (z: the standardized mu(d,M,X); 1, z and the covariates
+    ``x`` absorb the ridge's shrinkage) and z^2, z^3 of both arms are F-tested jointly. A small p: mu misses
+    the outcome's curve."""
+    x = np.zeros((len(t), 0)) if x is None else np.asarray(x, dtype=float).reshape(len(t), -1)
+    rss, df, k = np.zeros(2), 0, 0
     for d in (0, 1):
         rows = t == d
-        if rows.sum() < 8:
-            return float("nan")
         f = mumx[rows, d]
         z = (f - f.mean()) / max(float(f.std()), 1e-300)
         r = y[rows] - f
-        for i, design in enumerate((np.column_stack([np.ones_like(z), z]),
-                                    np.column_stack([np.ones_like(z), z, z**2, z**3]))):
+        base = np.column_stack([np.ones_like(z), z, x[rows]])
+        designs = (base, np.column_stack([base, z**2, z**3]))
+        ranks = [np.linalg.matrix_rank(a) for a in designs]
+        if int(rows.sum()) - ranks[1] < 4:
+            return float("nan")
+        for i, design in enumerate(designs):
             coef, *_ = np.linalg.lstsq(design, r, rcond=None)
             rss[i] += float(((r - design @ coef) ** 2).sum())
-        df += int(rows.sum()) - 4
-    if rss[1] <= 0:
+        df += int(rows.sum()) - ranks[1]
+        k += ranks[1] - ranks[0]
+    if rss[1] <= 0 or k == 0:
         return float("nan")
-    return float(stats.f.sf((rss[0] - rss[1]) / 4 / (rss[1] / df), 4, df))
+    return float(stats.f.sf((rss[0] - rss[1]) / k / (rss[1] / df), k, df))
 
 
-def unit_effects(t, y, keep, shared, unit_nuis, *, clip, normalize, population, level, cluster=None, weights=None):
-    """Effects, OVB pieces and diagnostics of one unit on one sample split."""
+def unit_effects(t, y, keep, shared, unit_nuis, *, clip, normalize, population, level, cluster=None, weights=None,
+                 x=None):
+    """Effects, OVB pieces and diagnostics of one unit on one sample split (``x``: the outcome models'
+    covariates, for the RESET of :func:`curvature_p`)."""
     p1x, mux = shared
     p1mx, mumx, omega = unit_nuis
     tk, yk = t[keep], y[keep]
@@ -169,7 +175,7 @@ def unit_effects(t, y, keep, shared, unit_nuis, *, clip, normalize, population, 
         for k, c in ((a1, 0.5), (b1, -0.5), (a0, 0.5), (b0, -0.5)):
             coefs[(kind, "average")][k] = coefs[(kind, "average")].get(k, 0.0) + c
     ovb = {key: _ovb(keep, ovb_stages(terms, coef, residuals)) for key, coef in coefs.items()}
-    diag = {"n_clipped": n_clipped, "curvature_p": curvature_p(tk, yk, m_k),
+    diag = {"n_clipped": n_clipped, "curvature_p": curvature_p(tk, yk, m_k, None if x is None else x[keep]),
             "pmx_range": (float(p1mx.min()), float(p1mx.max())),
             "px_range": (float(p1x.min()), float(p1x.max())),
             "potential_outcomes": {f"Y({a},M({b}))": pos[(a, b)] for a, b in TERMS}, "ovb": ovb}
