@@ -47,7 +47,8 @@ RULES = (
                  "reduce the block (pca=k), add rows, or use parametric, which covered 0.93-1.00 in both cells",
                  problem="the cross-validated penalties shrink the mediator's coefficients and the NIE toward 0"),
     Uncalibrated("dml-curved", lambda f: f.get("curved", False),
-                 "an outcome curved in the mediator (RESET of the out-of-fold ridge outcome regressions, p < 0.001)",
+                 "an outcome curved in the mediator (RESET of the out-of-fold ridge outcome regressions: p < "
+                 "0.001, the curve at least 5% of the residual sum of squares)",
                  "on the probit process at n = 2,000 (Y = Phi(index) + noise) the NIE(treated) covered 0.85 with "
                  "SE/SD 0.80 (100 data sets); dml stays consistent through its propensity models, but the linear "
                  "ridge leaves their estimation error out of the SE",

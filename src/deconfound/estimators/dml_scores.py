@@ -118,11 +118,11 @@ def ovb_stages(terms, coef, residuals):
     return [(a, r) for a, r in pairs if np.ndim(a) and np.any(a != 0)]
 
 
-def curvature_p(t, y, mumx, x=None) -> float:
-    """p-value of Ramsey's RESET on the out-of-fold outcome regressions: within each arm d, the residual
-    Y - mu(d,M,X) is regressed on [1, z, x, z^2, z^3] (z: the standardized mu(d,M,X); 1, z and the covariates
-    ``x`` absorb the ridge's shrinkage) and z^2, z^3 of both arms are F-tested jointly. A small p: mu misses
-    the outcome's curve."""
+def curvature(t, y, mumx, x=None) -> tuple[float, float]:
+    """Ramsey's RESET on the out-of-fold outcome regressions: ``(p, share)``. Within each arm d, the residual
+    Y - mu(d,M,X) is regressed on [1, z, x] and on [1, z, x, z^2, z^3] (z: the standardized mu(d,M,X); 1, z and
+    the covariates ``x`` absorb the ridge's shrinkage); p is the F test of z^2, z^3 of both arms jointly and
+    share the part of the first fit's residual sum of squares that they explain (how much curve mu misses)."""
     x = np.zeros((len(t), 0)) if x is None else np.asarray(x, dtype=float).reshape(len(t), -1)
     rss, df, k = np.zeros(2), 0, 0
     for d in (0, 1):
@@ -134,21 +134,21 @@ def curvature_p(t, y, mumx, x=None) -> float:
         designs = (base, np.column_stack([base, z**2, z**3]))
         ranks = [np.linalg.matrix_rank(a) for a in designs]
         if int(rows.sum()) - ranks[1] < 4:
-            return float("nan")
+            return float("nan"), float("nan")
         for i, design in enumerate(designs):
             coef, *_ = np.linalg.lstsq(design, r, rcond=None)
             rss[i] += float(((r - design @ coef) ** 2).sum())
         df += int(rows.sum()) - ranks[1]
         k += ranks[1] - ranks[0]
     if rss[1] <= 0 or k == 0:
-        return float("nan")
-    return float(stats.f.sf((rss[0] - rss[1]) / k / (rss[1] / df), k, df))
+        return float("nan"), float("nan")
+    return float(stats.f.sf((rss[0] - rss[1]) / k / (rss[1] / df), k, df)), float((rss[0] - rss[1]) / rss[0])
 
 
 def unit_effects(t, y, keep, shared, unit_nuis, *, clip, normalize, population, level, cluster=None, weights=None,
                  x=None):
     """Effects, OVB pieces and diagnostics of one unit on one sample split (``x``: the outcome models'
-    covariates, for the RESET of :func:`curvature_p`)."""
+    covariates, for the RESET of :func:`curvature`)."""
     p1x, mux = shared
     p1mx, mumx, omega = unit_nuis
     tk, yk = t[keep], y[keep]
@@ -175,7 +175,8 @@ def unit_effects(t, y, keep, shared, unit_nuis, *, clip, normalize, population, 
         for k, c in ((a1, 0.5), (b1, -0.5), (a0, 0.5), (b0, -0.5)):
             coefs[(kind, "average")][k] = coefs[(kind, "average")].get(k, 0.0) + c
     ovb = {key: _ovb(keep, ovb_stages(terms, coef, residuals)) for key, coef in coefs.items()}
-    diag = {"n_clipped": n_clipped, "curvature_p": curvature_p(tk, yk, m_k, None if x is None else x[keep]),
+    curve_p, curve_share = curvature(tk, yk, m_k, None if x is None else x[keep])
+    diag = {"n_clipped": n_clipped, "curvature_p": curve_p, "curvature_share": curve_share,
             "pmx_range": (float(p1mx.min()), float(p1mx.max())),
             "px_range": (float(p1x.min()), float(p1x.max())),
             "potential_outcomes": {f"Y({a},M({b}))": pos[(a, b)] for a, b in TERMS}, "ovb": ovb}
@@ -223,7 +224,8 @@ def aggregate_unit(per_rep: list, level: float):
                          "psi_nu2": np.mean([d["ovb"][key]["psi_nu2"] for _, d in per_rep], axis=0)}
                    for key in first["ovb"]}
     diag["n_clipped"] = int(np.median([d["n_clipped"] for _, d in per_rep]))
-    diag["curvature_p"] = float(np.median([d["curvature_p"] for _, d in per_rep]))
+    for key in ("curvature_p", "curvature_share"):
+        diag[key] = float(np.median([d[key] for _, d in per_rep]))
     split = {}
     for key in effects:
         est = np.array([eff[key].estimate for eff, _ in per_rep])
