@@ -118,31 +118,42 @@ def ovb_stages(terms, coef, residuals):
     return [(a, r) for a, r in pairs if np.ndim(a) and np.any(a != 0)]
 
 
+def _hc3_wald(design, r, cols):
+    """Wald statistic and its degrees of freedom for the coefficients ``cols`` of the OLS fit of ``r`` on
+    ``design``, with the HC3 covariance (MacKinnon & White 1985), so that an unequal noise variance is no curve."""
+    bread = np.linalg.pinv(design.T @ design)
+    coef = bread @ (design.T @ r)
+    resid = r - design @ coef
+    lev = np.einsum("ij,jk,ik->i", design, bread, design)
+    meat = (design.T * (resid / np.clip(1 - lev, 1e-12, None)) ** 2) @ design
+    cov = (bread @ meat @ bread)[np.ix_(cols, cols)]
+    return float(coef[cols] @ np.linalg.pinv(cov) @ coef[cols]), int(np.linalg.matrix_rank(cov))
+
+
 def curvature(t, y, mumx, x=None) -> tuple[float, float]:
     """Ramsey's RESET on the out-of-fold outcome regressions: ``(p, share)``. Within each arm d, the residual
-    Y - mu(d,M,X) is regressed on [1, z, x] and on [1, z, x, z^2, z^3] (z: the standardized mu(d,M,X); 1, z and
-    the covariates ``x`` absorb the ridge's shrinkage); p is the F test of z^2, z^3 of both arms jointly and
-    share the part of the first fit's residual sum of squares that they explain (how much curve mu misses)."""
+    Y - mu(d,M,X) is regressed on [1, z, x, z^2, z^3] (z: the standardized mu(d,M,X); 1, z and the covariates
+    ``x`` absorb the ridge's shrinkage); p is the HC3-robust Wald test of z^2, z^3 of both arms jointly and
+    share the part of the residual sum of squares without them that they explain (how much curve mu misses)."""
     x = np.zeros((len(t), 0)) if x is None else np.asarray(x, dtype=float).reshape(len(t), -1)
-    rss, df, k = np.zeros(2), 0, 0
+    rss, wald, k = np.zeros(2), 0.0, 0
     for d in (0, 1):
         rows = t == d
         f = mumx[rows, d]
         z = (f - f.mean()) / max(float(f.std()), 1e-300)
         r = y[rows] - f
         base = np.column_stack([np.ones_like(z), z, x[rows]])
-        designs = (base, np.column_stack([base, z**2, z**3]))
-        ranks = [np.linalg.matrix_rank(a) for a in designs]
-        if int(rows.sum()) - ranks[1] < 4:
+        full = np.column_stack([base, z**2, z**3])
+        if int(rows.sum()) - np.linalg.matrix_rank(full) < 4:
             return float("nan"), float("nan")
-        for i, design in enumerate(designs):
+        for i, design in enumerate((base, full)):
             coef, *_ = np.linalg.lstsq(design, r, rcond=None)
             rss[i] += float(((r - design @ coef) ** 2).sum())
-        df += int(rows.sum()) - ranks[1]
-        k += ranks[1] - ranks[0]
-    if rss[1] <= 0 or k == 0:
+        stat, rank = _hc3_wald(full, r, [full.shape[1] - 2, full.shape[1] - 1])
+        wald, k = wald + stat, k + rank
+    if rss[0] <= 0 or k == 0:
         return float("nan"), float("nan")
-    return float(stats.f.sf((rss[0] - rss[1]) / k / (rss[1] / df), k, df)), float((rss[0] - rss[1]) / rss[0])
+    return float(stats.chi2.sf(wald, k)), float((rss[0] - rss[1]) / rss[0])
 
 
 def unit_effects(t, y, keep, shared, unit_nuis, *, clip, normalize, population, level, cluster=None, weights=None,
