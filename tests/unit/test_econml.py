@@ -146,3 +146,26 @@ def test_difference_method_shares_the_te_folds():
     nie, te = res.effect("flat", "nie", "average"), res.effect("flat", "te", "average")
     assert abs(nie.estimate) < 1e-9 * abs(te.estimate) and nie.se < 1e-9 * te.se
     assert res.effect("flat", "nde", "average").estimate == pytest.approx(te.estimate, rel=1e-9)
+
+
+def test_failed_sensitivity_analysis_keeps_the_effects_and_says_so():
+    """EconML's sensitivity step can raise (negative OVB pieces when a mediator nearly separates the arms and
+    the propensities are barely clipped); the effects are kept, the robustness values are NaN and a warning
+    names the unit."""
+    import numpy as np
+
+    from deconfound.data import MediationData
+    rng = np.random.default_rng(1)
+    n = 2000
+    x = rng.normal(size=n)
+    g = (x > 0).astype(float)
+    t = (rng.random(n) < 0.5).astype(int)
+    m = t * (0.5 + 2.5 * g) + rng.normal(size=n)
+    y = t * (1 + 2 * g) + m + rng.normal(size=n)
+    data = MediationData.from_arrays(t=t, y=y, mediators={"M": np.column_stack([m, m * g])},
+                                     x=np.column_stack([x, g]))
+    res = EconMLDifferenceMediation(min_propensity=0.001).fit(data)
+    cde = res.diagnostics["M"]["cde"]
+    assert "sensitivity_error" in cde["econml"] and np.isnan(cde["robustness_value"])
+    assert any("sensitivity analysis failed" in w and "'M'" in w for w in res.warnings)
+    assert np.isfinite(res.effect("M", "nie", "average").estimate)

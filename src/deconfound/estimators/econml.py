@@ -113,16 +113,22 @@ class _EconMLBase(MediationEstimator):
         kwargs = dict(T=1) if self.method == "dr" else {}
         alpha = 1 - float(self.level)
         sens = dict(c_y=self.c_y, c_t=self.c_t, rho=self.rho, alpha=alpha)
-        econ = {
-            "ate": ate, "stderr": se, "sensitivity_summary": str(est.sensitivity_summary(**kwargs, **sens)),
-            "sensitivity_interval_theta": tuple(map(float, est.sensitivity_interval(
-                **kwargs, **sens, interval_type="theta"))),
-            "sensitivity_interval_ci": tuple(map(float, est.sensitivity_interval(**kwargs, **sens,
-                                                                                interval_type="ci"))),
-            "robustness_value": float(est.robustness_value(**kwargs, alpha=alpha, interval_type="ci")),
-            "robustness_value_theta": float(est.robustness_value(**kwargs, alpha=alpha, interval_type="theta")),
-            "c_y": self.c_y, "c_t": self.c_t, "rho": self.rho,
-        }
+        econ = {"ate": ate, "stderr": se, "c_y": self.c_y, "c_t": self.c_t, "rho": self.rho}
+        try:
+            econ.update({
+                "sensitivity_summary": str(est.sensitivity_summary(**kwargs, **sens)),
+                "sensitivity_interval_theta": tuple(map(float, est.sensitivity_interval(
+                    **kwargs, **sens, interval_type="theta"))),
+                "sensitivity_interval_ci": tuple(map(float, est.sensitivity_interval(**kwargs, **sens,
+                                                                                    interval_type="ci"))),
+                "robustness_value": float(est.robustness_value(**kwargs, alpha=alpha, interval_type="ci")),
+                "robustness_value_theta": float(est.robustness_value(**kwargs, alpha=alpha,
+                                                                     interval_type="theta"))})
+        except ValueError as exc:  # EconML's OVB pieces can come out negative (near-separated propensities)
+            econ.update({"sensitivity_summary": f"not available: EconML raised {exc}",
+                         "sensitivity_interval_theta": (np.nan, np.nan), "sensitivity_interval_ci": (np.nan, np.nan),
+                         "robustness_value": np.nan, "robustness_value_theta": np.nan,
+                         "sensitivity_error": str(exc)})
         diag = {"n_outside_clip": int(((p1 < clip) | (p1 > 1 - clip)).sum()), "min_propensity": clip,
                 "propensity_range": (float(p1.min()), float(p1.max())), "n_trimmed": trimmed,
                 "robustness_value": econ["robustness_value"], "econml": econ}
@@ -137,6 +143,9 @@ class _EconMLBase(MediationEstimator):
                 if d["n_outside_clip"]:
                     warns.append(f"unit {u!r}{' ' + part if part else ''}: {d['n_outside_clip']} propensities "
                                  f"outside ({d['min_propensity']}, {1 - d['min_propensity']}) were clipped")
+                if "sensitivity_error" in d["econml"]:
+                    warns.append(f"unit {u!r}{' ' + part if part else ''}: EconML's sensitivity analysis failed "
+                                 f"({d['econml']['sensitivity_error']}); its robustness values are NaN")
         return MediationResult(
             estimator=self.name, effects=effects, n=data.n, n_treated=data.n_treated, population="ate",
             graph=g.name, adjustment=adj.as_dict(), level=float(self.level), random_state=self.random_state,
@@ -171,7 +180,9 @@ class EconMLTotalEffect(_EconMLBase):
     scores, so its SE equals EconML's ``stderr_mean`` and it can be differenced with other score-based
     Effects on the same rows. ``diagnostics[unit]`` holds ``n_outside_clip``, ``propensity_range``,
     ``robustness_value`` and ``econml`` (``sensitivity_summary`` as text, ``sensitivity_interval_theta`` /
-    ``_ci``, ``robustness_value`` / ``_theta`` at ``alpha = 1 - level``).
+    ``_ci``, ``robustness_value`` / ``_theta`` at ``alpha = 1 - level``). When EconML's sensitivity step raises
+    (its OVB pieces can come out negative when the propensities are near 0 or 1), the effects are kept, those
+    values are NaN, ``econml["sensitivity_error"]`` holds the message and the result carries a warning.
 
     Examples
     --------
