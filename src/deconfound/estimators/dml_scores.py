@@ -119,15 +119,17 @@ def ovb_stages(terms, coef, residuals):
 
 
 def _hc3_wald(design, r, cols):
-    """Wald statistic and its degrees of freedom for the coefficients ``cols`` of the OLS fit of ``r`` on
-    ``design``, with the HC3 covariance (MacKinnon & White 1985), so that an unequal noise variance is no curve."""
+    """Wald statistic, its degrees of freedom and the residual sum of squares of the OLS fit of ``r`` on
+    ``design``, testing the coefficients ``cols`` with the HC3 covariance (MacKinnon & White 1985), so that an
+    unequal noise variance is no curve."""
     bread = np.linalg.pinv(design.T @ design)
     coef = bread @ (design.T @ r)
     resid = r - design @ coef
     lev = np.einsum("ij,jk,ik->i", design, bread, design)
     meat = (design.T * (resid / np.clip(1 - lev, 1e-12, None)) ** 2) @ design
     cov = (bread @ meat @ bread)[np.ix_(cols, cols)]
-    return float(coef[cols] @ np.linalg.pinv(cov) @ coef[cols]), int(np.linalg.matrix_rank(cov))
+    return (float(coef[cols] @ np.linalg.pinv(cov) @ coef[cols]), int(np.linalg.matrix_rank(cov)),
+            float(resid @ resid))
 
 
 def curvature(t, y, mumx, x=None) -> tuple[float, float]:
@@ -146,10 +148,9 @@ def curvature(t, y, mumx, x=None) -> tuple[float, float]:
         full = np.column_stack([base, z**2, z**3])
         if int(rows.sum()) - np.linalg.matrix_rank(full) < 4:
             return float("nan"), float("nan")
-        for i, design in enumerate((base, full)):
-            coef, *_ = np.linalg.lstsq(design, r, rcond=None)
-            rss[i] += float(((r - design @ coef) ** 2).sum())
-        stat, rank = _hc3_wald(full, r, [full.shape[1] - 2, full.shape[1] - 1])
+        coef, *_ = np.linalg.lstsq(base, r, rcond=None)
+        stat, rank, rss_full = _hc3_wald(full, r, [full.shape[1] - 2, full.shape[1] - 1])
+        rss += (float(((r - base @ coef) ** 2).sum()), rss_full)
         wald, k = wald + stat, k + rank
     if rss[0] <= 0 or k == 0:
         return float("nan"), float("nan")
