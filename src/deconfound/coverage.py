@@ -462,19 +462,31 @@ def _write_rows(rows: pd.DataFrame, path) -> None:
     os.replace(tmp, path)
 
 
-def _resume_problem(held: pd.DataFrame, todo, reps: int, kept) -> str | None:
+def _resume_problem(held: pd.DataFrame, todo, reps: int, kept, seed: int = 0) -> str | None:
     """Why the rows of an interrupted run cannot be continued by this one, or None: a pair this run neither
-    fits nor keeps (--keep), or a fitted pair with other data sets than seeds 0..reps-1."""
+    fits nor keeps (--keep), or a fitted pair with other data sets than seeds seed..seed+reps-1."""
     fit = {(e, c.name) for c, e in todo}
     other = sorted(set(zip(held.estimator, held.cell)) - fit - set().union(*[set(zip(k.estimator, k.cell))
                                                                             for k in kept]))
     if other:
         return f"expected the rows of this run's estimator x cell pairs (or of --keep), got {other[:5]}"
     seeds = held.groupby(["estimator", "cell"]).seed.agg(lambda s: sorted({int(v) for v in s}))
-    bad = {pair: len(s) for pair, s in seeds.items() if pair in fit and s != list(range(reps))}
+    bad = {pair: len(s) for pair, s in seeds.items() if pair in fit and s != list(range(seed, seed + reps))}
     if bad:
-        return f"expected {reps} data sets (seeds 0 to {reps - 1}) per pair, as --reps says, got {bad}"
+        return (f"expected {reps} data sets (seeds {seed} to {seed + reps - 1}) per pair, as --reps and --seed say, "
+                f"got {bad}")
     return None
+
+
+def _shared_data_sets(kept) -> list:
+    """(estimator, cell, seed) triples found in more than one of the ``kept`` row sets (first five): which of
+    the two would be meant? Disjoint seeds of one pair are pooled instead."""
+    seen, twice = set(), set()
+    for k in kept:
+        here = set(zip(k.estimator, k.cell, k.seed.astype(int)))
+        twice |= seen & here
+        seen |= here
+    return sorted(twice)[:5]
 
 
 def _kept_notes(path) -> str:
@@ -501,6 +513,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m deconfound.coverage", description=__doc__.split("\n")[0])
     ap.add_argument("--grid", choices=("full", "ci"), default="full")
     ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0, help="data seed of the first data set (default 0): a run with "
+                    "--seed 200 --reps 100 adds data sets 200-299 to a cell, to be pooled with --keep")
     ap.add_argument("--estimators", default=None, help="comma list (default: every estimator of each cell)")
     ap.add_argument("--cells", default=None, help="comma list of cell names (default: the whole grid)")
     ap.add_argument("--n-jobs", type=int, default=1)
@@ -508,7 +522,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", default=None, help="also write the per-replicate rows (parquet or csv)")
     ap.add_argument("--keep", default=None, help="comma list of per-replicate rows of earlier runs (--rows): the "
                     "estimator x cell pairs this run does not compute are kept from them, with their commit "
-                    "(--reps 0: only assemble them)")
+                    "(--reps 0: only assemble them); files holding one pair on disjoint data seeds are pooled")
     ap.add_argument("--resume", action="store_true", help="continue the run whose --rows file is given: the "
                     "estimator x cell pairs it holds are kept, the others are fitted and added to it")
     ap.add_argument("--keep-commit", default="unknown", help="the commit of --keep rows that have no commit column")
@@ -532,23 +546,23 @@ def main(argv=None) -> int:
         if not (args.rows and Path(args.rows).exists()):
             ap.error(f"--resume: expected the --rows file of the interrupted run, got {args.rows!r}")
         rows = _read_rows(args.rows)
-        problem = _resume_problem(rows, todo, args.reps, kept) if args.reps > 0 else None
+        problem = _resume_problem(rows, todo, args.reps, kept, args.seed) if args.reps > 0 else None
         if problem:
             ap.error(f"--resume {args.rows}: {problem}")
         have = set(zip(rows.estimator, rows.cell))
         todo = [(c, e) for c, e in todo if (e, c.name) not in have]
     start = time.time()
     for cell, name in todo:  # one (cell, estimator) at a time; --rows holds every finished one
-        new = run([name], [cell], reps=args.reps, n_jobs=args.n_jobs).assign(commit=commit)
+        new = run([name], [cell], reps=args.reps, seed=args.seed, n_jobs=args.n_jobs).assign(commit=commit)
         rows = pd.concat([rows, new], ignore_index=True) if len(rows) else new
         if args.rows:
             _write_rows(rows, args.rows)
     seconds = time.time() - start
     if kept:
-        pairs = [set(zip(k.estimator, k.cell)) for k in kept]
-        twice = sorted(set.union(*[a & b for i, a in enumerate(pairs) for b in pairs[i + 1:]], set()))
+        twice = _shared_data_sets(kept)
         if twice:
-            ap.error(f"--keep: expected files with different estimator x cell pairs, got {twice} in more than one")
+            ap.error(f"--keep: expected each estimator x cell data set (seed) in one file only, got {twice} in "
+                     "more than one")
         old = pd.concat(kept, ignore_index=True)
         old = old if "commit" in old else old.assign(commit=args.keep_commit)
         done = set(zip(rows.estimator, rows.cell))

@@ -244,3 +244,26 @@ def test_an_estimator_with_one_nie_per_unit_is_measured_on_its_average_arm():
     assert rows.truth.notna().all()
     par = cv.run(["parametric"], cell, reps=1, progress=False)
     assert "average" not in set(par[par.effect == "nie"].arm)  # arm rows only where the arms are reported
+
+
+def test_seed_offsets_the_data_sets_and_keep_pools_disjoint_seeds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["--grid", "ci", "--estimators", "localization", "--cells", "localization-same-n2000", "--out", "cov.md"]
+    cv.main(args + ["--reps", "2", "--rows", "first.csv"])
+    cv.main(args + ["--reps", "2", "--seed", "2", "--rows", "second.csv"])
+    first, second = (pd.read_csv(f, index_col=0) for f in ("first.csv", "second.csv"))
+    assert set(first.seed) == {0, 1} and set(second.seed) == {2, 3}
+    # seed s is the same data set in any run: seed 2 of a 4-set run equals seed 2 of the offset run
+    cv.main(args + ["--reps", "4", "--rows", "all.csv"])
+    every = pd.read_csv("all.csv", index_col=0)
+    cols = ["seed", "unit", "effect", "arm", "estimate", "se"]
+    pd.testing.assert_frame_equal(every[every.seed >= 2][cols].reset_index(drop=True),
+                                  second[cols].reset_index(drop=True))
+    cv.main(["--reps", "0", "--keep", "first.csv,second.csv", "--rows", "pooled.csv", "--out", "cov.md"])
+    pooled = pd.read_csv("pooled.csv", index_col=0)
+    assert sorted(set(pooled.seed)) == [0, 1, 2, 3]
+    assert "| localization | 1 | 4 |" in (tmp_path / "cov.md").read_text()
+    with pytest.raises(SystemExit):  # seeds 0-1 twice: which rows would be meant?
+        cv.main(["--reps", "0", "--keep", "first.csv,all.csv", "--out", "cov.md"])
+    with pytest.raises(SystemExit):  # resuming with another offset than the rows were made with
+        cv.main(args + ["--reps", "2", "--seed", "5", "--rows", "second.csv", "--resume"])
