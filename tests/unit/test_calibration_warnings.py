@@ -67,7 +67,7 @@ def test_parametric_gaussian_model_of_a_binary_outcome_warns():
 def test_parametric_warns_when_the_outcome_is_not_linear_in_its_terms():
     """The probit cell (Y = Phi(index) + small noise): the default linear outcome model was 1-2.7 SE off at
     n = 2,000, and the interaction test alone warned in 61% of the fits. RESET (squared and cubed fitted values,
-    F test, the warning at 0.001) rejects in every one of 20 such data sets here; on the linear process its
+    HC3 Wald test, the warning at 0.001) rejects in every one of 20 such data sets here; on the linear process its
     p-values are uniform."""
     from deconfound.estimators import parametric as par
 
@@ -78,8 +78,8 @@ def test_parametric_warns_when_the_outcome_is_not_linear_in_its_terms():
         model.fit()
         fitted = model.w @ model.gamma.reshape(-1)
         z = (fitted - fitted.mean()) / fitted.std()
-        inter = par._omitted_f(model, model.t[:, None] * model.m)[1]
-        return par._omitted_f(model, np.column_stack([z**2, z**3]))[1], inter, data
+        inter = par._omitted_wald(model, model.t[:, None] * model.m)[1]
+        return par._omitted_wald(model, np.column_stack([z**2, z**3]))[1], inter, data
 
     quiet = []  # data sets where the interaction test does not reject: RESET is the only warning there
     for seed in range(20):

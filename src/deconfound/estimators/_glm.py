@@ -1,5 +1,6 @@
 """Numerical helpers of the parametric estimator: (weighted) least squares and GLM fits, CR1 sandwiches,
-stacked refits for the bootstrap, and Gaussian integrals of the inverse links."""
+stacked refits for the bootstrap, Gaussian integrals of the inverse links, and the HC3 Wald test of omitted
+terms that parametric and dml use for their specification checks."""
 from __future__ import annotations
 
 import warnings
@@ -199,3 +200,17 @@ def robust_cov(x: np.ndarray, resid: np.ndarray, bread: np.ndarray, weights, gro
     r = resid if weights is None else resid * weights
     u = cluster_sums(x * r[:, None], groups)
     return cr1_factor(len(x), x.shape[1], groups) * bread @ (u.T @ u) @ bread
+
+
+def hc3_wald(design, r, cols):
+    """Wald statistic, its degrees of freedom and the residual sum of squares of the OLS fit of ``r`` on
+    ``design``, testing the coefficients ``cols`` with the HC3 covariance (MacKinnon & White 1985), so that an
+    unequal noise variance is no curve."""
+    bread = np.linalg.pinv(design.T @ design)
+    coef = bread @ (design.T @ r)
+    resid = r - design @ coef
+    lev = np.einsum("ij,jk,ik->i", design, bread, design)
+    meat = (design.T * (resid / np.clip(1 - lev, 1e-12, None)) ** 2) @ design
+    cov = (bread @ meat @ bread)[np.ix_(cols, cols)]
+    return (float(coef[cols] @ np.linalg.pinv(cov) @ coef[cols]), int(np.linalg.matrix_rank(cov)),
+            float(resid @ resid))

@@ -23,6 +23,7 @@ from scipy import stats
 from ..errors import PositivityError
 from ..inference import Effect
 from ..results import add_derived
+from ._glm import hc3_wald
 
 # potential-outcome keys (d, d') for E[Y(d, M(d'))]
 TERMS = ((1, 1), (1, 0), (0, 1), (0, 0))
@@ -118,20 +119,6 @@ def ovb_stages(terms, coef, residuals):
     return [(a, r) for a, r in pairs if np.ndim(a) and np.any(a != 0)]
 
 
-def _hc3_wald(design, r, cols):
-    """Wald statistic, its degrees of freedom and the residual sum of squares of the OLS fit of ``r`` on
-    ``design``, testing the coefficients ``cols`` with the HC3 covariance (MacKinnon & White 1985), so that an
-    unequal noise variance is no curve."""
-    bread = np.linalg.pinv(design.T @ design)
-    coef = bread @ (design.T @ r)
-    resid = r - design @ coef
-    lev = np.einsum("ij,jk,ik->i", design, bread, design)
-    meat = (design.T * (resid / np.clip(1 - lev, 1e-12, None)) ** 2) @ design
-    cov = (bread @ meat @ bread)[np.ix_(cols, cols)]
-    return (float(coef[cols] @ np.linalg.pinv(cov) @ coef[cols]), int(np.linalg.matrix_rank(cov)),
-            float(resid @ resid))
-
-
 def curvature(t, y, mumx, x=None) -> tuple[float, float]:
     """Ramsey's RESET on the out-of-fold outcome regressions: ``(p, share)``. Within each arm d, the residual
     Y - mu(d,M,X) is regressed on [1, z, x, z^2, z^3] (z: the standardized mu(d,M,X); 1, z and the covariates
@@ -149,7 +136,7 @@ def curvature(t, y, mumx, x=None) -> tuple[float, float]:
         if int(rows.sum()) - np.linalg.matrix_rank(full) < 4:
             return float("nan"), float("nan")
         coef, *_ = np.linalg.lstsq(base, r, rcond=None)
-        stat, rank, rss_full = _hc3_wald(full, r, [full.shape[1] - 2, full.shape[1] - 1])
+        stat, rank, rss_full = hc3_wald(full, r, [full.shape[1] - 2, full.shape[1] - 1])
         rss += (float(((r - base @ coef) ** 2).sum()), rss_full)
         wald, k = wald + stat, k + rank
     if rss[0] <= 0 or k == 0:

@@ -46,7 +46,7 @@ from ..parallel import progress_iter
 from ..positivity import check_positivity
 from ..results import MediationResult, add_derived
 from ._glm import (_chol, _chol2, _glm, _glm_batch, _gram, _integrated_mean, _inv_link, _logit_normal,  # noqa: F401
-                   _ols, _solve_stack, cluster_sums, cr1_factor, robust_cov)
+                   _ols, _solve_stack, cluster_sums, cr1_factor, hc3_wald, robust_cov)
 from .base import MediationEstimator, attach_roles, check_units, register, sample_roles
 
 FAMILIES = ("gaussian", "logit", "probit")
@@ -232,39 +232,38 @@ def _patterns(x1: np.ndarray, x2: np.ndarray, weights=None):
     return rows[:, :x1.shape[1]], rows[:, x1.shape[1]:], share, member
 
 
-def _omitted_f(model: "_Model", extra) -> tuple[float, float]:
-    """F statistic and p-value of adding the columns ``extra`` to the gaussian outcome model (NaN, 1 when they
-    add nothing)."""
+def _omitted_wald(model: "_Model", extra) -> tuple[float, float]:
+    """HC3 Wald statistic and p-value (chi-squared) of adding the columns ``extra`` to the gaussian outcome
+    model (NaN, 1 when they add nothing): the test dml's RESET uses, so unequal noise variance is no curve."""
     w1 = np.column_stack([model.w, extra])
-    coef, *_ = np.linalg.lstsq(w1, model.y, rcond=None)
-    rss1 = float(((model.y - w1 @ coef) ** 2).sum())
-    df1 = model.n - np.linalg.matrix_rank(w1)
-    k = np.linalg.matrix_rank(w1) - np.linalg.matrix_rank(model.w)
-    if k <= 0 or df1 <= 0 or rss1 <= 0:
+    cols = list(range(model.w.shape[1], w1.shape[1]))
+    if model.n - np.linalg.matrix_rank(w1) <= 0:
         return float("nan"), 1.0
-    f = (model.out_rss - rss1) / k / (rss1 / df1)
-    return float(f), float(stats.f.sf(f, k, df1))
+    stat, k, _ = hc3_wald(w1, model.y, cols)
+    if np.linalg.matrix_rank(w1) <= np.linalg.matrix_rank(model.w) or k == 0:
+        return float("nan"), 1.0
+    return float(stat), float(stats.chi2.sf(stat, k))
 
 
 def _specification_note(model: "_Model", alpha: float = 0.01, reset_alpha: float = 0.001) -> str | None:
-    """A note when the default gaussian outcome model is rejected: first by an F test at ``alpha`` of the T x M
-    terms it leaves out (the interaction cell of docs/coverage.md), else by Ramsey's RESET at ``reset_alpha`` (the
-    squared and cubed fitted values; an outcome nonlinear in T, M or X, the probit cell, where it rejects at
-    p < 1e-6 from n = 2,000). Its effects are then biased."""
+    """A note when the default gaussian outcome model is rejected: first by an HC3 Wald test at ``alpha`` of the
+    T x M terms it leaves out (the interaction cell of docs/coverage.md), else by Ramsey's RESET at
+    ``reset_alpha`` (the squared and cubed fitted values; an outcome nonlinear in T, M or X, the probit cell).
+    Its effects are then biased."""
     if model.family != "gaussian" or model.robust:
         return None
-    f, p = _omitted_f(model, model.t[:, None] * model.m)
+    stat, p = _omitted_wald(model, model.t[:, None] * model.m)
     if p < alpha:
         return (f"parametric: unit {model.unit!r}'s outcome shows a T x M interaction the default model leaves "
-                f"out (F = {f:.3g}, p = {p:.2g}); its ACMEs are then biased in both arms (see the interaction cell "
-                "of docs/coverage.md): refit with interaction=True")
+                f"out (HC3 Wald chi2 = {stat:.3g}, p = {p:.2g}); its ACMEs are then biased in both arms (see the "
+                "interaction cell of docs/coverage.md): refit with interaction=True")
     fitted = model.w @ np.asarray(model.gamma).reshape(-1)
     z = (fitted - fitted.mean()) / max(float(fitted.std()), 1e-300)
-    f, p = _omitted_f(model, np.column_stack([z**2, z**3]))
+    stat, p = _omitted_wald(model, np.column_stack([z**2, z**3]))
     if p < reset_alpha:
         return (f"parametric: unit {model.unit!r}'s outcome is not linear in the default model's terms (RESET "
-                f"F = {f:.3g}, p = {p:.2g}); its effects are then biased (see the probit cell of docs/coverage.md): "
-                "use dml, or an outcome_family that fits the outcome")
+                f"HC3 Wald chi2 = {stat:.3g}, p = {p:.2g}); its effects are then biased (see the probit cell of "
+                "docs/coverage.md): use dml, or an outcome_family that fits the outcome")
     return None
 
 
