@@ -169,3 +169,22 @@ def test_failed_sensitivity_analysis_keeps_the_effects_and_says_so():
     assert "sensitivity_error" in cde["econml"] and np.isnan(cde["robustness_value"])
     assert any("sensitivity analysis failed" in w and "'M'" in w for w in res.warnings)
     assert np.isfinite(res.effect("M", "nie", "average").estimate)
+
+
+def test_trimming_reports_an_overlap_population_and_econml_diff_refuses_it(linear):
+    """EconML's trimming drops rows on p(X): econml_te then estimates the TE of the kept rows and says so;
+    econml_diff would trim the CDE on p(M,X), a post-treatment selection, so it refuses."""
+    data, truth, _ = linear
+    res = EconMLTotalEffect(trimming_threshold=0.25, **CHEAP).fit(data)  # p(X) 0.20-0.79: topics t1, t3 go
+    diag = res.diagnostics["u0"]
+    lo, hi = diag["propensity_range"]
+    assert 0 < diag["n_trimmed"] < data.n and (lo < 0.25 or hi > 0.75)
+    assert res.population == "overlap" and f"{diag['n_trimmed']} of {data.n} rows" in res.settings["population_note"]
+    assert any("trimmed" in w and "overlap population" in w for w in res.warnings)
+    te = res.effect("u0", "te", "average")  # constant effect on this process: any population's TE is the truth
+    assert abs(te.estimate - truth.value("u0", "te")) < 3 * te.se
+    assert set(res.to_frame().population) == {"overlap"}
+    untrimmed = EconMLTotalEffect(**CHEAP).fit(data)
+    assert untrimmed.population == "ate" and "population_note" not in untrimmed.settings
+    with pytest.raises(ValueError, match=r"trimming_threshold: expected None for econml_diff, got 0.1"):
+        EconMLDifferenceMediation(trimming_threshold=0.1).fit(data)

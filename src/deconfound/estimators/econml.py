@@ -135,6 +135,14 @@ class _EconMLBase(MediationEstimator):
         return eff, diag
 
     def _result(self, data, g, adj, effects, diagnostics, warns):
+        settings, population = self.get_params(), "ate"
+        trimmed = max(int(d.get("n_trimmed", 0)) for d in diagnostics.values()) if diagnostics else 0
+        if trimmed:  # econml_te only: econml_diff refuses trimming_threshold
+            population = "overlap"
+            settings["population_note"] = (f"rows whose p(X) EconML kept (trimming_threshold="
+                                           f"{self.trimming_threshold!r}): {trimmed} of {data.n} rows dropped")
+            warns.append(f"EconML trimmed {trimmed} of {data.n} rows (trimming_threshold={self.trimming_threshold!r}); "
+                         "the TE refers to the overlap population of the kept rows, not to all rows")
         if not adj.identified:
             warns.append(f"graph {g.name}: effects not identified (latent {list(adj.latent)}); adjusted for the "
                          "observed confounders only")
@@ -147,10 +155,9 @@ class _EconMLBase(MediationEstimator):
                     warns.append(f"unit {u!r}{' ' + part if part else ''}: EconML's sensitivity analysis failed "
                                  f"({d['econml']['sensitivity_error']}); its robustness values are NaN")
         return MediationResult(
-            estimator=self.name, effects=effects, n=data.n, n_treated=data.n_treated, population="ate",
+            estimator=self.name, effects=effects, n=data.n, n_treated=data.n_treated, population=population,
             graph=g.name, adjustment=adj.as_dict(), level=float(self.level), random_state=self.random_state,
-            settings=self.get_params(),
-            diagnostics=diagnostics, warnings=warns)
+            settings=settings, diagnostics=diagnostics, warnings=warns)
 
 
 @register("econml_te")
@@ -165,7 +172,9 @@ class EconMLTotalEffect(_EconMLBase):
     n_folds : EconML's ``cv``.
     min_propensity : clip propensities to [min_propensity, 1 - min_propensity] (DRLearner; default 0.05).
         LinearDML divides by no propensity; the count outside the band is still reported.
-    trimming_threshold : EconML's Crump-style trimming (None, a float or ``"auto"``), DRLearner only.
+    trimming_threshold : EconML's Crump-style trimming (None, a float or ``"auto"``), DRLearner only. When
+        it drops rows, the TE is that of the kept rows: ``result.population`` is then "overlap",
+        ``settings["population_note"]`` says how many rows were dropped and the result warns.
     c_y, c_t, rho : confounding strengths for EconML's sensitivity interval (EconML's defaults).
     population : ``"ate"`` (default). ``"att"`` raises NotImplementedError: EconML has no ATT for these
         models (use :class:`~deconfound.estimators.dml.DMLMediation` with ``population="att"``).
@@ -223,7 +232,9 @@ class EconMLDifferenceMediation(_EconMLBase):
     CDE = NDE and TE - CDE = NIE. With an interaction the CDE averages the direct effect over the mixed
     mediator distribution of both arms, so TE - CDE is neither NIE(treated), NIE(control) nor their mean: it is
     biased. Use :class:`~deconfound.estimators.dml.DMLMediation` then. Effects: te, and nie/nde under arm
-    "average" only (population "ate"; "att" raises NotImplementedError). Parameters as :class:`EconMLTotalEffect`.
+    "average" only (population "ate"; "att" raises NotImplementedError). Parameters as :class:`EconMLTotalEffect`,
+    except ``trimming_threshold``, which must be None: EconML would trim the CDE's rows on P(T | M, X), a selection
+    on the post-treatment mediator, and the TE's on P(T | X), so TE - CDE would mix two populations.
 
     Examples
     --------
@@ -242,6 +253,11 @@ class EconMLDifferenceMediation(_EconMLBase):
         g, adj = resolve(graph, data)
         data = check_positivity(data, adj.union, drop_unsupported=self.drop_unsupported, what="EconML")
         t, y = data.t.astype(int), data.y
+        if self.trimming_threshold is not None:
+            raise ValueError(f"trimming_threshold: expected None for econml_diff, got {self.trimming_threshold!r}: "
+                             "EconML would trim the CDE's rows on P(T | M, X) (a selection on the mediator) and the "
+                             "TE's on P(T | X), so TE - CDE would mix two populations; use econml_te for a trimmed "
+                             "TE, or dml(trim=...) for effects on a pre-treatment overlap population")
         warn_uncalibrated("econml_diff", n=data.n, n_treated=data.n_treated)
         te, te_diag = self._fit_ate(y, t, _design(data, adj.total), 0)
         x_second = data.x_design(adj.second_stage)[0]
