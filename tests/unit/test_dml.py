@@ -472,3 +472,30 @@ def test_warns_when_the_outcome_is_curved_in_the_mediator():
         warnings.simplefilter("always")
         DMLMediation(**CHEAP).fit(topic_mediation(2000, n_topics=4, outcome="probit", seed=1)[0])
     assert not [w for w in caught if "RESET" in str(w.message)]
+
+
+def test_default_propensity_learner_is_unpenalized_when_the_rows_allow():
+    """EPVLogistic: the maximum-likelihood logistic regression (statsmodels' Logit as the oracle) when the
+    smaller class has at least 5 rows per feature; below that exactly LogisticRegressionCV's L2 fit."""
+    import statsmodels.api as sm
+    from sklearn.base import clone
+    from sklearn.linear_model import LogisticRegressionCV
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4))
+    t = (rng.random(300) < expit(0.3 + x @ [1.0, -0.5, 0.2, 0.0])).astype(int)
+    learner = clone(dml_mod.default_propensity_learner()).fit(x, t)
+    assert not learner[-1].penalized_  # about 140 rows in the smaller arm for 4 features
+    oracle = sm.Logit(t, sm.add_constant(x)).fit(disp=0).predict(sm.add_constant(x))
+    np.testing.assert_allclose(learner.predict_proba(x)[:, 1], oracle, atol=1e-6)
+    wide = rng.normal(size=(300, 40))  # 40 features need 200 rows in the smaller arm
+    learner = clone(dml_mod.default_propensity_learner()).fit(wide, t)
+    assert learner[-1].penalized_
+    cv = dml_mod.EPVLogistic().fit(wide, t).model_
+    assert isinstance(cv, LogisticRegressionCV)
+    ref = LogisticRegressionCV(Cs=np.logspace(-4, 2, 7), cv=3, scoring="neg_log_loss", max_iter=2000,
+                               **({"l1_ratios": (0.0,)} if "l1_ratios" in LogisticRegressionCV().get_params() else {}))
+    from sklearn.preprocessing import StandardScaler
+    z = StandardScaler().fit_transform(wide)
+    np.testing.assert_allclose(learner.predict_proba(wide), ref.fit(z, t).predict_proba(z), atol=1e-12)
+    assert dml_mod.EPVLogistic(epv=1).fit(wide, t).penalized_ is False  # the threshold is the parameter

@@ -19,11 +19,13 @@ the unit and are fitted once for all units.
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import numpy as np
-from sklearn.base import clone
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -53,18 +55,59 @@ def default_outcome_learner():
     return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 15)))
 
 
-def default_propensity_learner(*, legacy_attributes: bool = False, cv=3):
-    """Standardize, then L2 logistic regression with the penalty chosen by 3-fold CV on the log loss.
+class EPVLogistic(ClassifierMixin, BaseEstimator):
+    """Logistic regression that is unpenalized when the smaller class has at least ``epv`` rows per feature,
+    and otherwise L2-penalized with C chosen by 3-fold CV of the log loss (``LogisticRegressionCV``).
 
-    ``legacy_attributes=True`` keeps scikit-learn's pre-1.10 fitted attributes, which EconML's model
-    selection reads (it fails on the new scalar ``C_``); EconML also replaces ``cv`` by its own folds.
+    The rule is weighting's (``EPV`` = 5). With few features the cross-validated penalty only shrinks p(M,X)
+    toward p(X), and the weights then under-correct the outcome model: see DMLMediation's Notes."""
+
+    def __init__(self, epv: float = EPV, Cs=None, cv=3, max_iter: int = 2000):
+        self.epv = epv
+        self.Cs = Cs
+        self.cv = cv
+        self.max_iter = max_iter
+
+    def fit(self, X, y, sample_weight=None):
+        X, y = np.asarray(X, dtype=float), np.asarray(y)
+        self.classes_, counts = np.unique(y, return_counts=True)
+        self.penalized_ = bool(counts.min() < self.epv * X.shape[1])
+        if self.penalized_:
+            Cs = np.logspace(-4, 2, 7) if self.Cs is None else self.Cs
+            kwargs = dict(Cs=Cs, cv=self.cv, scoring="neg_log_loss", max_iter=self.max_iter)
+            if "l1_ratios" in inspect.signature(LogisticRegressionCV.__init__).parameters:
+                kwargs["l1_ratios"] = (0.0,)  # scikit-learn >= 1.8: pure L2 without the deprecation warnings
+            model = LogisticRegressionCV(**kwargs)
+        else:
+            model = LogisticRegression(C=np.inf, tol=1e-8, max_iter=self.max_iter)
+        with warnings.catch_warnings():  # near-separated arms: the clip of p(M,X) handles the extreme fits
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.model_ = model.fit(X, y, sample_weight=sample_weight)
+        return self
+
+    def predict_proba(self, X):
+        return self.model_.predict_proba(np.asarray(X, dtype=float))
+
+    def predict(self, X):
+        return self.model_.predict(np.asarray(X, dtype=float))
+
+
+def default_propensity_learner(*, legacy_attributes: bool = False, cv=3):
+    """Standardize, then :class:`EPVLogistic` (unpenalized with enough rows per feature, else L2 with the
+    penalty chosen by 3-fold CV on the log loss).
+
+    ``legacy_attributes=True`` is EconML's version: standardize + ``LogisticRegressionCV`` always, with
+    scikit-learn's pre-1.10 fitted attributes, which EconML's model selection reads (it fails on the new scalar
+    ``C_``); EconML also replaces ``cv`` by its own folds.
     """
+    if not legacy_attributes:
+        return make_pipeline(StandardScaler(), EPVLogistic(cv=cv))
     kwargs = dict(Cs=np.logspace(-4, 2, 7), cv=cv, scoring="neg_log_loss", max_iter=2000)
     params = inspect.signature(LogisticRegressionCV.__init__).parameters
     if "l1_ratios" in params:  # scikit-learn >= 1.8: pure L2 without the deprecation warnings
         kwargs["l1_ratios"] = (0.0,)
     if "use_legacy_attributes" in params:
-        kwargs["use_legacy_attributes"] = bool(legacy_attributes)
+        kwargs["use_legacy_attributes"] = True
     return make_pipeline(StandardScaler(), LogisticRegressionCV(**kwargs))
 
 
@@ -211,7 +254,9 @@ class DMLMediation(MediationEstimator):
     outcome_learner : scikit-learn regressor for mu(d,M,X), mu(d,X) and omega(d,X); cloned per fold and
         seeded. Default: standardize + ``RidgeCV``.
     propensity_learner : scikit-learn classifier with ``predict_proba`` for p(X) and p(M,X). Default:
-        standardize + ``LogisticRegressionCV(scoring="neg_log_loss")`` (L2).
+        standardize + :class:`EPVLogistic`: an unpenalized logistic regression when the smaller arm of the
+        training rows has at least ``EPV`` (5) rows per feature, else L2 with the penalty chosen by 3-fold CV
+        of the log loss (``LogisticRegressionCV``).
     n_folds : K for cross-fitting (default 5). Folds come from :func:`deconfound.folds.data_folds` with
         ``random_state``, so they are the same for every unit and every estimator.
     n_rep : number of sample splits (repeated cross-fitting; default 3). Split 0 uses
@@ -256,6 +301,14 @@ class DMLMediation(MediationEstimator):
     range of M biased NIE and NDE (coverage 0.81-0.89, against 0.92-0.95 for the ridge), so the default stays
     linear. Each fit tests its outcome regressions instead (``curvature_p``, ``curvature_share``) and warns
     when they miss a curve.
+
+    Propensity learner. The default used to cross-validate the L2 penalty of every logistic regression. At
+    n = 300 (linear process, 4 topics, 200 data sets) the CV penalty shrank p(M,X) toward p(X), the weights
+    then corrected the ridge outcome model too little, and NIE(treated) covered 0.92 (bias -0.23 SE, SE/SD
+    0.88). Unpenalized where the rows allow (the rule of ``weighting``'s p(M,X)), it covered 0.95 (bias -0.18
+    SE, SE/SD 0.93); on the binary process at n = 300 NIE(treated) went from 0.92 to 0.95 and on the
+    interaction process at n = 2,000 nothing changed (100 data sets each). The unpenalized fits are also about
+    ten times cheaper.
 
     Repeated splits. On the framing data shipped with statsmodels (n = 265), the NIE (average) over
     ``random_state`` 0..7 ranged 0.054-0.100 (sd 0.016, about 0.7 SE) with one split, 0.078-0.095 (sd 0.0065)
