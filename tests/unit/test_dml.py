@@ -491,8 +491,10 @@ def test_default_propensity_learner_is_unpenalized_when_the_rows_allow():
     wide = rng.normal(size=(300, 40))  # 40 features need 200 rows in the smaller arm
     learner = clone(dml_mod.default_propensity_learner()).fit(wide, t)
     assert learner[-1].penalized_
-    cv = dml_mod.EPVLogistic().fit(wide, t).model_
-    assert isinstance(cv, LogisticRegressionCV)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cv = dml_mod.EPVLogistic().fit(wide, t).model_
+    assert isinstance(cv, LogisticRegressionCV) and not caught, [str(w.message)[:80] for w in caught]
     ref = LogisticRegressionCV(Cs=np.logspace(-4, 2, 7), cv=3, scoring="neg_log_loss", max_iter=2000,
                                **({"l1_ratios": (0.0,)} if "l1_ratios" in LogisticRegressionCV().get_params() else {}))
     from sklearn.preprocessing import StandardScaler

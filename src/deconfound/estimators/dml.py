@@ -55,6 +55,17 @@ def default_outcome_learner():
     return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 15)))
 
 
+def _cv_logistic(cv=3, Cs=None, max_iter: int = 2000, legacy_attributes: bool = False):
+    """L2 ``LogisticRegressionCV`` on the log loss over C in logspace(-4, 2, 7) (or ``Cs``)."""
+    kwargs = dict(Cs=np.logspace(-4, 2, 7) if Cs is None else Cs, cv=cv, scoring="neg_log_loss", max_iter=max_iter)
+    params = inspect.signature(LogisticRegressionCV.__init__).parameters
+    if "l1_ratios" in params:  # scikit-learn >= 1.8: pure L2 without the deprecation warnings
+        kwargs["l1_ratios"] = (0.0,)
+    if "use_legacy_attributes" in params:  # EconML's model selection reads the pre-1.10 attributes
+        kwargs["use_legacy_attributes"] = bool(legacy_attributes)
+    return LogisticRegressionCV(**kwargs)
+
+
 class EPVLogistic(ClassifierMixin, BaseEstimator):
     """Logistic regression that is unpenalized when the smaller class has at least ``epv`` rows per feature,
     and otherwise L2-penalized with C chosen by 3-fold CV of the log loss (``LogisticRegressionCV``).
@@ -73,11 +84,7 @@ class EPVLogistic(ClassifierMixin, BaseEstimator):
         self.classes_, counts = np.unique(y, return_counts=True)
         self.penalized_ = bool(counts.min() < self.epv * X.shape[1])
         if self.penalized_:
-            Cs = np.logspace(-4, 2, 7) if self.Cs is None else self.Cs
-            kwargs = dict(Cs=Cs, cv=self.cv, scoring="neg_log_loss", max_iter=self.max_iter)
-            if "l1_ratios" in inspect.signature(LogisticRegressionCV.__init__).parameters:
-                kwargs["l1_ratios"] = (0.0,)  # scikit-learn >= 1.8: pure L2 without the deprecation warnings
-            model = LogisticRegressionCV(**kwargs)
+            model = _cv_logistic(self.cv, self.Cs, self.max_iter)
         else:
             model = LogisticRegression(C=np.inf, tol=1e-8, max_iter=self.max_iter)
         with warnings.catch_warnings():  # near-separated arms: the clip of p(M,X) handles the extreme fits
@@ -102,13 +109,7 @@ def default_propensity_learner(*, legacy_attributes: bool = False, cv=3):
     """
     if not legacy_attributes:
         return make_pipeline(StandardScaler(), EPVLogistic(cv=cv))
-    kwargs = dict(Cs=np.logspace(-4, 2, 7), cv=cv, scoring="neg_log_loss", max_iter=2000)
-    params = inspect.signature(LogisticRegressionCV.__init__).parameters
-    if "l1_ratios" in params:  # scikit-learn >= 1.8: pure L2 without the deprecation warnings
-        kwargs["l1_ratios"] = (0.0,)
-    if "use_legacy_attributes" in params:
-        kwargs["use_legacy_attributes"] = True
-    return make_pipeline(StandardScaler(), LogisticRegressionCV(**kwargs))
+    return make_pipeline(StandardScaler(), _cv_logistic(cv, legacy_attributes=True))
 
 
 def _name(learner) -> str:
