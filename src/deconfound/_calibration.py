@@ -36,10 +36,6 @@ RULES = (
     Uncalibrated("weighting", lambda f: f["n"] < 2000, "n < 2000 (4 topics)",
                  "NIE CIs covered 0.905 (control) and 0.915 (treated) at n = 800 over 200 data sets",
                  "use n_boot (bootstrap CIs) or dml at this size"),
-    Uncalibrated("dml", lambda f: f["n"] < 800, "n < 800 (4 topics)",
-                 "CIs covered 0.89-0.92 at n = 300 over 100 data sets, the SEs 10-20% below the SD of the "
-                 "estimates; 0.92-0.98 at n = 2,000 and 0.925-0.975 at n = 800",
-                 "read these CIs as too narrow; where its models hold, parametric covered 0.92-0.97 at n = 300"),
     Uncalibrated("dml-wide", lambda f: f.get("wide", False),
                  "a mediator too wide for its rows (fewer than 5 rows of the smaller arm per feature of [M, X])",
                  "with 50 mediator columns at n = 300 the NIE was 1.2-1.5 SE too small (coverage 0.62-0.64) and "

@@ -312,9 +312,10 @@ class DMLMediation(MediationEstimator):
     ten times cheaper.
 
     Repeated splits. On the framing data shipped with statsmodels (n = 265), the NIE (average) over
-    ``random_state`` 0..7 ranged 0.054-0.100 (sd 0.016, about 0.7 SE) with one split, 0.078-0.095 (sd 0.0065)
-    with ``n_rep=3`` and 0.080-0.095 (sd 0.0061) with ``n_rep=5``; the SE grew by 12% and 9%. Five splits cost
-    5/3 of three for little more stability, so the default is 3 (three times the cost of one split).
+    ``random_state`` 0..7 ranged 0.074-0.110 (sd 0.013, half an SE) with one split, 0.078-0.098 (sd 0.0067)
+    with ``n_rep=3`` and 0.073-0.101 (sd 0.0087) with ``n_rep=5``; the mean SE grew by 9% and 11%. (With the
+    earlier CV-penalized propensity learner: sd 0.016, 0.0065 and 0.0061.) Five splits cost 5/3 of three for no
+    more stability, so the default is 3 (three times the cost of one split).
 
     ``result.effects[unit]`` holds nie/nde for arms control/treated/average, one te row ("te", "average")
     and prop_mediated. With ``n_rep`` > 1 every effect (also NDE, averages and prop_mediated) is aggregated
@@ -425,7 +426,6 @@ class DMLMediation(MediationEstimator):
         data = attach_roles(data, cluster, weights)  # the roles follow the rows positivity may drop
         data = check_positivity(data, adj.union, drop_unsupported=self.drop_unsupported, what="DML mediation")
         cluster, weights = sample_roles(data)
-        warn_uncalibrated("dml", n=data.n, n_treated=data.n_treated)
         x_first = data.x_design(adj.first_stage)[0]
         x_second = data.x_design(adj.second_stage)[0]
         self._warn_wide(data, units, x_second.shape[1])
