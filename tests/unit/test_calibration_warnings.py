@@ -131,3 +131,22 @@ def test_econml_diff_always_warns_that_its_nie_needs_a_linear_outcome():
     with pytest.warns(CalibrationWarning, match=r"econml_diff: data like the calibration cell 'any data.*biased unless "
                       r"the outcome is linear in T and M"):
         get_estimator("econml_diff", n_folds=2).fit(data)
+
+
+def test_dml_warns_that_a_roomy_wide_mediator_gets_conservative_nie_cis():
+    """The dim50 cells from n = 2,000 (17 rows of the smaller arm per feature): the NIE covered 0.96-1.00 with
+    SE/SD 1.06-1.31. A fit on such data says its NIE CIs are too wide; a reduced block, or a narrow one, does not."""
+    cheap = dict(n_rep=1, n_folds=2)
+    roomy, _ = simulate.topic_mediation(2000, seed=0, n_topics=4, n_units=1, n_spurious=0, dim=50)
+    with pytest.warns(CalibrationWarning, match=r"dml \(units \['u0'\]: 50 mediator features\).*NIE CIs are too "
+                                                r"wide.*SE/SD 1.26-1.31"):
+        get_estimator("dml", **cheap).fit(roomy)
+    narrow, _ = simulate.topic_mediation(300, seed=0, n_topics=4, n_units=1, n_spurious=0, dim=20)
+    crowded, _ = simulate.topic_mediation(300, seed=0, n_topics=4, n_units=1, n_spurious=0, dim=50)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        get_estimator("dml", pca=10, **cheap).fit(roomy)
+        get_estimator("dml", **cheap).fit(narrow)
+        get_estimator("dml", **cheap).fit(crowded)  # too wide for its rows: the other warning, not this one
+    assert not any("NIE CIs are too wide" in str(w.message) for w in caught)
+    assert any("shrink the mediator" in str(w.message) for w in caught)
