@@ -236,13 +236,11 @@ def _omitted_wald(model: "_Model", extra) -> tuple[float, float]:
     """HC3 Wald statistic and p-value (chi-squared) of adding the columns ``extra`` to the gaussian outcome
     model (NaN, 1 when they add nothing): the test dml's RESET uses, so unequal noise variance is no curve."""
     w1 = np.column_stack([model.w, extra])
-    cols = list(range(model.w.shape[1], w1.shape[1]))
-    if model.n - np.linalg.matrix_rank(w1) <= 0:
+    rank = np.linalg.matrix_rank(w1)
+    if model.n <= rank or rank <= np.linalg.matrix_rank(model.w):  # no residual df, or nothing added
         return float("nan"), 1.0
-    stat, k, _ = hc3_wald(w1, model.y, cols)
-    if np.linalg.matrix_rank(w1) <= np.linalg.matrix_rank(model.w) or k == 0:
-        return float("nan"), 1.0
-    return float(stat), float(stats.chi2.sf(stat, k))
+    stat, k, _ = hc3_wald(w1, model.y, list(range(model.w.shape[1], w1.shape[1])))
+    return (float(stat), float(stats.chi2.sf(stat, k))) if k else (float("nan"), 1.0)
 
 
 def _specification_note(model: "_Model", alpha: float = 0.01, reset_alpha: float = 0.001) -> str | None:
