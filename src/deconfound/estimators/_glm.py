@@ -209,8 +209,8 @@ def hc3_wald(design, r, cols):
     bread = np.linalg.pinv(design.T @ design)
     coef = bread @ (design.T @ r)
     resid = r - design @ coef
-    lev = np.einsum("ij,jk,ik->i", design, bread, design)
+    lev = np.sum((design @ bread) * design, axis=1)  # BLAS; einsum over three operands is O(n p^2) in C loops
     meat = (design.T * (resid / np.clip(1 - lev, 1e-12, None)) ** 2) @ design
-    cov = (bread @ meat @ bread)[np.ix_(cols, cols)]
+    cov = bread[cols] @ meat @ bread[:, cols]
     return (float(coef[cols] @ np.linalg.pinv(cov) @ coef[cols]), int(np.linalg.matrix_rank(cov)),
             float(resid @ resid))
