@@ -46,6 +46,30 @@ def test_dr_scores_reproduce_econml_inference(linear):
     assert te.se == pytest.approx(econ["stderr"], rel=1e-9)  # EconML's ate_inference().stderr_mean
 
 
+def test_linear_dml_scores_reproduce_econml_inference_and_difference(linear):
+    """LinearDML's Effect keeps the influence function of its final regression: its SE is EconML's HC1 SE
+    without the n / (n - 1) factor, and econml_diff differences the TE and CDE scores (no SEs combined as if
+    independent)."""
+    import numpy as np
+    from econml.dml import LinearDML
+
+    data, truth, _ = linear
+    res = EconMLTotalEffect(method="linear_dml", **CHEAP).fit(data, units=["u0"])
+    te, econ = res.effect("u0", "te"), res.diagnostics["u0"]["econml"]
+    assert te.scores is not None and te.estimate == pytest.approx(econ["ate"], rel=1e-12)
+    assert te.se == pytest.approx(econ["stderr"] * np.sqrt((data.n - 1) / data.n), rel=1e-9)
+    ref = LinearDML(model_y=Ridge(alpha=1.0), model_t=LogisticRegression(C=1.0), discrete_treatment=True, cv=5,
+                    random_state=0).fit(data.y, data.t, W=data.x_design()[0])
+    assert abs(te.estimate - ref.ate()) < 0.5 * te.se  # another split of the same estimator
+    diff = EconMLDifferenceMediation(method="linear_dml", **CHEAP).fit(data)
+    for unit in data.units:
+        nie = diff.effect(unit, "nie", "average")
+        assert nie.scores is not None and abs(nie.estimate - truth.value(unit, "nie", "average")) <= 3 * nie.se
+        cde = diff.effect(unit, "nde", "average")
+        assert nie.se == pytest.approx(np.sqrt(np.mean((te.scores - cde.scores) ** 2) / data.n), rel=1e-12)
+    assert not any("as if independent" in w for w in diff.warnings)
+
+
 def test_sensitivity_outputs_exposed(linear):
     data, _, _ = linear
     res = EconMLTotalEffect(**CHEAP).fit(data, units=["u0"])
