@@ -330,7 +330,8 @@ class DMLMediation(MediationEstimator):
     ``result.diagnostics[unit]`` holds ``n_kept``, ``n_trimmed``, ``n_clipped``, ``trim``, ``clip``,
     ``n_rep``, ``curvature_p`` and ``curvature_share`` (:func:`~deconfound.estimators.dml_scores.curvature`,
     medians over the splits; a fit with the default outcome learner warns when p < CURVATURE_ALPHA and
-    share >= CURVATURE_SHARE), the propensity ranges, ``potential_outcomes`` (the four E[Y(d, M(d'))] as Effects), ``ovb``
+    share >= CURVATURE_SHARE; both are NaN, and nothing is tested, when an arm has fewer than 4 rows more than
+    the test's columns), the propensity ranges, ``potential_outcomes`` (the four E[Y(d, M(d'))] as Effects), ``ovb``
     and, with ``n_rep`` > 1, ``split``: per (effect, arm) the per-split ``estimates`` and ``ses`` and their
     ``min``, ``max`` and ``sd``.
 
