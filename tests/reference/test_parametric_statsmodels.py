@@ -64,25 +64,28 @@ def _dummies(df):
     return pd.get_dummies(df[CONFOUNDERS], drop_first=True, dtype=float)
 
 
-def _assert_same_distribution(ours: dict, theirs: dict):
+def _assert_same_distribution(ours: dict, theirs: dict, s: int = S):
     for key, sm_draws in theirs.items():
         mine = ours[key].draws
         so, ss = mine.std(ddof=1), np.std(sm_draws, ddof=1)
-        assert abs(mine.mean() - np.mean(sm_draws)) <= 4 * np.sqrt((so**2 + ss**2) / S), key
-        assert abs(np.log(so / ss)) <= 4 / np.sqrt(S - 1), key
-        for q in (0.025, 0.975):
-            assert abs(np.quantile(mine, q) - np.quantile(sm_draws, q)) <= 4 * 0.12 * ss, (key, q)
+        assert abs(mine.mean() - np.mean(sm_draws)) <= 4 * np.sqrt((so**2 + ss**2) / s), key
+        assert abs(np.log(so / ss)) <= 4 / np.sqrt(s - 1), key
+        for q in (0.025, 0.975):  # 0.12 sd: the SE of a difference of two 2.5% quantiles of 1000 normal draws
+            assert abs(np.quantile(mine, q) - np.quantile(sm_draws, q)) <= 4 * 0.12 * np.sqrt(1000 / s) * ss, \
+                (key, q)
 
 
 def test_framing_probit_matches_statsmodels(framing):
-    ours = ParametricMediation(outcome_family="probit", n_sims=S, mediator_noise="simulate", random_state=4231)
+    ours = ParametricMediation(outcome_family="probit", interaction=False, n_sims=S, mediator_noise="simulate",
+                              random_state=4231)
     res = ours.fit(_framing_data(framing))
     theirs = _sm_mediation(framing.cong_mesg, framing.emo, framing.treat, _dummies(framing), "probit", seed=4231)
     _assert_same_distribution(res.effects["emo"], theirs)
 
 
 def test_framing_integrated_noise_has_the_same_draw_means(framing):
-    res = ParametricMediation(outcome_family="probit", n_sims=S, random_state=7).fit(_framing_data(framing))
+    res = ParametricMediation(outcome_family="probit", interaction=False, n_sims=S,
+                              random_state=7).fit(_framing_data(framing))
     theirs = _sm_mediation(framing.cong_mesg, framing.emo, framing.treat, _dummies(framing), "probit", seed=7)
     for key, sm_draws in theirs.items():
         mine = res.effects["emo"][key].draws
@@ -95,7 +98,7 @@ def test_framing_integrated_noise_has_the_same_draw_means(framing):
 def test_framing_fitted_models_match_statsmodels_formulas(framing):
     import statsmodels.formula.api as smf
 
-    res = ParametricMediation(outcome_family="probit", n_sims=10).fit(_framing_data(framing))
+    res = ParametricMediation(outcome_family="probit", interaction=False, n_sims=10).fit(_framing_data(framing))
     info = res.diagnostics["emo"]["parametric"]
     med = smf.ols("emo ~ treat + age + educ + gender + income", framing).fit()
     out = smf.glm("cong_mesg ~ emo + treat + age + educ + gender + income", framing,
@@ -112,8 +115,27 @@ def test_framing_fitted_models_match_statsmodels_formulas(framing):
 
 def test_linear_outcome_matches_statsmodels():
     data, _ = simulate.topic_mediation(1500, seed=12)
-    res = ParametricMediation(n_sims=S, mediator_noise="simulate", random_state=3).fit(data)
+    res = ParametricMediation(interaction=False, n_sims=S, mediator_noise="simulate", random_state=3).fit(data)
     frame = data.to_frame("u0")
     x = pd.get_dummies(frame[["topic"]], drop_first=True, dtype=float)
     theirs = _sm_mediation(frame["Y"], frame["u0__0"], frame["T"].astype(float), x, "gaussian", seed=3)
     _assert_same_distribution(res.effects["u0"], theirs)
+
+
+def test_default_interaction_model_matches_statsmodels_formulas():
+    """The default outcome model has the T x M column. statsmodels re-evaluates a formula's T:M term when it
+    sets T and M, so ``Y ~ T * M + C(topic)`` is the oracle for the arm-specific ACMEs and ADEs."""
+    data, _ = simulate.topic_mediation(1500, n_topics=4, n_units=1, n_spurious=0, interaction=0.5,
+                                       mediator_strength=3.0, seed=12)
+    draws = 200  # statsmodels re-evaluates the formulas for every draw
+    res = ParametricMediation(n_sims=draws, mediator_noise="simulate", random_state=3).fit(data)
+    assert res.settings["interaction"] is True
+    frame = data.to_frame("u0").rename(columns={"u0__0": "M"})
+    frame["T"] = frame["T"].astype(float)
+    out = sm.OLS.from_formula("Y ~ T * M + C(topic)", frame)
+    med = sm.OLS.from_formula("M ~ T + C(topic)", frame)
+    fit = Mediation(out, med, "T", "M").fit(method="parametric", n_rep=draws, rng=3)
+    theirs = {("nie", "control"): fit.ACME_ctrl, ("nie", "treated"): fit.ACME_tx, ("nde", "control"): fit.ADE_ctrl,
+              ("nde", "treated"): fit.ADE_tx, ("te", "average"): fit.total_effect}
+    assert abs(np.mean(fit.ACME_tx) - np.mean(fit.ACME_ctrl)) > 4 * np.std(fit.ACME_tx)  # the arms differ
+    _assert_same_distribution(res.effects["u0"], theirs, draws)

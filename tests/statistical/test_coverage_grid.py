@@ -28,11 +28,17 @@ def test_defaults_cover_on_the_linear_and_patching_cells():
     assert np.isfinite(table.bias_se).all() and (table.bias_se.abs() < 1.0).all()
 
 
-def test_a_cell_that_cannot_pass_warns_at_fit_time():
-    rows = cv.run(["parametric"], _cells("interaction-n2000"), reps=20, seed=900, progress=False)
-    table = cv.summarize(rows)
-    nie = table[table.effect == "nie"]
-    assert (nie.coverage < 0.5).all()  # the default (no T x M term) is biased there ...
+def test_parametric_default_covers_a_t_by_m_interaction_and_the_model_without_it_warns():
+    """The interaction cell (strong T -> M path, kappa 0.5): the default outcome model has the T x M column and
+    covers; without it (interaction=False) both arms' NIEs are biased, and the fit says so."""
+    cells = _cells("interaction-n2000")
+    table = cv.summarize(cv.run(["parametric"], cells, reps=150, seed=900, progress=False))  # MC SE 0.018
+    assert (table.coverage >= 0.87).all() and (table.bias_se.abs() < 1.0).all(), table
+    rows = cv.run(["parametric"], cells, reps=20, seed=900, settings={"parametric": {"interaction": False}},
+                  progress=False)
+    off = cv.summarize(rows)
+    nie = off[(off.effect == "nie") & (off.arm != "average")]
+    assert (nie.coverage < 0.5).all()  # the model without a T x M term is biased there ...
     assert (nie.warned >= 0.9).all()  # ... and says so when it is fitted
     assert rows.warning.str.contains("interaction=True").mean() >= 0.9
 
@@ -42,8 +48,8 @@ def test_parametric_on_a_nonlinear_outcome_warns_at_fit_time():
                   progress=False)
     table = cv.summarize(rows)
     causal = table[(table.unit == "u0") & (table.effect == "nde")]
-    assert (causal.coverage < 0.6).all()  # the default linear outcome model is biased there ...
-    assert (table.warned >= 0.9).all()  # ... and says so when it is fitted (RESET or the interaction test)
+    assert causal.coverage.min() < 0.5 and (causal.coverage < 0.8).all()  # the linear model is biased there ...
+    assert (table.warned >= 0.9).all()  # ... and says so when it is fitted (RESET)
 
 
 def test_localization_cells_size_power_and_undefined_share():

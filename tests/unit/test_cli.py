@@ -416,7 +416,9 @@ def test_medsens_equals_rho_sensitivity(capsys, table, tmp_path):
     np.testing.assert_allclose(frame.rho.unique(), np.round(np.arange(-0.9, 0.95, 0.1), 12), atol=1e-12)
     np.testing.assert_allclose(frame[["acme", "se", "ci_lower", "ci_upper"]].to_numpy(),
                                lib.frame[["acme", "se", "ci_lower", "ci_upper"]].to_numpy(), rtol=1e-10)
-    assert f"Rho at which ACME = 0: {lib.rho_zero['average']:.4f}" in text
+    assert lib.arms == ["control", "treated"]  # the default model has the T x M column: one root per arm
+    for arm in lib.arms:
+        assert f"Rho at which ACME ({arm}) = 0: {lib.rho_zero[arm]:.4f}" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

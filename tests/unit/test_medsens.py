@@ -120,7 +120,7 @@ def test_true_error_correlation_recovers_the_true_acme():
 
 def test_summary_and_plot(tmp_path):
     data, _ = simulate.topic_mediation(400, seed=2)
-    sens = rho_sensitivity(ParametricMediation(n_sims=20).fit(data))
+    sens = rho_sensitivity(ParametricMediation(interaction=False, n_sims=20).fit(data))
     assert isinstance(sens, RhoSensitivity) and len(sens.frame) == 37 * 3
     assert list(sens.frame.columns) == ["rho", "arm", "acme", "se", "ci_lower", "ci_upper", "r2star_prod",
                                         "r2tilde_prod"]
@@ -187,8 +187,8 @@ def _bivariate_data(n, seed, rho, *, binary):
 @pytest.mark.parametrize("binary", ["mediator", "outcome"])
 def test_other_family_pairs_rho_zero_root_and_truth(binary):
     data, truth = _bivariate_data(20000, 3, 0.4, binary=binary)
-    est = (ParametricMediation(mediator_family="probit", n_sims=200) if binary == "mediator"
-           else ParametricMediation(outcome_family="probit", n_sims=200))
+    est = (ParametricMediation(mediator_family="probit", interaction=False, n_sims=200) if binary == "mediator"
+           else ParametricMediation(outcome_family="probit", interaction=False, n_sims=200))
     res = est.fit(data)
     sens = rho_sensitivity(res, rho_grid=[0.0, 0.4], n_sims=300)
     # rho = 0 reproduces the plain estimate
@@ -214,7 +214,7 @@ def test_probit_mediator_root_matches_a_direct_search():
     from scipy.stats import norm
 
     data, _ = _bivariate_data(3000, 5, 0.0, binary="mediator")
-    res = ParametricMediation(mediator_family="probit", n_sims=20).fit(data)
+    res = ParametricMediation(mediator_family="probit", interaction=False, n_sims=20).fit(data)
     t, m, y, x = data.t.astype(float), data.mediator("m")[:, 0].astype(float), data.y, data.x["x"].to_numpy()
     z = np.column_stack([np.ones_like(t), t, x])
     alpha = sm.GLM(m, z, family=sm.families.Binomial(link=sm.families.links.Probit())).fit().params

@@ -83,7 +83,7 @@ def test_linear_linear_closed_form(interaction):
 
 def test_vector_mediator_closed_form_and_draw_variance():
     data, _ = simulate.topic_mediation(1200, dim=3, seed=5)
-    res = ParametricMediation(n_sims=4000, random_state=2).fit(data)
+    res = ParametricMediation(interaction=False, n_sims=4000, random_state=2).fit(data)  # the closed form has no T x M
     m, t, y, xd = data.mediator("u0").astype(float), data.t.astype(float), data.y, _dummies(data)
     one = np.ones(data.n)
     z = np.column_stack([one, t, xd])
@@ -249,7 +249,8 @@ def test_unadjusted_graph_equals_fit_without_confounders():
             assert e.estimate == direct.effects[unit][key].estimate
             np.testing.assert_array_equal(e.draws, direct.effects[unit][key].draws)
         assert via_graph.effect(unit, "nie").estimate != adjusted.effect(unit, "nie").estimate
-        assert via_graph.diagnostics[unit]["parametric"]["outcome_names"] == ["Intercept", "T", f"{unit}__0"]
+        assert via_graph.diagnostics[unit]["parametric"]["outcome_names"] == ["Intercept", "T", f"{unit}__0",
+                                                                        f"T:{unit}__0"]
 
 
 def test_latent_graph_is_flagged():
@@ -269,9 +270,9 @@ def test_result_layout_and_diagnostics():
     assert len(frame) == 10 and set(frame.effect) == {"nie", "nde", "te", "prop_mediated"}
     info = res.diagnostics["u1"]["parametric"]
     assert info["mediator_names"][:2] == ["Intercept", "T"] and info["mediator_coef"].shape == (2 + 7, 1)
-    assert info["outcome_cov"].shape == (3 + 7, 3 + 7)
+    assert info["outcome_cov"].shape == (4 + 7, 4 + 7)  # the default has the T x M column
     nie = res.effect("u1", "nie", "control")
-    assert nie.ci == tuple(np.quantile(nie.draws, [0.05, 0.95], method="median_unbiased"))
+    assert nie.ci == pytest.approx(tuple(np.quantile(nie.draws, [0.05, 0.95], method="median_unbiased")), rel=1e-12)
     assert "ACME (control)" in res.summary()
 
 
@@ -349,3 +350,13 @@ def test_quasi_bayes_coverage():
             hits[k] += lo <= truth.value("u0", *k) <= hi
     for k in keys:
         assert 0.90 <= hits[k] / reps <= 0.99, (k, hits[k] / reps)
+
+
+def test_wide_block_with_the_default_interaction_names_the_columns():
+    """The default outcome model has d T x M columns: a block of 200 columns at n = 300 gives 405 columns, and the
+    error says so and how to drop them."""
+    data, _ = simulate.topic_mediation(300, n_topics=4, n_units=1, n_spurious=0, dim=200, seed=0)
+    with pytest.raises(DataError, match=r"unit 'u0' \(with its 200 T x M columns; interaction=False drops them\): "
+                                        r"expected more rows than columns, got 300 rows and 405 columns"):
+        ParametricMediation(n_sims=20).fit(data)
+    assert ParametricMediation(interaction=False, n_sims=20).fit(data).effect("u0", "nie").se > 0

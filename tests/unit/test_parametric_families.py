@@ -110,7 +110,7 @@ def test_binary_mediator_simulated_draws_agree_with_enumeration():
 
 def test_binary_mediator_bootstrap_replicate_equals_refit():
     data = binary_mediator_data(600, 7)
-    est = ParametricMediation(mediator_family="logit", outcome_family="gaussian")
+    est = ParametricMediation(mediator_family="logit", outcome_family="gaussian", interaction=False)
     x1, n1 = par._confounder_design(data, ["topic"])
     model = par._Model(data, "m", x1, n1, x1, n1, "gaussian", False, mediator_family="logit")
     model.fit()
@@ -125,7 +125,7 @@ def test_binary_mediator_matches_statsmodels_mediation():
     from statsmodels.stats.mediation import Mediation
 
     data = binary_mediator_data(1500, 11)
-    res = ParametricMediation(mediator_family="logit", n_sims=1000, random_state=0).fit(data)
+    res = ParametricMediation(mediator_family="logit", interaction=False, n_sims=1000, random_state=0).fit(data)
     t, m, y = data.t.astype(float), data.mediator("m")[:, 0].astype(float), data.y
     dummies = np.eye(4)[data.x["topic"].cat.codes.to_numpy()][:, 1:]
     one = np.ones_like(t)
