@@ -145,3 +145,18 @@ def test_dml_warns_that_a_roomy_wide_mediator_gets_conservative_nie_cis():
         get_estimator("dml", **cheap).fit(crowded)  # too wide for its rows: the other warning, not this one
     assert not any("NIE CIs are too wide" in str(w.message) for w in caught)
     assert any("shrink the mediator" in str(w.message) for w in caught)
+
+
+def test_parametric_warns_that_a_wide_block_gets_conservative_cis():
+    """From 20 columns with fewer than 100 rows per column the quasi-Bayesian CIs over-covered (0.975-1.00;
+    benchmarks/study_parametric_width.py); 5 columns, or 20 at n = 2,000, covered 0.94-0.965."""
+    wide, _ = simulate.topic_mediation(300, n_topics=4, n_units=1, n_spurious=0, dim=20, seed=0)
+    with pytest.warns(CalibrationWarning, match=r"parametric \(units \['u0'\]: 20 columns for 300 rows\).*"
+                                                r"the CIs are too wide"):
+        res = get_estimator("parametric", n_sims=50).fit(wide)
+    assert any("too wide" in w for w in res.warnings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CalibrationWarning)
+        for n, dim in ((300, 5), (2000, 20)):
+            data, _ = simulate.topic_mediation(n, n_topics=4, n_units=1, n_spurious=0, dim=dim, seed=0)
+            get_estimator("parametric", n_sims=50).fit(data)

@@ -38,7 +38,7 @@ from scipy import stats
 from scipy import sparse
 from scipy.special import ndtr
 
-from .._calibration import warn_uncalibrated
+from .._calibration import few, is_conservative_width, warn_uncalibrated
 from ..errors import CalibrationWarning, DataError
 from ..graph import resolve
 from ..inference import Effect, cluster_counts, stratified_counts
@@ -151,12 +151,18 @@ class ParametricMediation(MediationEstimator):
                 raise DataError(f"outcome {data.outcome_name!r}: expected binary 0/1 values for the "
                                 f"{self.outcome_family} outcome family, got values {levels[:6].tolist()}"
                                 f"{' ...' if len(levels) > 6 else ''}")
+        notes = []
         if self.outcome_family == "gaussian" and set(np.unique(y).tolist()) <= {0.0, 1.0}:
-            warn_uncalibrated("parametric-binary", n=data.n, n_treated=data.n_treated)
+            notes.append(warn_uncalibrated("parametric-binary", n=data.n, n_treated=data.n_treated))
+        roomy = [u for u in units if is_conservative_width(data.mediator(u).shape[1], data.n)]
+        if roomy:
+            notes.append(warn_uncalibrated("parametric-conservative", n=data.n, n_treated=data.n_treated,
+                                           conservative=True, what=f" (units {few(roomy)}: "
+                                           f"{data.mediator(roomy[0]).shape[1]} columns for {data.n} rows)"))
         x1, names1 = _confounder_design(data, adj.first_stage)
         x2, names2 = _confounder_design(data, adj.second_stage)
         patterns = _patterns(x1, x2, weights)
-        effects, diagnostics, notes = {}, {}, []
+        effects, diagnostics = {}, {}
         for unit in progress_iter(units, "parametric: units", progress):  # a bar on a terminal only
             model = _Model(data, unit, x1, names1, x2, names2, self.outcome_family, bool(self.interaction), patterns,
                            mediator_family=self.mediator_family, weights=weights, groups=groups)
