@@ -50,6 +50,10 @@ CURVATURE_ALPHA, CURVATURE_SHARE = 0.001, 0.05
 # mediator features (after pca) from which the default fit's NIE CIs were too wide: 50 columns at n = 2,000 and
 # 10,000 covered 0.96-1.00 (SE/SD 1.06-1.31); 20 columns at n = 300 covered 0.91-0.93 (SE/SD 1.01-1.07)
 CONSERVATIVE_WIDTH = 50
+# rows of the smaller arm per feature of [M, X] below which a block of CONSERVATIVE_WIDTH or more columns biased
+# the NIE although the propensity models were unpenalized: 8.5 with 576 columns at n = 10,000 (NIE 1.1-1.6 SE
+# off), against 17 and 94 with 50 columns at n = 2,000 and 10,000 (CIs too wide); nothing was measured between
+THIN_EPV = 10
 
 
 # ---- learners -------------------------------------------------------------------------------------------
@@ -401,7 +405,8 @@ class DMLMediation(MediationEstimator):
 
     def _warn_wide(self, data, units, n_x):
         """Warn when the default learners meet a block with fewer than EPV rows of the smaller arm per feature,
-        or one of at least CONSERVATIVE_WIDTH features with enough rows (its NIE CIs came out too wide)."""
+        or one of at least CONSERVATIVE_WIDTH features with fewer than THIN_EPV (its NIE came out biased) or
+        more (its NIE CIs came out too wide)."""
         if self.propensity_learner is not None or self.outcome_learner is not None:
             return
         small = int(min(data.n_treated, data.n - data.n_treated))
@@ -412,7 +417,13 @@ class DMLMediation(MediationEstimator):
             warn_uncalibrated("dml-wide", n=data.n, n_treated=data.n_treated, wide=True,
                               what=f" (units {few(wide)}: {feats[wide[0]]} features "
                                    f"of [M, X] for {small} rows in the smaller arm)")
-        roomy = [u for u in units if u not in wide and feats[u] - n_x >= CONSERVATIVE_WIDTH]
+        block = [u for u in units if u not in wide and feats[u] - n_x >= CONSERVATIVE_WIDTH]
+        thin = [u for u in block if small < THIN_EPV * feats[u]]
+        if thin:
+            warn_uncalibrated("dml-thin", n=data.n, n_treated=data.n_treated, thin=True,
+                              what=f" (units {few(thin)}: {feats[thin[0]]} features of [M, X] for {small} rows "
+                                   "in the smaller arm)")
+        roomy = [u for u in block if u not in thin]
         if roomy:
             warn_uncalibrated("dml-conservative", n=data.n, n_treated=data.n_treated, conservative=True,
                               what=f" (units {few(roomy)}: {feats[roomy[0]] - n_x} mediator features)")
