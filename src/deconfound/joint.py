@@ -83,8 +83,8 @@ def joint_mediation(estimator, data, units, *, name=None, graph=None, **fit_kw) 
 
     Parameters
     ----------
-    estimator : a ParametricMediation (run as a paired bootstrap of ``n_sims`` resamples), DMLMediation,
-        WeightingMediation (paired through their scores or bootstrap draws) or PatchingMediation (the set
+    estimator : a ParametricMediation (run as a paired bootstrap of ``n_sims`` resamples, 1,000 by default),
+        DMLMediation, WeightingMediation (paired through their scores or bootstrap draws) or PatchingMediation (the set
         patched at once; paired through its bootstrap resamples; every donor strategy).
     data : MediationData
     units : two or more unit names; for patching also a dict (data unit -> patch unit), as in its ``fit``.
@@ -136,7 +136,7 @@ def joint_mediation(estimator, data, units, *, name=None, graph=None, **fit_kw) 
             if np.any(np.bincount(codes, weights=stacked.t) % np.bincount(codes) != 0):
                 stratify = None
         seed = est.random_state if isinstance(est.random_state, (int, np.integer)) else 0
-        counts = draw_counts(stacked, int(est.n_sims), stratify=stratify, random_state=seed, cluster=cluster)
+        counts = draw_counts(stacked, est.draws, stratify=stratify, random_state=seed, cluster=cluster)
         result = est.fit(stacked, graph=graph, units=fit_units, counts=counts, **fit_kw)
     else:
         result = estimator.fit(stacked, graph=graph, units=fit_units, **fit_kw)

@@ -289,6 +289,28 @@ def test_same_seed_same_numbers_and_unit_streams():
     assert not np.array_equal(d(a, "u0")[:20], d(a, "u1")[:20])
 
 
+def test_default_draws_give_the_closed_form_te_se_on_every_data_set():
+    """u1 does not move with T, so its TE under the default (T x M) model is gT + c mean(M(1)); its SE is that
+    contrast's classical OLS SE up to the mediator model's small share. With 1,000 draws of the default seed's
+    stream the SE was 4-5% small on every one of these data sets (the TE covered 0.929 over 1,000 of them)."""
+    est = ParametricMediation()
+    assert est.draws == 10_000 and ParametricMediation(method="bootstrap").draws == 1_000
+    assert ParametricMediation(outcome_family="probit").draws == 1_000
+    ratios = []
+    for seed in range(4):
+        data, _ = simulate.topic_mediation(300, n_topics=4, n_units=2, seed=seed)
+        m = np.asarray(data.mediator("u1"), float)[:, 0]
+        t = np.asarray(data.t, float)
+        x = np.column_stack([np.ones(300), t, m, t * m, _dummies(data)])
+        fit = sm.OLS(np.asarray(data.y, float), x).fit()
+        c = np.zeros(x.shape[1])
+        c[1], c[3] = 1.0, m.mean()
+        res = est.fit(data, units=["u1"])
+        assert res.settings["n_sims"] == 10_000
+        ratios.append(res.effect("u1", "te").se / np.sqrt(c @ fit.cov_params() @ c))
+    assert np.all((np.array(ratios) > 0.985) & (np.array(ratios) < 1.03)), ratios
+
+
 def test_chunking_does_not_change_integrated_draws(monkeypatch):
     data = _binary_data(500, 2)
     est = ParametricMediation(outcome_family="probit", n_sims=300, random_state=1)

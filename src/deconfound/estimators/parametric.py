@@ -52,6 +52,7 @@ from .base import MediationEstimator, attach_roles, check_units, register, sampl
 FAMILIES = ("gaussian", "logit", "probit")
 METHODS = ("quasi-bayes", "bootstrap")
 NOISE = ("integrate", "simulate")
+CHEAP_DRAWS, DRAWS = 10_000, 1_000  # default n_sims: quasi-Bayes with a gaussian outcome, everything else
 _BUDGET = 1 << 22  # elements of one (rows x draws) work array; fixed, so chunking never changes the numbers
 
 
@@ -69,7 +70,11 @@ class ParametricMediation(MediationEstimator):
         linear process, which has no interaction, still covers 0.925-0.95 at n = 300 (docs/coverage.md).
     method : ``"quasi-bayes"`` (draw coefficients from their asymptotic normal) or ``"bootstrap"``
         (resample rows within treatment arms and refit).
-    n_sims : number of draws or bootstrap replicates.
+    n_sims : number of quasi-Bayes draws or bootstrap replicates. None (default): 10,000 draws for a gaussian
+        outcome model, whose draws cost little, and 1,000 draws (logit, probit) or replicates (bootstrap)
+        otherwise. With 1,000 draws the SE of one fit carries a Monte Carlo error of about 2% and the CI limits
+        about 4%, and a fixed seed repeats that error on every data set: over 1,000 simulated data sets at
+        n = 300 a unit's TE covered 0.929 (SE/SD 0.92) with 1,000 draws of one seed's stream.
     drop_unsupported : a topic with rows in one arm only raises PositivityError (default); True drops its rows
         first (:func:`deconfound.positivity.check_positivity`; the dropped topics in ``data.meta``).
     level : confidence level of the percentile intervals.
@@ -97,7 +102,7 @@ class ParametricMediation(MediationEstimator):
     """
 
     def __init__(self, outcome_family: str = "gaussian", interaction: bool = True, method: str = "quasi-bayes",
-                 n_sims: int = 1000, level: float = 0.95, random_state=0, mediator_noise: str = "integrate",
+                 n_sims: int | None = None, level: float = 0.95, random_state=0, mediator_noise: str = "integrate",
                  mediator_family: str = "gaussian", drop_unsupported: bool = False):
         self.drop_unsupported = drop_unsupported
         self.outcome_family = outcome_family
@@ -116,12 +121,21 @@ class ParametricMediation(MediationEstimator):
                                      ("mediator_noise", self.mediator_noise, NOISE)):
             if value not in allowed:
                 raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}")
-        if isinstance(self.n_sims, bool) or not isinstance(self.n_sims, (int, np.integer)) or self.n_sims < 2:
-            raise ValueError(f"n_sims: expected an integer >= 2, got {self.n_sims!r}")
+        n_sims = self.n_sims
+        if n_sims is not None and (isinstance(n_sims, bool) or not isinstance(n_sims, (int, np.integer)) or n_sims < 2):
+            raise ValueError(f"n_sims: expected None or an integer >= 2, got {n_sims!r}")
         if not 0 < float(self.level) < 1:
             raise ValueError(f"level: expected a number in (0, 1), got {self.level!r}")
         if not isinstance(self.interaction, (bool, np.bool_)):
             raise TypeError(f"interaction: expected a bool, got {type(self.interaction).__name__}")
+
+    @property
+    def draws(self) -> int:
+        """The number of draws or replicates that ``n_sims`` resolves to (see the class docstring)."""
+        if self.n_sims is not None:
+            return int(self.n_sims)
+        cheap = self.method == "quasi-bayes" and self.outcome_family == "gaussian"
+        return CHEAP_DRAWS if cheap else DRAWS
 
     def fit(self, data, *, graph=None, units=None, cluster=None, weights=None, counts=None,
             progress=None) -> MediationResult:
@@ -137,8 +151,8 @@ class ParametricMediation(MediationEstimator):
         data = attach_roles(data, cluster, weights)  # the roles follow the rows positivity may drop
         if counts is not None:
             counts = np.asarray(counts)
-            if self.method != "bootstrap" or counts.shape != (self.n_sims, data.n):
-                raise ValueError(f"counts: expected method='bootstrap' and shape ({self.n_sims}, {data.n}), got "
+            if self.method != "bootstrap" or counts.shape != (self.draws, data.n):
+                raise ValueError(f"counts: expected method='bootstrap' and shape ({self.draws}, {data.n}), got "
                                  f"method={self.method!r} and shape {counts.shape}")
         g, adj = resolve(graph, data)
         data = check_positivity(data, adj.union, drop_unsupported=self.drop_unsupported, what="parametric mediation")
@@ -183,7 +197,7 @@ class ParametricMediation(MediationEstimator):
         settings = {"outcome_family": self.outcome_family, "mediator_family": self.mediator_family,
                     "cluster": None if groups is None else int(groups.max()) + 1, "weights": weights is not None,
                     "interaction": bool(self.interaction),
-                    "method": self.method, "n_sims": int(self.n_sims), "mediator_noise": self.mediator_noise,
+                    "method": self.method, "n_sims": self.draws, "mediator_noise": self.mediator_noise,
                     "point_estimate": "plug-in"}
         return MediationResult(estimator="parametric", effects=effects, n=data.n, n_treated=data.n_treated,
                                population="ate", graph=g.name, adjustment=adj.as_dict(), level=self.level,
@@ -193,9 +207,9 @@ class ParametricMediation(MediationEstimator):
     def _effects(self, model: "_Model", rng: np.random.Generator, counts=None):
         q_hat = model.means(model.point_params(), None, "integrate", rng)[0]
         if self.method == "quasi-bayes":
-            q = model.means(model.quasi_bayes_params(self.n_sims, rng), None, self.mediator_noise, rng)
+            q = model.means(model.quasi_bayes_params(self.draws, rng), None, self.mediator_noise, rng)
         else:
-            q = model.bootstrap(self.n_sims, self.mediator_noise, rng, counts)
+            q = model.bootstrap(self.draws, self.mediator_noise, rng, counts)
         point, draws = _contrasts(q_hat[None]), _contrasts(q)
         out = {key: Effect.from_draws(float(point[key][0]), draws[key], level=self.level) for key in point}
         return add_derived(out), model.info()
