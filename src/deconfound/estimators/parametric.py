@@ -67,7 +67,7 @@ class ParametricMediation(MediationEstimator):
         (default True). Without them the ACMEs of both arms are biased whenever the outcome has a T x M
         interaction (1.3-4.7 SE on the grid's interaction process, coverage 0.00-0.70 from n = 300), and the
         test that warns about it fires in only about a third of such data sets at n = 300. With them the
-        linear process, which has no interaction, still covers 0.925-0.95 at n = 300 (docs/coverage.md).
+        linear process, which has no interaction, still covers 0.94-0.96 at n = 300 (docs/coverage.md).
     method : ``"quasi-bayes"`` (draw coefficients from their asymptotic normal) or ``"bootstrap"``
         (resample rows within treatment arms and refit).
     n_sims : number of quasi-Bayes draws or bootstrap replicates. None (default): 10,000 draws for a gaussian
