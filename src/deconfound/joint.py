@@ -84,8 +84,8 @@ def joint_mediation(estimator, data, units, *, name=None, graph=None, **fit_kw) 
     Parameters
     ----------
     estimator : a ParametricMediation (run as a paired bootstrap of ``n_sims`` resamples, 1,000 by default),
-        DMLMediation, WeightingMediation (paired through their scores or bootstrap draws) or PatchingMediation (the set
-        patched at once; paired through its bootstrap resamples; every donor strategy).
+        DMLMediation, WeightingMediation (paired through their scores or bootstrap draws) or PatchingMediation
+        (the set patched at once; paired through its bootstrap resamples; every donor strategy).
     data : MediationData
     units : two or more unit names; for patching also a dict (data unit -> patch unit), as in its ``fit``.
     name : the joint block's name (default the unit names joined by ``"+"``).
