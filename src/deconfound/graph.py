@@ -242,3 +242,22 @@ def resolve(graph, data) -> tuple[CausalGraph, AdjustmentSets]:
     """The graph (default topic_mediation) and its adjustment sets for ``data``."""
     g = load_graph(DEFAULT_GRAPH if graph is None else graph)
     return g, g.adjustment_sets(data)
+
+
+def confounders_replaced(graph, old: str | None, new: list[str]):
+    """The graph to use after confounder columns change (the refuters that add or regroup confounders).
+
+    A graph with the node ``X`` (the whole confounder set) needs no change. In a graph that names confounders
+    one by one, ``old`` (if it is a node) is replaced by the nodes ``new`` with its edges; with ``old=None`` the
+    ``new`` nodes are added as common causes of T, M and Y. A column that was not a node stays unadjusted.
+    """
+    g = load_graph(DEFAULT_GRAPH if graph is None else graph)
+    if "X" in g.nx or (old is not None and old not in g.nx):
+        return g
+    h = g.nx.copy()
+    targets = ["T", "M", "Y"] if old is None else list(h.successors(old))
+    if old is not None:
+        h.remove_node(old)
+    for node in new:
+        h.add_edges_from((node, t) for t in targets)
+    return CausalGraph(h, name=f"{g.name}+{'+'.join(new)}")

@@ -36,6 +36,7 @@ from scipy import stats
 
 from ._validation import check_probability, check_random_state
 from .errors import DataError
+from .graph import confounders_replaced
 from .results import MediationResult
 
 COLUMNS = ["refuter", "unit", "effect", "arm", "estimate", "new_estimate", "new_se", "p_value", "passed"]
@@ -95,14 +96,24 @@ class RefutationResult:
 
 
 # ---- shared plumbing ------------------------------------------------------------------------------------
-def _fit(estimator, data, graph, units, patcher=None) -> MediationResult:
-    if patcher is not None:
-        return estimator.fit(data, graph=graph, units=units, patcher=patcher)
-    param = inspect.signature(estimator.fit).parameters.get("patcher")  # a required patcher
-    if param is not None and param.default is inspect.Parameter.empty:
-        raise TypeError(f"patcher: expected the Patcher the {type(estimator).__name__} estimator runs on "
-                        "(refute_all(..., patcher=patcher) or refuter(..., patcher=patcher)), got None")
-    return estimator.fit(data, graph=graph, units=units)
+def _fit(estimator, data, graph, units, patcher=None, *, refit: str | None = None) -> MediationResult:
+    """Fit on the user's data, or (``refit`` = the refuter's name) on a refuter's modified data: a refit's
+    warnings are re-raised with that name in front, since they describe data the user never had (a permuted
+    treatment leaves the outcome curved in the mediator, for example)."""
+    if patcher is None:
+        param = inspect.signature(estimator.fit).parameters.get("patcher")  # a required patcher
+        if param is not None and param.default is inspect.Parameter.empty:
+            raise TypeError(f"patcher: expected the Patcher the {type(estimator).__name__} estimator runs on "
+                            "(refute_all(..., patcher=patcher) or refuter(..., patcher=patcher)), got None")
+    kw = {} if patcher is None else {"patcher": patcher}
+    if refit is None:
+        return estimator.fit(data, graph=graph, units=units, **kw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        new = estimator.fit(data, graph=graph, units=units, **kw)
+    for w in caught:
+        warnings.warn(f"{refit} refit (on the refuter's modified data): {w.message}", w.category, stacklevel=3)
+    return new
 
 
 def _original(estimator, data, graph, units, original, patcher=None):
@@ -231,27 +242,6 @@ def strata_labels(data, strata=None) -> np.ndarray:
     return np.unique(arr.astype(str), return_inverse=True)[1]
 
 
-def _graph_nodes_replaced(graph, old: str | None, new: list[str]):
-    """The graph to use after confounder columns change.
-
-    A graph with the node ``X`` (the whole confounder set) needs no change. In a graph that names confounders
-    one by one, ``old`` (if it is a node) is replaced by the nodes ``new`` with its edges; with ``old=None`` the
-    ``new`` nodes are added as common causes of T, M and Y. A column that was not a node stays unadjusted.
-    """
-    from .graph import DEFAULT_GRAPH, CausalGraph, load_graph  # noqa: PLC0415 - lazy, layer 2
-
-    g = load_graph(DEFAULT_GRAPH if graph is None else graph)
-    if "X" in g.nx or (old is not None and old not in g.nx):
-        return g
-    h = g.nx.copy()
-    targets = ["T", "M", "Y"] if old is None else list(h.successors(old))
-    if old is not None:
-        h.remove_node(old)
-    for node in new:
-        h.add_edges_from((node, t) for t in targets)
-    return CausalGraph(h, name=f"{g.name}+{'+'.join(new)}")
-
-
 # ---- refuters ---------------------------------------------------------------------------------------------
 def placebo_treatment(estimator, data, *, graph=None, random_state=0, units=None, original=None, alpha=0.05,
                       patcher=None, strata=None) -> RefutationResult:
@@ -275,7 +265,7 @@ def placebo_treatment(estimator, data, *, graph=None, random_state=0, units=None
     for s in np.unique(labels):
         idx = np.flatnonzero(labels == s)
         t[idx] = t[rng.permutation(idx)]
-    new = _fit(estimator, data.replace(t=t), graph, units, patcher)
+    new = _fit(estimator, data.replace(t=t), graph, units, patcher, refit="placebo_treatment")
     return _build("placebo_treatment", "zero", orig, [new], alpha, {"strata": strata or "categorical confounders"})
 
 
@@ -292,7 +282,7 @@ def dummy_outcome(estimator, data, *, graph=None, random_state=0, units=None, or
         raise ValueError(f"kind: expected 'permute' or 'normal', got {kind!r}")
     orig = _original(estimator, data, graph, units, original, patcher)
     y = rng.permutation(data.y) if kind == "permute" else rng.normal(data.y.mean(), data.y.std(), size=data.n)
-    new = _fit(estimator, data.replace(y=y), graph, units)
+    new = _fit(estimator, data.replace(y=y), graph, units, refit="dummy_outcome")
     return _build("dummy_outcome", "zero", orig, [new], alpha, {"kind": kind})
 
 
@@ -305,7 +295,8 @@ def random_common_cause(estimator, data, *, graph=None, random_state=0, units=No
     orig = _original(estimator, data, graph, units, original, patcher)
     x = data.x.copy()
     x[name] = rng.normal(size=data.n)
-    new = _fit(estimator, data.replace(x=x), _graph_nodes_replaced(graph, None, [name]), units, patcher)
+    new = _fit(estimator, data.replace(x=x), confounders_replaced(graph, None, [name]), units, patcher,
+               refit="random_common_cause")
     return _build("random_common_cause", "stable", orig, [new], alpha, {})
 
 
@@ -334,7 +325,8 @@ def data_subset(estimator, data, *, graph=None, random_state=0, units=None, orig
                                for idx in (np.flatnonzero(labels == s) for s in np.unique(labels))
                                if len(idx) >= 2])
         keep = np.sort(keep)
-        news.append(_fit(estimator, data.subset(keep), graph, units, None if patcher is None else PatcherRows(patcher, keep)))
+        news.append(_fit(estimator, data.subset(keep), graph, units, None if patcher is None else PatcherRows(patcher, keep),
+                         refit="data_subset"))
         sizes.append(len(keep))
     f = float(np.mean(sizes)) / data.n
     details = pd.DataFrame([dict(subset=i, unit=u, effect=k[0], arm=k[1], estimate=r.effects[u][k].estimate,
@@ -367,7 +359,7 @@ def unobserved_confounder(estimator, data, *, graph=None, random_state=0, units=
         changes["mediators"] = {k: m + (effect_on_m * m.std(axis=0, dtype=float) * u[:, None]).astype(np.float32)
                                 for k, m in data.mediators.items()}
         changes["mediator_columns"] = data.mediator_columns
-    new = _fit(estimator, data.replace(**changes), graph, units)
+    new = _fit(estimator, data.replace(**changes), graph, units, refit="unobserved_confounder")
     shift = effect_on_y * data.y.std() * effect_on_t
     expected = {"te": shift, "nde": shift, "nie": 0.0}
     details = pd.DataFrame([dict(unit=un, effect=k[0], arm=k[1],
@@ -429,9 +421,9 @@ def topic_granularity(estimator, data, *, graph=None, random_state=0, units=None
         x = x.drop(columns=column)
         for j, nm in enumerate(names, start=1):
             x[nm] = prob[:, j]
-        new_graph = _graph_nodes_replaced(graph, column, names)
+        new_graph = confounders_replaced(graph, column, names)
         opts = {"column": column, "mode": mode, "noise": noise, "sharpness": sharpness}
-    new = _fit(estimator, data.replace(x=x), new_graph, units, patcher)
+    new = _fit(estimator, data.replace(x=x), new_graph, units, patcher, refit="topic_granularity")
     return _build("topic_granularity", "stable", orig, [new], alpha, opts)
 
 
@@ -468,7 +460,7 @@ def random_model(estimator, data, *, graph=None, random_state=0, units=None, ori
     acts = null.activations(list(specs.values()))
     mediators = {name: np.asarray(a, dtype=np.float32) for name, a in zip(specs, acts.values())}
     new_data = data.select_units(list(specs)).replace(mediators=mediators, y=np.asarray(null.base_scores()))
-    new = _fit(estimator, new_data, graph, specs, null)
+    new = _fit(estimator, new_data, graph, specs, null, refit="random_model")
     rows = []
     for unit in orig.units:
         for key in _keys(orig, unit, [new]):
@@ -521,7 +513,7 @@ def random_directions(estimator, data, *, graph=None, random_state=0, units=None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for _ in range(int(n_draws)):
-            news.append(_fit(est, data, graph, specs, _RandomShifts(patcher, own, rng)))
+            news.append(_fit(est, data, graph, specs, _RandomShifts(patcher, own, rng), refit="random_directions"))
     rows, details = [], []
     for unit in orig.units:
         for key in [k for k in _keys(orig, unit, news) if k[0] == "nie"]:

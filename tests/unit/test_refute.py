@@ -1,4 +1,6 @@
 """Refuters that re-run the whole estimator (deconfound.refute), on the simulator with known truth."""
+import warnings
+
 import networkx as nx
 import numpy as np
 import pandas as pd
@@ -241,6 +243,43 @@ def test_refute_all_reuses_a_given_original_fit(sim):
     assert len(rec.seen) == 1  # the placebo refit only
     for row in table.itertuples():
         assert row.estimate == orig.effect(row.unit, row.effect, row.arm).estimate
+
+
+class Noisy(MediationEstimator):
+    """Wraps an estimator and warns on every fit, naming how many rows it saw."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def fit(self, data, *, graph=None, units=None):
+        warnings.warn(f"fitted {data.n} rows", UserWarning, stacklevel=2)
+        return self.inner.fit(data, graph=graph, units=units)
+
+
+def test_a_refits_warnings_name_its_refuter_and_the_originals_do_not(sim):
+    data, _ = sim
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        refute.refute_all(Noisy(cheap()), data, random_state=1)
+    texts = [str(w.message) for w in caught if "fitted" in str(w.message)]
+    assert texts[0] == f"fitted {data.n} rows"  # the original fit: the user's data, said as is
+    prefixes = [t.split(" refit ")[0] for t in texts[1:]]
+    assert prefixes == ["placebo_treatment", "random_common_cause"] + ["data_subset"] * 3 + [
+        "dummy_outcome", "unobserved_confounder", "topic_granularity"]
+    assert all(t.endswith("rows") and "(on the refuter's modified data)" in t for t in texts[1:])
+
+
+def test_the_placebo_refits_curved_outcome_is_not_reported_as_the_users():
+    """A permuted T leaves Y curved in M (T's effect now enters through E[T | M, X]): RESET flags the refit (data
+    seed 47 of the grid's refuter cell); the fit on the user's data is linear and says nothing."""
+    data, _ = simulate.topic_mediation(300, seed=47, n_topics=4, n_units=2)
+    est = get_estimator("parametric")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        orig = est.fit(data)
+    with pytest.warns(UserWarning, match=r"^placebo_treatment refit \(on the refuter's modified data\): "
+                                         r"parametric: unit 'u1''s outcome is not linear"):
+        refute.placebo_treatment(est, data, random_state=1_000_047, original=orig)
 
 
 # ---- the patching estimator under the refuters (toy patcher: g_i(m) = a_i + b.m + c |m|^2) --------------------
