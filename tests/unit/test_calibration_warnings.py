@@ -168,7 +168,7 @@ def test_parametric_warns_that_a_wide_block_gets_conservative_cis():
     benchmarks/study_parametric_width.py); 5 columns, or 20 at n = 2,000, covered 0.94-0.965."""
     wide, _ = simulate.topic_mediation(300, n_topics=4, n_units=1, n_spurious=0, dim=20, seed=0)
     with pytest.warns(CalibrationWarning, match=r"parametric \(units \['u0'\]: 20 columns for 300 rows\).*"
-                                                r"the CIs are too wide"):
+                                                r"the NIE CIs are too wide"):
         res = get_estimator("parametric", n_sims=50).fit(wide)
     assert any("too wide" in w for w in res.warnings)
     with warnings.catch_warnings():
