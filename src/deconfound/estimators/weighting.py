@@ -312,8 +312,7 @@ class WeightingMediation(MediationEstimator):
                                 what="weighting mediation")
         data = outside_population(data, cols, self.population)  # ATT: control-only topics weigh 0
         cluster, sw = sample_roles(data)
-        if not self.n_boot:
-            warn_uncalibrated("weighting", n=data.n, n_treated=data.n_treated)
+        warn_uncalibrated("weighting", n=data.n, n_treated=data.n_treated)
         bm = _design(data, cols)
         t, y = data.t.astype(int), data.y.astype(float)
         f = np.ones(data.n) if sw is None else sw
