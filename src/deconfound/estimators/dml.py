@@ -50,10 +50,12 @@ CURVATURE_ALPHA, CURVATURE_SHARE = 0.001, 0.05
 # mediator features (after pca) from which the default fit's NIE CIs were too wide: 50 columns at n = 2,000 and
 # 10,000 covered 0.96-1.00 (SE/SD 1.06-1.31); 20 columns at n = 300 covered 0.91-0.93 (SE/SD 1.01-1.07)
 CONSERVATIVE_WIDTH = 50
-# rows of the smaller arm per feature of [M, X] below which a block of CONSERVATIVE_WIDTH or more columns biased
-# the NIE although the propensity models were unpenalized: 8.5 with 576 columns at n = 10,000 (NIE 1.1-1.6 SE
-# off), against 17 and 94 with 50 columns at n = 2,000 and 10,000 (CIs too wide); nothing was measured between
-THIN_EPV = 10
+# a block of CONSERVATIVE_WIDTH or more columns biased the NIE up and the NDE down although the propensity
+# models were unpenalized. In SE units the NIE(treated) bias went with features / sqrt(rows of the smaller arm):
+# 0.27 SE at 1.7 (50 columns, n = 2,000), and with 576 columns 1.6, 0.97 and 0.82 SE at 8.2, 6.7 and 5.8
+# (n = 10,000, 15,000, 20,000), 0.14-0.19 SE a unit. "Thin": fewer than THIN_EPV rows per feature, or a ratio
+# of THIN_SCALE or more (about 0.5 SE of bias; no cell was measured between 1.7 and 5.8)
+THIN_EPV, THIN_SCALE = 10, 3.0
 
 
 # ---- learners -------------------------------------------------------------------------------------------
@@ -405,8 +407,8 @@ class DMLMediation(MediationEstimator):
 
     def _warn_wide(self, data, units, n_x):
         """Warn when the default learners meet a block with fewer than EPV rows of the smaller arm per feature,
-        or one of at least CONSERVATIVE_WIDTH features with fewer than THIN_EPV (its NIE came out biased) or
-        more (its NIE CIs came out too wide)."""
+        or one of at least CONSERVATIVE_WIDTH features that is thin (fewer than THIN_EPV rows per feature, or
+        features >= THIN_SCALE sqrt(rows): its NIE came out biased) or not (its NIE CIs came out too wide)."""
         if self.propensity_learner is not None or self.outcome_learner is not None:
             return
         small = int(min(data.n_treated, data.n - data.n_treated))
@@ -418,7 +420,7 @@ class DMLMediation(MediationEstimator):
                               what=f" (units {few(wide)}: {feats[wide[0]]} features "
                                    f"of [M, X] for {small} rows in the smaller arm)")
         block = [u for u in units if u not in wide and feats[u] - n_x >= CONSERVATIVE_WIDTH]
-        thin = [u for u in block if small < THIN_EPV * feats[u]]
+        thin = [u for u in block if small < THIN_EPV * feats[u] or feats[u] >= THIN_SCALE * np.sqrt(small)]
         if thin:
             warn_uncalibrated("dml-thin", n=data.n, n_treated=data.n_treated, thin=True,
                               what=f" (units {few(thin)}: {feats[thin[0]]} features of [M, X] for {small} rows "
