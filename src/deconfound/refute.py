@@ -108,8 +108,7 @@ def _fit(estimator, data, graph, units, patcher=None, *, refit: str | None = Non
     kw = {} if patcher is None else {"patcher": patcher}
     if refit is None:
         return estimator.fit(data, graph=graph, units=units, **kw)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as caught:  # the caller's filters stay: only what would show
         new = estimator.fit(data, graph=graph, units=units, **kw)
     for w in caught:
         warnings.warn(f"{refit} refit (on the refuter's modified data): {w.message}", w.category, stacklevel=3)
