@@ -10,8 +10,8 @@ coverage, SE/SD and bias in SE units (``deconfound.coverage.summarize``).
 
 Measured at 86c5613, 40 data sets a size: at n = 15,000 (12.9 rows per feature) NIE(treated) +0.97 SE (coverage
 0.925), NDE(control) -1.0 SE (0.875); at n = 20,000 (17.2) +0.82 SE (0.95, SE/SD 1.10) and -0.70 SE (0.90).
-With n = 10,000 (+1.6 SE) and 50 columns at n = 2,000 (+0.27 SE) the bias goes with features / sqrt(rows of
-the smaller arm), 0.14-0.19 SE a unit: dml's THIN_SCALE.
+At 414f3f4, ``--dim 200 --n 9000`` (features / sqrt(rows of the smaller arm) 3.0): +0.27 SE, every effect
+0.95-1.00. dml's THIN_SCALE (4.5) sits midway between 3.0 and 5.8 (n = 20,000).
 
 Run: ``.venv/bin/python benchmarks/study_dml_rows_per_feature.py --n 15000 --reps 40`` (about a minute a
 data set on one core).
@@ -31,10 +31,13 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=15000)
     ap.add_argument("--reps", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dim", type=int, default=576, help="mediator columns (default 576, the grid's dim576)")
     args = ap.parse_args(argv)
-    cell = coverage.Cell(f"dim576-n{args.n}", args.n, coverage.DGPS["dim576"][0], estimators=("dml",))
+    sim = {**coverage.DGPS["dim576"][0], "dim": args.dim}
+    cell = coverage.Cell(f"dim{args.dim}-n{args.n}", args.n, sim, estimators=("dml",))
     rows = coverage.run(["dml"], [cell], reps=args.reps, seed=args.seed, progress=False)
-    path = OUT / f"study_dml_rows_per_feature-n{args.n}-s{args.seed}.csv.gz"
+    stem = f"n{args.n}" if args.dim == 576 else f"d{args.dim}-n{args.n}"
+    path = OUT / f"study_dml_rows_per_feature-{stem}-s{args.seed}.csv.gz"
     rows.to_csv(path, index=False)
     cols = ["effect", "arm", "reps", "coverage", "se_sd", "bias_se", "warned"]
     table = coverage.summarize(rows)

@@ -51,11 +51,11 @@ CURVATURE_ALPHA, CURVATURE_SHARE = 0.001, 0.05
 # 10,000 covered 0.96-1.00 (SE/SD 1.06-1.31); 20 columns at n = 300 covered 0.91-0.93 (SE/SD 1.01-1.07)
 CONSERVATIVE_WIDTH = 50
 # a block of CONSERVATIVE_WIDTH or more columns biased the NIE up and the NDE down although the propensity
-# models were unpenalized. In SE units the NIE(treated) bias went with features / sqrt(rows of the smaller arm):
-# 0.27 SE at 1.7 (50 columns, n = 2,000), and with 576 columns 1.6, 0.97 and 0.82 SE at 8.2, 6.7 and 5.8
-# (n = 10,000, 15,000, 20,000), 0.14-0.19 SE a unit. "Thin": fewer than THIN_EPV rows per feature, or a ratio
-# of THIN_SCALE or more (about 0.5 SE of bias; no cell was measured between 1.7 and 5.8)
-THIN_EPV, THIN_SCALE = 10, 3.0
+# models were unpenalized. With 576 columns at features / sqrt(rows of the smaller arm) = 8.2, 6.7 and 5.8
+# (n = 10,000, 15,000, 20,000) NIE(treated) was 1.6, 0.97 and 0.82 SE off and some effect covered 0.66-0.90;
+# at 3.0 (200 columns, n = 9,000) and 1.7 (50, n = 2,000) 0.27 SE, every effect 0.90-1.00. "Thin": fewer
+# than THIN_EPV rows per feature, or a ratio of THIN_SCALE or more (midway between 3.0 and 5.8)
+THIN_EPV, THIN_SCALE = 10, 4.5
 
 
 # ---- learners -------------------------------------------------------------------------------------------
