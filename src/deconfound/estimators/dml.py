@@ -53,9 +53,10 @@ CONSERVATIVE_WIDTH = 50
 # a block of CONSERVATIVE_WIDTH or more columns biased the NIE up and the NDE down although the propensity
 # models were unpenalized. With 576 columns at features / sqrt(rows of the smaller arm) = 8.2, 6.7 and 5.8
 # (n = 10,000, 15,000, 20,000) NIE(treated) was 1.6, 0.97 and 0.82 SE off and some effect covered 0.66-0.90;
-# at 3.0 (200 columns, n = 9,000) and 1.7 (50, n = 2,000) 0.27 SE, every effect 0.90-1.00. "Thin": fewer
-# than THIN_EPV rows per feature, or a ratio of THIN_SCALE or more (midway between 3.0 and 5.8)
-THIN_EPV, THIN_SCALE = 10, 4.5
+# at 4.5 (300 columns, n = 9,000) 0.59 SE (coverage 0.90); at 3.0 (200 columns) and 1.7 (50, n = 2,000)
+# 0.27 SE, every effect 0.90-1.00. "Thin": fewer than THIN_EPV rows per feature, or a ratio of THIN_SCALE or
+# more (between 3.0 and 4.5)
+THIN_EPV, THIN_SCALE = 10, 4.0
 
 
 # ---- learners -------------------------------------------------------------------------------------------
