@@ -11,8 +11,10 @@ coverage, SE/SD and bias in SE units (``deconfound.coverage.summarize``).
 Measured at 86c5613, 40 data sets a size: at n = 15,000 (12.9 rows per feature) NIE(treated) +0.97 SE (coverage
 0.925), NDE(control) -1.0 SE (0.875); at n = 20,000 (17.2) +0.82 SE (0.95, SE/SD 1.10) and -0.70 SE (0.90).
 At 414f3f4, ``--dim 200 --n 9000`` (features / sqrt(rows of the smaller arm) 3.0): +0.27 SE, every effect
-0.95-1.00; at d161913, ``--dim 300 --n 9000`` (ratio 4.5): +0.59 SE (coverage 0.90), the others 0.95-0.975.
-dml's THIN_SCALE (4) sits between 3.0 and 4.5.
+0.95-1.00; at d161913, ``--dim 300 --n 9000`` (ratio 4.5): +0.59 SE (coverage 0.90), the others 0.95-0.975;
+at cbfb3f0, ``--dim 250 --n 9000`` with ``--seed 0`` and ``--seed 20`` (20 data sets each; ratio 3.8): +0.38 SE
+(coverage 1.00, SE/SD 1.25), NDE(control) -0.53 SE (0.90), TE 0.90. dml's THIN_SCALE (3.5) sits between 3.0
+and 3.8.
 
 Run: ``.venv/bin/python benchmarks/study_dml_rows_per_feature.py --n 15000 --reps 40`` (about a minute a
 data set on one core).

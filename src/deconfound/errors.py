@@ -32,3 +32,12 @@ class MissingDependencyError(DeconfoundError, ImportError):
 class CalibrationWarning(UserWarning):
     """The data resemble a cell of the calibration study (docs/coverage.md) where this estimator's default
     confidence intervals were measured outside [0.93, 0.97]."""
+
+
+class NullPathsWarning(CalibrationWarning):
+    """Some units' paths T -> M and M -> Y are both indistinguishable from 0, where the NIE's CIs are too wide
+    (``deconfound.paths``). ``units`` names them."""
+
+    def __init__(self, message: str, units=()):
+        super().__init__(message)
+        self.units = list(units)

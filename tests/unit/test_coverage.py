@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from deconfound import coverage as cv
+from deconfound import coverage_report as cr
 
 
 def _rows(estimates, ses, truth, p):
@@ -48,7 +49,7 @@ def test_run_uses_the_same_data_seed_for_every_estimator_and_writes_markdown(tmp
     again = cv.run(["parametric"], cell, reps=2, seed=7, progress=False)
     first = rows[rows.estimator == "parametric"].reset_index(drop=True)
     pd.testing.assert_frame_equal(first, again)  # same seed, same numbers
-    md = cv.to_markdown(cv.summarize(rows), cv.failures(rows), commit="abc", reps=2, seconds=1.0, grid_name="ci")
+    md = cr.to_markdown(cv.summarize(rows), cv.failures(rows), commit="abc", reps=2, seconds=1.0, grid_name="ci")
     assert "commit `abc`" in md and "### parametric" in md and "[0.93, 0.97]" in md
 
 
@@ -162,7 +163,7 @@ def test_overview_gives_the_coverage_range_per_estimator_process_and_n():
          "warned": 0.0, "undefined": 0.0},
         {**base, "cell": "lin-n2000", "n": 2000, "effect": "te", "coverage": 0.95, "test": "power", "reject": 1.0,
          "warned": 0.9, "undefined": 0.25}])
-    o = cv.overview(table).set_index(["estimator", "process"])
+    o = cr.overview(table).set_index(["estimator", "process"])
     assert o.loc[("e", "lin"), "n = 300"] == "0.91*"  # the range over nonzero truths; a size above 0.07 is starred
     assert o.loc[("e", "lin"), "n = 2,000"] == "0.95 w (25% none)"
 
@@ -211,20 +212,20 @@ def test_overview_counts_fits_that_raised_as_no_estimate_and_marks_a_zero_truth_
         {**base, "cell": "same-n300", "n": 300, "effect": "nie", "coverage": 0.97, "test": "size", "reps": 100,
          "undefined": 0.0}])
     fails = pd.DataFrame({"estimator": ["e"], "cell": ["lin-n300"], "failed": [40], "message": ["PositivityError"]})
-    o = cv.overview(table, fails).set_index(["estimator", "process"])["n = 300"]
+    o = cr.overview(table, fails).set_index(["estimator", "process"])["n = 300"]
     assert o[("e", "lin")] == "0.95 (70% none)"  # (40 raised + 30 undefined) of 100 data sets
     assert o[("e", "same")] == "0.97 (truth 0)"  # no nonzero truth: the coverage shown is of zero truths
-    assert cv.overview(table).set_index(["estimator", "process"])["n = 300"][("e", "lin")] == "0.95 (50% none)"
+    assert cr.overview(table).set_index(["estimator", "process"])["n = 300"][("e", "lin")] == "0.95 (50% none)"
     table.loc[2, "reject"] = 0.08
-    assert cv.overview(table, fails).set_index(["estimator", "process"])["n = 300"][("e", "same")] == "0.97* (truth 0)"
+    assert cr.overview(table, fails).set_index(["estimator", "process"])["n = 300"][("e", "same")] == "0.97* (truth 0)"
 
 
 def test_sources_give_the_range_of_data_sets_when_cells_differ():
     rows = pd.concat([_rows([0.0] * k, [1.0] * k, 0.0, [0.5] * k).assign(cell=c, commit="abc")
                       for c, k in (("a", 5), ("b", 3), ("c", 5))], ignore_index=True)
-    s = cv.sources(rows).iloc[0]
+    s = cr.sources(rows).iloc[0]
     assert (s.cells, str(s.reps)) == (3, "3-5")  # not 5: one cell has 3 data sets
-    assert str(cv.sources(rows[rows.cell != "b"]).iloc[0].reps) == "5"
+    assert str(cr.sources(rows[rows.cell != "b"]).iloc[0].reps) == "5"
 
 
 def test_overview_lists_a_pair_whose_every_fit_raised():
@@ -232,7 +233,7 @@ def test_overview_lists_a_pair_whose_every_fit_raised():
     bad = pd.DataFrame([{"estimator": "f", "cell": "lin-n2000", "n": 2000, "seed": s, "error": "PositivityError: x"}
                         for s in range(4)])
     rows = pd.concat([ok, bad], ignore_index=True)
-    o = cv.overview(cv.summarize(rows), cv.failures(rows)).set_index(["estimator", "process"])
+    o = cr.overview(cv.summarize(rows), cv.failures(rows)).set_index(["estimator", "process"])
     assert o.loc[("f", "lin"), "n = 2,000"] == "(100% none)" and o.loc[("e", "lin"), "n = 300"] == "1.00"
 
 

@@ -454,12 +454,13 @@ def test_warns_when_the_outcome_is_curved_in_the_mediator():
     """The probit cell of docs/coverage.md (NIE(treated) covered 0.85, SE/SD 0.80 at n = 2,000): the RESET of
     the default ridge's out-of-fold predictions rejects with a large curve and the fit warns; on the linear and
     binary processes it does not."""
+    from deconfound._calibration import CURVATURE_ALPHA, CURVATURE_SHARE
     from deconfound.errors import CalibrationWarning
     data, _ = topic_mediation(2000, n_topics=4, n_units=2, outcome="probit", seed=1)
     with pytest.warns(CalibrationWarning, match=r"dml \(units \['u0'.*RESET p = .*SplineTransformer"):
         res = DMLMediation().fit(data)
-    assert res.diagnostics["u0"]["curvature_p"] < dml_mod.CURVATURE_ALPHA
-    assert res.diagnostics["u0"]["curvature_share"] >= dml_mod.CURVATURE_SHARE
+    assert res.diagnostics["u0"]["curvature_p"] < CURVATURE_ALPHA
+    assert res.diagnostics["u0"]["curvature_share"] >= CURVATURE_SHARE
     # linear: no curve; binary: a significant but small one (0/1 noise dwarfs it), where dml covered 0.91-0.97
     for kind in ("linear", "binary"):
         data, _ = topic_mediation(2000, n_topics=4, n_units=2, seed=1, outcome=kind)
@@ -467,7 +468,7 @@ def test_warns_when_the_outcome_is_curved_in_the_mediator():
             warnings.simplefilter("always")
             res = DMLMediation().fit(data)
         assert not [w for w in caught if "RESET" in str(w.message)], kind
-        assert res.diagnostics["u0"]["curvature_share"] < dml_mod.CURVATURE_SHARE, kind
+        assert res.diagnostics["u0"]["curvature_share"] < CURVATURE_SHARE, kind
     with warnings.catch_warnings(record=True) as caught:  # a learner the user chose: no advice about the default
         warnings.simplefilter("always")
         DMLMediation(**CHEAP).fit(topic_mediation(2000, n_topics=4, outcome="probit", seed=1)[0])

@@ -33,7 +33,7 @@ LAYERS = {
     "results": 3, "multiplicity": 3, "identification": 3,
     "estimators": 4,  # the subpackage estimators/*
     "sensitivity": 5, "refute": 5, "medsens": 5, "joint": 5,
-    "compare": 6, "report": 6, "coverage": 6, "screening": 6,
+    "compare": 6, "report": 6, "coverage": 6, "coverage_report": 6, "screening": 6,
     "cli": 7, "_cli_io": 7, "cli_lm": 7, "demo": 7, "demo_neurons": 7, "study": 7, "study_checks": 7, "__main__": 7,
     "lm": "side",  # the subpackage lm/*
 }
@@ -41,7 +41,7 @@ SAME_LAYER = {
     ("_validation", "errors"), ("_calibration", "errors"),
     ("data", "_store"), ("data", "positivity"), ("simulate", "data"), ("neurons", "data"),
     ("bootstrap", "inference"), ("bootstrap", "weights"), ("weights", "balance"), ("bootstrap", "folds"),
-    ("sensitivity", "medsens"), ("coverage", "compare"),
+    ("sensitivity", "medsens"), ("coverage", "compare"), ("coverage", "coverage_report"),
     ("cli", "demo"), ("cli", "_cli_io"), ("demo", "demo_neurons"), ("demo", "study"), ("__main__", "cli"),
     ("cli", "cli_lm"), ("cli_lm", "demo"), ("study", "study_checks"), ("demo", "study_checks"),
 }

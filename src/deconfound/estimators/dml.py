@@ -29,7 +29,7 @@ from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .._calibration import few, warn_uncalibrated
+from .._calibration import few, is_curved, warn_uncalibrated
 from ..errors import DataError, PositivityError
 from ..folds import data_folds, fold_strata, make_folds
 from ..graph import resolve
@@ -39,24 +39,20 @@ from ..results import MediationResult
 from ._learners import EPV
 from .base import MediationEstimator, attach_roles, check_units, register, sample_roles
 from .dml_scores import CONTRASTS, TERMS, aggregate_unit, overlap_rows, unit_effects  # noqa: F401 - re-exported
+from .paths import unit_paths, warn_null_paths
 
 POPULATIONS = ("ate", "att")
 N_REP, TRIM, CLIP = 3, 0.0, 0.01  # defaults: see DMLMediation's docstring
-# a fit with the default outcome learner warns when the RESET of its outcome regressions has p below
-# CURVATURE_ALPHA and the squared and cubed predictions explain at least CURVATURE_SHARE of the residual sum of
-# squares: 0.12-0.25 on the probit process at n = 300 and 2,000 (NIE(treated) covered 0.85-0.87), 0.006-0.03 on
-# the binary one (0.91-0.97) and at most 0.052 on the linear one (10 data sets each)
-CURVATURE_ALPHA, CURVATURE_SHARE = 0.001, 0.05
 # mediator features (after pca) from which the default fit's NIE CIs were too wide: 50 columns at n = 2,000 and
 # 10,000 covered 0.96-1.00 (SE/SD 1.06-1.31); 20 columns at n = 300 covered 0.91-0.93 (SE/SD 1.01-1.07)
 CONSERVATIVE_WIDTH = 50
 # a block of CONSERVATIVE_WIDTH or more columns biased the NIE up and the NDE down although the propensity
 # models were unpenalized. With 576 columns at features / sqrt(rows of the smaller arm) = 8.2, 6.7 and 5.8
 # (n = 10,000, 15,000, 20,000) NIE(treated) was 1.6, 0.97 and 0.82 SE off and some effect covered 0.66-0.90;
-# at 4.5 (300 columns, n = 9,000) 0.59 SE (coverage 0.90); at 3.0 (200 columns) and 1.7 (50, n = 2,000)
-# 0.27 SE, every effect 0.90-1.00. "Thin": fewer than THIN_EPV rows per feature, or a ratio of THIN_SCALE or
-# more (between 3.0 and 4.5)
-THIN_EPV, THIN_SCALE = 10, 4.0
+# at 4.5 (300 columns, n = 9,000) 0.59 SE (coverage 0.90); at 3.8 (250 columns) 0.38 SE with NDE(control)
+# 0.53 SE too small (coverage 0.90); at 3.0 (200 columns) and 1.7 (50, n = 2,000) 0.27 SE, every effect
+# 0.90-1.00. "Thin": fewer than THIN_EPV rows per feature, or a ratio of THIN_SCALE or more (between 3.0 and 3.8)
+THIN_EPV, THIN_SCALE = 10, 3.5
 
 
 # ---- learners -------------------------------------------------------------------------------------------
@@ -473,8 +469,7 @@ class DMLMediation(MediationEstimator):
             out = run_tasks(_fit_unit, [data.mediator(u) for u in units], backend=backend, n_jobs=n_jobs,
                             shared=common, progress=bool(progress), desc="dml: units")
         n_trimmed = int((~keep).sum())
-        curved = [u for u, (_, diag) in zip(units, out)
-                  if diag["curvature_p"] < CURVATURE_ALPHA and diag["curvature_share"] >= CURVATURE_SHARE]
+        curved = [u for u, (_, diag) in zip(units, out) if is_curved(diag)]
         if curved and self.outcome_learner is None:
             first = out[units.index(curved[0])][1]
             warn_uncalibrated("dml-curved", n=data.n, n_treated=data.n_treated, curved=True,
@@ -489,6 +484,10 @@ class DMLMediation(MediationEstimator):
             if diag["n_clipped"]:
                 warns.append(f"unit {u!r}: p(M,X) of {diag['n_clipped']} of {int(keep.sum())} rows was outside "
                              f"[{self.clip:g}, {1 - self.clip:g}] and clipped to it in the weights")
+        paths = unit_paths(data, units, adj.union)
+        for u in units:
+            diagnostics[u]["paths"] = paths[u]
+        warn_null_paths("dml", paths)
         settings = self.get_params()
         population = self.population
         if n_trimmed:

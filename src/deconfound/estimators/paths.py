@@ -1,0 +1,93 @@
+"""Tests of the two paths of a unit's NIE, T -> M and M -> Y, and the warning when neither is distinguishable from 0.
+
+A natural NIE is 0 when T does not move M or when M does not move Y. Where both paths are 0 (a unit that only
+tracks the topic), the NIE estimate is a product of two noisy near-zero pieces: its SE is too large, a 95% CI
+covers nearly always and the test of a zero NIE rejects well below 5%. The joint-significance test (both paths
+significant, MacKinnon et al. 2002) keeps its size there and has more power.
+
+Both tests are HC3 Wald tests of linear projections (the same for every estimator, so they do not depend on its
+learners): the block M in the regression of T on [1, X, M], and the columns M and T x M in the regression of Y on
+[1, T, X, T x X, M, T x M]. Blocks wider than ``MAX_WIDTH`` columns are not tested (``nan``): their Wald covariance is
+poorly estimated at the n such blocks come with, and the wide-block rules of ``dml`` and ``parametric`` speak for
+them. Cluster labels and sampling weights are not used.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy import stats
+
+from ..errors import NullPathsWarning
+from ._glm import hc3_wald
+
+ALPHA = 0.05  # a path "indistinguishable from 0": its p-value at least this
+MAX_WIDTH = 50
+
+# the zero NIE of the grid's topic tracker u1 (T -> M and M -> Y both 0; one column; the linear, probit and binary
+# processes at n = 300, 2,000 and 10,000; 100-200 data sets a cell), per estimator: its CIs' coverage and the
+# largest rejection rate of its test at 0.05 (interventional covered 0.93-1.00 there, econml_diff over-rejects)
+MEASURED = {"parametric": "0.98-1.00, test rejecting at most 0.02", "weighting": "1.00, test rejecting 0",
+            "dml": "0.98-1.00, test rejecting at most 0.02"}
+
+
+def _wald_p(design: np.ndarray, r: np.ndarray, cols: list[int]) -> float:
+    if len(r) - np.linalg.matrix_rank(design) < 10:
+        return float("nan")
+    stat, rank, _ = hc3_wald(design, r, cols)
+    return float(stats.chi2.sf(stat, rank)) if rank else float("nan")
+
+
+def path_p_values(t, y, x, m) -> dict:
+    """``{"t_to_m": p, "m_to_y": p}`` for one unit: ``t`` (n,) 0/1, ``y`` (n,), ``x`` (n, p) confounder design
+    without intercept, ``m`` (n,) or (n, d). Both ``nan`` when d > MAX_WIDTH or the rows do not allow the fit.
+
+    >>> rng = np.random.default_rng(0)
+    >>> t = rng.integers(0, 2, 400); m = rng.normal(size=400) + t; y = m + rng.normal(size=400)
+    >>> p = path_p_values(t, y, np.zeros((400, 0)), m)
+    >>> bool(p["t_to_m"] < 1e-6 and p["m_to_y"] < 1e-6)
+    True
+    """
+    t = np.asarray(t, dtype=float)
+    m = np.asarray(m, dtype=float).reshape(len(t), -1)
+    x = np.asarray(x, dtype=float).reshape(len(t), -1)
+    d = m.shape[1]
+    if d > MAX_WIDTH:
+        return {"t_to_m": float("nan"), "m_to_y": float("nan")}
+    one = np.ones((len(t), 1))
+    base = np.column_stack([one, x])
+    p_tm = _wald_p(np.column_stack([base, m]), t, list(range(base.shape[1], base.shape[1] + d)))
+    # T x X too: M's dependence on X would otherwise carry a T x X term of Y into T x M
+    design = np.column_stack([base, t, t[:, None] * x, m, t[:, None] * m])
+    start = base.shape[1] + 1 + x.shape[1]
+    p_my = _wald_p(design, np.asarray(y, dtype=float), list(range(start, start + 2 * d)))
+    return {"t_to_m": p_tm, "m_to_y": p_my}
+
+
+def unit_paths(data, units, confounders) -> dict:
+    """:func:`path_p_values` of every unit, adjusting for the confounder columns ``confounders``."""
+    x = data.x_design(list(confounders))[0]
+    t, y = data.t, np.asarray(data.y, dtype=float)
+    return {u: path_p_values(t, y, x, data.mediator(u)) for u in units}
+
+
+def both_null(p: dict) -> bool:
+    return bool(p["t_to_m"] >= ALPHA and p["m_to_y"] >= ALPHA)  # False when either is nan
+
+
+def warn_null_paths(estimator: str, paths: dict, *, stacklevel: int = 3) -> str | None:
+    """Warn (NullPathsWarning, naming the units) when some units have both paths indistinguishable from 0;
+    returns the message."""
+    null = [u for u, p in paths.items() if both_null(p)]
+    if not null:
+        return None
+    first = paths[null[0]]
+    shown = f"{null[:5]}{' ...' if len(null) > 5 else ''}"
+    msg = (f"{estimator} (units {shown}: at {null[0]!r} T -> M p = {first['t_to_m']:.2g}, M -> Y p = "
+           f"{first['m_to_y']:.2g}): neither path of the NIE is distinguishable from 0 (HC3 Wald p >= {ALPHA:g} on "
+           f"each), where the NIE CIs are too wide and its test is conservative (a zero NIE of a topic tracker: "
+           f"coverage {MEASURED[estimator]}; see docs/coverage.md). A non-significant NIE there does not show "
+           "that it is 0, and the TE and NDE are not affected. Read the paths in "
+           "result.diagnostics[unit]['paths'] (the NIE is supported when both are below 0.05)")
+    warnings.warn(NullPathsWarning(msg, units=null), stacklevel=stacklevel)
+    return msg

@@ -1,0 +1,91 @@
+"""The path tests of deconfound.estimators.paths and the NullPathsWarning the NIE estimators raise with them."""
+import warnings
+
+import numpy as np
+import pytest
+import statsmodels.api as sm
+
+from deconfound import coverage as cv
+from deconfound import get_estimator, simulate
+from deconfound.errors import CalibrationWarning, NullPathsWarning
+from deconfound.estimators.paths import ALPHA, MAX_WIDTH, path_p_values, unit_paths
+
+
+def _hc3_p(design, y, cols):
+    fit = sm.OLS(y, design).fit(cov_type="HC3")
+    r = np.zeros((len(cols), design.shape[1]))
+    r[np.arange(len(cols)), cols] = 1.0
+    return float(fit.wald_test(r, use_f=False, scalar=True).pvalue)
+
+
+def test_path_p_values_match_statsmodels_hc3_wald_tests():
+    rng = np.random.default_rng(5)
+    n = 400
+    x = rng.normal(size=(n, 2))
+    t = (rng.random(n) < 1 / (1 + np.exp(-x[:, 0]))).astype(float)
+    m = 0.2 * t[:, None] + x[:, :1] + rng.normal(size=(n, 2))
+    y = 0.15 * m[:, 0] + t + x[:, 1] + rng.normal(size=n) * (1 + t)
+    got = path_p_values(t, y, x, m)
+    one = np.ones((n, 1))
+    want_tm = _hc3_p(np.column_stack([one, x, m]), t, [3, 4])
+    design = np.column_stack([one, x, t, t[:, None] * x, m, t[:, None] * m])
+    want_my = _hc3_p(design, y, [6, 7, 8, 9])
+    assert got["t_to_m"] == pytest.approx(want_tm, rel=1e-8)
+    assert got["m_to_y"] == pytest.approx(want_my, rel=1e-8)
+    assert 1e-6 < got["t_to_m"] < 0.5 and got["m_to_y"] < 0.05  # neither a trivial 0 nor 1
+
+
+def test_path_tests_keep_their_size_when_both_paths_are_zero():
+    """Over 400 simulated double nulls (M depends on X only, Y on T and X only; noise unequal across arms), each
+    test rejects near 5% (binomial 99.9% range for 400 draws: 0.017-0.093)."""
+    rng = np.random.default_rng(11)
+    rej = np.zeros(2)
+    for _ in range(400):
+        x = rng.integers(0, 4, 300)
+        xd = np.eye(4)[x][:, 1:]
+        t = (rng.random(300) < 0.3 + 0.1 * x).astype(float)
+        m = 0.8 * x + rng.normal(size=300)
+        y = t * (1 + 0.5 * x) + x + rng.normal(size=300) * (1 + 2 * t)
+        p = path_p_values(t, y, xd, m)
+        rej += [p["t_to_m"] < 0.05, p["m_to_y"] < 0.05]
+    assert np.all((0.017 <= rej / 400) & (rej / 400 <= 0.093)), rej / 400
+
+
+def test_a_block_wider_than_max_width_is_not_tested():
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(500, MAX_WIDTH + 1))
+    p = path_p_values(rng.integers(0, 2, 500), rng.normal(size=500), np.zeros((500, 0)), m)
+    assert np.isnan(p["t_to_m"]) and np.isnan(p["m_to_y"])
+
+
+@pytest.mark.parametrize("name", ["parametric", "weighting", "dml"])
+def test_nie_estimators_warn_about_the_unit_whose_paths_are_both_null_only(name):
+    data, truth = simulate.topic_mediation(300, n_topics=4, n_units=2, seed=0)  # u1: both paths 0 (p 0.68, 0.59)
+    assert truth.spurious == ["u1"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = get_estimator(name).fit(data)
+    null = [w for w in caught if issubclass(w.category, NullPathsWarning)]
+    assert len(null) == 1 and issubclass(null[0].category, CalibrationWarning)
+    assert null[0].message.units == ["u1"]
+    assert "'u1'" in str(null[0].message) and "'u0'" not in str(null[0].message)
+    assert null[0].filename == __file__  # points at the caller's fit
+    paths = {u: res.diagnostics[u]["paths"] for u in ("u0", "u1")}
+    assert paths == unit_paths(data, ["u0", "u1"], ["topic"])
+    assert min(paths["u1"].values()) >= ALPHA and max(paths["u0"].values()) < 1e-4
+
+
+def test_no_null_paths_warning_without_a_null_unit():
+    data, _ = simulate.topic_mediation(300, n_topics=4, n_units=1, n_spurious=0, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        get_estimator("parametric").fit(data)
+    assert not [w for w in caught if issubclass(w.category, NullPathsWarning)]
+
+
+def test_the_coverage_study_marks_only_the_named_units_rows_as_warned():
+    cell = next(c for c in cv.grid("full") if c.name == "linear-n300")
+    rows = cv._one(("parametric", cell, 0, {}))
+    warned = {r["unit"]: r["warned"] for r in rows}
+    assert warned == {"u0": False, "u1": True}
+    assert all(r["warning"].startswith("parametric (units ['u1']") for r in rows if r["unit"] == "u1")
