@@ -317,6 +317,8 @@ class InterventionalMediation(MediationEstimator):
                     f"a Kish ESS of {d['weight_ess']:.1f} rows, for its {rows})")
             warns.append(warn_uncalibrated("interventional-weights", n=data.n, n_treated=data.n_treated,
                                            weight_ess=d["weight_ess"], what=what))
+        if set(np.unique(y).tolist()) <= {0.0, 1.0}:  # the rule applies below n = 2,000 only
+            warns.append(warn_uncalibrated("interventional-binary", n=data.n, n_treated=data.n_treated, binary=True))
         curved = [u for u in units if is_curved(diagnostics[u])]
         if curved:
             d = diagnostics[curved[0]]
@@ -336,7 +338,8 @@ class InterventionalMediation(MediationEstimator):
             "interventional", effects, n=data.n, n_treated=data.n_treated,
             population="overlap" if note else self.population,
             graph=getattr(graph, "name", graph) or "topic_mediation", adjustment=adj.as_dict(), level=self.level,
-            random_state=self.random_state, settings=settings, diagnostics=diagnostics, warnings=warns)
+            random_state=self.random_state, settings=settings, diagnostics=diagnostics,
+            warnings=[w for w in warns if w])
 
     def _unit(self, t, y, z, m, w, folds, k, *, cluster, sw):
         n = len(t)
