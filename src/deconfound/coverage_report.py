@@ -15,6 +15,7 @@ MAX_SIZE = 0.07  # acceptance for tests at nominal 0.05
 OBSERVATIONAL = ("parametric", "weighting", "dml", "econml_diff", "econml_te", "eb_total", "interventional")
 # localization_difference with its default (debiased concentration) and with method="abs" (entropy of |a|)
 LOCALIZATION_TESTS = ("localization", "localization_abs")
+NOT_DEFAULT = {"localization_abs": "not the default"}  # rows of a setting users must ask for
 LOC_UNIT_SD = 2.0  # per-unit SE of the unadjusted curve 2 / sqrt(n): 0.045 at n = 2,000, 0.115 at n = 300
 
 DGPS = {
@@ -124,8 +125,8 @@ def to_markdown(table: pd.DataFrame, fails: pd.DataFrame, *, commit: str, reps: 
             lines += ["`why`: `warns` when most fits warned (the estimator's `CalibrationWarning` for such data); "
                       "`zero NIE, paths 0` for the over-covered zero NIE of a unit neither of whose paths "
                       "is there, which the `NullPathsWarning` flags; `Monte Carlo` when the coverage is within "
-                      "two Monte Carlo SEs of 0.95 and the test keeps its size; empty when none of these "
-                      "applies.", "", _md(reasons(bad))]
+                      "two Monte Carlo SEs of 0.95 and the test keeps its size; `not the default` for "
+                      "`localization_abs`, a setting users must ask for; empty when none of these applies.", "", _md(reasons(bad))]
         else:
             lines.append("None.")
         lines += ["", "## Every cell", ""]
@@ -191,11 +192,11 @@ def reasons(bad: pd.DataFrame) -> pd.DataFrame:
     """``bad`` (rows of :func:`~deconfound.coverage.summarize` outside the acceptance) with a ``why`` column:
     "warns" (most fits warned), "zero NIE, paths 0" (a zero NIE over-covered by an estimator that raises the
     NullPathsWarning there, its test within its size), "Monte Carlo" (coverage within two Monte Carlo SEs of
-    0.95 and the test within its size), or ""."""
+    0.95 and the test within its size), "not the default" (a setting users must ask for, NOT_DEFAULT), or ""."""
     mc = 2 * np.sqrt(0.95 * 0.05 / bad.reps)
     size_ok = (bad.test != "size") | (bad.reject <= MAX_SIZE)
     null = ((bad.test == "size") & (bad.effect == "nie") & (bad.coverage > HIGH) & size_ok
             & bad.estimator.isin(list(NULL_PATHS_MEASURED)))
     noise = ((bad.coverage - 0.95).abs() <= mc) & size_ok
     why = np.where(bad.warned > 0.5, "warns", np.where(null, "zero NIE, paths 0", np.where(noise, "Monte Carlo", "")))
-    return bad.assign(why=why)
+    return bad.assign(why=np.where(bad.estimator.isin(list(NOT_DEFAULT)), bad.estimator.map(NOT_DEFAULT), why))
