@@ -36,7 +36,7 @@ class CalibrationWarning(UserWarning):
 
 class NullPathsWarning(CalibrationWarning):
     """Some units' paths T -> M and M -> Y are both indistinguishable from 0, where the NIE's CIs are too wide
-    (``deconfound.paths``). ``units`` names them."""
+    (``deconfound.estimators.paths``). ``units`` names them."""
 
     def __init__(self, message: str, units=()):
         super().__init__(message)

@@ -72,7 +72,8 @@ def unit_paths(data, units, confounders) -> dict:
 
 
 def both_null(p: dict) -> bool:
-    return bool(p["t_to_m"] >= ALPHA and p["m_to_y"] >= ALPHA)  # False when either is nan
+    """Both p-values of :func:`path_p_values` at least ALPHA (False when either is nan)."""
+    return bool(p["t_to_m"] >= ALPHA and p["m_to_y"] >= ALPHA)
 
 
 def warn_null_paths(estimator: str, paths: dict, *, stacklevel: int = 3) -> str | None:
