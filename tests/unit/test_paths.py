@@ -89,3 +89,69 @@ def test_the_coverage_study_marks_only_the_named_units_rows_as_warned():
     warned = {r["unit"]: r["warned"] for r in rows}
     assert warned == {"u0": False, "u1": True}
     assert all(r["warning"].startswith("parametric (units ['u1']") for r in rows if r["unit"] == "u1")
+
+
+def test_a_column_the_design_already_holds_or_a_few_rows_carry_gives_nan():
+    """A constant column, a copy of a confounder dummy and a column active in one row per arm used to give
+    p-values near 0 (a "supported" NIE for a unit that cannot carry one); a rare topic does not trip the check."""
+    rng = np.random.default_rng(0)
+    n = 600
+    k = rng.integers(0, 4, n)
+    x = (k[:, None] == np.arange(1, 4)).astype(float)
+    t = (rng.random(n) < 0.5).astype(float)
+    y = k + t + rng.normal(size=n)
+    rare = np.zeros(n)
+    rare[[np.flatnonzero(t == 1)[0], np.flatnonzero(t == 0)[0]]] = 1.0
+    for m in (np.ones(n), x[:, 0].copy(), rare):
+        p = path_p_values(t, y, x, m)
+        assert np.isnan(p["m_to_y"]), p
+    t2 = np.where(k == 3, 0.0, t)
+    t2[np.flatnonzero(k == 3)[0]] = 1.0  # topic 3 has one treated row: T x topic has leverage 1 there
+    p = path_p_values(t2, k + t2 + rng.normal(size=n), x, rng.normal(size=n))
+    assert np.isfinite(p["t_to_m"]) and np.isfinite(p["m_to_y"])
+
+
+def test_a_block_needs_30_rows_per_tested_column():
+    """Under a double null 10 columns at n = 300 rejected M -> Y 11% of the time with HC3: the M -> Y test of
+    such a block (20 tested columns) is nan below 600 rows, its T -> M test (10 columns) is not."""
+    rng = np.random.default_rng(1)
+    t, x = rng.integers(0, 2, 599).astype(float), np.zeros((599, 0))
+    p = path_p_values(t, rng.normal(size=599), x, rng.normal(size=(599, 10)))
+    assert np.isfinite(p["t_to_m"]) and np.isnan(p["m_to_y"])
+    p = path_p_values(np.append(t, 1.0), rng.normal(size=600), np.zeros((600, 0)), rng.normal(size=(600, 10)))
+    assert np.isfinite(p["m_to_y"])
+
+
+def test_clustered_rows_get_cr1_f_tests_that_match_statsmodels_and_keep_their_size():
+    rng = np.random.default_rng(2)
+    n, g = 400, rng.integers(0, 30, 400)
+    x = (rng.integers(0, 3, n)[:, None] == np.arange(1, 3)).astype(float)
+    t = (rng.random(n) < 0.4).astype(float)
+    m = rng.normal(size=30)[g] + rng.normal(size=n)
+    y = t + rng.normal(size=30)[g] + rng.normal(size=n)
+    got = path_p_values(t, y, x, m, groups=g)
+    design = np.column_stack([np.ones(n), x, m])
+    fit = sm.OLS(t, design).fit(cov_type="cluster", cov_kwds={"groups": g})
+    stat = fit.params[3] ** 2 / fit.cov_params()[3, 3]
+    from scipy import stats
+    assert got["t_to_m"] == pytest.approx(stats.f.sf(stat, 1, 29), rel=1e-8)
+    # size over 300 clustered double nulls (cluster effects in M and Y; HC3 rejected M -> Y 20-57% here)
+    rej = np.zeros(2)
+    for s in range(300):
+        r = np.random.default_rng(100 + s)
+        g = r.integers(0, 30, 300)
+        t = (r.random(300) < 0.5).astype(float)
+        p = path_p_values(t, t + r.normal(size=30)[g] + r.normal(size=300), np.zeros((300, 0)),
+                          r.normal(size=30)[g] + r.normal(size=300), groups=g)
+        rej += [p["t_to_m"] < 0.05, p["m_to_y"] < 0.05]
+    assert np.all(rej / 300 <= 0.10), rej / 300  # 0.05 plus 3 binomial SEs (0.038), with room for CR1 at G = 30
+
+
+def test_unit_paths_reads_the_datas_cluster_labels():
+    data, _ = simulate.topic_mediation(300, n_topics=4, n_units=2, seed=0)
+    labels = np.arange(data.n) % 25
+    plain = unit_paths(data, ["u1"], ["topic"])["u1"]
+    clustered = unit_paths(data.replace(cluster=labels), ["u1"], ["topic"])["u1"]
+    t, y, x = data.t, np.asarray(data.y, float), data.x_design(["topic"])[0]
+    assert clustered == path_p_values(t, y, x, data.mediator("u1"), labels)
+    assert clustered != plain

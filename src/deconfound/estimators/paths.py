@@ -5,11 +5,21 @@ tracks the topic), the NIE estimate is a product of two noisy near-zero pieces: 
 covers nearly always and the test of a zero NIE rejects well below 5%. The joint-significance test (both paths
 significant, MacKinnon et al. 2002) keeps its size there and has more power.
 
-Both tests are HC3 Wald tests of linear projections (the same for every estimator, so they do not depend on its
+Both tests are Wald tests of linear projections (the same for every estimator, so they do not depend on its
 learners): the block M in the regression of T on [1, X, M], and the columns M and T x M in the regression of Y on
-[1, T, X, T x X, M, T x M]. Blocks wider than ``MAX_WIDTH`` columns are not tested (``nan``): their Wald covariance is
-poorly estimated at the n such blocks come with, and the wide-block rules of ``dml`` and ``parametric`` speak for
-them. Cluster labels and sampling weights are not used.
+[1, T, X, T x X, M, T x M]. Their covariance is HC3, or CR1 with an F(q, G - 1) reference when the data carry
+cluster labels (with 30 clusters and cluster effects in M and Y, HC3 rejected a zero path 20-81% of the time).
+A test gives ``nan`` (and no warning) when it cannot speak:
+
+- fewer than ``ROWS_PER_TESTED`` rows per tested column (under a double null, 10 columns at n = 300 rejected
+  M -> Y 11% of the time, 50 columns 42%), or a block wider than ``MAX_WIDTH``;
+- a tested column with nothing left after the other columns (a constant, a copy of a confounder dummy), or a
+  row whose leverage from the tested columns is at least ``MAX_LEVERAGE`` (a column carried by a few rows).
+  Such columns gave p-values near 0: a unit active in 0.5% of 300 rows had both paths "significant" in 17% of
+  double nulls (none now; the tests are nan there).
+
+Sampling weights are not used, and the confounders enter linearly: a confounder that drives M and Y along a
+curve makes M stand in for the curve, and the tests reject (they then only fail to warn).
 """
 from __future__ import annotations
 
@@ -19,10 +29,12 @@ import numpy as np
 from scipy import stats
 
 from ..errors import NullPathsWarning
-from ._glm import hc3_wald
+from ._glm import hc3_wald, robust_cov
 
 ALPHA = 0.05  # a path "indistinguishable from 0": its p-value at least this
 MAX_WIDTH = 50
+ROWS_PER_TESTED = 30
+MAX_LEVERAGE = 0.5  # a row's leverage from the tested columns above which HC3 and CR1 cannot be trusted
 
 # the zero NIE of the grid's topic tracker u1 (T -> M and M -> Y both 0; one column; the linear, probit and binary
 # processes at n = 300, 2,000 and 10,000; 100-200 data sets a cell), per estimator: its CIs' coverage and the
@@ -31,16 +43,35 @@ MEASURED = {"parametric": "0.98-1.00, test rejecting at most 0.02", "weighting":
             "dml": "0.98-1.00, test rejecting at most 0.02"}
 
 
-def _wald_p(design: np.ndarray, r: np.ndarray, cols: list[int]) -> float:
-    if len(r) - np.linalg.matrix_rank(design) < 10:
+def _wald_p(design: np.ndarray, r: np.ndarray, cols: list[int], groups=None) -> float:
+    n = len(r)
+    if n < ROWS_PER_TESTED * len(cols) or n - np.linalg.matrix_rank(design) < 10:
         return float("nan")
-    stat, rank, _ = hc3_wald(design, r, cols)
-    return float(stats.chi2.sf(stat, rank)) if rank else float("nan")
+    tested, rest = design[:, cols], np.delete(design, cols, axis=1)
+    left = tested - rest @ np.linalg.lstsq(rest, tested, rcond=None)[0]
+    if np.any(np.linalg.norm(left, axis=0) <= 1e-8 * np.maximum(np.linalg.norm(tested, axis=0), 1e-300)):
+        return float("nan")  # a column the other columns already hold
+    added = np.sum((left @ np.linalg.pinv(left.T @ left)) * left, axis=1)  # the tested columns' own leverage
+    if np.max(added) >= MAX_LEVERAGE:
+        return float("nan")  # a column carried by one row (a rare topic's own leverage does not count)
+    bread = np.linalg.pinv(design.T @ design)
+    if groups is None:
+        stat, rank, _ = hc3_wald(design, r, cols)
+        return float(stats.chi2.sf(stat, rank)) if rank else float("nan")
+    g = int(groups.max()) + 1
+    if g - 1 < len(cols):
+        return float("nan")
+    coef = bread @ (design.T @ r)
+    cov = robust_cov(design, r - design @ coef, bread, None, groups)[np.ix_(cols, cols)]
+    rank = int(np.linalg.matrix_rank(cov))
+    stat = float(coef[cols] @ np.linalg.pinv(cov) @ coef[cols])
+    return float(stats.f.sf(stat / rank, rank, g - 1)) if rank else float("nan")
 
 
-def path_p_values(t, y, x, m) -> dict:
+def path_p_values(t, y, x, m, groups=None) -> dict:
     """``{"t_to_m": p, "m_to_y": p}`` for one unit: ``t`` (n,) 0/1, ``y`` (n,), ``x`` (n, p) confounder design
-    without intercept, ``m`` (n,) or (n, d). Both ``nan`` when d > MAX_WIDTH or the rows do not allow the fit.
+    without intercept, ``m`` (n,) or (n, d), ``groups`` cluster codes 0..G-1 or None. A test is ``nan`` where
+    it cannot speak (see the module docstring).
 
     >>> rng = np.random.default_rng(0)
     >>> t = rng.integers(0, 2, 400); m = rng.normal(size=400) + t; y = m + rng.normal(size=400)
@@ -56,19 +87,20 @@ def path_p_values(t, y, x, m) -> dict:
         return {"t_to_m": float("nan"), "m_to_y": float("nan")}
     one = np.ones((len(t), 1))
     base = np.column_stack([one, x])
-    p_tm = _wald_p(np.column_stack([base, m]), t, list(range(base.shape[1], base.shape[1] + d)))
+    p_tm = _wald_p(np.column_stack([base, m]), t, list(range(base.shape[1], base.shape[1] + d)), groups)
     # T x X too: M's dependence on X would otherwise carry a T x X term of Y into T x M
     design = np.column_stack([base, t, t[:, None] * x, m, t[:, None] * m])
     start = base.shape[1] + 1 + x.shape[1]
-    p_my = _wald_p(design, np.asarray(y, dtype=float), list(range(start, start + 2 * d)))
+    p_my = _wald_p(design, np.asarray(y, dtype=float), list(range(start, start + 2 * d)), groups)
     return {"t_to_m": p_tm, "m_to_y": p_my}
 
 
 def unit_paths(data, units, confounders) -> dict:
-    """:func:`path_p_values` of every unit, adjusting for the confounder columns ``confounders``."""
+    """:func:`path_p_values` of every unit, adjusting for the confounder columns ``confounders`` (cluster-robust
+    when the data carry cluster labels)."""
     x = data.x_design(list(confounders))[0]
-    t, y = data.t, np.asarray(data.y, dtype=float)
-    return {u: path_p_values(t, y, x, data.mediator(u)) for u in units}
+    t, y, groups = data.t, np.asarray(data.y, dtype=float), data.cluster_codes()
+    return {u: path_p_values(t, y, x, data.mediator(u), groups) for u in units}
 
 
 def both_null(p: dict) -> bool:
