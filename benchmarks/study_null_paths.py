@@ -1,7 +1,7 @@
 """Does the null-paths warning fire where the NIE CIs over-cover, and only there?
 
 The grid's topic tracker u1 has a zero NIE with both paths 0 (T does not move it, it does not move Y). There the
-NIE CIs of ``parametric``, ``weighting`` and ``dml`` covered 0.98-1.00. This script recomputes, on the grid's own
+NIE CIs of ``parametric``, ``weighting`` and ``dml`` covered 0.98-1.00, and ``interventional``'s up to 1.00. This script recomputes, on the grid's own
 data sets (``simulate.topic_mediation`` of the linear, probit and binary processes at the grid's n and seeds), the
 two path tests of ``deconfound.estimators.paths`` for u0 (causal) and u1, and writes per cell and unit how often each path
 rejected at 0.05 (for u1 the size of each test) and how often the warning fires (both p >= 0.05). The tests

@@ -272,7 +272,7 @@ def test_seed_offsets_the_data_sets_and_keep_pools_disjoint_seeds(tmp_path, monk
 
 def test_cells_outside_the_acceptance_say_why():
     table = pd.DataFrame({
-        "estimator": ["dml", "dml", "weighting", "parametric", "interventional", "econml_diff", "localization_abs"],
+        "estimator": ["dml", "dml", "weighting", "parametric", "econml_diff", "econml_diff", "localization_abs"],
         "effect": ["nie", "nie", "nie", "nie", "nie", "nie", "entropy"],
         "test": ["power", "power", "power", "size", "size", "size", "power"],
         "coverage": [0.80, 0.925, 0.90, 1.0, 1.0, 0.96, 0.2],
@@ -280,5 +280,5 @@ def test_cells_outside_the_acceptance_say_why():
         "reps": [200, 200, 200, 200, 200, 200, 200]})
     why = cr.reasons(table).why.tolist()
     # 0.925 is within 2 x 0.0154 of 0.95, 0.90 is not; a zero NIE over-covered by parametric is the null-paths
-    # case, by interventional (no such warning) it is not; an oversized test is never noise
+    # case, by econml_diff (no such warning) it is not; an oversized test is never noise
     assert why == ["warns", "Monte Carlo", "", "zero NIE, paths 0", "", "", "not the default"]

@@ -58,7 +58,7 @@ def test_a_block_wider_than_max_width_is_not_tested():
     assert np.isnan(p["t_to_m"]) and np.isnan(p["m_to_y"])
 
 
-@pytest.mark.parametrize("name", ["parametric", "weighting", "dml"])
+@pytest.mark.parametrize("name", ["parametric", "weighting", "dml", "interventional"])
 def test_nie_estimators_warn_about_the_unit_whose_paths_are_both_null_only(name):
     data, truth = simulate.topic_mediation(300, n_topics=4, n_units=2, seed=0)  # u1: both paths 0 (p 0.68, 0.59)
     assert truth.spurious == ["u1"]
