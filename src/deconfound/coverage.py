@@ -196,8 +196,9 @@ def _one(task):
     except Exception as exc:  # a failed fit is a result of the study, not a crash of it
         return [{"estimator": name, "cell": cell.name, "n": cell.n, "seed": seed, "error": f"{type(exc).__name__}: {exc}"}]
     out = []
-    for r in rows:  # a NullPathsWarning is about the units it names only
-        mine = [w for w in caught if r.get("unit") in getattr(w.message, "units", [r.get("unit")])]
+    for r in rows:  # a NullPathsWarning is about the NIE of the units it names only
+        mine = [w for w in caught if not hasattr(w.message, "units")
+                or (r.get("unit") in w.message.units and r.get("effect") == "nie")]
         out.append({**r, "warned": bool(mine), "warning": str(mine[0].message) if mine else ""})
     return out
 

@@ -37,9 +37,9 @@ def _process(cells: pd.Series) -> pd.Series:
 def overview(table: pd.DataFrame, fails: pd.DataFrame | None = None) -> pd.DataFrame:
     """One line per estimator and process, one column per n: the range of the 95% CIs' coverage over the
     cell's rows with a nonzero truth ("0.91-0.97"; "(truth 0)" after it when every truth is 0), ``*`` when a
-    test of a zero effect rejects more than MAX_SIZE, ``w`` when most fits warned, and the share of data sets
-    without an estimate when there are any: an index not estimable there, or a fit that raised (``fails``,
-    :func:`failures`)."""
+    test of a zero effect rejects more than MAX_SIZE, ``w`` when most fits warned about a row in that range,
+    and the share of data sets without an estimate when there are any: an index not estimable there, or a fit
+    that raised (``fails``, :func:`failures`)."""
     if not len(table):
         return pd.DataFrame()
     t = table.assign(process=_process(table.cell))
@@ -52,7 +52,7 @@ def overview(table: pd.DataFrame, fails: pd.DataFrame | None = None) -> pd.DataF
         text = lo if lo == hi else f"{lo}-{hi}"
         text += "*" if ((g.test == "size") & (g.reject > MAX_SIZE)).any() else ""
         text += "" if power.any() else " (truth 0)"
-        text += " w" if g.warned.max() > 0.5 else ""
+        text += " w" if (g.warned[power] if power.any() else g.warned).max() > 0.5 else ""  # of the rows shown
         k = raised.get((g.name[0], g.cell.iloc[0]), 0)
         none = float(((g.undefined * g.reps + k) / (g.reps + k)).max())
         return text + (f" ({none:.0%} none)" if none > 0 else "")
@@ -65,6 +65,7 @@ def overview(table: pd.DataFrame, fails: pd.DataFrame | None = None) -> pd.DataF
                                            gone.n.astype(int)], names=texts.index.names)
         texts = pd.concat([texts, pd.Series("(100% none)", index=where)])
     out = texts.unstack("n")
+    out = out[sorted(out.columns)]  # n ascending, whatever order the rows came in
     out.columns = [f"n = {n:,}" for n in out.columns]
     out = out.fillna("").reset_index()
     order = {name: i for i, name in enumerate(OBSERVATIONAL + ("patching",) + LOCALIZATION_TESTS)}
@@ -130,7 +131,9 @@ def to_markdown(table: pd.DataFrame, fails: pd.DataFrame, *, commit: str, reps: 
         else:
             lines.append("None.")
         lines += ["", "## Every cell", ""]
-        for est, g in table.groupby("estimator", sort=False):
+        grid_order = OBSERVATIONAL + ("patching",) + LOCALIZATION_TESTS
+        for est, g in sorted(table.groupby("estimator", sort=False),
+                             key=lambda kv: grid_order.index(kv[0]) if kv[0] in grid_order else len(grid_order)):
             lines += [f"### {est}", "", _md(g.drop(columns=["estimator"])), ""]
     if refuters is not None and len(refuters):
         lines += ["## Refuters on correctly specified data", "",

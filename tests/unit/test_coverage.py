@@ -282,3 +282,19 @@ def test_cells_outside_the_acceptance_say_why():
     # 0.925 is within 2 x 0.0154 of 0.95, 0.90 is not; a zero NIE over-covered by parametric is the null-paths
     # case, by econml_diff (no such warning) it is not; an oversized test is never noise
     assert why == ["warns", "Monte Carlo", "", "zero NIE, paths 0", "", "", "not the default"]
+
+
+def test_overview_columns_go_by_n_whatever_the_row_order():
+    rows = pd.concat([_rows([0.0, 0.1], [1.0, 1.0], 0.5, [0.5, 0.5]).assign(cell="lin-n2000", n=2000),
+                      _rows([0.0, 0.1], [1.0, 1.0], 0.5, [0.5, 0.5]).assign(cell="lin-n300", n=300)])
+    assert list(cr.overview(cv.summarize(rows)).columns) == ["estimator", "process", "n = 300", "n = 2,000"]
+
+
+def test_overview_marks_w_from_the_rows_it_shows():
+    """A warning about a zero NIE (a size row) does not mark the cell, whose range is over the nonzero truths."""
+    power = _rows([0.5, 0.6], [1.0, 1.0], 0.5, [0.5, 0.5]).assign(cell="lin-n300", n=300, warned=False)
+    size = _rows([0.0, 0.1], [1.0, 1.0], 0.0, [0.5, 0.5]).assign(cell="lin-n300", n=300, unit="v", warned=True)
+    o = cr.overview(cv.summarize(pd.concat([power, size])))
+    assert o["n = 300"].iloc[0] == "1.00"
+    o = cr.overview(cv.summarize(pd.concat([power.assign(warned=True), size])))
+    assert o["n = 300"].iloc[0] == "1.00 w"

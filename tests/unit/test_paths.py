@@ -83,12 +83,14 @@ def test_no_null_paths_warning_without_a_null_unit():
     assert not [w for w in caught if issubclass(w.category, NullPathsWarning)]
 
 
-def test_the_coverage_study_marks_only_the_named_units_rows_as_warned():
+def test_the_coverage_study_marks_only_the_named_units_nie_rows_as_warned():
     cell = next(c for c in cv.grid("full") if c.name == "linear-n300")
     rows = cv._one(("parametric", cell, 0, {}))
-    warned = {r["unit"]: r["warned"] for r in rows}
-    assert warned == {"u0": False, "u1": True}
-    assert all(r["warning"].startswith("parametric (units ['u1']") for r in rows if r["unit"] == "u1")
+    warned = {(r["unit"], r["effect"]): r["warned"] for r in rows}
+    assert warned == {("u0", "nie"): False, ("u0", "nde"): False, ("u0", "te"): False,
+                      ("u1", "nie"): True, ("u1", "nde"): False, ("u1", "te"): False}
+    assert all(r["warning"].startswith("parametric (units ['u1']") for r in rows if r["effect"] == "nie"
+               and r["unit"] == "u1")
 
 
 def test_a_column_the_design_already_holds_or_a_few_rows_carry_gives_nan():
