@@ -39,7 +39,7 @@ from ..results import MediationResult
 from ._learners import EPV
 from .base import MediationEstimator, attach_roles, check_units, register, sample_roles
 from .dml_scores import CONTRASTS, TERMS, aggregate_unit, overlap_rows, unit_effects  # noqa: F401 - re-exported
-from .paths import unit_paths, warn_null_paths
+from .paths import check_paths
 
 POPULATIONS = ("ate", "att")
 N_REP, TRIM, CLIP = 3, 0.0, 0.01  # defaults: see DMLMediation's docstring
@@ -484,10 +484,7 @@ class DMLMediation(MediationEstimator):
             if diag["n_clipped"]:
                 warns.append(f"unit {u!r}: p(M,X) of {diag['n_clipped']} of {int(keep.sum())} rows was outside "
                              f"[{self.clip:g}, {1 - self.clip:g}] and clipped to it in the weights")
-        paths = unit_paths(data, units, adj.union)
-        for u in units:
-            diagnostics[u]["paths"] = paths[u]
-        warn_null_paths("dml", paths)
+        check_paths("dml", data, units, adj.union, diagnostics)
         settings = self.get_params()
         population = self.population
         if n_trimmed:

@@ -52,7 +52,7 @@ from ._learners import EPV, _kish
 from .base import MediationEstimator, attach_roles, check_units, register, sample_roles
 from ._glm import hc3_wald
 from .dml_scores import weighted_mean_scores
-from .paths import unit_paths, warn_null_paths
+from .paths import check_paths
 
 _CLIP = 0.01
 # a fixed 5 components lost the direction T moves in a 50-column block (NIE 1.1-1.4 SE too small at n = 300 and
@@ -320,10 +320,7 @@ class InterventionalMediation(MediationEstimator):
                                            weight_ess=d["weight_ess"], what=what))
         if set(np.unique(y).tolist()) <= {0.0, 1.0}:  # the rule applies below n = 2,000 only
             warns.append(warn_uncalibrated("interventional-binary", n=data.n, n_treated=data.n_treated, binary=True))
-        paths = unit_paths(data, units, list(adj.union))
-        for u in units:
-            diagnostics[u]["paths"] = paths[u]
-        warns.append(warn_null_paths("interventional", paths))
+        warns.append(check_paths("interventional", data, units, list(adj.union), diagnostics))
         curved = [u for u in units if is_curved(diagnostics[u])]
         if curved:
             d = diagnostics[curved[0]]

@@ -48,7 +48,7 @@ from ..results import MediationResult, add_derived
 from ._glm import (_chol, _chol2, _glm, _glm_batch, _gram, _integrated_mean, _inv_link, _logit_normal,  # noqa: F401
                    _ols, _solve_stack, cluster_sums, cr1_factor, hc3_wald, robust_cov)
 from .base import MediationEstimator, attach_roles, check_units, register, sample_roles
-from .paths import unit_paths, warn_null_paths
+from .paths import check_paths
 
 FAMILIES = ("gaussian", "logit", "probit")
 METHODS = ("quasi-bayes", "bootstrap")
@@ -192,10 +192,7 @@ class ParametricMediation(MediationEstimator):
             te = effects[unit][("te", "average")]
             if te.ci[0] <= 0 <= te.ci[1]:
                 notes.append(f"unit {unit!r}: the total effect's CI covers 0, so Prop. Mediated is unstable")
-        paths = unit_paths(data, units, adj.union)
-        for u in units:
-            diagnostics[u]["paths"] = paths[u]
-        notes.append(warn_null_paths("parametric", paths))
+        notes.append(check_paths("parametric", data, units, adj.union, diagnostics))
         notes = [note for note in notes if note]
         if not adj.identified:
             notes.insert(0, f"graph {g.name}: effects are not identified (latent {list(adj.latent)}); the models "

@@ -60,14 +60,14 @@ def _wald_p(design: np.ndarray, r: np.ndarray, cols: list[int], groups=None) -> 
         return float("nan")  # a column the other columns already hold
     added = np.sum((left @ np.linalg.pinv(left.T @ left)) * left, axis=1)  # the tested columns' own leverage
     if np.max(added) >= MAX_LEVERAGE:
-        return float("nan")  # a column carried by one row (a rare topic's own leverage does not count)
-    bread = np.linalg.pinv(design.T @ design)
+        return float("nan")  # a column carried by a few rows (a rare topic's own leverage does not count)
     if groups is None:
         stat, rank, _ = hc3_wald(design, r, cols)
         return float(stats.chi2.sf(stat, rank)) if rank else float("nan")
     g = int(groups.max()) + 1
     if g - 1 < len(cols):
         return float("nan")
+    bread = np.linalg.pinv(design.T @ design)
     coef = bread @ (design.T @ r)
     cov = robust_cov(design, r - design @ coef, bread, None, groups)[np.ix_(cols, cols)]
     rank = int(np.linalg.matrix_rank(cov))
@@ -108,6 +108,16 @@ def unit_paths(data, units, confounders) -> dict:
     x = data.x_design(list(confounders))[0]
     t, y, groups = data.t, np.asarray(data.y, dtype=float), data.cluster_codes()
     return {u: path_p_values(t, y, x, data.mediator(u), groups) for u in units}
+
+
+def check_paths(estimator: str, data, units, confounders, diagnostics: dict, *, warn_units=None) -> str | None:
+    """The path tests of every unit into ``diagnostics[unit]["paths"]``, and :func:`warn_null_paths` over
+    ``warn_units`` (default all): what each NIE estimator runs at the end of a fit. Returns the message."""
+    paths = unit_paths(data, units, confounders)
+    for u in units:
+        diagnostics[u]["paths"] = paths[u]
+    shown = paths if warn_units is None else {u: paths[u] for u in warn_units}
+    return warn_null_paths(estimator, shown, stacklevel=4)
 
 
 def both_null(p: dict) -> bool:

@@ -40,7 +40,7 @@ from ._learners import (DEFAULT_LEARNER, TINY, _check_common, _design, _hajek, _
                         features, fit_pmx, logit_odds, run_bootstrap, standardize)
 from .base import MediationEstimator, attach_roles, check_units, register, sample_roles
 from .eb_total import EntropyBalancedTotalEffect  # noqa: F401 - re-exported: its old import path
-from .paths import unit_paths, warn_null_paths
+from .paths import check_paths
 
 MU_KEYS = ("y11", "y10", "y01", "y00")  # E[Y(1,M(1))], E[Y(1,M(0))], E[Y(0,M(1))], E[Y(0,M(0))]
 MIN_ESS = 10  # below this Kish ESS of a cross-world mean no estimate is returned (no CLT to lean on)
@@ -345,10 +345,7 @@ class WeightingMediation(MediationEstimator):
         if self.mediator_learner is None:
             _warn_penalized(data, t, f, {u: diagnostics[u]["n_features"] for u in ok
                                          if np.isfinite(diagnostics[u]["C"])})
-        paths = unit_paths(data, units, cols)
-        for u in units:
-            diagnostics[u]["paths"] = paths[u]
-        warn_null_paths("weighting", {u: paths[u] for u in ok})
+        check_paths("weighting", data, units, cols, diagnostics, warn_units=ok)
         if self.n_boot and ok:
             boot, caught = run_bootstrap(_WeightingStatistic(self, ok, cols, cs, sw), data, self, cluster, level,
                                          n_jobs, backend)
