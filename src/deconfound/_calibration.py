@@ -169,6 +169,12 @@ RULES = (
 )
 
 
+def curve_what(curved, diag: dict) -> str:
+    """The detail of a *-curved warning: the curved units and the first one's RESET p-value and curve share."""
+    return (f" (units {few(curved)}: RESET p = {diag['curvature_p']:.2g}, the curve {diag['curvature_share']:.0%} "
+            f"of the residual sum of squares for {curved[0]!r})")
+
+
 def few(units, limit: int = 5) -> str:
     """The first ``limit`` unit names as a list, with " ..." when there are more (for warning texts)."""
     units = list(units)

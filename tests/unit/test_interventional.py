@@ -166,7 +166,7 @@ def test_reset_matches_statsmodels_hc3_wald_tests_of_both_arms():
     import statsmodels.api as sm
     from scipy import stats
 
-    from deconfound.estimators.interventional import reset
+    from deconfound.estimators._glm import arm_reset
 
     rng = np.random.default_rng(3)
     n = 600
@@ -174,7 +174,7 @@ def test_reset_matches_statsmodels_hc3_wald_tests_of_both_arms():
     m = rng.normal(size=n) + t
     design = np.column_stack([np.ones(n), m, rng.normal(size=n)])
     y = np.tanh(m) + design[:, 2] + rng.normal(size=n) * (1 + t)
-    p, share = reset(t, y, design)
+    p, share = arm_reset(t, y, design)  # interventional's in-sample RESET of b_a
     stat, rss0, rss1 = 0.0, 0.0, 0.0
     for a in (0, 1):
         d, r = design[t == a], y[t == a]

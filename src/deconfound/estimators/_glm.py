@@ -1,12 +1,12 @@
 """Numerical helpers of the parametric estimator: (weighted) least squares and GLM fits, CR1 sandwiches,
 stacked refits for the bootstrap, Gaussian integrals of the inverse links, and the HC3 Wald test of omitted
-terms that parametric and dml use for their specification checks."""
+terms and the per-arm RESET that parametric, dml and interventional use for their specification checks."""
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
-from scipy import sparse
+from scipy import sparse, stats
 from scipy.linalg import solve_triangular
 from scipy.special import expit, ndtr
 
@@ -214,3 +214,26 @@ def hc3_wald(design, r, cols):
     cov = bread[cols] @ meat @ bread[:, cols]
     return (float(coef[cols] @ np.linalg.pinv(cov) @ coef[cols]), int(np.linalg.matrix_rank(cov)),
             float(resid @ resid))
+
+
+def arm_reset(t, r, base, fitted=None) -> tuple[float, float]:
+    """Ramsey's RESET within each arm of ``t``: ``(p, share)``. In arm a, ``r`` is regressed on ``base`` and on
+    z^2, z^3 (z: the standardized ``fitted``, by default the arm's own OLS fit of ``r`` on ``base``); p is the HC3
+    Wald test of z^2, z^3 of both arms jointly, and share the part of the residual sum of squares without them
+    that they explain (how much curve the fit misses). NaN with fewer than 4 residual degrees of freedom."""
+    wald, k, rss = 0.0, 0, np.zeros(2)
+    for a in (0, 1):
+        rows = t == a
+        b, ra = base[rows], r[rows]
+        coef, *_ = np.linalg.lstsq(b, ra, rcond=None)
+        f = b @ coef if fitted is None else fitted[rows]
+        z = (f - f.mean()) / max(float(f.std()), 1e-300)
+        full = np.column_stack([b, z**2, z**3])
+        if len(ra) - np.linalg.matrix_rank(full) < 4:
+            return float("nan"), float("nan")
+        stat, rank, rss_full = hc3_wald(full, ra, [full.shape[1] - 2, full.shape[1] - 1])
+        rss += (float(((ra - b @ coef) ** 2).sum()), rss_full)
+        wald, k = wald + stat, k + rank
+    if rss[0] <= 0 or k == 0:
+        return float("nan"), float("nan")
+    return float(stats.chi2.sf(wald, k)), float((rss[0] - rss[1]) / rss[0])

@@ -29,7 +29,7 @@ from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .._calibration import few, is_curved, warn_uncalibrated
+from .._calibration import curve_what, few, is_curved, warn_uncalibrated
 from ..errors import DataError, PositivityError
 from ..folds import data_folds, fold_strata, make_folds
 from ..graph import resolve
@@ -471,11 +471,8 @@ class DMLMediation(MediationEstimator):
         n_trimmed = int((~keep).sum())
         curved = [u for u, (_, diag) in zip(units, out) if is_curved(diag)]
         if curved and self.outcome_learner is None:
-            first = out[units.index(curved[0])][1]
             warn_uncalibrated("dml-curved", n=data.n, n_treated=data.n_treated, curved=True,
-                              what=f" (units {few(curved)}: RESET p = {first['curvature_p']:.2g}, the curve "
-                                   f"{first['curvature_share']:.0%} of the residual sum of squares for "
-                                   f"{curved[0]!r})")
+                              what=curve_what(curved, out[units.index(curved[0])][1]))
         effects, diagnostics, warns = {}, {}, []
         for u, (eff, diag) in zip(units, out):
             effects[u] = eff

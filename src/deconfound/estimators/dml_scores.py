@@ -18,12 +18,11 @@ is divided by its mean (Hajek form; each has expectation 1 in both populations).
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 from ..errors import PositivityError
 from ..inference import Effect
 from ..results import add_derived
-from ._glm import hc3_wald
+from ._glm import arm_reset
 
 # potential-outcome keys (d, d') for E[Y(d, M(d'))]
 TERMS = ((1, 1), (1, 0), (0, 1), (0, 0))
@@ -120,28 +119,12 @@ def ovb_stages(terms, coef, residuals):
 
 
 def curvature(t, y, mumx, x=None) -> tuple[float, float]:
-    """Ramsey's RESET on the out-of-fold outcome regressions: ``(p, share)``. Within each arm d, the residual
-    Y - mu(d,M,X) is regressed on [1, z, x, z^2, z^3] (z: the standardized mu(d,M,X); 1, z and the covariates
-    ``x`` absorb the ridge's shrinkage); p is the HC3-robust Wald test of z^2, z^3 of both arms jointly and
-    share the part of the residual sum of squares without them that they explain (how much curve mu misses)."""
+    """Ramsey's RESET on the out-of-fold outcome regressions: ``(p, share)`` of :func:`._glm.arm_reset` with,
+    within each arm d, the residual Y - mu(d,M,X) regressed on [1, mu(d,M,X), x] and the squared and cubed
+    standardized mu(d,M,X) (1, mu and the covariates ``x`` absorb the ridge's shrinkage)."""
     x = np.zeros((len(t), 0)) if x is None else np.asarray(x, dtype=float).reshape(len(t), -1)
-    rss, wald, k = np.zeros(2), 0.0, 0
-    for d in (0, 1):
-        rows = t == d
-        f = mumx[rows, d]
-        z = (f - f.mean()) / max(float(f.std()), 1e-300)
-        r = y[rows] - f
-        base = np.column_stack([np.ones_like(z), z, x[rows]])
-        full = np.column_stack([base, z**2, z**3])
-        if int(rows.sum()) - np.linalg.matrix_rank(full) < 4:
-            return float("nan"), float("nan")
-        coef, *_ = np.linalg.lstsq(base, r, rcond=None)
-        stat, rank, rss_full = hc3_wald(full, r, [full.shape[1] - 2, full.shape[1] - 1])
-        rss += (float(((r - base @ coef) ** 2).sum()), rss_full)
-        wald, k = wald + stat, k + rank
-    if rss[0] <= 0 or k == 0:
-        return float("nan"), float("nan")
-    return float(stats.chi2.sf(wald, k)), float((rss[0] - rss[1]) / rss[0])
+    own = np.where(t == 1, mumx[:, 1], mumx[:, 0])
+    return arm_reset(t, y - own, np.column_stack([np.ones_like(own), own, x]), own)
 
 
 def unit_effects(t, y, keep, shared, unit_nuis, *, clip, normalize, population, level, cluster=None, weights=None,
