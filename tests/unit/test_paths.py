@@ -157,3 +157,22 @@ def test_unit_paths_reads_the_datas_cluster_labels():
     t, y, x = data.t, np.asarray(data.y, float), data.x_design(["topic"])[0]
     assert clustered == path_p_values(t, y, x, data.mediator("u1"), labels)
     assert clustered != plain
+
+
+def test_unit_paths_on_kept_rows_equal_the_tests_on_those_rows_alone():
+    """``rows`` (the rows a trimmed fit kept) subsets t, y, X, M and the cluster labels, recoded to 0..G-1 when a
+    whole cluster is dropped; dml with trim > 0 tests the rows it kept."""
+    data, _ = simulate.topic_mediation(600, n_topics=4, n_units=2, seed=3)
+    labels = np.arange(data.n) % 40
+    rows = labels >= 5  # clusters 0-4 dropped: the kept labels run 5..39
+    got = unit_paths(data.replace(cluster=labels), ["u0", "u1"], ["topic"], rows=rows)
+    t, y, x = data.t[rows], np.asarray(data.y, float)[rows], data.x_design(["topic"])[0][rows]
+    for u in ("u0", "u1"):
+        assert got[u] == path_p_values(t, y, x, data.mediator(u)[rows], labels[rows] - 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = get_estimator("dml", trim=0.2).fit(data)
+    kept = res.diagnostics["u0"]["n_kept"]
+    assert 0 < kept < data.n
+    whole = unit_paths(data, ["u1"], ["topic"])["u1"]
+    assert res.diagnostics["u1"]["paths"] != whole  # computed on the kept rows, not all of them

@@ -481,7 +481,7 @@ class DMLMediation(MediationEstimator):
             if diag["n_clipped"]:
                 warns.append(f"unit {u!r}: p(M,X) of {diag['n_clipped']} of {int(keep.sum())} rows was outside "
                              f"[{self.clip:g}, {1 - self.clip:g}] and clipped to it in the weights")
-        check_paths("dml", data, units, adj.union, diagnostics)
+        check_paths("dml", data, units, adj.union, diagnostics, rows=keep if n_trimmed else None)
         settings = self.get_params()
         population = self.population
         if n_trimmed:

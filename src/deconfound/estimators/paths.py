@@ -28,6 +28,7 @@ import warnings
 import numpy as np
 from scipy import stats
 
+from .._calibration import few
 from ..errors import NullPathsWarning
 from ._glm import hc3_wald, robust_cov
 
@@ -102,18 +103,23 @@ def path_p_values(t, y, x, m, groups=None) -> dict:
     return {"t_to_m": p_tm, "m_to_y": p_my}
 
 
-def unit_paths(data, units, confounders) -> dict:
+def unit_paths(data, units, confounders, rows=None) -> dict:
     """:func:`path_p_values` of every unit, adjusting for the confounder columns ``confounders`` (cluster-robust
-    when the data carry cluster labels)."""
-    x = data.x_design(list(confounders))[0]
-    t, y, groups = data.t, np.asarray(data.y, dtype=float), data.cluster_codes()
-    return {u: path_p_values(t, y, x, data.mediator(u), groups) for u in units}
+    when the data carry cluster labels), on the rows where the boolean mask ``rows`` holds (default all)."""
+    keep = slice(None) if rows is None else np.asarray(rows, dtype=bool)
+    x = data.x_design(list(confounders))[0][keep]
+    t, y = data.t[keep], np.asarray(data.y, dtype=float)[keep]
+    groups = data.cluster_codes()
+    groups = None if groups is None else np.unique(groups[keep], return_inverse=True)[1].reshape(-1)  # 0..G-1
+    return {u: path_p_values(t, y, x, np.asarray(data.mediator(u))[keep], groups) for u in units}
 
 
-def check_paths(estimator: str, data, units, confounders, diagnostics: dict, *, warn_units=None) -> str | None:
-    """The path tests of every unit into ``diagnostics[unit]["paths"]``, and :func:`warn_null_paths` over
-    ``warn_units`` (default all): what each NIE estimator runs at the end of a fit. Returns the message."""
-    paths = unit_paths(data, units, confounders)
+def check_paths(estimator: str, data, units, confounders, diagnostics: dict, *, warn_units=None,
+                rows=None) -> str | None:
+    """The path tests of every unit into ``diagnostics[unit]["paths"]`` (on the rows ``rows`` holds: those an
+    estimator kept), and :func:`warn_null_paths` over ``warn_units`` (default all): what each NIE estimator runs
+    at the end of a fit. Returns the message."""
+    paths = unit_paths(data, units, confounders, rows)
     for u in units:
         diagnostics[u]["paths"] = paths[u]
     shown = paths if warn_units is None else {u: paths[u] for u in warn_units}
@@ -132,8 +138,7 @@ def warn_null_paths(estimator: str, paths: dict, *, stacklevel: int = 3) -> str 
     if not null:
         return None
     first = paths[null[0]]
-    shown = f"{null[:5]}{' ...' if len(null) > 5 else ''}"
-    msg = (f"{estimator} (units {shown}: at {null[0]!r} T -> M p = {first['t_to_m']:.2g}, M -> Y p = "
+    msg = (f"{estimator} (units {few(null)}: at {null[0]!r} T -> M p = {first['t_to_m']:.2g}, M -> Y p = "
            f"{first['m_to_y']:.2g}): neither path of the NIE is distinguishable from 0 (Wald p >= {ALPHA:g} on "
            f"each), where {MEASURED[estimator]} for a topic tracker's zero NIE; see docs/coverage.md). A "
            "non-significant NIE there does not show "
