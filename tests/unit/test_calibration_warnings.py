@@ -132,19 +132,25 @@ def test_econml_diff_always_warns_that_its_nie_needs_a_linear_outcome():
 
 
 def test_dml_warns_that_a_roomy_wide_mediator_gets_conservative_nie_cis():
-    """The dim50 cells from n = 2,000 (17 rows of the smaller arm per feature): the NIE covered 0.96-1.00 with
-    SE/SD 1.06-1.31. A fit on such data says its NIE CIs are too wide; a reduced block, or a narrow one, does not."""
+    """The dim50 cell at n = 2,000 (19 rows of the smaller arm per feature): the NIE covered 0.985-0.99 with
+    SE/SD 1.10-1.15. A fit on such data says its NIE CIs are too wide; a reduced block, a narrow one, or one with
+    30 or more rows per feature (0.935-0.95 at 47 and 93, SE/SD 0.95-1.07) does not."""
+    from deconfound.estimators.dml import CONSERVATIVE_EPV
     cheap = dict(n_rep=1, n_folds=2)
     roomy, _ = simulate.topic_mediation(2000, seed=0, n_topics=4, n_units=1, n_spurious=0, dim=50)
     with pytest.warns(CalibrationWarning, match=r"dml \(units \['u0'\]: 50 mediator features\).*NIE CIs are too "
-                                                r"wide.*SE/SD 1.26-1.31"):
+                                                r"wide.*SE/SD 1.10-1.15"):
         get_estimator("dml", **cheap).fit(roomy)
     narrow, _ = simulate.topic_mediation(300, seed=0, n_topics=4, n_units=1, n_spurious=0, dim=20)
     crowded, _ = simulate.topic_mediation(300, seed=0, n_topics=4, n_units=1, n_spurious=0, dim=50)
+    ample, _ = simulate.topic_mediation(4000, seed=0, n_topics=4, n_units=1, n_spurious=0, dim=50)
+    small = min(ample.n_treated, ample.n - ample.n_treated)
+    assert small >= CONSERVATIVE_EPV * 53 > min(roomy.n_treated, roomy.n - roomy.n_treated)  # 50 columns + 3 topics
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         get_estimator("dml", pca=10, **cheap).fit(roomy)
         get_estimator("dml", **cheap).fit(narrow)
+        get_estimator("dml", **cheap).fit(ample)
         get_estimator("dml", **cheap).fit(crowded)  # too wide for its rows: the other warning, not this one
     assert not any("NIE CIs are too wide" in str(w.message) for w in caught)
     assert any("shrink the mediator" in str(w.message) for w in caught)

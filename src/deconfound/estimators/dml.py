@@ -43,9 +43,11 @@ from .paths import check_paths
 
 POPULATIONS = ("ate", "att")
 N_REP, TRIM, CLIP = 3, 0.0, 0.01  # defaults: see DMLMediation's docstring
-# mediator features (after pca) from which the default fit's NIE CIs were too wide: 50 columns at n = 2,000 and
-# 10,000 covered 0.96-1.00 (SE/SD 1.06-1.31); 20 columns at n = 300 covered 0.91-0.93 (SE/SD 1.01-1.07)
-CONSERVATIVE_WIDTH = 50
+# mediator features (after pca) from which the default fit's NIE CIs were too wide, below CONSERVATIVE_EPV rows
+# of the smaller arm per feature: 50 columns at n = 2,000 (19 rows per feature) covered 0.985-0.99 (SE/SD
+# 1.10-1.15, 200 data sets), 200 columns at n = 9,000 (22) 0.95-1.00; at n = 5,000 (47) 0.935-0.945 (SE/SD
+# 0.95-1.07, 200) and 10,000 (93) 0.95 (SE/SD 1.01-1.07, 100). 20 columns at n = 300 covered 0.91-0.93 (SE/SD 1.01-1.07)
+CONSERVATIVE_WIDTH, CONSERVATIVE_EPV = 50, 30
 # a block of CONSERVATIVE_WIDTH or more columns biased the NIE up and the NDE down although the propensity
 # models were unpenalized. With 576 columns at features / sqrt(rows of the smaller arm) = 8.2, 6.7 and 5.8
 # (n = 10,000, 15,000, 20,000) NIE(treated) was 1.6, 0.97 and 0.82 SE off and some effect covered 0.66-0.90;
@@ -303,7 +305,7 @@ class DMLMediation(MediationEstimator):
     Outcome learner. A linear mu(d,M,X) that misses the outcome's curve leaves the estimator consistent while
     p(X) and p(M,X) are right, but its estimated influence function omits the error of the fitted
     propensities, so the SE is too small: on the probit process of docs/coverage.md (n = 2,000) NIE(treated)
-    covered 0.85 with SE/SD 0.80. A ridge on cubic B-splines of each column covered 0.91-0.98 there, but where
+    covered 0.885 with SE/SD 0.85 (200 data sets). A ridge on cubic B-splines of each column covered 0.91-0.98 there, but where
     the mediator nearly separates the arms (the interaction process) its extrapolation into the other arm's
     range of M biased NIE and NDE (coverage 0.81-0.89, against 0.92-0.95 for the ridge), so the default stays
     linear. Each fit tests its outcome regressions instead (``curvature_p``, ``curvature_share``) and warns
@@ -405,7 +407,8 @@ class DMLMediation(MediationEstimator):
     def _warn_wide(self, data, units, n_x):
         """Warn when the default learners meet a block with fewer than EPV rows of the smaller arm per feature,
         or one of at least CONSERVATIVE_WIDTH features that is thin (fewer than THIN_EPV rows per feature, or
-        features >= THIN_SCALE sqrt(rows): its NIE came out biased) or not (its NIE CIs came out too wide)."""
+        features >= THIN_SCALE sqrt(rows): its NIE came out biased) or not, with fewer than CONSERVATIVE_EPV rows
+        per feature (its NIE CIs came out too wide)."""
         if self.propensity_learner is not None or self.outcome_learner is not None:
             return
         small = int(min(data.n_treated, data.n - data.n_treated))
@@ -422,7 +425,7 @@ class DMLMediation(MediationEstimator):
             warn_uncalibrated("dml-thin", n=data.n, n_treated=data.n_treated, thin=True,
                               what=f" (units {few(thin)}: {feats[thin[0]]} features of [M, X] for {small} rows "
                                    "in the smaller arm)")
-        roomy = [u for u in block if u not in thin]
+        roomy = [u for u in block if u not in thin and small < CONSERVATIVE_EPV * feats[u]]
         if roomy:
             warn_uncalibrated("dml-conservative", n=data.n, n_treated=data.n_treated, conservative=True,
                               what=f" (units {few(roomy)}: {feats[roomy[0]] - n_x} mediator features)")
