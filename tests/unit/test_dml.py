@@ -451,7 +451,7 @@ def test_curvature_matches_statsmodels_hc3_wald_test():
 
 
 def test_warns_when_the_outcome_is_curved_in_the_mediator():
-    """The probit cell of docs/coverage.md (NIE(treated) covered 0.85, SE/SD 0.80 at n = 2,000): the RESET of
+    """The probit cell of docs/coverage.md (NIE(treated) covered 0.885, SE/SD 0.85 at n = 2,000): the RESET of
     the default ridge's out-of-fold predictions rejects with a large curve and the fit warns; on the linear and
     binary processes it does not."""
     from deconfound._calibration import CURVATURE_ALPHA, CURVATURE_SHARE
