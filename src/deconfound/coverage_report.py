@@ -127,7 +127,10 @@ def to_markdown(table: pd.DataFrame, fails: pd.DataFrame, *, commit: str, reps: 
                       "`zero NIE, paths 0` for the over-covered zero NIE of a unit neither of whose paths "
                       "is there, which the `NullPathsWarning` flags; `Monte Carlo` when the coverage is within "
                       "two Monte Carlo SEs of 0.95 and the test keeps its size; `not the default` for "
-                      "`localization_abs`, a setting users must ask for; empty when none of these applies.", "", _md(reasons(bad))]
+                      "`localization_abs`, a setting users must ask for; empty when none of these applies. "
+                      f"`band_p`: the exact binomial p-value of the band, P(coverage count <= observed) at {LOW} "
+                      f"below it and P(>= observed) at {HIGH} above it (1 for a row outside only by its test); "
+                      "small values say the true coverage lies outside the band.", "", _md(reasons(bad))]
         else:
             lines.append("None.")
         lines += ["", "## Every cell", ""]
@@ -191,15 +194,31 @@ def _kept_notes(path) -> str:
     return text[start:min(ends)] if start >= 0 and ends else ""  # up to the generated text that follows it
 
 
+def band_p(coverage, reps, undefined=0.0) -> np.ndarray:
+    """Exact binomial p-value of the acceptance band for an observed coverage over ``reps * (1 - undefined)``
+    CIs: P(X <= k | LOW) below the band, P(X >= k | HIGH) above it, 1 inside (how surprising the count would be
+    if the true coverage were at the band's nearer edge); nan without CIs."""
+    from scipy import stats
+
+    cov = np.asarray(coverage, dtype=float)
+    m = np.round(np.asarray(reps, dtype=float) * (1 - np.asarray(undefined, dtype=float)))
+    k = np.round(np.nan_to_num(cov) * m)
+    p = np.where(cov < LOW, stats.binom.cdf(k, m, LOW), np.where(cov > HIGH, stats.binom.sf(k - 1, m, HIGH), 1.0))
+    return np.where((m > 0) & np.isfinite(cov), p, np.nan)
+
+
 def reasons(bad: pd.DataFrame) -> pd.DataFrame:
     """``bad`` (rows of :func:`~deconfound.coverage.summarize` outside the acceptance) with a ``why`` column:
     "warns" (most fits warned), "zero NIE, paths 0" (a zero NIE over-covered by an estimator that raises the
     NullPathsWarning there, its test within its size), "Monte Carlo" (coverage within two Monte Carlo SEs of
-    0.95 and the test within its size), "not the default" (a setting users must ask for, NOT_DEFAULT), or ""."""
+    0.95 and the test within its size), "not the default" (a setting users must ask for, NOT_DEFAULT), or "";
+    and ``band_p``, :func:`band_p` of its coverage."""
     mc = 2 * np.sqrt(0.95 * 0.05 / bad.reps)
     size_ok = (bad.test != "size") | (bad.reject <= MAX_SIZE)
     null = ((bad.test == "size") & (bad.effect == "nie") & (bad.coverage > HIGH) & size_ok
             & bad.estimator.isin(list(NULL_PATHS_MEASURED)))
     noise = ((bad.coverage - 0.95).abs() <= mc) & size_ok
     why = np.where(bad.warned > 0.5, "warns", np.where(null, "zero NIE, paths 0", np.where(noise, "Monte Carlo", "")))
-    return bad.assign(why=np.where(bad.estimator.isin(list(NOT_DEFAULT)), bad.estimator.map(NOT_DEFAULT), why))
+    undefined = bad.undefined if "undefined" in bad else 0.0
+    return bad.assign(band_p=band_p(bad.coverage, bad.reps, undefined),
+                      why=np.where(bad.estimator.isin(list(NOT_DEFAULT)), bad.estimator.map(NOT_DEFAULT), why))

@@ -284,6 +284,16 @@ def test_cells_outside_the_acceptance_say_why():
     assert why == ["warns", "Monte Carlo", "", "zero NIE, paths 0", "", "", "not the default"]
 
 
+def test_band_p_is_the_one_sided_binomial_test_at_the_nearer_edge_of_the_band():
+    from scipy import stats
+    got = cr.band_p([0.90, 0.985, 0.95, 0.92, np.nan], [200, 200, 200, 100, 50], [0.0, 0.0, 0.0, 0.5, 0.0])
+    assert got[0] == pytest.approx(stats.binomtest(180, 200, cr.LOW, alternative="less").pvalue, rel=1e-12)
+    assert got[1] == pytest.approx(stats.binomtest(197, 200, cr.HIGH, alternative="greater").pvalue, rel=1e-12)
+    assert got[2] == 1.0  # inside the band
+    assert got[3] == pytest.approx(stats.binomtest(46, 50, cr.LOW, alternative="less").pvalue, rel=1e-12)
+    assert np.isnan(got[4])
+
+
 def test_overview_columns_go_by_n_whatever_the_row_order():
     rows = pd.concat([_rows([0.0, 0.1], [1.0, 1.0], 0.5, [0.5, 0.5]).assign(cell="lin-n2000", n=2000),
                       _rows([0.0, 0.1], [1.0, 1.0], 0.5, [0.5, 0.5]).assign(cell="lin-n300", n=300)])
