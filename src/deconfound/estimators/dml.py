@@ -45,8 +45,9 @@ POPULATIONS = ("ate", "att")
 N_REP, TRIM, CLIP = 3, 0.0, 0.01  # defaults: see DMLMediation's docstring
 # mediator features (after pca) from which the default fit's NIE CIs were too wide, below CONSERVATIVE_EPV rows
 # of the smaller arm per feature: 50 columns at n = 2,000 (19 rows per feature) covered 0.985-0.99 (SE/SD
-# 1.10-1.15, 200 data sets), 200 columns at n = 9,000 (22) 0.95-1.00; at n = 5,000 (47) 0.935-0.945 (SE/SD
-# 0.95-1.07, 200) and 10,000 (93) 0.95 (SE/SD 1.01-1.07, 100). 20 columns at n = 300 covered 0.91-0.93 (SE/SD 1.01-1.07)
+# 1.10-1.15, 200 data sets), 200 columns at n = 9,000 (22) 0.95-1.00; at n = 3,500 (33) and 5,000 (47)
+# 0.935-0.945 (SE/SD 0.95-1.07, 200 each) and 10,000 (93) 0.95 (SE/SD 1.01-1.07, 100). 20 columns at n = 300
+# covered 0.91-0.93 (SE/SD 1.01-1.07)
 CONSERVATIVE_WIDTH, CONSERVATIVE_EPV = 50, 30
 # a block of CONSERVATIVE_WIDTH or more columns biased the NIE up and the NDE down although the propensity
 # models were unpenalized. With 576 columns at features / sqrt(rows of the smaller arm) = 8.2, 6.7 and 5.8
