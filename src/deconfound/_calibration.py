@@ -69,16 +69,16 @@ RULES = (
                  "cells (too wide, not biased)",
                  problem="the cross-validated penalties shrink the mediator's coefficients and the NIE toward 0"),
     Uncalibrated("dml-conservative", lambda f: f.get("conservative", False),
-                 "a mediator of 50 or more columns with 10-30 rows of the smaller arm per feature",
+                 "a mediator of 50 or more columns (after pca) with 10-30 rows of the smaller arm per feature",
                  "with 50 columns at n = 2,000 (19 rows per feature) the NIE covered 0.985-0.99 (SE/SD 1.10-1.15, "
-                 "200 data sets), with 200 columns at n = 9,000 (22) 0.95-1.00; at 47 and 93 rows per feature "
+                 "200 data sets), with 200 columns at n = 9,000 (22) 0.95-1.00; at 33, 47 and 93 rows per feature "
                  "0.935-0.95 (no warning)",
                  "a significant NIE stands, but a non-significant one may only lack power: reduce the block "
                  "(pca=k) or compare with parametric",
                  problem="the NIE CIs are too wide"),
     Uncalibrated("dml-thin", lambda f: f.get("thin", False),
-                 "a mediator of 50 or more columns with 5-10 rows of the smaller arm per feature of [M, X], or "
-                 "with features of at least 3.5 sqrt(rows of the smaller arm) (the propensity models "
+                 "a mediator of 50 or more columns (after pca) with 5-10 rows of the smaller arm per feature of "
+                 "[M, X], or with features of at least 3.5 sqrt(rows of the smaller arm) (the propensity models "
                  "unpenalized, but barely identified)",
                  "with 576 columns NIE(treated) was 1.6, 0.97 and 0.82 SE too large at n = 10,000, 15,000 and "
                  "20,000 (features / sqrt(rows) 8.2, 6.7 and 5.8; coverage 0.66, 0.925 and 0.95) and NDE(control) "
