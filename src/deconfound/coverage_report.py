@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from .estimators.paths import MEASURED as NULL_PATHS_MEASURED
 
@@ -15,6 +16,7 @@ MAX_SIZE = 0.07  # acceptance for tests at nominal 0.05
 OBSERVATIONAL = ("parametric", "weighting", "dml", "econml_diff", "econml_te", "eb_total", "interventional")
 # localization_difference with its default (debiased concentration) and with method="abs" (entropy of |a|)
 LOCALIZATION_TESTS = ("localization", "localization_abs")
+GRID_ORDER = OBSERVATIONAL + ("patching",) + LOCALIZATION_TESTS  # the order of the page's sections and rows
 NOT_DEFAULT = {"localization_abs": "not the default"}  # rows of a setting users must ask for
 LOC_UNIT_SD = 2.0  # per-unit SE of the unadjusted curve 2 / sqrt(n): 0.045 at n = 2,000, 0.115 at n = 300
 
@@ -68,7 +70,7 @@ def overview(table: pd.DataFrame, fails: pd.DataFrame | None = None) -> pd.DataF
     out = out[sorted(out.columns)]  # n ascending, whatever order the rows came in
     out.columns = [f"n = {n:,}" for n in out.columns]
     out = out.fillna("").reset_index()
-    order = {name: i for i, name in enumerate(OBSERVATIONAL + ("patching",) + LOCALIZATION_TESTS)}
+    order = {name: i for i, name in enumerate(GRID_ORDER)}
     places = {name: i for i, name in enumerate(DGPS)}
     key = out.estimator.map(lambda e: order.get(e, len(order))) * 100 + out.process.map(
         lambda p: places.get(p, len(places)))
@@ -134,9 +136,8 @@ def to_markdown(table: pd.DataFrame, fails: pd.DataFrame, *, commit: str, reps: 
         else:
             lines.append("None.")
         lines += ["", "## Every cell", ""]
-        grid_order = OBSERVATIONAL + ("patching",) + LOCALIZATION_TESTS
         for est, g in sorted(table.groupby("estimator", sort=False),
-                             key=lambda kv: grid_order.index(kv[0]) if kv[0] in grid_order else len(grid_order)):
+                             key=lambda kv: GRID_ORDER.index(kv[0]) if kv[0] in GRID_ORDER else len(GRID_ORDER)):
             lines += [f"### {est}", "", _md(g.drop(columns=["estimator"])), ""]
     if refuters is not None and len(refuters):
         lines += ["## Refuters on correctly specified data", "",
@@ -198,8 +199,6 @@ def band_p(coverage, reps, undefined=0.0) -> np.ndarray:
     """Exact binomial p-value of the acceptance band for an observed coverage over ``reps * (1 - undefined)``
     CIs: P(X <= k | LOW) below the band, P(X >= k | HIGH) above it, 1 inside (how surprising the count would be
     if the true coverage were at the band's nearer edge); nan without CIs."""
-    from scipy import stats
-
     cov = np.asarray(coverage, dtype=float)
     m = np.round(np.asarray(reps, dtype=float) * (1 - np.asarray(undefined, dtype=float)))
     k = np.round(np.nan_to_num(cov) * m)

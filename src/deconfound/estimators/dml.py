@@ -306,10 +306,10 @@ class DMLMediation(MediationEstimator):
     Outcome learner. A linear mu(d,M,X) that misses the outcome's curve leaves the estimator consistent while
     p(X) and p(M,X) are right, but its estimated influence function omits the error of the fitted
     propensities, so the SE is too small: on the probit process of docs/coverage.md (n = 2,000) NIE(treated)
-    covered 0.885 with SE/SD 0.85 (200 data sets). A ridge on cubic B-splines of each column covered 0.91-0.98 there, but where
-    the mediator nearly separates the arms (the interaction process) its extrapolation into the other arm's
-    range of M biased NIE and NDE (coverage 0.81-0.89, against 0.92-0.95 for the ridge), so the default stays
-    linear. Each fit tests its outcome regressions instead (``curvature_p``, ``curvature_share``) and warns
+    covered 0.885 with SE/SD 0.85 (200 data sets). A ridge on cubic B-splines of each column covered 0.91-0.98
+    there, but where the mediator nearly separates the arms (the interaction process) its extrapolation into the
+    other arm's range of M biased NIE and NDE (coverage 0.81-0.89, against 0.92-0.95 for the ridge), so the
+    default stays linear. Each fit tests its outcome regressions instead (``curvature_p``, ``curvature_share``) and warns
     when they miss a curve.
 
     Propensity learner. The default used to cross-validate the L2 penalty of every logistic regression. At

@@ -297,7 +297,7 @@ class InterventionalMediation(MediationEstimator):
                                            weight_ess=d["weight_ess"], what=what))
         if set(np.unique(y).tolist()) <= {0.0, 1.0}:  # the rule applies below n = 2,000 only
             warns.append(warn_uncalibrated("interventional-binary", n=data.n, n_treated=data.n_treated, binary=True))
-        warns.append(check_paths("interventional", data, units, list(adj.union), diagnostics))
+        warns.append(check_paths("interventional", data, units, adj.union, diagnostics))
         curved = [u for u in units if is_curved(diagnostics[u])]
         if curved:
             warns.append(warn_uncalibrated("interventional-curved", n=data.n, n_treated=data.n_treated, curved=True,
